@@ -1,0 +1,48 @@
+"""Device arrays as the kernels take them: Numba device arrays, without copies or host syncs."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import numpy as np
+from numba import config, cuda
+
+from .._arrays import CUPY
+
+
+def as_batched_device_array(a: Any, unbatched: bool):
+    """A Numba device-array view of ``a`` (CuPy, Numba or CAI), with a leading axis if asked.
+
+    ``sync=False``: the producer's stream is not synchronised from the host; kernels are
+    launched on CuPy's current stream instead (see :func:`launch_stream`).
+    """
+    if config.ENABLE_CUDASIM:
+        if not unbatched:
+            return a
+        return type(a)(a._ary[np.newaxis])
+    if not cuda.devicearray.is_cuda_ndarray(a):
+        a = cuda.as_cuda_array(a, sync=False)
+    if not unbatched:
+        return a
+    return cuda.devicearray.DeviceNDArray(
+        shape=(1,) + tuple(a.shape),
+        strides=(0,) + tuple(a.strides),
+        dtype=a.dtype,
+        stream=a.stream,
+        gpu_data=a.gpu_data,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _external_stream(ptr: int):
+    return cuda.external_stream(ptr)
+
+
+def launch_stream(kind: str):
+    """CuPy's current stream for CuPy arrays, else Numba's default stream."""
+    if kind == CUPY and not config.ENABLE_CUDASIM:
+        ptr = sys.modules["cupy"].cuda.get_current_stream().ptr
+        return _external_stream(ptr) if ptr else cuda.default_stream()
+    return cuda.default_stream()

@@ -1,0 +1,27 @@
+"""Compile CUDA kernel specialisations to PTX for a compute capability, with no GPU needed.
+
+Numba's simulator runs kernels as Python and accepts code the CUDA compiler rejects, so the
+test suite also compiles every specialisation the tests and benchmarks launch, for real, with
+``numba.cuda.compile_ptx`` (NVVM from numba-cuda's ``cu12``/``cu13`` extra; no driver needed).
+"""
+
+from __future__ import annotations
+
+from numba import cuda, types
+
+from .._numba_types import NUMBA_FLOAT
+from ._forward import ForwardKey, forward_kernel
+
+
+def forward_signature(key: ForwardKey, dtype, layout: str = "C"):
+    """Argument types of the forward kernel as the launcher passes them."""
+    arr4 = types.Array(NUMBA_FLOAT[dtype], 4, layout)
+    bias = types.Array(NUMBA_FLOAT[dtype], 1, layout) if key.has_bias else arr4
+    return (arr4, arr4, bias, arr4) + (types.int64,) * 6
+
+
+def compile_forward(key: ForwardKey, dtype, cc: tuple[int, int], layout: str = "C") -> str:
+    """PTX of the forward kernel for ``key`` and ``dtype`` on compute capability ``cc``."""
+    kernel = forward_kernel(key)
+    ptx, _ = cuda.compile_ptx(kernel.py_func, forward_signature(key, dtype, layout), cc=cc)
+    return ptx

@@ -1,0 +1,69 @@
+"""Launch arithmetic (plain, unit-tested functions) and the launchers of the CUDA kernels."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._arrays import as_batched_device_array, launch_stream
+from ._forward import ForwardKey, forward_kernel
+
+#: Static shared memory a block may use without opting in (all GPUs since Kepler).
+SHARED_LIMIT_BYTES = 48 * 1024
+MAX_OC_BLOCK = 4
+
+
+class LaunchConfig(NamedTuple):
+    key: ForwardKey
+    grid: int  # 1-D grid: blocks = N * groups * oc_blocks * tiles_h * tiles_w
+    block: tuple[int, int]  # (blockDim.x, blockDim.y) = (tile_w, tile_h)
+    n_oc_blocks: int
+    tiles: tuple[int, int]  # (tiles_h, tiles_w)
+
+
+def choose_tile(out_size: tuple[int, int]) -> tuple[int, int]:
+    """(tile_h, tile_w): 16 x 16 output pixels, or 8 along a side that is at most 8 long."""
+    return tuple(8 if s <= 8 else 16 for s in out_size)  # type: ignore[return-value]
+
+
+def choose_oc_block(out_per_group: int) -> int:
+    """Output channels a thread accumulates: the group's count rounded up to a power of 2, <= 4."""
+    return min(MAX_OC_BLOCK, 1 << (out_per_group - 1).bit_length())
+
+
+def forward_launch_config(spec) -> LaunchConfig:
+    tile = choose_tile(spec.out_size)
+    oc_block = choose_oc_block(spec.out_per_group)
+    acc_double = spec.dtype == np.float64
+    key = ForwardKey(
+        kernel_size=spec.kernel_size,
+        stride=spec.stride,
+        dilation=spec.dilation,
+        tile=tile,
+        oc_block=oc_block,
+        acc_double=acc_double,
+        has_bias=spec.has_bias,
+        stage_input=True,
+    )
+    if key.shared_bytes > SHARED_LIMIT_BYTES:
+        key = key._replace(stage_input=False)
+    tiles = (math.ceil(spec.out_size[0] / tile[0]), math.ceil(spec.out_size[1] / tile[1]))
+    n_oc_blocks = math.ceil(spec.out_per_group / oc_block)
+    grid = spec.batch * spec.groups * n_oc_blocks * tiles[0] * tiles[1]
+    return LaunchConfig(key, grid, (tile[1], tile[0]), n_oc_blocks, tiles)
+
+
+def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
+    """Launch the forward kernel of ``spec`` writing into ``out``; no host synchronisation."""
+    cfg = forward_launch_config(spec)
+    x = as_batched_device_array(input, spec.unbatched)
+    w = as_batched_device_array(weight, False)
+    o = as_batched_device_array(out, spec.unbatched)
+    b = as_batched_device_array(bias, False) if bias is not None else w
+    kernel = forward_kernel(cfg.key)
+    kernel[cfg.grid, cfg.block, launch_stream(spec.kind)](
+        x, w, b, o, spec.padding[0], spec.padding[2], spec.groups, cfg.n_oc_blocks, cfg.tiles[0], cfg.tiles[1]
+    )
+    return out
