@@ -183,8 +183,10 @@ def _check_dtypes(op: str, kind: str, dtypes: dict[str, np.dtype]) -> np.dtype:
                     f"{op}: {name} dtype float16 is supported on the CUDA backend only; "
                     "on the CPU use float32 or float64"
                 )
-            names = " and ".join(str(d) for d in supported)
-            raise TypeError(f"{op}: {name} dtype {dt} is not supported; supported dtypes are {names}")
+            raise TypeError(
+                f"{op}: {name} dtype {dt} is not supported; supported dtypes are float32 and float64 "
+                "(and float16 on CUDA)"
+            )
     (first_name, first), *rest = dtypes.items()
     for name, dt in rest:
         if dt != first:

@@ -1,0 +1,88 @@
+"""Compile every CUDA kernel specialisation the tests and benchmarks launch, to real PTX.
+
+Run without the simulator (``NUMBA_ENABLE_CUDASIM=0``); needs NVVM (numba-cuda's ``cu12`` or
+``cu13`` extra) but no GPU. Specs are built from stand-in objects that only carry a
+``__cuda_array_interface__``, so the very launch configuration code of the CUDA backend picks
+the keys. Prints one line per compute capability and exits non-zero on the first failure.
+
+    python tests/compile_kernels.py 8.0 9.0
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+class DeviceStandIn:
+    """Shape and dtype of a device array, and nothing else (no GPU needed)."""
+
+    def __init__(self, shape, dtype):
+        self.__cuda_array_interface__ = {
+            "shape": tuple(shape),
+            "typestr": np.dtype(dtype).str,
+            "data": (0, False),
+            "version": 3,
+        }
+
+
+def problems():
+    """(input shape, weight shape, has bias, conv kwargs) of every test case and bench shape."""
+    from cases import CASES
+    from nbconv._shapes import EXTRA_SHAPES, STANDARD_SHAPES
+
+    for c in CASES:
+        yield (c.n, c.c_in) + c.hw, (c.c_out, c.c_in // c.groups) + c.k, c.bias, c.conv_args()
+    for s in STANDARD_SHAPES + EXTRA_SHAPES:
+        for bias in (True, False):
+            yield s.input_shape(2), s.weight_shape(), bias, s.conv_args()
+    # tests/test_cuda_launch.py: the global-read variant
+    yield (1, 2, 50, 230), (2, 1, 5, 31), False, dict(dilation=(12, 7), padding=(0, 50), groups=2)
+
+
+def specialisations():
+    from nbconv._spec import conv2d_spec
+    from nbconv.cuda._launch import forward_launch_config
+
+    seen = set()
+    for x_shape, w_shape, bias, kwargs in problems():
+        for dtype in (np.float16, np.float32, np.float64):
+            b = DeviceStandIn((w_shape[0],), dtype) if bias else None
+            spec = conv2d_spec(DeviceStandIn(x_shape, dtype), DeviceStandIn(w_shape, dtype), b, **kwargs)
+            item = (forward_launch_config(spec).key, np.dtype(dtype))
+            if item not in seen:
+                seen.add(item)
+                yield item
+
+
+def main(argv):
+    from nbconv.cuda._compile import compile_forward
+
+    ccs = [tuple(int(p) for p in a.split(".")) for a in argv] or [(8, 0), (9, 0)]
+    items = list(specialisations())
+    for cc in ccs:
+        t0 = time.perf_counter()
+        for key, dtype in items:
+            try:
+                ptx = compile_forward(key, dtype, cc)
+            except Exception as exc:
+                print(f"FAILED cc={cc} dtype={dtype} {key}: {exc!r}")
+                return 1
+            assert ".entry" in ptx and f"sm_{cc[0]}{cc[1]}" in ptx, "not a PTX kernel for this target"
+        # one strided-layout build per dtype: the kernels also take non-contiguous arrays
+        for dtype in (np.float16, np.float32, np.float64):
+            compile_forward(items[0][0], np.dtype(dtype), cc, layout="A")
+        print(f"compiled {len(items) + 3} forward kernel specialisations for cc {cc[0]}.{cc[1]} "
+              f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        sys.exit("compile_kernels.py needs NUMBA_ENABLE_CUDASIM=0 (the simulator has no compiler)")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,78 @@
+"""Backend choice by array kind, and what ``import nbconv`` must not do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nbconv
+from nbconv import _arrays
+
+
+def test_import_touches_neither_cupy_nor_cuda():
+    code = (
+        "import sys, nbconv; "
+        "bad = [m for m in ('cupy', 'numba.cuda', 'cuda', 'numba_cuda') if m in sys.modules]; "
+        "assert not bad, bad; print(nbconv.__version__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == nbconv.__version__
+
+
+def test_numpy_in_numpy_out():
+    x = np.ones((1, 2, 4, 4), np.float32)
+    w = np.ones((2, 1, 3, 3), np.float32)
+    y = nbconv.conv2d(x, w, groups=2, padding=1)
+    assert type(y) is np.ndarray and y.dtype == np.float32
+
+
+@pytest.mark.cuda
+def test_numba_in_numba_out():
+    from numba import cuda
+
+    x = cuda.to_device(np.ones((1, 2, 4, 4), np.float32))
+    w = cuda.to_device(np.ones((2, 1, 3, 3), np.float32))
+    y = nbconv.conv2d(x, w, groups=2, padding=1)
+    assert _arrays.array_kind(y) == _arrays.NUMBA
+    assert y.shape == (1, 2, 4, 4)
+    np.testing.assert_array_equal(y.copy_to_host()[0, 0, 1:3, 1:3], 9)
+
+
+def test_array_kind_without_gpu_libraries():
+    assert _arrays.array_kind(np.zeros(1)) == _arrays.NUMPY
+    assert _arrays.array_kind([1.0]) is None
+    assert _arrays.array_kind(1.0) is None
+
+    class CAI:
+        __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    assert _arrays.array_kind(CAI()) == _arrays.CAI
+    assert _arrays.array_shape(CAI(), _arrays.CAI) == (2, 3)
+    assert _arrays.array_dtype(CAI(), _arrays.CAI) == np.float32
+
+
+def test_cuda_array_interface_mixed_with_host_is_refused():
+    class CAI:
+        dtype = np.dtype(np.float32)
+        shape = (6, 2, 3, 3)
+        __cuda_array_interface__ = {"shape": (6, 2, 3, 3), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with pytest.raises(TypeError, match=r"^conv2d: input is a numpy.ndarray \(host memory\) but weight is a "
+                                        r"__cuda_array_interface__ object"):
+        nbconv.conv2d(np.zeros((1, 4, 8, 8), np.float32), CAI(), groups=2)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="CuPy needs a real GPU")
+def test_cupy_in_cupy_out():
+    cupy = pytest.importorskip("cupy")
+    x = cupy.ones((1, 2, 4, 4), cupy.float32)
+    w = cupy.ones((2, 1, 3, 3), cupy.float32)
+    y = nbconv.conv2d(x, w, groups=2, padding=1)
+    assert isinstance(y, cupy.ndarray)
+    assert float(y[0, 0, 1, 1]) == 9.0

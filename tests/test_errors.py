@@ -1,0 +1,110 @@
+"""One test per validation message; each runs on every backend and must say the same thing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nbconv
+from cases import BACKENDS, to_backend
+
+F32 = np.float32
+
+
+def arrays(x_shape=(1, 4, 8, 8), w_shape=(6, 2, 3, 3), b_shape=None, dtypes=(F32, F32, F32)):
+    x = np.zeros(x_shape, dtypes[0])
+    w = np.zeros(w_shape, dtypes[1])
+    b = None if b_shape is None else np.zeros(b_shape, dtypes[2])
+    return x, w, b
+
+
+# (id, host arrays, keyword arguments, exception, message after "conv2d: ")
+ERRORS = [
+    ("cin_not_divisible", arrays((1, 5, 8, 8), (6, 2, 3, 3)), dict(groups=2), ValueError,
+     r"in_channels \(5\) is not divisible by groups \(2\)"),
+    ("weight_cin_mismatch", arrays((1, 4, 8, 8), (6, 3, 3, 3)), dict(groups=2), ValueError,
+     r"weight.shape\[1\] \* groups \(3 \* 2 = 6\) must equal in_channels \(4\); weight must have shape "
+     r"\(C_out, C_in/groups, kH, kW\) = \(6, 2, 3, 3\)"),
+    ("cout_not_divisible", arrays((1, 4, 8, 8), (5, 2, 3, 3)), dict(groups=2), ValueError,
+     r"out_channels \(weight.shape\[0\] = 5\) is not divisible by groups \(2\)"),
+    ("groups_zero", arrays(), dict(groups=0), ValueError, r"groups must be a positive integer, got 0"),
+    ("groups_negative", arrays(), dict(groups=-2), ValueError, r"groups must be a positive integer, got -2"),
+    ("groups_float", arrays(), dict(groups=2.0), TypeError, r"groups must be an int, got float \(2.0\)"),
+    ("groups_bool", arrays(), dict(groups=True), TypeError, r"groups must be an int, got bool"),
+    ("input_2d", arrays((4, 8), (6, 2, 3, 3)), dict(groups=2), ValueError,
+     r"input must be 3-D \(C_in, H, W\) or 4-D \(N, C_in, H, W\), got 2-D shape \(4, 8\)"),
+    ("input_5d", arrays((1, 1, 4, 8, 8), (6, 2, 3, 3)), dict(groups=2), ValueError, r"input must be 3-D .* got 5-D"),
+    ("weight_3d", arrays((1, 4, 8, 8), (6, 2, 3)), dict(groups=2), ValueError,
+     r"weight must be 4-D \(C_out, C_in/groups, kH, kW\), got 3-D shape \(6, 2, 3\)"),
+    ("weight_zero_size", arrays((1, 4, 8, 8), (6, 2, 0, 3)), dict(groups=2), ValueError,
+     r"weight must have no zero-size dimension, got shape \(6, 2, 0, 3\)"),
+    ("bias_shape", arrays(b_shape=(5,)), dict(groups=2), ValueError,
+     r"bias must have shape \(out_channels,\) = \(6,\), got \(5,\)"),
+    ("bias_2d", arrays(b_shape=(6, 1)), dict(groups=2), ValueError, r"bias must have shape .* got \(6, 1\)"),
+    ("stride_zero", arrays(), dict(groups=2, stride=0), ValueError, r"stride must be >= 1, got \(0, 0\)"),
+    ("stride_three", arrays(), dict(groups=2, stride=(1, 2, 3)), ValueError,
+     r"stride must be an int or a pair of ints, got 3 values \(1, 2, 3\)"),
+    ("stride_float", arrays(), dict(groups=2, stride=1.5), TypeError, r"stride must be an int or a pair of ints, got float"),
+    ("dilation_zero", arrays(), dict(groups=2, dilation=(1, 0)), ValueError, r"dilation must be >= 1, got \(1, 0\)"),
+    ("dilation_length", arrays(), dict(groups=2, dilation=[2]), ValueError,
+     r"dilation must be an int or a pair of ints, got 1 values \(2,\)"),
+    ("padding_negative", arrays(), dict(groups=2, padding=(1, -1)), ValueError, r"padding must be >= 0, got \(1, -1\)"),
+    ("padding_unknown", arrays(), dict(groups=2, padding="full"), ValueError,
+     r"padding must be an int, a pair of ints, 'valid' or 'same', got 'full'"),
+    ("padding_float", arrays(), dict(groups=2, padding=0.5), TypeError, r"padding must be an int or a pair of ints, got float"),
+    ("same_strided", arrays(), dict(groups=2, padding="same", stride=2), ValueError,
+     r"padding='same' is not supported for strided convolutions \(stride=\(2, 2\)\)"),
+    ("kernel_too_large", arrays((1, 4, 4, 8), (6, 2, 3, 3)), dict(groups=2, dilation=2), ValueError,
+     r"dilated kernel size \(5, 5\) is larger than the padded input size \(4, 8\)"),
+    ("dtype_mismatch", arrays(dtypes=(F32, np.float64, F32)), dict(groups=2), TypeError,
+     r"input dtype \(float32\) and weight dtype \(float64\) must be the same"),
+    ("bias_dtype_mismatch", arrays(b_shape=(6,), dtypes=(np.float64, np.float64, F32)), dict(groups=2), TypeError,
+     r"input dtype \(float64\) and bias dtype \(float32\) must be the same"),
+    ("dtype_integer", arrays(dtypes=(np.int32, np.int32, F32)), dict(groups=2), TypeError,
+     r"input dtype int32 is not supported; supported dtypes are float32 and float64"),
+    ("dtype_complex", arrays(dtypes=(np.complex64, np.complex64, F32)), dict(groups=2), TypeError,
+     r"input dtype complex64 is not supported; supported dtypes are float32 and float64"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("host, kwargs, exc, message", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_error_message(backend, host, kwargs, exc, message):
+    x, w, b = (to_backend(a, backend) for a in host)
+    with pytest.raises(exc, match="^conv2d: " + message):
+        nbconv.conv2d(x, w, b, **kwargs)
+
+
+def test_float16_is_cuda_only():
+    x, w, _ = arrays(dtypes=(np.float16, np.float16, F32))
+    with pytest.raises(TypeError, match="^conv2d: input dtype float16 is supported on the CUDA backend only"):
+        nbconv.conv2d(x, w, groups=2)
+
+
+@pytest.mark.parametrize("name, position", [("input", 0), ("weight", 1), ("bias", 2)])
+def test_non_array_argument(name, position):
+    args = list(arrays(b_shape=(6,)))
+    args[position] = args[position].tolist()
+    with pytest.raises(TypeError, match=rf"^conv2d: {name} must be a numpy.ndarray, a cupy.ndarray or a CUDA device array"):
+        nbconv.conv2d(*args, groups=2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("device_arg", ["input", "weight", "bias"])
+def test_host_and_device_mixed(device_arg):
+    names = ["input", "weight", "bias"]
+    args = list(arrays(b_shape=(6,)))
+    pos = names.index(device_arg)
+    args[pos] = to_backend(args[pos], "cuda")
+    first, other = ("input", device_arg) if device_arg != "input" else ("input", "weight")
+    where_first = "Numba CUDA device array" if device_arg == "input" else r"numpy.ndarray \(host memory\)"
+    with pytest.raises(TypeError, match=rf"^conv2d: {first} is a {where_first}.* but {other} is .*"
+                       r"all arrays must live on the same device"):
+        nbconv.conv2d(*args, groups=2)
+
+
+def test_validation_runs_before_dispatch():
+    """A bad call never reaches a kernel: the spec is refused even for an empty batch."""
+    x, w, _ = arrays((0, 5, 8, 8), (6, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"^conv2d: in_channels \(5\)"):
+        nbconv.conv2d(x, w, groups=2)
