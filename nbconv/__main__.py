@@ -1,0 +1,80 @@
+"""Command line: ``nbconv bench`` (also ``python -m nbconv bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._shapes import EXTRA_SHAPES, SHAPES_BY_NAME, STANDARD_SHAPES
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nbconv", description="Grouped and depthwise conv2d for NumPy and CuPy.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser(
+        "bench",
+        help="time the standard shapes (checked against NumPy first), against PyTorch when installed",
+        description="Times nbconv.conv2d on the standard grouped/depthwise shapes. Each result is checked "
+        "against a NumPy computation before it is timed. With PyTorch installed, F.conv2d runs in the same "
+        "process, interleaved, with the same number of threads; the speedup is the median of paired ratios.",
+    )
+    b.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--batch", type=int, default=None, help="batch size (default: 8 on cpu, 32 on cuda)")
+    b.add_argument("--dtype", choices=["float32", "float64", "float16"], default="float32")
+    b.add_argument("--quick", action="store_true", help="fewer rounds, batch 1 unless --batch, no JIT latency")
+    b.add_argument("--shapes", default=None, help="comma-separated shape names (default: the standard ones)")
+    b.add_argument("--extra", action="store_true", help="also the extra shapes (odd sizes, 1x1, dense, ...)")
+    b.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per shape")
+    b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    return p
+
+
+def bench(args: argparse.Namespace) -> int:
+    from .bench._run import first_call_latency, format_table, results_json, run_bench
+
+    if args.dtype == "float16" and args.backend == "cpu":
+        print("nbconv bench: float16 is supported on the CUDA backend only", file=sys.stderr)
+        return 2
+    if args.shapes:
+        unknown = [s for s in args.shapes.split(",") if s not in SHAPES_BY_NAME]
+        if unknown:
+            print(f"nbconv bench: unknown shapes {unknown}; known: {sorted(SHAPES_BY_NAME)}", file=sys.stderr)
+            return 2
+        shapes = [SHAPES_BY_NAME[s] for s in args.shapes.split(",")]
+    else:
+        shapes = list(STANDARD_SHAPES) + (list(EXTRA_SHAPES) if args.extra else [])
+    batch = args.batch or (1 if args.quick else (8 if args.backend == "cpu" else 32))
+    rounds = args.rounds or (5 if args.quick else 15)
+
+    first_call = None
+    if not args.quick:
+        print("first-call latency (fresh interpreters) ...", file=sys.stderr, flush=True)
+        cold, warm = first_call_latency(shapes[0], batch, args.dtype, args.backend)
+        first_call = {"shape": shapes[0].name, "cold_s": cold, "warm_cache_s": warm}
+    results = run_bench(shapes, args.backend, batch, args.dtype, rounds)
+    report = results_json(results, args.backend, first_call)
+    m = report["machine"]
+    print(f"\nnbconv bench --backend {args.backend}: batch {batch}, {args.dtype}, NCHW, {rounds} rounds; "
+          f"{m.get('gpu', m['processor'])}, {m['threads']} threads"
+          + (f", torch {m['torch']}" if "torch" in m else ", PyTorch not installed (no comparison)"))
+    print(format_table(results))
+    if first_call:
+        print(f"\nfirst call ({first_call['shape']}, includes JIT): cold cache {first_call['cold_s']:.2f} s, "
+              f"warm on-disk cache {first_call['warm_cache_s']:.2f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

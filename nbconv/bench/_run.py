@@ -1,0 +1,180 @@
+"""Run the benchmark: per shape, check against NumPy, then time nbconv against PyTorch."""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .. import conv2d
+from .._shapes import Shape
+from .._spec import conv2d_spec
+from ._check import conv2d_numpy, max_scaled_error
+from ._timing import first_call_latency, interleaved
+
+TOLERANCE = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-10}
+
+
+@dataclass
+class BenchResult:
+    name: str
+    backend: str
+    batch: int
+    dtype: str
+    time_s: float
+    gflops: float
+    gbps: float
+    max_error: float
+    torch_time_s: Optional[float] = None
+    speedup: Optional[float] = None  # median over interleaved pairs of torch time / nbconv time
+
+
+def _torch(backend: str):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if backend == "cuda" and not torch.cuda.is_available():
+        return None
+    return torch
+
+
+def _arrays(shape: Shape, batch: int, dtype: str, backend: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape.input_shape(batch)).astype(dtype)
+    w = (rng.standard_normal(shape.weight_shape()) / math.sqrt(np.prod(shape.weight_shape()[1:]))).astype(dtype)
+    b = rng.standard_normal(shape.c_out).astype(dtype)
+    return x, w, b
+
+
+def bench_shape(shape: Shape, batch: int, dtype: str, backend: str, rounds: int) -> BenchResult:
+    x, w, b = _arrays(shape, batch, dtype, backend)
+    torch = _torch(backend)
+    sync = None
+    if backend == "cuda":
+        import cupy
+
+        dx, dw, db = cupy.asarray(x), cupy.asarray(w), cupy.asarray(b)
+        sync = cupy.cuda.Device().synchronize
+        to_host = cupy.asnumpy
+    else:
+        dx, dw, db = x, w, b
+        to_host = np.asarray
+    spec = conv2d_spec(dx, dw, db, **shape.conv_args())
+    ours = lambda: conv2d(dx, dw, db, **shape.conv_args())  # noqa: E731
+    got = to_host(ours())
+    want = conv2d_numpy(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups)
+    err = max_scaled_error(got, want)
+    if not err <= TOLERANCE[dtype]:
+        raise AssertionError(f"{shape.name}: nbconv differs from the NumPy check by {err:.3g} (scaled)")
+
+    theirs = None
+    if torch is not None:
+        dev = "cuda" if backend == "cuda" else "cpu"
+        tx, tw, tb = (torch.from_numpy(a).to(dev) for a in (x, w, b))
+        args = shape.conv_args()
+        theirs = lambda: torch.nn.functional.conv2d(tx, tw, tb, **args)  # noqa: E731
+        theirs()
+    t_ours, t_theirs, ratio = interleaved(ours, theirs, rounds, sync)
+    return BenchResult(
+        name=shape.name,
+        backend=backend,
+        batch=batch,
+        dtype=dtype,
+        time_s=t_ours,
+        gflops=spec.flops / t_ours / 1e9,
+        gbps=spec.min_bytes / t_ours / 1e9,
+        max_error=err,
+        torch_time_s=t_theirs,
+        speedup=ratio,
+    )
+
+
+def geomean(values: Sequence[float]) -> float:
+    return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else float("nan")
+
+
+def machine_description(backend: str) -> dict:
+    import numba
+
+    info = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "threads": numba.get_num_threads(),
+    }
+    torch = _torch(backend)
+    if torch is not None:
+        info["torch"] = torch.__version__
+    if backend == "cuda":
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        info["gpu"] = props["name"].decode()
+        info["cupy"] = cupy.__version__
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_bench(
+    shapes: Sequence[Shape],
+    backend: str = "cpu",
+    batch: int = 8,
+    dtype: str = "float32",
+    rounds: int = 15,
+    progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> list[BenchResult]:
+    torch = _torch(backend)
+    if torch is not None and backend == "cpu":
+        import numba
+
+        torch.set_num_threads(numba.get_num_threads())  # same number of threads on both sides
+    results = []
+    for i, shape in enumerate(shapes, 1):
+        progress(f"[{i}/{len(shapes)}] {shape.name} ...")
+        results.append(bench_shape(shape, batch, dtype, backend, rounds))
+    return results
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    has_torch = any(r.speedup is not None for r in results)
+    head = f"| shape | time (ms) | GFLOP/s | GB/s |" + (" torch (ms) | speedup |" if has_torch else "")
+    rule = "|---|---:|---:|---:|" + ("---:|---:|" if has_torch else "")
+    rows = [head, rule]
+    for r in results:
+        row = f"| {r.name} | {r.time_s * 1e3:.3f} | {r.gflops:.1f} | {r.gbps:.1f} |"
+        if has_torch:
+            row += f" {r.torch_time_s * 1e3:.3f} | {r.speedup:.2f}x |" if r.speedup else " - | - |"
+        rows.append(row)
+    if has_torch:
+        rows.append(f"| **geometric mean** | | | | | **{geomean([r.speedup for r in results if r.speedup]):.2f}x** |")
+    return "\n".join(rows)
+
+
+def results_json(results: Sequence[BenchResult], backend: str, first_call: Optional[dict]) -> dict:
+    speedups = [r.speedup for r in results if r.speedup]
+    return {
+        "machine": machine_description(backend),
+        "results": [asdict(r) for r in results],
+        "geomean_speedup": geomean(speedups) if speedups else None,
+        "first_call_s": first_call,
+    }
+
+
+__all__ = ["BenchResult", "run_bench", "format_table", "results_json", "first_call_latency"]

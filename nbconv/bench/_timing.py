@@ -1,0 +1,99 @@
+"""Timing helpers: interleaved pairs, medians, and Numba's first-call (JIT) latency."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+
+def calls_per_sample(fn: Callable[[], object], target_s: float = 0.02) -> int:
+    """How many back-to-back calls make one timing sample of about ``target_s`` seconds."""
+    t0 = time.perf_counter()
+    fn()
+    dt = max(time.perf_counter() - t0, 1e-6)
+    return max(1, min(1000, int(target_s / dt)))
+
+
+def sample(fn: Callable[[], object], reps: int, sync: Optional[Callable[[], object]] = None) -> float:
+    """Seconds per call over ``reps`` back-to-back calls."""
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    if sync:
+        sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def interleaved(a, b, rounds: int, sync=None) -> tuple[float, Optional[float], Optional[float]]:
+    """Median time of ``a``, of ``b``, and median of the paired ratios time(b) / time(a).
+
+    ``a`` and ``b`` alternate, so slow phases of a shared machine hit both; ``b`` may be None.
+    """
+    ra = calls_per_sample(a)
+    rb = calls_per_sample(b) if b else 0
+    ta, tb, ratios = [], [], []
+    for i in range(rounds):
+        order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate who goes first
+        pair = {}
+        for who in order:
+            if who == 0:
+                pair[0] = sample(a, ra, sync)
+            elif b:
+                pair[1] = sample(b, rb, sync)
+        ta.append(pair[0])
+        if b:
+            tb.append(pair[1])
+            ratios.append(pair[1] / pair[0])
+    med = statistics.median
+    return med(ta), (med(tb) if b else None), (med(ratios) if b else None)
+
+
+_FIRST_CALL = """
+import time, numpy as np
+t0 = time.perf_counter()
+import nbconv
+{setup}
+t1 = time.perf_counter()
+nbconv.conv2d(x, w, b, stride={stride}, padding={padding}, dilation={dilation}, groups={groups})
+{sync}
+print(time.perf_counter() - t1)
+"""
+
+
+def first_call_latency(shape, batch: int, dtype: str, backend: str) -> tuple[float, float]:
+    """(cold, warm-cache) seconds of the first ``conv2d`` call in a fresh interpreter.
+
+    Cold: an empty Numba on-disk cache, so the call includes JIT compilation. Warm: a second
+    fresh interpreter reusing that cache (CPU kernels load from disk; CUDA kernels compile).
+    """
+    if backend == "cpu":
+        setup = "x = np.ones({xs}, '{dt}'); w = np.ones({ws}, '{dt}'); b = np.ones({co}, '{dt}')"
+        sync = ""
+    else:
+        setup = (
+            "import cupy; x = cupy.ones({xs}, '{dt}'); w = cupy.ones({ws}, '{dt}'); b = cupy.ones({co}, '{dt}'); "
+            "cupy.cuda.Device().synchronize()"
+        )
+        sync = "cupy.cuda.Device().synchronize()"
+    code = _FIRST_CALL.format(
+        setup=setup.format(xs=shape.input_shape(batch), ws=shape.weight_shape(), co=shape.c_out, dt=dtype),
+        sync=sync,
+        stride=shape.stride,
+        padding=shape.pad,
+        dilation=shape.dilation,
+        groups=shape.groups,
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        times = []
+        for _ in range(2):
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            times.append(float(res.stdout.strip().splitlines()[-1]))
+    return times[0], times[1]
