@@ -6,6 +6,9 @@ kernel row, kernel column) tap, one shifted input row times one weight: the inne
 contiguous ``axpy`` along the output row (for stride 1) that LLVM turns into AVX-512 FMAs.
 The valid column range of each tap is computed up front, so padding costs nothing and no
 padded copy of the input is made.
+
+Arrays are passed flattened and indexed with unsigned integers: Numba then emits no
+negative-index wrap-around, which would otherwise keep LLVM from vectorising the inner loops.
 """
 
 from __future__ import annotations
@@ -15,36 +18,31 @@ import numpy as np
 
 from .._numba_options import njit_parallel, njit_serial
 
+_U = numba.uint64
+
 
 @njit_serial
-def _valid_range(offset, stride, in_len, out_len):
+def valid_range(offset, stride, in_len, out_len):
     """Output indices ``o`` in [lo, hi) with ``0 <= o * stride + offset < in_len``."""
     lo = 0
     if offset < 0:
         lo = (-offset + stride - 1) // stride
-    hi = out_len
     last = in_len - 1 - offset  # largest o * stride allowed
-    if last < 0:
-        hi = 0
-    else:
-        hi = min(out_len, last // stride + 1)
+    hi = min(out_len, last // stride + 1) if last >= 0 else 0
     return lo, max(lo, hi)
 
 
 @njit_parallel
-def _forward_direct(x, w, b, out, sh, sw, ph, pw, dh, dw, groups, oc_block):
-    """out[n, o] = b[o] + sum over the group's input channels and taps of w * x (cross-correlation).
+def _forward_direct(x, w, b, out, dims, sh, sw, ph, pw, dh, dw, groups, oc_block):
+    """out = conv2d(x, w) + b, all flattened C-order arrays.
 
-    x: (N, C_in, H, W) C-contiguous; w: (C_out, C_in/groups, kH, kW); b: (C_out,);
-    out: (N, C_out, OH, OW) C-contiguous, fully overwritten. ``ph``/``pw`` are the near-side pads.
+    ``dims`` = (N, C_in, H, W, C_out, C_in/groups, kH, kW, OH, OW); ``ph``/``pw`` are the
+    near-side pads. ``out`` is fully overwritten.
     """
-    n_img, _, in_h, in_w = x.shape
-    c_out, cin_g, kh_n, kw_n = w.shape
-    out_h, out_w = out.shape[2], out.shape[3]
+    n_img, c_in, in_h, in_w, c_out, cin_g, kh_n, kw_n, out_h, out_w = dims
     cout_g = c_out // groups
     n_blocks = (cout_g + oc_block - 1) // oc_block
-    n_tasks = n_img * groups * n_blocks
-    for task in numba.prange(n_tasks):
+    for task in numba.prange(n_img * groups * n_blocks):
         blk = task % n_blocks
         rest = task // n_blocks
         g = rest % groups
@@ -53,32 +51,35 @@ def _forward_direct(x, w, b, out, sh, sw, ph, pw, dh, dw, groups, oc_block):
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
         for oy in range(out_h):
             for oc in range(oc_lo, oc_hi):
-                orow = out[n, oc, oy]
+                orow = ((n * c_out + oc) * out_h + oy) * out_w
                 bv = b[oc]
                 for ox in range(out_w):
-                    orow[ox] = bv
+                    out[_U(orow + ox)] = bv
             for kh in range(kh_n):
                 iy = oy * sh - ph + kh * dh
                 if iy < 0 or iy >= in_h:
                     continue
                 for kw in range(kw_n):
                     off = kw * dw - pw
-                    lo, hi = _valid_range(off, sw, in_w, out_w)
+                    lo, hi = valid_range(off, sw, in_w, out_w)
                     for ci in range(cin_g):
-                        xrow = x[n, g * cin_g + ci, iy]
+                        xrow = ((n * c_in + g * cin_g + ci) * in_h + iy) * in_w + off
                         for oc in range(oc_lo, oc_hi):
-                            orow = out[n, oc, oy]
-                            wv = w[oc, ci, kh, kw]
+                            orow = ((n * c_out + oc) * out_h + oy) * out_w
+                            wv = w[_U(((oc * cin_g + ci) * kh_n + kh) * kw_n + kw)]
                             if sw == 1:
                                 for ox in range(lo, hi):
-                                    orow[ox] += wv * xrow[ox + off]
+                                    out[_U(orow + ox)] += wv * x[_U(xrow + ox)]
                             else:
                                 for ox in range(lo, hi):
-                                    orow[ox] += wv * xrow[ox * sw + off]
-    return out
+                                    out[_U(orow + ox)] += wv * x[_U(xrow + ox * sw)]
 
 
 def forward_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, oc_block: int) -> None:
-    sh, sw = spec.stride
-    dh, dw = spec.dilation
-    _forward_direct(x, w, b, out, sh, sw, spec.padding[0], spec.padding[2], dh, dw, spec.groups, oc_block)
+    """Run the direct kernel on C-contiguous 4-D ``x``, ``w``, ``out`` and 1-D ``b``."""
+    dims = x.shape + w.shape[:1] + w.shape[1:] + out.shape[2:]
+    _forward_direct(
+        x.reshape(-1), w.reshape(-1), b, out.reshape(-1), dims,
+        spec.stride[0], spec.stride[1], spec.padding[0], spec.padding[2],
+        spec.dilation[0], spec.dilation[1], spec.groups, oc_block,
+    )
