@@ -142,3 +142,16 @@ def test_out_overlapping_input(backend):
     nbconv.conv2d(x, w, groups=3, out=flat[48:].reshape(1, 3, 4, 4))
     np.testing.assert_array_equal(to_host(flat)[:48], 0)
     np.testing.assert_array_equal(to_host(flat)[48:], 1)
+
+
+@pytest.mark.parametrize(
+    "batch, groups, out_per_group, threads, expected",
+    [(8, 32, 4, 2, 4), (1, 2, 128, 2, 32), (8, 2, 128, 2, 128), (1, 1, 3, 2, 1), (1, 960, 1, 2, 1), (2, 1, 7, 4, 1)],
+)
+def test_cpu_oc_block_choice(batch, groups, out_per_group, threads, expected):
+    from nbconv.cpu._launch import choose_oc_block
+
+    ocb = choose_oc_block(batch, groups, out_per_group, threads)
+    assert ocb == expected
+    blocks = -(-out_per_group // ocb)
+    assert batch * groups * blocks >= min(4 * threads, batch * groups * out_per_group)

@@ -6,18 +6,24 @@ order, strided views) are copied once into C order here; read-only inputs are us
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from ._direct import forward_direct
+from ._packed import forward_packed
 
 
 def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
     return a[np.newaxis] if unbatched else a
 
 
-def choose_oc_block(out_per_group: int) -> int:
-    """Output channels per parallel task: whole small groups, slices of large ones."""
-    return min(out_per_group, 4)
+def choose_oc_block(batch: int, groups: int, out_per_group: int, threads: int) -> int:
+    """Output channels per parallel task.
+
+    A task packs its group's input planes once, so whole groups are best; a group is sliced
+    only as far as needed to give every thread at least 4 tasks.
+    """
+    slices = -(-4 * threads // max(1, batch * groups))  # ceil
+    return max(1, -(-out_per_group // min(slices, out_per_group)))
 
 
 def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.ndarray) -> np.ndarray:
@@ -27,7 +33,8 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target = _batched(out, spec.unbatched)
     dest = target if target.flags.c_contiguous else np.empty(target.shape, spec.dtype)
-    forward_direct(x, w, b, dest, spec, choose_oc_block(spec.out_per_group))
+    oc_block = choose_oc_block(spec.batch, spec.groups, spec.out_per_group, numba.get_num_threads())
+    forward_packed(x, w, b, dest, spec, oc_block)
     if dest is not target:
         target[...] = dest
     return out

@@ -1,0 +1,149 @@
+"""Grouped convolution on the CPU over packed, padded input planes (the default CPU path).
+
+Per task of (image, group, block of output channels) the group's input planes are copied once
+into a per-thread scratch buffer, zero-padded and split by phase (padded row ``r``, column ``c``
+go to phase plane ``(r % sH, c % sW)`` at ``(r // sH, c // sW)``), so that every kernel tap
+reads a *contiguous* run of the scratch, whatever the stride, with no bounds tests.
+
+Rows are split by phase too, so output rows ``oy`` and ``oy + 1`` read consecutive rows of one
+phase plane for any stride: the output is computed in segments of rows that fit in L1,
+flattened with the phase plane's pitch (one long vector loop per tap; the few columns past
+W_out are computed and dropped). Each pass over a
+segment adds up to three taps of one kernel row at once (three loads, one load and one store of
+the accumulator per vector), which keeps the loop from being bound by stores.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .._numba_options import njit_parallel, njit_serial
+
+_U = numba.uint64
+
+#: Target length (elements) of an accumulator segment: 2048 float32 = 8 KiB, well inside L1.
+SEGMENT_ELEMS = 2048
+
+
+@njit_serial
+def _add_taps(acc, xs, x0, n, o0, o1, o2, w0, w1, w2, n_taps, first, bias):
+    """acc[p] (+)= w0*xs[x0+o0+p] (+ w1*xs[x0+o1+p] (+ w2*xs[x0+o2+p])) for p < n.
+
+    ``first``: the accumulator is not read but set to ``bias`` + the taps (no zeroing pass).
+    """
+    if first:
+        for p in range(n):
+            acc[p] = bias
+    if n_taps == 3:
+        for p in range(n):
+            q = _U(x0 + p)
+            acc[p] += w0 * xs[q + _U(o0)] + w1 * xs[q + _U(o1)] + w2 * xs[q + _U(o2)]
+    elif n_taps == 2:
+        for p in range(n):
+            q = _U(x0 + p)
+            acc[p] += w0 * xs[q + _U(o0)] + w1 * xs[q + _U(o1)]
+    else:
+        for p in range(n):
+            acc[p] += w0 * xs[_U(x0 + o0 + p)]
+
+
+@njit_serial
+def _phase_range(ph, sw, pl, in_w, wc):
+    """Positions j in [lo, hi) of phase ``ph`` whose input column j*sw + ph - pl is in [0, in_w)."""
+    lo = max(0, (pl - ph + sw - 1) // sw)
+    hi = min(wc, (in_w - 1 + pl - ph) // sw + 1) if in_w - 1 + pl - ph >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit_parallel
+def _forward_packed(x, w, b, out, scratch, acc_buf, geo, groups, oc_block):
+    """out (N, C_out, OH, OW) = conv2d(x (N, C_in, H, W), w) + b; all C-contiguous 4-D.
+
+    ``geo`` = (sH, sW, pad_top, pad_left, dH, dW, Hc, Wc, rows_per_segment): the scratch holds,
+    per input channel, sH * sW phase planes of Hc x Wc (padded row r, column c live in plane
+    (r % sH, c % sW) at (r // sH, c // sW)). ``scratch`` / ``acc_buf`` have one row per thread.
+    """
+    n_img, c_in, in_h, in_w = x.shape
+    c_out, cin_g, kh_n, kw_n = w.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows = geo
+    plane = hc * wc
+    chan = sh * sw * plane
+    cout_g = c_out // groups
+    n_blocks = (cout_g + oc_block - 1) // oc_block
+    for task in numba.prange(n_img * groups * n_blocks):
+        tid = numba.get_thread_id()
+        xs = scratch[tid]
+        acc = acc_buf[tid]
+        blk = task % n_blocks
+        rest = task // n_blocks
+        g = rest % groups
+        n = rest // groups
+        oc_lo = g * cout_g + blk * oc_block
+        oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
+
+        # pack the group's input channels: zero padding, phase planes
+        xs[: cin_g * chan] = 0
+        for ci in range(cin_g):
+            src = x[n, g * cin_g + ci]
+            for iy in range(in_h):
+                r = iy + pt
+                srow = src[iy]
+                for ph in range(sw):
+                    # padded column j * sw + ph holds input column j * sw + ph - pad_left
+                    j_lo, j_hi = _phase_range(ph, sw, pl, in_w, wc)
+                    dst = ci * chan + ((r % sh) * sw + ph) * plane + (r // sh) * wc
+                    for j in range(j_lo, j_hi):
+                        xs[_U(dst + j)] = srow[_U(j * sw + ph - pl)]
+
+        # output segments of ``rows`` rows flattened with pitch Wc (columns >= OW are dropped)
+        for oy0 in range(0, out_h, seg_rows):
+            rows = min(seg_rows, out_h - oy0)
+            n_el = (rows - 1) * wc + out_w
+            for oc in range(oc_lo, oc_hi):
+                bv = b[oc]
+                for ci in range(cin_g):
+                    for kh in range(kh_n):
+                        rr = kh * dh
+                        x0 = ci * chan + (rr % sh) * sw * plane + (oy0 + rr // sh) * wc
+                        for kw0 in range(0, kw_n, 3):
+                            nt = min(3, kw_n - kw0)
+                            c0 = kw0 * dw
+                            c1 = c0 + dw
+                            c2 = c1 + dw
+                            o0 = (c0 % sw) * plane + c0 // sw
+                            o1 = (c1 % sw) * plane + c1 // sw
+                            o2 = (c2 % sw) * plane + c2 // sw
+                            w0 = w[oc, ci, kh, kw0]
+                            w1 = w[oc, ci, kh, min(kw0 + 1, kw_n - 1)]
+                            w2 = w[oc, ci, kh, min(kw0 + 2, kw_n - 1)]
+                            first = ci == 0 and kh == 0 and kw0 == 0
+                            _add_taps(acc, xs, x0, n_el, o0, o1, o2, w0, w1, w2, nt, first, bv)
+                for r in range(rows):
+                    dst = out[n, oc, oy0 + r]
+                    for ox in range(out_w):
+                        dst[ox] = acc[r * wc + ox]
+
+
+def packed_geometry(spec) -> tuple:
+    """(geo tuple, scratch elements per thread, accumulator elements per thread)."""
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    pt, pb, pl, pr = spec.padding
+    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
+    hp = max(spec.in_size[0] + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(spec.in_size[1] + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
+    hc, wc = -(-hp // sh), -(-wp // sw)
+    seg_rows = max(1, min(oh, SEGMENT_ELEMS // wc))
+    acc_elems = (seg_rows - 1) * wc + ow
+    # slack: the dropped columns of a segment's last row read up to one row past the last plane
+    scratch_elems = spec.in_per_group * sh * sw * hc * wc + wc
+    return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows), scratch_elems, acc_elems
+
+
+def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, oc_block: int) -> None:
+    geo, scratch_elems, acc_elems = packed_geometry(spec)
+    threads = numba.get_num_threads()
+    scratch = np.zeros((threads, scratch_elems), x.dtype)
+    acc = np.empty((threads, acc_elems), x.dtype)
+    _forward_packed(x, w, b, out, scratch, acc, geo, spec.groups, oc_block)
