@@ -145,7 +145,7 @@ def _padding(
     return (ph, ph, pw, pw)
 
 
-def classify(op: str, arrays: dict[str, Any]) -> str:
+def classify(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias",)) -> str:
     """Kind of the arrays in ``arrays`` (name -> array or None); all must live on one side.
 
     Raises TypeError for a non-array, and for host arrays mixed with device arrays (naming which
@@ -154,7 +154,7 @@ def classify(op: str, arrays: dict[str, Any]) -> str:
     """
     kinds = {}
     for name, x in arrays.items():
-        if x is None:
+        if x is None and name in optional:
             continue
         kind = _arrays.array_kind(x)
         if kind is None:

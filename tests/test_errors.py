@@ -81,10 +81,15 @@ def test_float16_is_cuda_only():
         nbconv.conv2d(x, w, groups=2)
 
 
-@pytest.mark.parametrize("name, position", [("input", 0), ("weight", 1), ("bias", 2)])
-def test_non_array_argument(name, position):
+@pytest.mark.parametrize(
+    "name, position, convert",
+    [("input", 0, np.ndarray.tolist), ("weight", 1, np.ndarray.tolist), ("bias", 2, np.ndarray.tolist),
+     ("input", 0, lambda a: None), ("weight", 1, lambda a: None)],  # bias=None means no bias
+    ids=["input-list", "weight-list", "bias-list", "input-None", "weight-None"],
+)
+def test_non_array_argument(name, position, convert):
     args = list(arrays(b_shape=(6,)))
-    args[position] = args[position].tolist()
+    args[position] = convert(args[position])
     with pytest.raises(TypeError, match=rf"^conv2d: {name} must be a numpy.ndarray, a cupy.ndarray or a CUDA device array"):
         nbconv.conv2d(*args, groups=2)
 
