@@ -43,7 +43,7 @@ def _torch(backend: str):
     return torch
 
 
-def _arrays(shape: Shape, batch: int, dtype: str, backend: str, seed: int = 0):
+def _host_arrays(shape: Shape, batch: int, dtype: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape.input_shape(batch)).astype(dtype)
     w = (rng.standard_normal(shape.weight_shape()) / math.sqrt(np.prod(shape.weight_shape()[1:]))).astype(dtype)
@@ -52,7 +52,7 @@ def _arrays(shape: Shape, batch: int, dtype: str, backend: str, seed: int = 0):
 
 
 def bench_shape(shape: Shape, batch: int, dtype: str, backend: str, rounds: int) -> BenchResult:
-    x, w, b = _arrays(shape, batch, dtype, backend)
+    x, w, b = _host_arrays(shape, batch, dtype)
     torch = _torch(backend)
     sync = None
     if backend == "cuda":
@@ -154,7 +154,7 @@ def run_bench(
 
 def format_table(results: Sequence[BenchResult]) -> str:
     has_torch = any(r.speedup is not None for r in results)
-    head = f"| shape | time (ms) | GFLOP/s | GB/s |" + (" torch (ms) | speedup |" if has_torch else "")
+    head = "| shape | time (ms) | GFLOP/s | GB/s |" + (" torch (ms) | speedup |" if has_torch else "")
     rule = "|---|---:|---:|---:|" + ("---:|---:|" if has_torch else "")
     rows = [head, rule]
     for r in results:
