@@ -14,7 +14,7 @@ from .. import conv2d
 from .._shapes import Shape
 from .._spec import conv2d_spec
 from ._check import conv2d_numpy, max_scaled_error
-from ._timing import first_call_latency, interleaved
+from ._timing import first_call_latency, interleaved, warm_allocator
 
 TOLERANCE = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-10}
 
@@ -145,6 +145,7 @@ def run_bench(
         import numba
 
         torch.set_num_threads(numba.get_num_threads())  # same number of threads on both sides
+    warm_allocator()
     results = []
     for i, shape in enumerate(shapes, 1):
         progress(f"[{i}/{len(shapes)}] {shape.name} ...")

@@ -1,0 +1,148 @@
+"""ASV benchmarks of nbconv: the standard shapes of ``nbconv bench`` and a groups sweep.
+
+Every ``time_`` and ``track_`` figure is taken after a warm-up call in ``setup``, so JIT compilation
+never leaks into it; compilation is tracked on its own by ``FirstCall.track_cold_jit_seconds``.
+GPU figures synchronise the device after the timed calls.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from asv_runner.benchmarks.mark import SkipNotImplemented
+
+from nbconv._shapes import STANDARD_SHAPES, Shape
+
+from ._common import BACKENDS, BACKWARD_OPS, BATCH, DTYPES, OpCase, median_paired_ratio
+
+SHAPES = {s.name: s for s in STANDARD_SHAPES}
+
+
+class _OpBenchmark:
+    """The four metrics of one op on one standard shape; subclasses fix the parameters."""
+
+    timeout = 300
+    repeat = (2, 5, 4.0)  # at least 2, at most 5 samples, stop after 4 s
+
+    def _setup(self, backend, op, shape, dtype):
+        self.case = OpCase(op, SHAPES[shape], backend, dtype, BATCH[backend])
+        self.case.run()  # compile (or load from Numba's cache) outside the timings
+        self.case.sync()
+
+    def _time(self, *params):
+        self.case.run()
+        self.case.sync()
+
+    def _peakmem(self, *params):
+        self.case.run()
+
+    def _gflops(self, *params):
+        return self.case.flops / self.case.seconds_per_call() / 1e9
+
+    def _speedup(self, *params):
+        theirs = self.case.torch_run()  # skips when PyTorch is absent
+        theirs()
+        self.case.sync()
+        return median_paired_ratio(self.case.run, theirs, self.case.sync)
+
+
+class Forward(_OpBenchmark):
+    """``conv2d`` on each standard shape (batch 8 on the CPU, 32 on the GPU), per backend and dtype."""
+
+    params = [BACKENDS, list(SHAPES), DTYPES]
+    param_names = ["backend", "shape", "dtype"]
+
+    def setup(self, backend, shape, dtype):
+        self._setup(backend, "forward", shape, dtype)
+
+    time_conv2d = _OpBenchmark._time
+    peakmem_conv2d = _OpBenchmark._peakmem
+    track_gflops = _OpBenchmark._gflops
+    track_speedup_vs_torch = _OpBenchmark._speedup
+
+
+class Backward(_OpBenchmark):
+    """The training ops (input gradient, weight gradient, ``conv_transpose2d``) on each standard
+    shape, float32. Skipped on commits that predate them."""
+
+    params = [BACKENDS, BACKWARD_OPS, list(SHAPES)]
+    param_names = ["backend", "op", "shape"]
+
+    def setup(self, backend, op, shape):
+        self._setup(backend, op, shape, "float32")
+
+    time_op = _OpBenchmark._time
+    peakmem_op = _OpBenchmark._peakmem
+    track_gflops = _OpBenchmark._gflops
+    track_speedup_vs_torch = _OpBenchmark._speedup
+
+
+class GroupsSweep:
+    """C_in = C_out = 64, 56x56, 3x3, forward: groups 1, 2, 4, ..., 64.
+
+    FLOPs fall by 2x per step; the time should follow until the work per group gets too small.
+    """
+
+    params = [BACKENDS, [1, 2, 4, 8, 16, 32, 64]]
+    param_names = ["backend", "groups"]
+    timeout = 300
+    repeat = (2, 5, 4.0)
+
+    def setup(self, backend, groups):
+        shape = Shape(f"sweep_g{groups}", 64, 56, 64, 3, 1, 1, groups)
+        self.case = OpCase("forward", shape, backend, "float32", BATCH[backend])
+        self.case.run()
+        self.case.sync()
+
+    def time_forward(self, backend, groups):
+        self.case.run()
+        self.case.sync()
+
+    def track_gflops(self, backend, groups):
+        return self.case.flops / self.case.seconds_per_call() / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+_FIRST_CALL = """
+import time, numpy as np
+to_dev = (lambda a: a) if {backend!r} == "cpu" else __import__("cupy").asarray
+x = to_dev(np.ones((1, 32, 112, 112), "float32")); w = to_dev(np.ones((32, 1, 3, 3), "float32"))
+import nbconv
+t0 = time.perf_counter()
+y = nbconv.conv2d(x, w, None, padding=1, groups=32)
+if {backend!r} == "cuda":
+    __import__("cupy").cuda.Device().synchronize()
+print(time.perf_counter() - t0)
+"""
+
+
+class FirstCall:
+    """Cold first call of ``conv2d`` (mbv2_dw_112 at batch 1) in a fresh interpreter with an empty
+    Numba cache: the JIT compilation a user waits for, reported apart from every ``time_`` figure."""
+
+    params = [BACKENDS]
+    param_names = ["backend"]
+    number = 1
+    repeat = 1
+    timeout = 300
+
+    def setup(self, backend):
+        if backend == "cuda":
+            from ._common import backend_arrays
+
+            backend_arrays(backend)  # skips without a GPU
+
+    def track_cold_jit_seconds(self, backend):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            res = subprocess.run([sys.executable, "-c", _FIRST_CALL.format(backend=backend)],
+                                 capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            raise SkipNotImplemented(res.stderr.strip().splitlines()[-1] if res.stderr else "failed")
+        return float(res.stdout.split()[-1])
+
+    track_cold_jit_seconds.unit = "seconds"

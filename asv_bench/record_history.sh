@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Record ASV results for a range of commits with an existing Python environment (no network, no
+# per-commit virtualenvs), then publish the HTML dashboard to asv_bench/html.
+#
+#   asv_bench/record_history.sh [RANGE] [extra `asv run` arguments ...]
+#
+# RANGE defaults to every commit since the suite applies (the one that added nbconv/_shapes.py)
+# up to HEAD. Each commit is checked out in a temporary git worktree and installed into the
+# environment of $PYTHON (default: the `python` on PATH) with pip --no-deps; the benchmarks
+# themselves always come from this checkout. At the end this checkout is installed back (editable).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+python="${PYTHON:-$(command -v python)}"
+first="$(git -C "$repo" log --reverse --format=%H --diff-filter=A -- nbconv/_shapes.py | head -1)"
+range="${1:-$first^..HEAD}"
+shift || true
+
+cd "$here"
+"$python" -m asv machine --yes >/dev/null
+tmp="$(mktemp -d)"
+cleanup() {
+    git -C "$repo" worktree remove --force "$tmp/wt" 2>/dev/null || true
+    rm -rf "$tmp"
+    "$python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo"
+}
+trap cleanup EXIT
+for commit in $(git -C "$repo" rev-list --reverse "$range"); do
+    echo "== $(git -C "$repo" log -1 --format='%h %s' "$commit")"
+    git -C "$repo" worktree add --quiet --detach "$tmp/wt" "$commit"
+    "$python" -m pip install --quiet --no-deps --no-build-isolation "$tmp/wt"
+    "$python" -m asv run -E "existing:$python" --set-commit-hash "$commit" "$@"
+    git -C "$repo" worktree remove --force "$tmp/wt"
+done
+"$python" -m asv publish
+echo "dashboard: $here/html/index.html (serve it: python -m asv preview, from $here)"
