@@ -13,7 +13,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 python="${PYTHON:-$(command -v python)}"
 first="$(git -C "$repo" log --reverse --format=%H --diff-filter=A -- nbconv/_shapes.py | head -1)"
-range="${1:-$first^..HEAD}"
+if git -C "$repo" rev-parse --verify --quiet "$first^" >/dev/null; then
+    default_range="$first^..HEAD"
+else
+    default_range="HEAD"  # the suite applies from the root commit on
+fi
+range="${1:-$default_range}"
 shift || true
 
 cd "$here"
