@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import _dispatch
-from ._spec import IntPair, Padding, conv2d_spec
+from ._spec import IntPair, Padding, conv2d_spec, conv_transpose2d_spec
 
 
 def conv2d(
@@ -76,4 +76,72 @@ def conv2d(
     array([   0.,  100.,  400.,  600., 1200., 1500.])
     """
     spec = conv2d_spec(input, weight, bias, stride, padding, dilation, groups)
+    return _dispatch.conv2d_forward(spec, input, weight, bias, out)
+
+
+def conv_transpose2d(
+    input: Any,
+    weight: Any,
+    bias: Optional[Any] = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    output_padding: IntPair = 0,
+    groups: int = 1,
+    dilation: IntPair = 1,
+    *,
+    out: Optional[Any] = None,
+) -> Any:
+    """2-D grouped transposed convolution, with ``torch.nn.functional.conv_transpose2d`` semantics.
+
+    The adjoint of :func:`conv2d` (the gradient of its input): every input pixel scatters
+    ``weight``'s taps into the output. Input channel ``i`` belongs to group
+    ``g = i // (C_in / groups)`` and feeds only output channels ``g * C_out/groups ...
+    (g + 1) * C_out/groups - 1``::
+
+        out[n, g*C_out/groups + o, y*sH - pH + i*dH, x*sW - pW + j*dW]
+            += input[n, c, y, x] * weight[c, o, i, j]      (c in group g)
+
+    plus ``bias``. Computed as one stride-1 convolution of the input dilated by ``stride``, with
+    the weight flipped and transposed per group (the same kernel as :func:`conv2d`).
+
+    Parameters
+    ----------
+    input : array, shape (N, C_in, H, W) or (C_in, H, W)
+        NumPy array (CPU), CuPy array or Numba CUDA device array (GPU); float32 or float64,
+        float16 too on the GPU.
+    weight : array, shape (C_in, C_out / groups, kH, kW)
+        Note the order: the input channels come first (PyTorch's layout for transposed convs).
+    bias : array, shape (C_out,), optional
+    stride : int or (int, int), default 1
+    padding : int, (int, int), 'valid' or 'same', default 0
+        Removes ``dilation * (k - 1) - padding`` ... i.e. crops ``padding`` rows/columns from each
+        side of the full transposed output. ``'same'`` (stride 1) keeps the input size.
+    output_padding : int or (int, int), default 0
+        Extra rows/columns added on the far side, to pick among the input sizes a strided
+        ``conv2d`` maps to this size; must be smaller than ``stride`` or ``dilation``.
+    groups : int, default 1
+        Must divide C_in; C_out = weight.shape[1] * groups.
+    dilation : int or (int, int), default 1
+    out : array, optional
+        Preallocated result of the right shape, dtype and kind; must not overlap the inputs.
+
+    Returns
+    -------
+    array, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        ``H_out = (H - 1) * sH - pad_top - pad_bottom + dH * (kH - 1) + output_padding + 1``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`conv2d`; every message starts with ``conv_transpose2d:``.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = np.array([1.0, 10.0]).reshape(1, 2, 1, 1)      # two input channels, one pixel
+    >>> w = np.ones((2, 1, 2, 2))                           # groups=2: each feeds one output
+    >>> nbconv.conv_transpose2d(x, w, groups=2)[0, :, :, :].tolist()
+    [[[1.0, 1.0], [1.0, 1.0]], [[10.0, 10.0], [10.0, 10.0]]]
+    """
+    spec = conv_transpose2d_spec(input, weight, bias, stride, padding, output_padding, groups, dilation)
     return _dispatch.conv2d_forward(spec, input, weight, bias, out)

@@ -76,18 +76,52 @@ def check_out(spec: ConvSpec, out: Any, inputs: dict[str, Any]) -> None:
             raise ValueError(f"{op}: out overlaps {name} in memory; pass a separate output array")
 
 
-def conv2d_forward(spec: ConvSpec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
-    """Run ``conv2d`` of a validated ``spec`` on the backend of its arrays."""
+def _output(spec: ConvSpec, out: Any, inputs: dict[str, Any]) -> Any:
     if out is None:
-        out = _allocate(_result_kind(spec.kind), spec.output_shape, spec.dtype)
-    else:
-        check_out(spec, out, {"input": input, "weight": weight, "bias": bias})
-    if spec.batch == 0:
-        return out
-    if spec.kind == _arrays.NUMPY:
+        return _allocate(_result_kind(spec.kind), spec.output_shape, spec.dtype)
+    check_out(spec, out, inputs)
+    return out
+
+
+def _backend(kind: str):
+    if kind == _arrays.NUMPY:
         from . import cpu
 
-        return cpu.conv2d_forward(spec, input, weight, bias, out)
+        return cpu
     from . import cuda
 
-    return cuda.conv2d_forward(spec, input, weight, bias, out)
+    return cuda
+
+
+def _zeros(out: Any, kind: str) -> Any:
+    """Fill ``out`` with zeros (a sum over an empty batch)."""
+    if kind in (_arrays.NUMPY, _arrays.CUPY):
+        out.fill(0)
+    else:
+        out.copy_to_device(np.zeros(out.shape, out.dtype))
+    return out
+
+
+def conv2d_forward(spec: ConvSpec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
+    """Run the convolution of a validated ``spec`` (``conv2d``, ``conv_transpose2d`` or
+    ``grad.conv2d_input``) on the backend of its arrays."""
+    out = _output(spec, out, {"input": input, "weight": weight, "bias": bias})
+    if spec.batch == 0:
+        return out
+    return _backend(spec.kind).conv2d_forward(spec, input, weight, bias, out)
+
+
+def conv2d_weight(spec: ConvSpec, input: Any, grad_output: Any, out: Any) -> Any:
+    """Run ``grad.conv2d_weight`` of a validated ``spec`` on the backend of its arrays."""
+    out = _output(spec, out, {"input": input, "grad_output": grad_output})
+    if spec.batch == 0:
+        return _zeros(out, _result_kind(spec.kind))
+    return _backend(spec.kind).conv2d_weight(spec, input, grad_output, out)
+
+
+def conv2d_bias(spec: ConvSpec, grad_output: Any, out: Any) -> Any:
+    """Run ``grad.conv2d_bias`` of a validated ``spec`` on the backend of its array."""
+    out = _output(spec, out, {"grad_output": grad_output})
+    if spec.batch == 0:
+        return _zeros(out, _result_kind(spec.kind))
+    return _backend(spec.kind).conv2d_bias(spec, grad_output, out)

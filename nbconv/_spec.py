@@ -30,6 +30,12 @@ class ConvSpec:
 
     ``padding`` is ``(top, bottom, left, right)``: ``padding='same'`` may pad one more on the
     far side (bottom/right) than on the near side, as PyTorch does for even dilated kernels.
+
+    Every op is described as the convolution the kernels compute. ``conv2d`` and the gradients
+    are plain forward convolutions. ``conv_transpose2d`` (and so ``grad.conv2d_input``) is the
+    stride-1 convolution of its input dilated by its stride (``lhs_dilation``), padded by
+    ``dilation * (k - 1) - padding`` (negative: cropped), with the weight read flipped and
+    transposed per group (``transposed_weight``): one kernel, another index map.
     """
 
     op: str
@@ -46,7 +52,11 @@ class ConvSpec:
     dtype: np.dtype
     has_bias: bool
     unbatched: bool
-    kind: str  # array kind of ``input`` (see nbconv._arrays); the output has the same kind
+    kind: str  # array kind of the first array argument (see nbconv._arrays); the result has it too
+    #: Input dilation: zeros inserted between input pixels (the stride of a transposed convolution).
+    lhs_dilation: tuple[int, int] = (1, 1)
+    #: The weight is (C_in, C_out/groups, kH, kW) and is read flipped, as conv_transpose2d's is.
+    transposed_weight: bool = False
 
     @property
     def in_per_group(self) -> int:
@@ -62,18 +72,33 @@ class ConvSpec:
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
+        if self.transposed_weight:
+            return (self.in_channels, self.out_per_group) + self.kernel_size
         return (self.out_channels, self.in_per_group) + self.kernel_size
 
     @property
+    def conv_output_shape(self) -> tuple[int, int, int, int]:
+        """(N, C_out, H_out, W_out) of the convolution the kernels compute."""
+        return (self.batch, self.out_channels) + self.out_size
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
-        """Shape of the result as the caller sees it (no batch axis for unbatched input)."""
-        shape = (self.batch, self.out_channels) + self.out_size
+        """Shape of the op's result as the caller sees it (no batch axis for unbatched input)."""
+        if self.op == "conv2d_weight":
+            return self.weight_shape
+        if self.op == "conv2d_bias":
+            return (self.out_channels,)
+        shape = self.conv_output_shape
         return shape[1:] if self.unbatched else shape
 
     @property
     def flops(self) -> int:
-        """Multiply-adds x 2 of the convolution (padding taps counted, bias not)."""
+        """Multiply-adds x 2 (padding taps counted, bias not); the inserted zeros of a transposed
+        convolution are not counted, so an op and its adjoint have the same count."""
         kh, kw = self.kernel_size
+        if self.lhs_dilation != (1, 1) or self.transposed_weight:  # every input pixel meets every tap
+            h, w = self.in_size
+            return 2 * self.batch * self.in_channels * h * w * self.out_per_group * kh * kw
         oh, ow = self.out_size
         return 2 * self.batch * self.out_channels * oh * ow * self.in_per_group * kh * kw
 
@@ -84,7 +109,7 @@ class ConvSpec:
             int(np.prod(self.input_shape))
             + int(np.prod(self.weight_shape))
             + (self.out_channels if self.has_bias else 0)
-            + self.batch * self.out_channels * self.out_size[0] * self.out_size[1]
+            + int(np.prod(self.conv_output_shape))
         )
         return n_elems * self.dtype.itemsize
 
@@ -194,6 +219,112 @@ def _check_dtypes(op: str, kind: str, dtypes: dict[str, np.dtype]) -> np.dtype:
     return first
 
 
+def _array_shapes_dtype(op: str, kind: str, arrays: dict[str, Any]) -> tuple[dict[str, tuple], np.dtype]:
+    given = {n: a for n, a in arrays.items() if a is not None}
+    shapes = {n: _arrays.array_shape(a, _arrays.array_kind(a)) for n, a in given.items()}
+    dtype = _check_dtypes(op, kind, {n: _arrays.array_dtype(a, _arrays.array_kind(a)) for n, a in given.items()})
+    return shapes, dtype
+
+
+def _size(op: str, name: str, value: Any, lengths: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """A shape given as a sequence of ints (``input_size``, ``weight_size``)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{op}: {name} must be a sequence of ints {what}, got {type(value).__name__} ({value!r})")
+    items = tuple(value)
+    if len(items) not in lengths:
+        raise ValueError(f"{op}: {name} must have {' or '.join(map(str, lengths))} entries {what}, got {items!r}")
+    size = tuple(_int(op, name, v) for v in items)
+    if min(size, default=0) < 0:
+        raise ValueError(f"{op}: {name} must not be negative, got {size}")
+    return size
+
+
+def _input_shape(op: str, name: str, in_shape: tuple[int, ...]) -> tuple[bool, int, int, int, int]:
+    if len(in_shape) not in (3, 4):
+        raise ValueError(
+            f"{op}: {name} must be 3-D (C_in, H, W) or 4-D (N, C_in, H, W), got {len(in_shape)}-D shape {in_shape}"
+        )
+    unbatched = len(in_shape) == 3
+    return (unbatched,) + ((1,) + tuple(in_shape) if unbatched else tuple(in_shape))  # type: ignore[return-value]
+
+
+def _groups(op: str, groups: Any) -> int:
+    groups = _int(op, "groups", groups)
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be a positive integer, got {groups}")
+    return groups
+
+
+def _forward_geometry(
+    op: str, in_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any, padding: Any, dilation: Any,
+    groups: Any, in_name: str = "input", w_name: str = "weight",
+) -> dict[str, Any]:
+    """Validated fields of the ConvSpec of ``conv2d`` on arrays of these shapes."""
+    unbatched, batch, c_in, h, w = _input_shape(op, in_name, in_shape)
+    if len(w_shape) != 4:
+        raise ValueError(
+            f"{op}: {w_name} must be 4-D (C_out, C_in/groups, kH, kW), got {len(w_shape)}-D shape {tuple(w_shape)}"
+        )
+    c_out, w_cin, kh, kw = w_shape
+    if min(w_shape) < 1:
+        raise ValueError(f"{op}: {w_name} must have no zero-size dimension, got shape {tuple(w_shape)}")
+    groups = _groups(op, groups)
+    if c_in % groups:
+        raise ValueError(f"{op}: in_channels ({c_in}) is not divisible by groups ({groups})")
+    if c_out % groups:
+        raise ValueError(f"{op}: out_channels ({w_name}.shape[0] = {c_out}) is not divisible by groups ({groups})")
+    if w_cin * groups != c_in:
+        raise ValueError(
+            f"{op}: {w_name}.shape[1] * groups ({w_cin} * {groups} = {w_cin * groups}) must equal "
+            f"in_channels ({c_in}); {w_name} must have shape (C_out, C_in/groups, kH, kW) = "
+            f"({c_out}, {c_in // groups}, {kh}, {kw})"
+        )
+    stride_ = _positive_pair(op, "stride", stride)
+    dilation_ = _positive_pair(op, "dilation", dilation)
+    pad = _padding(op, padding, (kh, kw), stride_, dilation_)
+
+    eff_k = (dilation_[0] * (kh - 1) + 1, dilation_[1] * (kw - 1) + 1)
+    padded = (h + pad[0] + pad[1], w + pad[2] + pad[3])
+    if eff_k[0] > padded[0] or eff_k[1] > padded[1]:
+        raise ValueError(
+            f"{op}: dilated kernel size {eff_k} is larger than the padded input size {padded} "
+            f"(input {(h, w)}, padding {pad[0::2]} near / {pad[1::2]} far side)"
+        )
+    out_size = ((padded[0] - eff_k[0]) // stride_[0] + 1, (padded[1] - eff_k[1]) // stride_[1] + 1)
+    return dict(
+        batch=batch, in_channels=c_in, in_size=(h, w), out_channels=c_out, kernel_size=(kh, kw), stride=stride_,
+        padding=pad, dilation=dilation_, groups=groups, out_size=out_size, unbatched=unbatched,
+    )
+
+
+def _check_grad_output(op: str, g_shape: tuple[int, ...], geo: dict[str, Any], source: str) -> None:
+    want = (geo["batch"], geo["out_channels"]) + geo["out_size"]
+    if geo["unbatched"]:
+        want = want[1:]
+    if tuple(g_shape) != want:
+        raise ValueError(f"{op}: grad_output has shape {tuple(g_shape)}, expected {want} (the conv2d output {source})")
+
+
+def _transposed(
+    op: str, geo: dict[str, Any], output_padding: tuple[int, int], out_size: tuple[int, int], **fields: Any
+) -> ConvSpec:
+    """The spec of a transposed convolution, as the stride-1 convolution the kernels compute.
+
+    ``geo`` describes the *adjoint* ``conv2d`` (from the result to this op's input): its output
+    is this op's input, its input size is ``out_size``.
+    """
+    (kh, kw), (dh, dw) = geo["kernel_size"], geo["dilation"]
+    pt, pb, pl, pr = geo["padding"]
+    oph, opw = output_padding
+    pad = (dh * (kh - 1) - pt, dh * (kh - 1) - pb + oph, dw * (kw - 1) - pl, dw * (kw - 1) - pr + opw)
+    return ConvSpec(
+        op=op, batch=geo["batch"], in_channels=geo["out_channels"], in_size=geo["out_size"],
+        out_channels=geo["in_channels"], kernel_size=(kh, kw), stride=(1, 1), padding=pad,
+        dilation=(dh, dw), groups=geo["groups"], out_size=out_size, unbatched=geo["unbatched"],
+        lhs_dilation=geo["stride"], transposed_weight=True, **fields,
+    )
+
+
 def conv2d_spec(
     input: Any,
     weight: Any,
@@ -208,65 +339,113 @@ def conv2d_spec(
     """Validate the arguments of :func:`nbconv.conv2d` and return the problem they describe."""
     arrays = {"input": input, "weight": weight, "bias": bias}
     kind = classify(op, arrays)
-    shapes = {n: _arrays.array_shape(a, _arrays.array_kind(a)) for n, a in arrays.items() if a is not None}
-    dtype = _check_dtypes(op, kind, {n: _arrays.array_dtype(a, _arrays.array_kind(a)) for n, a in arrays.items() if a is not None})
-
-    in_shape = shapes["input"]
-    if len(in_shape) not in (3, 4):
-        raise ValueError(f"{op}: input must be 3-D (C_in, H, W) or 4-D (N, C_in, H, W), got {len(in_shape)}-D shape {in_shape}")
-    unbatched = len(in_shape) == 3
-    batch, c_in, h, w = (1,) + in_shape if unbatched else in_shape
-
-    w_shape = shapes["weight"]
-    if len(w_shape) != 4:
-        raise ValueError(f"{op}: weight must be 4-D (C_out, C_in/groups, kH, kW), got {len(w_shape)}-D shape {w_shape}")
-    c_out, w_cin, kh, kw = w_shape
-    if min(w_shape) < 1:
-        raise ValueError(f"{op}: weight must have no zero-size dimension, got shape {w_shape}")
-
-    groups = _int(op, "groups", groups)
-    if groups < 1:
-        raise ValueError(f"{op}: groups must be a positive integer, got {groups}")
-    if c_in % groups:
-        raise ValueError(f"{op}: in_channels ({c_in}) is not divisible by groups ({groups})")
-    if c_out % groups:
-        raise ValueError(f"{op}: out_channels (weight.shape[0] = {c_out}) is not divisible by groups ({groups})")
-    if w_cin * groups != c_in:
-        raise ValueError(
-            f"{op}: weight.shape[1] * groups ({w_cin} * {groups} = {w_cin * groups}) must equal "
-            f"in_channels ({c_in}); weight must have shape (C_out, C_in/groups, kH, kW) = "
-            f"({c_out}, {c_in // groups}, {kh}, {kw})"
-        )
+    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    geo = _forward_geometry(op, shapes["input"], shapes["weight"], stride, padding, dilation, groups)
+    c_out = geo["out_channels"]
     if bias is not None and shapes["bias"] != (c_out,):
         raise ValueError(f"{op}: bias must have shape (out_channels,) = ({c_out},), got {shapes['bias']}")
+    return ConvSpec(op=op, dtype=dtype, has_bias=bias is not None, kind=kind, **geo)
 
+
+def conv2d_input_spec(
+    input_size: Any, weight: Any, grad_output: Any, stride: IntPair = 1, padding: Padding = 0,
+    dilation: IntPair = 1, groups: int = 1,
+) -> ConvSpec:
+    """Validate the arguments of :func:`nbconv.grad.conv2d_input`."""
+    op = "conv2d_input"
+    arrays = {"grad_output": grad_output, "weight": weight}
+    kind = classify(op, arrays, optional=())
+    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    in_shape = _size(op, "input_size", input_size, (3, 4), "(N, C_in, H, W) or (C_in, H, W)")
+    geo = _forward_geometry(op, in_shape, shapes["weight"], stride, padding, dilation, groups, in_name="input_size")
+    _check_grad_output(op, shapes["grad_output"], geo, f"for input_size {in_shape}")
+    (h, w), (kh, kw), (dh, dw), (sh, sw) = geo["in_size"], geo["kernel_size"], geo["dilation"], geo["stride"]
+    pt, pb, pl, pr = geo["padding"]
+    # the rows / columns a strided conv2d never reached: conv_transpose2d's output_padding
+    output_padding = ((h + pt + pb - dh * (kh - 1) - 1) % sh, (w + pl + pr - dw * (kw - 1) - 1) % sw)
+    return _transposed(op, geo, output_padding, (h, w), dtype=dtype, has_bias=False, kind=kind)
+
+
+def conv_transpose2d_spec(
+    input: Any, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
+    output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1,
+) -> ConvSpec:
+    """Validate the arguments of :func:`nbconv.conv_transpose2d`."""
+    op = "conv_transpose2d"
+    arrays = {"input": input, "weight": weight, "bias": bias}
+    kind = classify(op, arrays)
+    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    unbatched, batch, c_in, h, w = _input_shape(op, "input", shapes["input"])
+    w_shape = shapes["weight"]
+    if len(w_shape) != 4:
+        raise ValueError(f"{op}: weight must be 4-D (C_in, C_out/groups, kH, kW), got {len(w_shape)}-D shape {w_shape}")
+    if min(w_shape) < 1:
+        raise ValueError(f"{op}: weight must have no zero-size dimension, got shape {w_shape}")
+    groups = _groups(op, groups)
+    if c_in % groups:
+        raise ValueError(f"{op}: in_channels ({c_in}) is not divisible by groups ({groups})")
+    if w_shape[0] != c_in:
+        raise ValueError(
+            f"{op}: weight.shape[0] ({w_shape[0]}) must equal in_channels ({c_in}); conv_transpose2d's weight "
+            f"has shape (C_in, C_out/groups, kH, kW)"
+        )
+    c_out, kh, kw = w_shape[1] * groups, w_shape[2], w_shape[3]
+    if bias is not None and shapes["bias"] != (c_out,):
+        raise ValueError(
+            f"{op}: bias must have shape (out_channels,) = ({c_out},) (weight.shape[1] * groups), got {shapes['bias']}"
+        )
     stride_ = _positive_pair(op, "stride", stride)
     dilation_ = _positive_pair(op, "dilation", dilation)
     pad = _padding(op, padding, (kh, kw), stride_, dilation_)
-
-    eff_k = (dilation_[0] * (kh - 1) + 1, dilation_[1] * (kw - 1) + 1)
-    padded = (h + pad[0] + pad[1], w + pad[2] + pad[3])
-    if eff_k[0] > padded[0] or eff_k[1] > padded[1]:
+    opad = _pair(op, "output_padding", output_padding)
+    for o, s_, d in zip(opad, stride_, dilation_):
+        if o < 0 or (o >= s_ and o >= d):
+            raise ValueError(
+                f"{op}: output_padding must be >= 0 and smaller than stride or dilation, got output_padding "
+                f"{opad}, stride {stride_}, dilation {dilation_}"
+            )
+    out_size = tuple(
+        (n - 1) * s_ - p0 - p1 + d * (k - 1) + o + 1
+        for n, s_, p0, p1, d, k, o in zip((h, w), stride_, pad[0::2], pad[1::2], dilation_, (kh, kw), opad)
+    )
+    if min(out_size) < 1:
         raise ValueError(
-            f"{op}: dilated kernel size {eff_k} is larger than the padded input size {padded} "
-            f"(input {(h, w)}, padding {pad[0::2]} near / {pad[1::2]} far side)"
+            f"{op}: the output size {out_size} is not positive (input {(h, w)}, stride {stride_}, padding "
+            f"{pad[0::2]} near / {pad[1::2]} far side, dilation {dilation_}, kernel {(kh, kw)})"
         )
-    out_size = ((padded[0] - eff_k[0]) // stride_[0] + 1, (padded[1] - eff_k[1]) // stride_[1] + 1)
+    # the adjoint conv2d, from this op's output (N, C_out, out_size) to its input
+    geo = dict(
+        batch=batch, in_channels=c_out, in_size=out_size, out_channels=c_in, kernel_size=(kh, kw), stride=stride_,
+        padding=pad, dilation=dilation_, groups=groups, out_size=(h, w), unbatched=unbatched,
+    )
+    return _transposed(op, geo, opad, out_size, dtype=dtype, has_bias=bias is not None, kind=kind)
 
+
+def conv2d_weight_spec(
+    input: Any, weight_size: Any, grad_output: Any, stride: IntPair = 1, padding: Padding = 0,
+    dilation: IntPair = 1, groups: int = 1,
+) -> ConvSpec:
+    """Validate the arguments of :func:`nbconv.grad.conv2d_weight`."""
+    op = "conv2d_weight"
+    arrays = {"input": input, "grad_output": grad_output}
+    kind = classify(op, arrays, optional=())
+    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    w_shape = _size(op, "weight_size", weight_size, (4,), "(C_out, C_in/groups, kH, kW)")
+    geo = _forward_geometry(
+        op, shapes["input"], w_shape, stride, padding, dilation, groups, w_name="weight_size"
+    )
+    _check_grad_output(op, shapes["grad_output"], geo, f"of input {shapes['input']} and weight_size {w_shape}")
+    return ConvSpec(op=op, dtype=dtype, has_bias=False, kind=kind, **geo)
+
+
+def conv2d_bias_spec(grad_output: Any) -> ConvSpec:
+    """Validate the argument of :func:`nbconv.grad.conv2d_bias` (a sum over N, H and W)."""
+    op = "conv2d_bias"
+    kind = classify(op, {"grad_output": grad_output}, optional=())
+    shapes, dtype = _array_shapes_dtype(op, kind, {"grad_output": grad_output})
+    unbatched, batch, c, h, w = _input_shape(op, "grad_output", shapes["grad_output"])
     return ConvSpec(
-        op=op,
-        batch=batch,
-        in_channels=c_in,
-        in_size=(h, w),
-        out_channels=c_out,
-        kernel_size=(kh, kw),
-        stride=stride_,
-        padding=pad,
-        dilation=dilation_,
-        groups=groups,
-        out_size=out_size,
-        dtype=dtype,
-        has_bias=bias is not None,
-        unbatched=unbatched,
-        kind=kind,
+        op=op, batch=batch, in_channels=c, in_size=(h, w), out_channels=c, kernel_size=(1, 1), stride=(1, 1),
+        padding=(0, 0, 0, 0), dilation=(1, 1), groups=c, out_size=(h, w), dtype=dtype, has_bias=False,
+        unbatched=unbatched, kind=kind,
     )

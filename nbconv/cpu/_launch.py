@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._packed import forward_packed
+from ._packed import bias_grad, forward_packed, weight_grad_packed
 
 
 def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
@@ -26,15 +26,51 @@ def choose_oc_block(batch: int, groups: int, out_per_group: int, threads: int) -
     return max(1, -(-out_per_group // min(slices, out_per_group)))
 
 
+def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """conv_transpose2d's (C_in, C_out/groups, kH, kW) weight as the (C_out, C_in/groups, kH, kW)
+    weight of the equivalent convolution: per group, channels swapped and taps flipped."""
+    c_in, cout_g, kh, kw = weight.shape
+    w = weight.reshape(groups, c_in // groups, cout_g, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    return np.ascontiguousarray(w).reshape(groups * cout_g, c_in // groups, kh, kw)
+
+
+def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(the caller's output as 4-D, a C-contiguous array the kernel may write)."""
+    target = _batched(out, unbatched)
+    return target, (target if target.flags.c_contiguous else np.empty(target.shape, dtype))
+
+
 def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.ndarray) -> np.ndarray:
-    """Compute ``conv2d`` of ``spec`` into ``out`` (NumPy arrays that passed validation)."""
+    """Compute the convolution of ``spec`` into ``out`` (NumPy arrays that passed validation):
+    ``conv2d``, or ``conv_transpose2d`` / ``grad.conv2d_input`` (``spec.transposed_weight``)."""
     x = np.ascontiguousarray(_batched(input, spec.unbatched))
-    w = np.ascontiguousarray(weight)
+    w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
-    target = _batched(out, spec.unbatched)
-    dest = target if target.flags.c_contiguous else np.empty(target.shape, spec.dtype)
+    target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
     oc_block = choose_oc_block(spec.batch, spec.groups, spec.out_per_group, numba.get_num_threads())
     forward_packed(x, w, b, dest, spec, oc_block)
     if dest is not target:
         target[...] = dest
+    return out
+
+
+def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The weight gradient of ``spec`` into ``out`` (C_out, C_in/groups, kH, kW)."""
+    x = np.ascontiguousarray(_batched(input, spec.unbatched))
+    gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
+    dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
+    oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())
+    weight_grad_packed(x, gy, dest, spec, oc_block)
+    if dest is not out:
+        out[...] = dest
+    return out
+
+
+def conv2d_bias(spec, grad_output: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The bias gradient (sum over N, H, W per channel) into ``out`` (C,)."""
+    gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
+    dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
+    bias_grad(gy, dest)
+    if dest is not out:
+        out[...] = dest
     return out

@@ -56,18 +56,49 @@ def _phase_range(ph, sw, pl, in_w, wc):
     return lo, max(lo, hi)
 
 
+@njit_serial
+def _pack_group(x, n, g, cin_g, xs, geo):
+    """Copy the input channels of group ``g`` of image ``n`` into ``xs``: zero padding (or
+    cropping, for negative padding), zeros between pixels for an input dilation, phase planes."""
+    in_h, in_w = x.shape[2], x.shape[3]
+    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
+    plane = hc * wc
+    chan = sh * sw * plane
+    xs[: cin_g * chan] = 0
+    for ci in range(cin_g):
+        src = x[n, g * cin_g + ci]
+        for iy in range(in_h):
+            r = iy * lh + pt  # padded row of input row iy
+            if r < 0 or r >= hc * sh:
+                continue
+            srow = src[iy]
+            row = ci * chan + (r % sh) * sw * plane + (r // sh) * wc
+            if lw == 1:
+                for ph in range(sw):
+                    # padded column j * sw + ph holds input column j * sw + ph - pad_left
+                    j_lo, j_hi = _phase_range(ph, sw, pl, in_w, wc)
+                    dst = row + ph * plane
+                    for j in range(j_lo, j_hi):
+                        xs[_U(dst + j)] = srow[_U(j * sw + ph - pl)]
+            else:
+                for ix in range(in_w):
+                    c = ix * lw + pl
+                    if 0 <= c < wc * sw:
+                        xs[_U(row + (c % sw) * plane + c // sw)] = srow[ix]
+
+
 @njit_parallel
 def _forward_packed(x, w, b, out, scratch, acc_buf, geo, groups, oc_block):
     """out (N, C_out, OH, OW) = conv2d(x (N, C_in, H, W), w) + b; all C-contiguous 4-D.
 
-    ``geo`` = (sH, sW, pad_top, pad_left, dH, dW, Hc, Wc, rows_per_segment): the scratch holds,
+    ``geo`` = (sH, sW, pad_top, pad_left, dH, dW, Hc, Wc, rows_per_segment, lH, lW): the scratch holds,
     per input channel, sH * sW phase planes of Hc x Wc (padded row r, column c live in plane
     (r % sH, c % sW) at (r // sH, c // sW)). ``scratch`` / ``acc_buf`` have one row per thread.
     """
-    n_img, c_in, in_h, in_w = x.shape
+    n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = w.shape
     out_h, out_w = out.shape[2], out.shape[3]
-    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows = geo
+    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
     plane = hc * wc
     chan = sh * sw * plane
     cout_g = c_out // groups
@@ -83,19 +114,7 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, groups, oc_block):
         oc_lo = g * cout_g + blk * oc_block
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
 
-        # pack the group's input channels: zero padding, phase planes
-        xs[: cin_g * chan] = 0
-        for ci in range(cin_g):
-            src = x[n, g * cin_g + ci]
-            for iy in range(in_h):
-                r = iy + pt
-                srow = src[iy]
-                for ph in range(sw):
-                    # padded column j * sw + ph holds input column j * sw + ph - pad_left
-                    j_lo, j_hi = _phase_range(ph, sw, pl, in_w, wc)
-                    dst = ci * chan + ((r % sh) * sw + ph) * plane + (r // sh) * wc
-                    for j in range(j_lo, j_hi):
-                        xs[_U(dst + j)] = srow[_U(j * sw + ph - pl)]
+        _pack_group(x, n, g, cin_g, xs, geo)
 
         # output segments of ``rows`` rows flattened with pitch Wc (columns >= OW are dropped)
         for oy0 in range(0, out_h, seg_rows):
@@ -130,20 +149,112 @@ def packed_geometry(spec) -> tuple:
     """(geo tuple, scratch elements per thread, accumulator elements per thread)."""
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pt, pb, pl, pr = spec.padding
-    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
-    hp = max(spec.in_size[0] + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(spec.in_size[1] + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
+    (kh, kw), (oh, ow), (lh, lw) = spec.kernel_size, spec.out_size, spec.lhs_dilation
+    dilated = ((spec.in_size[0] - 1) * lh + 1, (spec.in_size[1] - 1) * lw + 1)
+    hp = max(dilated[0] + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(dilated[1] + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
     hc, wc = -(-hp // sh), -(-wp // sw)
     seg_rows = max(1, min(oh, SEGMENT_ELEMS // wc))
     acc_elems = (seg_rows - 1) * wc + ow
     # slack: the dropped columns of a segment's last row read up to one row past the last plane
     scratch_elems = spec.in_per_group * sh * sw * hc * wc + wc
-    return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows), scratch_elems, acc_elems
+    return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw), scratch_elems, acc_elems
 
 
 def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, oc_block: int) -> None:
+    """``out`` = the convolution of ``spec`` (any input dilation); ``w`` in (C_out, C_in/groups, kH, kW)."""
     geo, scratch_elems, acc_elems = packed_geometry(spec)
     threads = numba.get_num_threads()
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     acc = np.empty((threads, acc_elems), x.dtype)
     _forward_packed(x, w, b, out, scratch, acc, geo, spec.groups, oc_block)
+
+
+@njit_parallel
+def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, groups, oc_block):
+    """dw_out (C_out, C_in/groups, kH, kW) = sum over n, oy, ox of gy[n, o, oy, ox] * x_tap.
+
+    One task per (group, block of output channels) walks the images in order, packs each image's
+    group like the forward kernel and adds, per tap, a vector of per-column partial sums over the
+    rows; every weight element is summed by one task in a fixed order, so the result does not
+    depend on the number of threads.
+    """
+    n_img = x.shape[0]
+    c_out, cin_g, kh_n, kw_n = dw_out.shape
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
+    plane = hc * wc
+    chan = sh * sw * plane
+    cout_g = c_out // groups
+    n_blocks = (cout_g + oc_block - 1) // oc_block
+    for task in numba.prange(groups * n_blocks):
+        tid = numba.get_thread_id()
+        xs = scratch[tid]
+        acc = acc_buf[tid]
+        tot = tot_buf[tid]
+        blk = task % n_blocks
+        g = task // n_blocks
+        oc_lo = g * cout_g + blk * oc_block
+        oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
+        n_taps = (oc_hi - oc_lo) * cin_g * kh_n * kw_n
+        tot[:n_taps] = 0
+        for n in range(n_img):
+            _pack_group(x, n, g, cin_g, xs, geo)
+            t = 0
+            for oc in range(oc_lo, oc_hi):
+                grow = gy[n, oc]
+                for ci in range(cin_g):
+                    for kh in range(kh_n):
+                        rr = kh * dh
+                        for kw in range(kw_n):
+                            c = kw * dw
+                            x0 = ci * chan + (rr % sh) * sw * plane + (rr // sh) * wc + (c % sw) * plane + c // sw
+                            acc[:out_w] = 0
+                            for oy in range(out_h):
+                                gr = grow[oy]
+                                xr = x0 + oy * wc
+                                for ox in range(out_w):
+                                    acc[ox] += gr[ox] * xs[_U(xr + ox)]
+                            s = 0.0
+                            for ox in range(out_w):
+                                s += acc[ox]
+                            tot[t] += s
+                            t += 1
+        t = 0
+        for oc in range(oc_lo, oc_hi):
+            for ci in range(cin_g):
+                for kh in range(kh_n):
+                    for kw in range(kw_n):
+                        dw_out[oc, ci, kh, kw] = tot[t]
+                        t += 1
+
+
+def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, oc_block: int) -> None:
+    """``dw_out`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays)."""
+    geo, scratch_elems, _ = packed_geometry(spec)
+    threads = numba.get_num_threads()
+    scratch = np.zeros((threads, scratch_elems), x.dtype)
+    acc = np.empty((threads, spec.out_size[1]), x.dtype)
+    tot = np.empty((threads, oc_block * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
+    _weight_grad_packed(x, gy, dw_out, scratch, acc, tot, geo, spec.groups, oc_block)
+
+
+@njit_parallel
+def _bias_grad(gy, out):
+    """out[c] = sum over n, y, x of gy[n, c, y, x], per channel in a fixed order (float64 sums)."""
+    n_img, c_n, h, w = gy.shape
+    for c in numba.prange(c_n):
+        acc = np.zeros(w, np.float64)
+        for n in range(n_img):
+            for y in range(h):
+                row = gy[n, c, y]
+                for x in range(w):
+                    acc[x] += row[x]
+        s = 0.0
+        for x in range(w):
+            s += acc[x]
+        out[c] = s
+
+
+def bias_grad(gy: np.ndarray, out: np.ndarray) -> None:
+    _bias_grad(gy, out)
