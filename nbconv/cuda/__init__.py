@@ -4,6 +4,6 @@ Importing this package imports ``numba.cuda`` but neither CuPy nor the CUDA driv
 is touched on the first launch. ``nbconv`` itself imports this package lazily.
 """
 
-from ._launch import conv2d_forward
+from ._launch import conv2d_bias, conv2d_forward, conv2d_weight
 
-__all__ = ["conv2d_forward"]
+__all__ = ["conv2d_forward", "conv2d_weight", "conv2d_bias"]

@@ -46,3 +46,11 @@ def launch_stream(kind: str):
         ptr = sys.modules["cupy"].cuda.get_current_stream().ptr
         return _external_stream(ptr) if ptr else cuda.default_stream()
     return cuda.default_stream()
+
+
+def device_scratch(kind: str, shape: tuple[int, ...], dtype) -> Any:
+    """A temporary device array: from CuPy's memory pool (stream-ordered, no cudaMalloc per
+    call) for CuPy callers, else from Numba."""
+    if kind == CUPY and not config.ENABLE_CUDASIM:
+        return cuda.as_cuda_array(sys.modules["cupy"].empty(shape, dtype), sync=False)
+    return cuda.device_array(shape, dtype)

@@ -10,6 +10,10 @@ uniform address across the block (one broadcast load per warp, served by L1).
 
 When the halo tile would not fit in shared memory (huge dilated kernels) the kernel is built
 with ``stage_input=False`` and reads the input straight from global memory instead.
+
+The transposed convolution (and so the input gradient) is this kernel with another index map:
+the input is read as if dilated by ``lhs_dilation`` (zeros between pixels, never stored), and
+the weight as if flipped and transposed per group (``transposed_weight``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ class ForwardKey(NamedTuple):
     acc_double: bool  # accumulate in float64 (float64 data) or float32 (float16/float32 data)
     has_bias: bool
     stage_input: bool  # halo tile in shared memory, or direct global reads
+    #: conv_transpose2d / grad.conv2d_input: zeros between input pixels (the transposed stride) ...
+    lhs_dilation: tuple[int, int] = (1, 1)
+    #: ... and the weight is (C_in, C_out/groups, kH, kW), read flipped and transposed per group
+    transposed_weight: bool = False
 
     @property
     def halo_tile(self) -> tuple[int, int]:
@@ -56,11 +64,19 @@ def forward_kernel(key: ForwardKey):
     HAS_BIAS = key.has_bias
     STAGE = key.stage_input
     SM_H, SM_W = key.halo_tile if STAGE else (1, 1)
+    LH, LW = key.lhs_dilation
+    TRANSPOSED = key.transposed_weight
 
     @cuda.jit
     def _forward_tile(x, w, b, out, pad_h, pad_w, groups, n_oc_blocks, tiles_h, tiles_w):
         n_img, _, in_h, in_w = x.shape
-        c_out, cin_g = w.shape[0], w.shape[1]
+        if TRANSPOSED:  # w: (C_in, C_out/groups, kH, kW)
+            cin_g = w.shape[0] // groups
+            c_out = w.shape[1] * groups
+        else:  # w: (C_out, C_in/groups, kH, kW)
+            c_out, cin_g = w.shape[0], w.shape[1]
+        dil_h = (in_h - 1) * LH + 1  # size of the (virtually) dilated input
+        dil_w = (in_w - 1) * LW + 1
         out_h, out_w = out.shape[2], out.shape[3]
         cout_g = c_out // groups
 
@@ -95,8 +111,8 @@ def forward_kernel(key: ForwardKey):
                     iy = iy0 + r
                     for s in range(tx, SM_W, TW):
                         ix = ix0 + s
-                        if 0 <= iy < in_h and 0 <= ix < in_w:
-                            tile[r, s] = x[n, c, iy, ix]
+                        if 0 <= iy < dil_h and 0 <= ix < dil_w and iy % LH == 0 and ix % LW == 0:
+                            tile[r, s] = x[n, c, iy // LH, ix // LW]
                         else:
                             tile[r, s] = 0
                 cuda.syncthreads()
@@ -108,11 +124,15 @@ def forward_kernel(key: ForwardKey):
                         iy = oy * SH - pad_h + kh * DH
                         ix = ox * SW - pad_w + kw * DW
                         v = ACC(0)
-                        if 0 <= iy < in_h and 0 <= ix < in_w:
-                            v = ACC(x[n, c, iy, ix])
+                        if 0 <= iy < dil_h and 0 <= ix < dil_w and iy % LH == 0 and ix % LW == 0:
+                            v = ACC(x[n, c, iy // LH, ix // LW])
                     for j in range(OCB):
                         oc = min(oc0 + j, oc_end - 1)  # clamp: a valid address, result discarded
-                        acc[j] += ACC(w[oc, ci, kh, kw]) * v
+                        if TRANSPOSED:
+                            wv = w[c, oc - g * cout_g, KH - 1 - kh, KW - 1 - kw]
+                        else:
+                            wv = w[oc, ci, kh, kw]
+                        acc[j] += ACC(wv) * v
             if STAGE:
                 cuda.syncthreads()
 

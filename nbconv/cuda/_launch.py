@@ -7,12 +7,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._arrays import as_batched_device_array, launch_stream
+from ._arrays import as_batched_device_array, device_scratch, launch_stream
 from ._forward import ForwardKey, forward_kernel
+from ._reduce import ReduceKey, finish_kernel, partial_kernel
 
 #: Static shared memory a block may use without opting in (all GPUs since Kepler).
 SHARED_LIMIT_BYTES = 48 * 1024
 MAX_OC_BLOCK = 4
+#: Threads per block of the gradient reductions, and the blocks they aim for (several per SM).
+REDUCE_THREADS = 256
+REDUCE_TARGET_BLOCKS = 1024
 
 
 class LaunchConfig(NamedTuple):
@@ -46,6 +50,8 @@ def forward_launch_config(spec) -> LaunchConfig:
         acc_double=acc_double,
         has_bias=spec.has_bias,
         stage_input=True,
+        lhs_dilation=spec.lhs_dilation,
+        transposed_weight=spec.transposed_weight,
     )
     if key.shared_bytes > SHARED_LIMIT_BYTES:
         key = key._replace(stage_input=False)
@@ -56,7 +62,8 @@ def forward_launch_config(spec) -> LaunchConfig:
 
 
 def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
-    """Launch the forward kernel of ``spec`` writing into ``out``; no host synchronisation."""
+    """Launch the convolution kernel of ``spec`` (``conv2d``, ``conv_transpose2d`` or
+    ``grad.conv2d_input``) writing into ``out``; no host synchronisation."""
     cfg = forward_launch_config(spec)
     x = as_batched_device_array(input, spec.unbatched)
     w = as_batched_device_array(weight, False)
@@ -66,4 +73,48 @@ def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     kernel[cfg.grid, cfg.block, launch_stream(spec.kind)](
         x, w, b, o, spec.padding[0], spec.padding[2], spec.groups, cfg.n_oc_blocks, cfg.tiles[0], cfg.tiles[1]
     )
+    return out
+
+
+def choose_partials(pairs: int, positions: int, threads: int = REDUCE_THREADS,
+                    target_blocks: int = REDUCE_TARGET_BLOCKS) -> tuple[int, int]:
+    """(P, chunk): split the ``positions`` summed for each of ``pairs`` weight rows into P chunks
+    of ``chunk`` positions, so that pairs * P blocks fill the GPU, with at least 4 positions per
+    thread in a chunk."""
+    most = max(1, -(-positions // (4 * threads)))
+    p = max(1, min(most, -(-target_blocks // max(1, pairs))))
+    chunk = -(-positions // p)
+    return -(-positions // chunk), chunk
+
+
+def _reduce(spec, x, gy, out, bias_only: bool) -> None:
+    n_pairs = spec.out_channels * (1 if bias_only else spec.in_per_group)
+    kh, kw = (1, 1) if bias_only else spec.kernel_size
+    n_part, chunk = choose_partials(n_pairs, spec.batch * spec.out_size[0] * spec.out_size[1])
+    acc_double = spec.dtype == np.float64
+    key = ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS, acc_double, bias_only)
+    cin_g = 1 if bias_only else spec.in_per_group
+    partial = device_scratch(spec.kind, (n_part, spec.out_channels, cin_g, kh, kw),
+                             np.float64 if acc_double else np.float32)
+    stream = launch_stream(spec.kind)
+    groups = spec.out_channels if bias_only else spec.groups
+    partial_kernel(key)[(n_pairs, n_part), REDUCE_THREADS, stream](
+        x, gy, partial, spec.padding[0], spec.padding[2], groups, chunk
+    )
+    n_out = spec.out_channels * cin_g * kh * kw
+    finish_kernel(bias_only)[-(-n_out // 128), 128, stream](partial, out)
+
+
+def conv2d_weight(spec, input: Any, grad_output: Any, out: Any) -> Any:
+    """Launch the weight gradient of ``spec`` into ``out``; deterministic, no host sync."""
+    x = as_batched_device_array(input, spec.unbatched)
+    gy = as_batched_device_array(grad_output, spec.unbatched)
+    _reduce(spec, x, gy, as_batched_device_array(out, False), bias_only=False)
+    return out
+
+
+def conv2d_bias(spec, grad_output: Any, out: Any) -> Any:
+    """Launch the bias gradient (sum over N, H, W) into ``out``; deterministic, no host sync."""
+    gy = as_batched_device_array(grad_output, spec.unbatched)
+    _reduce(spec, gy, gy, as_batched_device_array(out, False), bias_only=True)
     return out

@@ -1,0 +1,114 @@
+"""CUDA kernels of the weight and bias gradients: deterministic two-pass reductions.
+
+Pass 1 (``partial_kernel``): block ``(pair, p)`` sums, for one (output channel, input channel)
+pair of the weight, the ``kH x kW`` taps over the ``p``-th chunk of the (n, y, x) positions of
+``grad_output``. Each thread keeps the taps in registers, then the block adds its threads'
+values with a fixed shared-memory tree and writes ``partial[p, o, c, i, j]``. Pass 2
+(``finish_kernel``) adds the partials over ``p`` in order. No atomics, so the result is
+bit-identical run after run. The bias gradient is the same pass with one tap and no input.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from numba import cuda, float32, float64
+
+
+class ReduceKey(NamedTuple):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    threads: int  # threads per block, a power of two
+    acc_double: bool
+    bias_only: bool  # grad_output summed alone (the bias gradient): one tap, no input
+
+
+@functools.lru_cache(maxsize=None)
+def partial_kernel(key: ReduceKey):
+    """Pass 1 for ``key``; grid (C_out * C_in/groups, P), block ``key.threads``."""
+    KH, KW = (1, 1) if key.bias_only else key.kernel_size
+    SH, SW = key.stride
+    DH, DW = key.dilation
+    NT = key.threads
+    NTAPS = KH * KW
+    ACC = float64 if key.acc_double else float32
+    BIAS_ONLY = key.bias_only
+
+    @cuda.jit
+    def _partial(x, gy, partial, pad_h, pad_w, groups, chunk):
+        n_img, c_out, out_h, out_w = gy.shape
+        cin_g = partial.shape[2]
+        in_h, in_w = x.shape[2], x.shape[3]
+        pair = cuda.blockIdx.x
+        p = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        oc = pair // cin_g
+        ci = pair % cin_g
+        c = (oc // (c_out // groups)) * cin_g + ci
+
+        acc = cuda.local.array(NTAPS, ACC)
+        for t in range(NTAPS):
+            acc[t] = 0
+        total = n_img * out_h * out_w
+        end = min(total, (p + 1) * chunk)
+        for idx in range(p * chunk + tid, end, NT):
+            ox = idx % out_w
+            rest = idx // out_w
+            oy = rest % out_h
+            n = rest // out_h
+            gv = ACC(gy[n, oc, oy, ox])
+            if BIAS_ONLY:
+                acc[0] += gv
+            else:
+                for kh in range(KH):
+                    iy = oy * SH - pad_h + kh * DH
+                    for kw in range(KW):
+                        ix = ox * SW - pad_w + kw * DW
+                        if 0 <= iy < in_h and 0 <= ix < in_w:
+                            acc[kh * KW + kw] += gv * ACC(x[n, c, iy, ix])
+
+        buf = cuda.shared.array(NT, ACC)
+        for t in range(NTAPS):
+            buf[tid] = acc[t]
+            cuda.syncthreads()
+            s = NT // 2
+            while s > 0:  # fixed tree: the same additions in the same order every run
+                if tid < s:
+                    buf[tid] += buf[tid + s]
+                cuda.syncthreads()
+                s //= 2
+            if tid == 0:
+                partial[p, oc, ci, t // KW, t % KW] = buf[0]
+            cuda.syncthreads()
+
+    return _partial
+
+
+@functools.lru_cache(maxsize=None)
+def finish_kernel(out_1d: bool):
+    """Pass 2: ``out[o, c, i, j] = sum over p of partial[p, o, c, i, j]`` (in order of p);
+    ``out_1d``: the bias gradient, ``out[o] = sum over p of partial[p, o, 0, 0, 0]``."""
+
+    @cuda.jit
+    def _finish(partial, out):
+        n_part, c_out, cin_g, kh_n, kw_n = partial.shape
+        idx = cuda.grid(1)
+        if idx >= c_out * cin_g * kh_n * kw_n:
+            return
+        kw = idx % kw_n
+        rest = idx // kw_n
+        kh = rest % kh_n
+        rest //= kh_n
+        ci = rest % cin_g
+        oc = rest // cin_g
+        s = partial[0, oc, ci, kh, kw]
+        for p in range(1, n_part):
+            s += partial[p, oc, ci, kh, kw]
+        if out_1d:
+            out[oc] = s
+        else:
+            out[oc, ci, kh, kw] = s
+
+    return _finish
