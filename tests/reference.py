@@ -90,3 +90,92 @@ def assert_conv_close(got, x, w, bias=None, **conv_args):
         f"{int(bad.sum())} of {bad.size} outputs differ; worst |got - ref| = {err.max():.3g} "
         f"at {np.unravel_index(np.argmax(err - tol), err.shape)}"
     )
+
+
+def _split_pads(padding, kernel_size, stride, dilation):
+    return _pads(padding, tuple(kernel_size), _pair(stride), _pair(dilation))
+
+
+def conv2d_input_reference(input_shape, w, gy, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv2d w.r.t. its input, by scattering each tap's slice back (float64)."""
+    unbatched = len(input_shape) == 3
+    n, c, h, wd = (1,) + tuple(input_shape) if unbatched else tuple(input_shape)
+    gy = np.asarray(gy, np.float64)[None] if unbatched else np.asarray(gy, np.float64)
+    w = np.asarray(w, np.float64)
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    (pt, pb), (pl, pr) = _split_pads(padding, w.shape[2:], (sh, sw), (dh, dw))
+    oh, ow = gy.shape[2:]
+    xpad = np.zeros((n, c, h + pt + pb, wd + pl + pr))
+    cin_g, cout_g = c // groups, w.shape[0] // groups
+    for g in range(groups):
+        wg = w[g * cout_g : (g + 1) * cout_g]
+        gg = gy[:, g * cout_g : (g + 1) * cout_g]
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                xpad[:, g * cin_g : (g + 1) * cin_g, i * dh : i * dh + sh * (oh - 1) + 1 : sh,
+                     j * dw : j * dw + sw * (ow - 1) + 1 : sw] += np.einsum("nohw,oc->nchw", gg, wg[:, :, i, j])
+    gx = xpad[:, :, pt : pt + h, pl : pl + wd]
+    return gx[0] if unbatched else gx
+
+
+def conv2d_weight_reference(x, weight_shape, gy, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of conv2d w.r.t. its weight: per group, each tap's input slice against gy."""
+    x = np.asarray(x, np.float64)
+    gy = np.asarray(gy, np.float64)
+    if x.ndim == 3:
+        x, gy = x[None], gy[None]
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    pads = _split_pads(padding, weight_shape[2:], (sh, sw), (dh, dw))
+    x = np.pad(x, ((0, 0), (0, 0)) + tuple(pads))
+    o, cin_g, kh, kw = weight_shape
+    cout_g = o // groups
+    oh, ow = gy.shape[2:]
+    gw = np.zeros(weight_shape)
+    for g in range(groups):
+        xg = x[:, g * cin_g : (g + 1) * cin_g]
+        gg = gy[:, g * cout_g : (g + 1) * cout_g]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xg[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+                gw[g * cout_g : (g + 1) * cout_g, :, i, j] = np.einsum("nchw,nohw->oc", patch, gg)
+    return gw
+
+
+def conv_transpose2d_reference(x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Transposed conv: every input pixel scatters its taps into a full-size output, which is
+    then cropped by ``padding`` (float64, per group)."""
+    x = np.asarray(x, np.float64)
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    w = np.asarray(w, np.float64)
+    (sh, sw), (dh, dw), (oph, opw) = _pair(stride), _pair(dilation), _pair(output_padding)
+    (pt, pb), (pl, pr) = _split_pads(padding, w.shape[2:], (sh, sw), (dh, dw))
+    n, c_in, h, wd = x.shape
+    cin_g, cout_g, kh, kw = w.shape[0] // groups, w.shape[1], w.shape[2], w.shape[3]
+    full = np.zeros((n, cout_g * groups, (h - 1) * sh + dh * (kh - 1) + 1 + oph, (wd - 1) * sw + dw * (kw - 1) + 1 + opw))
+    for g in range(groups):
+        xg = x[:, g * cin_g : (g + 1) * cin_g]
+        wg = w[g * cin_g : (g + 1) * cin_g]
+        for i in range(kh):
+            for j in range(kw):
+                full[:, g * cout_g : (g + 1) * cout_g, i * dh : i * dh + sh * (h - 1) + 1 : sh,
+                     j * dw : j * dw + sw * (wd - 1) + 1 : sw] += np.einsum("nchw,co->nohw", xg, wg[:, :, i, j])
+    out = full[:, :, pt : full.shape[2] - pb, pl : full.shape[3] - pr]
+    if bias is not None:
+        out = out + np.asarray(bias, np.float64)[None, :, None, None]
+    return out[0] if unbatched else out
+
+
+def assert_within_bound(got, ref, bound, k, dtype):
+    """|got - ref| <= (eps_out + k * eps_acc) * bound, where ``bound`` is the reference run on
+    absolute values (the sum of |terms|) and ``k`` the number of terms of each sum."""
+    got = np.asarray(got)
+    assert got.dtype == np.dtype(dtype), (got.dtype, dtype)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    eps_out = float(np.finfo(got.dtype).eps)
+    eps_acc = float(np.finfo(np.float64 if got.dtype == np.float64 else np.float32).eps)
+    tol = (eps_out + k * eps_acc) * bound + np.finfo(got.dtype).tiny
+    err = np.abs(got.astype(np.float64) - ref)
+    bad = err > tol
+    assert not bad.any(), f"{int(bad.sum())} of {bad.size} differ; worst |got - ref| = {err.max():.3g}"

@@ -6,6 +6,7 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
+from numba import config
 
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
 from ._forward import ForwardKey, forward_kernel
@@ -15,7 +16,8 @@ from ._reduce import ReduceKey, finish_kernel, partial_kernel
 SHARED_LIMIT_BYTES = 48 * 1024
 MAX_OC_BLOCK = 4
 #: Threads per block of the gradient reductions, and the blocks they aim for (several per SM).
-REDUCE_THREADS = 256
+#: Under Numba's simulator (every thread a Python thread) the blocks are made smaller.
+REDUCE_THREADS = 32 if config.ENABLE_CUDASIM else 256
 REDUCE_TARGET_BLOCKS = 1024
 
 
