@@ -46,22 +46,34 @@ def problems():
 
 
 def specialisations():
-    from nbconv._spec import conv2d_spec
-    from nbconv.cuda._launch import forward_launch_config
+    """(forward key, dtype) of conv2d and of its input gradient, and (reduce key, dtype) of the
+    weight and bias gradients, for every problem."""
+    from nbconv._spec import conv2d_input_spec, conv2d_spec
+    from nbconv.cuda._launch import REDUCE_THREADS, forward_launch_config
+    from nbconv.cuda._reduce import ReduceKey
 
     seen = set()
     for x_shape, w_shape, bias, kwargs in problems():
         for dtype in (np.float16, np.float32, np.float64):
             b = DeviceStandIn((w_shape[0],), dtype) if bias else None
-            spec = conv2d_spec(DeviceStandIn(x_shape, dtype), DeviceStandIn(w_shape, dtype), b, **kwargs)
-            item = (forward_launch_config(spec).key, np.dtype(dtype))
-            if item not in seen:
-                seen.add(item)
-                yield item
+            w = DeviceStandIn(w_shape, dtype)
+            spec = conv2d_spec(DeviceStandIn(x_shape, dtype), w, b, **kwargs)
+            items = [(forward_launch_config(spec).key, np.dtype(dtype))]
+            gy = DeviceStandIn(spec.output_shape, dtype)
+            items.append((forward_launch_config(conv2d_input_spec(x_shape, w, gy, **kwargs)).key, np.dtype(dtype)))
+            for bias_only in (False, True):
+                key = ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS,
+                                dtype == np.float64, bias_only)
+                items.append((key, np.dtype(dtype)))
+            for item in items:
+                if item not in seen:
+                    seen.add(item)
+                    yield item
 
 
 def main(argv):
-    from nbconv.cuda._compile import compile_forward
+    from nbconv.cuda._compile import compile_forward, compile_reduce
+    from nbconv.cuda._reduce import ReduceKey
 
     ccs = [tuple(int(p) for p in a.split(".")) for a in argv] or [(8, 0), (9, 0)]
     items = list(specialisations())
@@ -69,15 +81,16 @@ def main(argv):
         t0 = time.perf_counter()
         for key, dtype in items:
             try:
-                ptx = compile_forward(key, dtype, cc)
+                ptxs = compile_reduce(key, dtype, cc) if isinstance(key, ReduceKey) else [compile_forward(key, dtype, cc)]
             except Exception as exc:
                 print(f"FAILED cc={cc} dtype={dtype} {key}: {exc!r}")
                 return 1
-            assert ".entry" in ptx and f"sm_{cc[0]}{cc[1]}" in ptx, "not a PTX kernel for this target"
+            for ptx in ptxs:
+                assert ".entry" in ptx and f"sm_{cc[0]}{cc[1]}" in ptx, "not a PTX kernel for this target"
         # one strided-layout build per dtype: the kernels also take non-contiguous arrays
         for dtype in (np.float16, np.float32, np.float64):
             compile_forward(items[0][0], np.dtype(dtype), cc, layout="A")
-        print(f"compiled {len(items) + 3} forward kernel specialisations for cc {cc[0]}.{cc[1]} "
+        print(f"compiled {len(items) + 3} kernel specialisations (forward, input-gradient, weight/bias-gradient) for cc {cc[0]}.{cc[1]} "
               f"in {time.perf_counter() - t0:.1f} s")
     return 0
 

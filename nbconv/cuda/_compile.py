@@ -11,6 +11,7 @@ from numba import cuda, types
 
 from .._numba_types import NUMBA_FLOAT
 from ._forward import ForwardKey, forward_kernel
+from ._reduce import ReduceKey, finish_kernel, partial_kernel
 
 
 def forward_signature(key: ForwardKey, dtype, layout: str = "C"):
@@ -25,3 +26,13 @@ def compile_forward(key: ForwardKey, dtype, cc: tuple[int, int], layout: str = "
     kernel = forward_kernel(key)
     ptx, _ = cuda.compile_ptx(kernel.py_func, forward_signature(key, dtype, layout), cc=cc)
     return ptx
+
+
+def compile_reduce(key: ReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
+    """PTX of both passes of the weight / bias gradient for ``key`` and ``dtype``."""
+    arr4 = types.Array(NUMBA_FLOAT[dtype], 4, "A")
+    acc = types.Array(types.float64 if key.acc_double else types.float32, 5, "C")
+    out = types.Array(NUMBA_FLOAT[dtype], 1 if key.bias_only else 4, "A")
+    p1, _ = cuda.compile_ptx(partial_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 4, cc=cc)
+    p2, _ = cuda.compile_ptx(finish_kernel(key.bias_only).py_func, (acc, out), cc=cc)
+    return [p1, p2]
