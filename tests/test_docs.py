@@ -7,17 +7,24 @@ import pathlib
 
 import nbconv
 import nbconv._conv
+import nbconv.grad
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_docstring_examples():
-    result = doctest.testmod(nbconv._conv, raise_on_error=False)
-    assert result.attempted > 0
-    assert result.failed == 0
+    for module in (nbconv._conv, nbconv.grad):
+        result = doctest.testmod(module, raise_on_error=False)
+        assert result.attempted > 0
+        assert result.failed == 0
 
 
-def test_readme_numpy_example():
+def test_readme_numpy_examples():
+    """Every ```python block of the README that needs no GPU, run in order in one namespace."""
     text = (ROOT / "README.md").read_text()
-    block = text.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(block, "README.md", "exec"), {})
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    host_blocks = [b for b in blocks if "cupy" not in b]
+    assert len(host_blocks) >= 2
+    namespace: dict = {}
+    for block in host_blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
