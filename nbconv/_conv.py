@@ -114,8 +114,8 @@ def conv_transpose2d(
     bias : array, shape (C_out,), optional
     stride : int or (int, int), default 1
     padding : int, (int, int), 'valid' or 'same', default 0
-        Removes ``dilation * (k - 1) - padding`` ... i.e. crops ``padding`` rows/columns from each
-        side of the full transposed output. ``'same'`` (stride 1) keeps the input size.
+        Rows/columns cropped from each side of the full transposed output (the padding of the
+        ``conv2d`` this op is the adjoint of). ``'same'`` (stride 1) keeps the input size.
     output_padding : int or (int, int), default 0
         Extra rows/columns added on the far side, to pick among the input sizes a strided
         ``conv2d`` maps to this size; must be smaller than ``stride`` or ``dilation``.

@@ -57,6 +57,13 @@ def _phase_range(ph, sw, pl, in_w, wc):
 
 
 @njit_serial
+def _phase_offset(r, c, sh, sw, plane, wc):
+    """Offset of padded (row r, column c) in a channel's phase planes: plane (r % sH, c % sW),
+    position (r // sH, c // sW). The one definition of the packed layout."""
+    return ((r % sh) * sw + c % sw) * plane + (r // sh) * wc + c // sw
+
+
+@njit_serial
 def _pack_group(x, n, g, cin_g, xs, geo):
     """Copy the input channels of group ``g`` of image ``n`` into ``xs``: zero padding (or
     cropping, for negative padding), zeros between pixels for an input dilation, phase planes."""
@@ -72,19 +79,19 @@ def _pack_group(x, n, g, cin_g, xs, geo):
             if r < 0 or r >= hc * sh:
                 continue
             srow = src[iy]
-            row = ci * chan + (r % sh) * sw * plane + (r // sh) * wc
+            row = ci * chan + _phase_offset(r, 0, sh, sw, plane, wc)
             if lw == 1:
                 for ph in range(sw):
                     # padded column j * sw + ph holds input column j * sw + ph - pad_left
                     j_lo, j_hi = _phase_range(ph, sw, pl, in_w, wc)
-                    dst = row + ph * plane
+                    dst = row + _phase_offset(0, ph, sh, sw, plane, wc)
                     for j in range(j_lo, j_hi):
                         xs[_U(dst + j)] = srow[_U(j * sw + ph - pl)]
             else:
                 for ix in range(in_w):
                     c = ix * lw + pl
                     if 0 <= c < wc * sw:
-                        xs[_U(row + (c % sw) * plane + c // sw)] = srow[ix]
+                        xs[_U(row + _phase_offset(0, c, sh, sw, plane, wc))] = srow[ix]
 
 
 @njit_parallel
@@ -125,15 +132,15 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, groups, oc_block):
                 for ci in range(cin_g):
                     for kh in range(kh_n):
                         rr = kh * dh
-                        x0 = ci * chan + (rr % sh) * sw * plane + (oy0 + rr // sh) * wc
+                        x0 = ci * chan + _phase_offset(rr, 0, sh, sw, plane, wc) + oy0 * wc
                         for kw0 in range(0, kw_n, 3):
                             nt = min(3, kw_n - kw0)
                             c0 = kw0 * dw
                             c1 = c0 + dw
                             c2 = c1 + dw
-                            o0 = (c0 % sw) * plane + c0 // sw
-                            o1 = (c1 % sw) * plane + c1 // sw
-                            o2 = (c2 % sw) * plane + c2 // sw
+                            o0 = _phase_offset(0, c0, sh, sw, plane, wc)
+                            o1 = _phase_offset(0, c1, sh, sw, plane, wc)
+                            o2 = _phase_offset(0, c2, sh, sw, plane, wc)
                             w0 = w[oc, ci, kh, kw0]
                             w1 = w[oc, ci, kh, min(kw0 + 1, kw_n - 1)]
                             w2 = w[oc, ci, kh, min(kw0 + 2, kw_n - 1)]
@@ -207,8 +214,7 @@ def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, groups, o
                     for kh in range(kh_n):
                         rr = kh * dh
                         for kw in range(kw_n):
-                            c = kw * dw
-                            x0 = ci * chan + (rr % sh) * sw * plane + (rr // sh) * wc + (c % sw) * plane + c // sw
+                            x0 = ci * chan + _phase_offset(rr, kw * dw, sh, sw, plane, wc)
                             acc[:out_w] = 0
                             for oy in range(out_h):
                                 gr = grow[oy]
