@@ -1,23 +1,46 @@
 #!/usr/bin/env bash
-# Open the published ASV dashboard in headless Chromium and save screenshots of its summary page
-# and of one graph, to check that the graphs render (look at the PNGs).
+# Open the published ASV dashboard in headless Chromium, fail unless its pages render, and save
+# screenshots of the summary grid and of two graphs to look at.
 #
 #   asv_bench/check_dashboard.sh [OUTDIR]      (needs `chromium`: apt-get install chromium)
+#
+# A page fails when it ends on asv's "continental origin of swallow" error (a JavaScript
+# dependency did not load: publish with asv_bench/publish.py, which vendors them) or when it
+# holds no flot canvas (no graph was drawn).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here/screenshots}"
 mkdir -p "$out"
-[ -f "$here/html/index.html" ] || { echo "no dashboard: run asv publish first" >&2; exit 1; }
-port=8765
+[ -f "$here/html/index.html" ] || { echo "no dashboard: run asv_bench/publish.py first" >&2; exit 1; }
+port="${PORT:-8765}"
 "${PYTHON:-python}" -m http.server "$port" --bind 127.0.0.1 --directory "$here/html" >/dev/null 2>&1 &
 server=$!
 trap 'kill $server' EXIT
 sleep 1
-shot() {  # URL-fragment file
+browse() {  # chromium action, URL fragment
     chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,1000 \
-        --virtual-time-budget=15000 --screenshot="$out/$2" "http://127.0.0.1:$port/$1" 2>/dev/null
-    echo "wrote $out/$2"
+        --virtual-time-budget=15000 "$1" "http://127.0.0.1:$port/$2" 2>/dev/null
 }
-shot "index.html" summary.png
-shot "index.html#bench_conv.Forward.time_conv2d?backend=cpu&dtype=float32" forward_time.png
-shot "index.html#bench_conv.GroupsSweep.track_gflops?backend=cpu" groups_gflops.png
+failed=0
+check() {  # URL fragment, screenshot file, what must be on the page (a grep -E pattern)
+    local dom
+    dom="$(browse --dump-dom "$1")"
+    if grep -q "continental origin of swallow" <<<"$dom"; then
+        echo "FAIL $1: asv's dependency-load error page (a JavaScript dependency did not load)"
+        failed=1
+    elif ! grep -Eq "$3" <<<"$dom"; then
+        echo "FAIL $1: no match for /$3/ in the rendered page"
+        failed=1
+    else
+        echo "ok   $1"
+    fi
+    browse --screenshot="$out/$2" "$1" >/dev/null
+    echo "     screenshot: $out/$2"
+}
+# The summary grid draws one small flot graph (a <canvas>) per benchmark.
+check "index.html" summary.png '<canvas'
+check "index.html#bench_conv.Forward.time_conv2d?backend=cpu&dtype=float32" forward_time.png \
+    'class="flot-(base|overlay)"|<canvas'
+check "index.html#bench_conv.GroupsSweep.track_gflops?backend=cpu" groups_gflops.png \
+    'class="flot-(base|overlay)"|<canvas'
+exit "$failed"

@@ -37,5 +37,5 @@ for commit in $(git -C "$repo" rev-list --reverse "$range"); do
     "$python" -m asv run -E "existing:$python" --set-commit-hash "$commit" "$@"
     git -C "$repo" worktree remove --force "$tmp/wt"
 done
-"$python" -m asv publish
-echo "dashboard: $here/html/index.html (serve it: python -m asv preview, from $here)"
+"$python" "$here/publish.py"
+echo "check it renders: asv_bench/check_dashboard.sh"

@@ -43,3 +43,30 @@ def test_asv_quick_dry_run(machine):
     for name in ("Forward.time_conv2d", "Forward.track_gflops", "Forward.peakmem_conv2d",
                  "GroupsSweep.time_forward", "FirstCall.track_cold_jit_seconds"):
         assert name in out, name
+
+
+def _publish_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("asv_publish", ASV_DIR / "publish.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dashboard_has_no_remote_dependencies():
+    """Every CDN script/stylesheet of the installed asv's page templates has a vendored copy, and
+    the localised pages reference only files that exist under vendor/."""
+    import re
+
+    publish = _publish_module()
+    www = pathlib.Path(asv.__file__).resolve().parent / "www"
+    pages = sorted(www.glob("*.html"))
+    assert pages, www
+    for page in pages:
+        new, unknown = publish.localise(page.read_text(encoding="utf-8"))
+        assert unknown == [], (page.name, unknown)
+        assert not re.search(r"<(script|link)\b[^>]*(src|href)=\"https?://", new), page.name
+        for ref in re.findall(r"(?:src|href)=\"vendor/([^\"]+)\"", new):
+            assert (ASV_DIR / "vendor" / ref).is_file(), ref
+    assert publish.localise('<script src="https://cdn.example/x.js"></script>')[1] == ["https://cdn.example/x.js"]
