@@ -15,6 +15,8 @@ the accumulator per vector), which keeps the loop from being bound by stores.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -24,6 +26,15 @@ _U = numba.uint64
 
 #: Target length (elements) of an accumulator segment: 2048 float32 = 8 KiB, well inside L1.
 SEGMENT_ELEMS = 2048
+#: Segments are computed in whole multiples of this many elements (the extra ones are dropped), so
+#: LLVM's vector loop (16 lanes x 4 interleaved on AVX-512) covers them with no scalar remainder:
+#: a 7x7 plane flattened with pitch 9 is 61 elements, all of which the remainder loop would take.
+VECTOR_ROUND = 64
+
+
+@njit_serial
+def _round_up(n, m):
+    return (n + m - 1) // m * m
 
 
 @njit_serial
@@ -48,60 +59,50 @@ def _add_taps(acc, xs, x0, n, o0, o1, o2, w0, w1, w2, n_taps, first, bias):
             acc[p] += w0 * xs[_U(x0 + o0 + p)]
 
 
-@njit_serial
-def _phase_range(ph, sw, pl, in_w, wc):
-    """Positions j in [lo, hi) of phase ``ph`` whose input column j*sw + ph - pl is in [0, in_w)."""
-    lo = max(0, (pl - ph + sw - 1) // sw)
-    hi = min(wc, (in_w - 1 + pl - ph) // sw + 1) if in_w - 1 + pl - ph >= 0 else 0
-    return lo, max(lo, hi)
-
-
-@njit_serial
-def _phase_offset(r, c, sh, sw, plane, wc):
+def _phase_offset(r: int, c: int, sh: int, sw: int, plane: int, wc: int) -> int:
     """Offset of padded (row r, column c) in a channel's phase planes: plane (r % sH, c % sW),
-    position (r // sH, c // sW). The one definition of the packed layout."""
+    position (r // sH, c // sW). The one definition of the packed layout; the kernels only see
+    the tables that ``packed_tables`` builds from it (no integer division in a kernel loop)."""
     return ((r % sh) * sw + c % sw) * plane + (r // sh) * wc + c // sw
 
 
 @njit_serial
-def _pack_group(x, n, g, cin_g, xs, geo):
+def _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs):
     """Copy the input channels of group ``g`` of image ``n`` into ``xs``: zero padding (or
-    cropping, for negative padding), zeros between pixels for an input dilation, phase planes."""
-    in_h, in_w = x.shape[2], x.shape[3]
-    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
-    plane = hc * wc
-    chan = sh * sw * plane
+    cropping, for negative padding), zeros between pixels for an input dilation, phase planes.
+
+    ``row_dst[iy]``: offset of input row ``iy`` in a channel's planes (-1: cropped);
+    ``runs[k]`` = (dst, dst_step, src, src_step, count): the column copies of one row.
+    """
+    in_h = x.shape[2]
     xs[: cin_g * chan] = 0
     for ci in range(cin_g):
         src = x[n, g * cin_g + ci]
         for iy in range(in_h):
-            r = iy * lh + pt  # padded row of input row iy
-            if r < 0 or r >= hc * sh:
+            if row_dst[iy] < 0:
                 continue
             srow = src[iy]
-            row = ci * chan + _phase_offset(r, 0, sh, sw, plane, wc)
-            if lw == 1:
-                for ph in range(sw):
-                    # padded column j * sw + ph holds input column j * sw + ph - pad_left
-                    j_lo, j_hi = _phase_range(ph, sw, pl, in_w, wc)
-                    dst = row + _phase_offset(0, ph, sh, sw, plane, wc)
-                    for j in range(j_lo, j_hi):
-                        xs[_U(dst + j)] = srow[_U(j * sw + ph - pl)]
-            else:
-                for ix in range(in_w):
-                    c = ix * lw + pl
-                    if 0 <= c < wc * sw:
-                        xs[_U(row + _phase_offset(0, c, sh, sw, plane, wc))] = srow[ix]
+            row = ci * chan + row_dst[iy]
+            for k in range(runs.shape[0]):
+                d0, ds, s0, ss, cnt = runs[k, 0], runs[k, 1], runs[k, 2], runs[k, 3], runs[k, 4]
+                if ds == 1 and ss == 1:
+                    for j in range(cnt):
+                        xs[_U(row + d0 + j)] = srow[_U(s0 + j)]
+                else:
+                    for j in range(cnt):
+                        xs[_U(row + d0 + j * ds)] = srow[_U(s0 + j * ss)]
 
 
 @njit_parallel
-def _forward_packed(x, w, b, out, scratch, acc_buf, geo, groups, oc_block):
+def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, groups, oc_block):
     """out (N, C_out, OH, OW) = conv2d(x (N, C_in, H, W), w) + b; all C-contiguous 4-D.
 
     ``geo`` = (sH, sW, pad_top, pad_left, dH, dW, Hc, Wc, rows_per_segment, lH, lW): the scratch holds,
     per input channel, sH * sW phase planes of Hc x Wc (padded row r, column c live in plane
-    (r % sH, c % sW) at (r // sH, c // sW)). ``scratch`` / ``acc_buf`` have one row per thread.
+    (r % sH, c % sW) at (r // sH, c // sW)); ``tables`` = ``packed_tables(spec)``.
+    ``scratch`` / ``acc_buf`` have one row per thread.
     """
+    row_dst, runs, tap_off = tables
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = w.shape
     out_h, out_w = out.shape[2], out.shape[3]
@@ -121,26 +122,23 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, groups, oc_block):
         oc_lo = g * cout_g + blk * oc_block
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
 
-        _pack_group(x, n, g, cin_g, xs, geo)
+        _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs)
 
         # output segments of ``rows`` rows flattened with pitch Wc (columns >= OW are dropped)
         for oy0 in range(0, out_h, seg_rows):
             rows = min(seg_rows, out_h - oy0)
-            n_el = (rows - 1) * wc + out_w
+            n_el = _round_up((rows - 1) * wc + out_w, VECTOR_ROUND)
             for oc in range(oc_lo, oc_hi):
                 bv = b[oc]
                 for ci in range(cin_g):
                     for kh in range(kh_n):
-                        rr = kh * dh
-                        x0 = ci * chan + _phase_offset(rr, 0, sh, sw, plane, wc) + oy0 * wc
+                        x0 = ci * chan + oy0 * wc
+                        taps = tap_off[kh]
                         for kw0 in range(0, kw_n, 3):
                             nt = min(3, kw_n - kw0)
-                            c0 = kw0 * dw
-                            c1 = c0 + dw
-                            c2 = c1 + dw
-                            o0 = _phase_offset(0, c0, sh, sw, plane, wc)
-                            o1 = _phase_offset(0, c1, sh, sw, plane, wc)
-                            o2 = _phase_offset(0, c2, sh, sw, plane, wc)
+                            o0 = taps[kw0]
+                            o1 = taps[min(kw0 + 1, kw_n - 1)]
+                            o2 = taps[min(kw0 + 2, kw_n - 1)]
                             w0 = w[oc, ci, kh, kw0]
                             w1 = w[oc, ci, kh, min(kw0 + 1, kw_n - 1)]
                             w2 = w[oc, ci, kh, min(kw0 + 2, kw_n - 1)]
@@ -162,10 +160,42 @@ def packed_geometry(spec) -> tuple:
     wp = max(dilated[1] + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
     hc, wc = -(-hp // sh), -(-wp // sw)
     seg_rows = max(1, min(oh, SEGMENT_ELEMS // wc))
-    acc_elems = (seg_rows - 1) * wc + ow
-    # slack: the dropped columns of a segment's last row read up to one row past the last plane
-    scratch_elems = spec.in_per_group * sh * sw * hc * wc + wc
+    acc_elems = -(-((seg_rows - 1) * wc + ow) // VECTOR_ROUND) * VECTOR_ROUND
+    # slack: the dropped elements of a segment read up to one row plus VECTOR_ROUND past the last plane
+    scratch_elems = spec.in_per_group * sh * sw * hc * wc + wc + VECTOR_ROUND
     return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw), scratch_elems, acc_elems
+
+
+@functools.lru_cache(maxsize=256)
+def packed_tables(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The index tables of the packed layout, built once per call from ``_phase_offset``:
+
+    ``row_dst`` (H,): offset of input row iy in a channel's phase planes, -1 where cropped;
+    ``runs`` (k, 5): (dst, dst_step, src, src_step, count) column copies that pack one row;
+    ``tap_off`` (kH, kW): offset of tap (kh, kw) relative to its output position's row start.
+    """
+    (sh, sw, pt, pl, dh, dw, hc, wc, _, lh, lw), _, _ = packed_geometry(spec)
+    plane = hc * wc
+    in_h, in_w = spec.in_size
+    row_dst = np.full(in_h, -1, np.int64)
+    for iy in range(in_h):
+        r = iy * lh + pt
+        if 0 <= r < hc * sh:
+            row_dst[iy] = _phase_offset(r, 0, sh, sw, plane, wc)
+    # padded column c = ix * lW + pad_left (kept when 0 <= c < Wc * sW), in runs of equal steps
+    cols = [(ix, _phase_offset(0, ix * lw + pl, sh, sw, plane, wc)) for ix in range(in_w)
+            if 0 <= ix * lw + pl < wc * sw]
+    runs: list[list[int]] = []
+    for ph in range(sw):  # the columns of one phase are equally spaced in source and destination
+        phase = [(ix, d) for ix, d in cols if (ix * lw + pl) % sw == ph]
+        if len(phase) == 1:
+            runs.append([phase[0][1], 1, phase[0][0], 1, 1])
+        elif phase:
+            ds, ss = phase[1][1] - phase[0][1], phase[1][0] - phase[0][0]
+            runs.append([phase[0][1], ds, phase[0][0], ss, len(phase)])
+    tap_off = np.array([[_phase_offset(kh * dh, kw * dw, sh, sw, plane, wc) for kw in range(spec.kernel_size[1])]
+                        for kh in range(spec.kernel_size[0])], np.int64).reshape(spec.kernel_size)
+    return row_dst, np.array(runs, np.int64).reshape(-1, 5), tap_off
 
 
 def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, oc_block: int) -> None:
@@ -174,11 +204,11 @@ def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     threads = numba.get_num_threads()
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     acc = np.empty((threads, acc_elems), x.dtype)
-    _forward_packed(x, w, b, out, scratch, acc, geo, spec.groups, oc_block)
+    _forward_packed(x, w, b, out, scratch, acc, geo, packed_tables(spec), spec.groups, oc_block)
 
 
 @njit_parallel
-def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, groups, oc_block):
+def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, tables, groups, oc_block):
     """dw_out (C_out, C_in/groups, kH, kW) = sum over n, oy, ox of gy[n, o, oy, ox] * x_tap.
 
     One task per (group, block of output channels) walks the images in order, packs each image's
@@ -186,6 +216,7 @@ def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, groups, o
     rows; every weight element is summed by one task in a fixed order, so the result does not
     depend on the number of threads.
     """
+    row_dst, runs, tap_off = tables
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = dw_out.shape
     out_h, out_w = gy.shape[2], gy.shape[3]
@@ -206,15 +237,14 @@ def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, groups, o
         n_taps = (oc_hi - oc_lo) * cin_g * kh_n * kw_n
         tot[:n_taps] = 0
         for n in range(n_img):
-            _pack_group(x, n, g, cin_g, xs, geo)
+            _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs)
             t = 0
             for oc in range(oc_lo, oc_hi):
                 grow = gy[n, oc]
                 for ci in range(cin_g):
                     for kh in range(kh_n):
-                        rr = kh * dh
                         for kw in range(kw_n):
-                            x0 = ci * chan + _phase_offset(rr, kw * dw, sh, sw, plane, wc)
+                            x0 = ci * chan + tap_off[kh, kw]
                             acc[:out_w] = 0
                             for oy in range(out_h):
                                 gr = grow[oy]
@@ -242,7 +272,7 @@ def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, 
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     acc = np.empty((threads, spec.out_size[1]), x.dtype)
     tot = np.empty((threads, oc_block * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
-    _weight_grad_packed(x, gy, dw_out, scratch, acc, tot, geo, spec.groups, oc_block)
+    _weight_grad_packed(x, gy, dw_out, scratch, acc, tot, geo, packed_tables(spec), spec.groups, oc_block)
 
 
 @njit_parallel
