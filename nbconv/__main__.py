@@ -7,6 +7,7 @@ import json
 import sys
 
 from ._shapes import EXTRA_SHAPES, SHAPES_BY_NAME, STANDARD_SHAPES
+from .bench._ops import OPS, TORCH_OP
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,10 +16,14 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench",
         help="time the standard shapes (checked against NumPy first), against PyTorch when installed",
-        description="Times nbconv.conv2d on the standard grouped/depthwise shapes. Each result is checked "
-        "against a NumPy computation before it is timed. With PyTorch installed, F.conv2d runs in the same "
-        "process, interleaved, with the same number of threads; the speedup is the median of paired ratios.",
+        description="Times nbconv.conv2d (or, with --op, a training op) on the standard grouped/depthwise "
+        "shapes. Each result is checked against a NumPy computation before it is timed. With PyTorch installed, "
+        "its twin of the op runs in the same process, interleaved, with the same number of threads; the speedup "
+        "is the median of paired ratios.",
     )
+    b.add_argument("--op", choices=list(OPS), default="forward",
+                   help="forward: conv2d; input_grad / weight_grad: nbconv.grad.conv2d_input / conv2d_weight "
+                   "(vs torch.nn.grad); transpose: conv_transpose2d of the output gradient (vs F.conv_transpose2d)")
     b.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--batch", type=int, default=None, help="batch size (default: 8 on cpu, 32 on cuda)")
     b.add_argument("--dtype", choices=["float32", "float64", "float16"], default="float32")
@@ -48,14 +53,15 @@ def bench(args: argparse.Namespace) -> int:
     rounds = args.rounds or (5 if args.quick else 15)
 
     first_call = None
-    if not args.quick:
+    if not args.quick and args.op == "forward":
         print("first-call latency (fresh interpreters) ...", file=sys.stderr, flush=True)
         cold, warm = first_call_latency(shapes[0], batch, args.dtype, args.backend)
         first_call = {"shape": shapes[0].name, "cold_s": cold, "warm_cache_s": warm}
-    results = run_bench(shapes, args.backend, batch, args.dtype, rounds)
+    results = run_bench(shapes, args.backend, batch, args.dtype, rounds, args.op)
     report = results_json(results, args.backend, first_call)
     m = report["machine"]
-    print(f"\nnbconv bench --backend {args.backend}: batch {batch}, {args.dtype}, NCHW, {rounds} rounds; "
+    print(f"\nnbconv bench --backend {args.backend} --op {args.op} (PyTorch: {TORCH_OP[args.op]}): "
+          f"batch {batch}, {args.dtype}, NCHW, {rounds} rounds; "
           f"{m.get('gpu', m['processor'])}, {m['threads']} threads"
           + (f", torch {m['torch']}" if "torch" in m else ", PyTorch not installed (no comparison)"))
     print(format_table(results))

@@ -10,10 +10,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .. import conv2d
 from .._shapes import Shape
-from .._spec import conv2d_spec
-from ._check import conv2d_numpy, max_scaled_error
+from ._check import max_scaled_error
+from ._ops import host_arrays, op_call
 from ._timing import first_call_latency, interleaved, warm_allocator
 
 TOLERANCE = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-10}
@@ -31,6 +30,7 @@ class BenchResult:
     max_error: float
     torch_time_s: Optional[float] = None
     speedup: Optional[float] = None  # median over interleaved pairs of torch time / nbconv time
+    op: str = "forward"
 
 
 def _torch(backend: str):
@@ -43,54 +43,36 @@ def _torch(backend: str):
     return torch
 
 
-def _host_arrays(shape: Shape, batch: int, dtype: str, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape.input_shape(batch)).astype(dtype)
-    w = (rng.standard_normal(shape.weight_shape()) / math.sqrt(np.prod(shape.weight_shape()[1:]))).astype(dtype)
-    b = rng.standard_normal(shape.c_out).astype(dtype)
-    return x, w, b
-
-
-def bench_shape(shape: Shape, batch: int, dtype: str, backend: str, rounds: int) -> BenchResult:
-    x, w, b = _host_arrays(shape, batch, dtype)
+def bench_shape(shape: Shape, batch: int, dtype: str, backend: str, rounds: int, op: str = "forward") -> BenchResult:
+    """Check ``op`` on ``shape`` against NumPy (float64), then time it against PyTorch, interleaved."""
     torch = _torch(backend)
     sync = None
     if backend == "cuda":
         import cupy
 
-        dx, dw, db = cupy.asarray(x), cupy.asarray(w), cupy.asarray(b)
+        to_device, to_host = cupy.asarray, cupy.asnumpy
         sync = cupy.cuda.Device().synchronize
-        to_host = cupy.asnumpy
     else:
-        dx, dw, db = x, w, b
-        to_host = np.asarray
-    spec = conv2d_spec(dx, dw, db, **shape.conv_args())
-    ours = lambda: conv2d(dx, dw, db, **shape.conv_args())  # noqa: E731
-    got = to_host(ours())
-    want = conv2d_numpy(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups)
-    err = max_scaled_error(got, want)
+        to_device, to_host = (lambda a: a), np.asarray
+    call = op_call(op, shape, host_arrays(shape, batch, dtype), to_device, torch, backend)
+    err = max_scaled_error(to_host(call.ours()), call.want)
     if not err <= TOLERANCE[dtype]:
-        raise AssertionError(f"{shape.name}: nbconv differs from the NumPy check by {err:.3g} (scaled)")
-
-    theirs = None
-    if torch is not None:
-        dev = "cuda" if backend == "cuda" else "cpu"
-        tx, tw, tb = (torch.from_numpy(a).to(dev) for a in (x, w, b))
-        args = shape.conv_args()
-        theirs = lambda: torch.nn.functional.conv2d(tx, tw, tb, **args)  # noqa: E731
-        theirs()
-    t_ours, t_theirs, ratio = interleaved(ours, theirs, rounds, sync)
+        raise AssertionError(f"{shape.name} {op}: nbconv differs from the NumPy check by {err:.3g} (scaled)")
+    if call.theirs is not None:
+        call.theirs()
+    t_ours, t_theirs, ratio = interleaved(call.ours, call.theirs, rounds, sync)
     return BenchResult(
         name=shape.name,
         backend=backend,
         batch=batch,
         dtype=dtype,
         time_s=t_ours,
-        gflops=spec.flops / t_ours / 1e9,
-        gbps=spec.min_bytes / t_ours / 1e9,
+        gflops=call.flops / t_ours / 1e9,
+        gbps=call.min_bytes / t_ours / 1e9,
         max_error=err,
         torch_time_s=t_theirs,
         speedup=ratio,
+        op=op,
     )
 
 
@@ -138,6 +120,7 @@ def run_bench(
     batch: int = 8,
     dtype: str = "float32",
     rounds: int = 15,
+    op: str = "forward",
     progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> list[BenchResult]:
     torch = _torch(backend)
@@ -149,7 +132,7 @@ def run_bench(
     results = []
     for i, shape in enumerate(shapes, 1):
         progress(f"[{i}/{len(shapes)}] {shape.name} ...")
-        results.append(bench_shape(shape, batch, dtype, backend, rounds))
+        results.append(bench_shape(shape, batch, dtype, backend, rounds, op))
     return results
 
 

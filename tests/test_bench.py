@@ -1,0 +1,73 @@
+"""``nbconv bench``: every op runs, checks its result before timing it, and reports it.
+
+Timings are not asserted (speed is measured, never a test); what is tested is that the command
+works end to end and that its NumPy check would catch a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nbconv.__main__ import main
+from nbconv._shapes import SHAPES_BY_NAME
+from nbconv.bench import _ops, _run
+from nbconv.bench._ops import OPS
+
+from reference import conv2d_input_reference, conv2d_reference, conv2d_weight_reference
+
+SMALL = "mbv2_dw_7,resnext_g32_14"  # fast at batch 1; depthwise and grouped
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bench_op_end_to_end(op, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--rounds", "1", "--op", op, "--shapes", SMALL, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert f"--op {op}" in table and "mbv2_dw_7" in table and "resnext_g32_14" in table
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["results"]] == SMALL.split(",")
+    for r in report["results"]:
+        assert r["op"] == op and r["time_s"] > 0 and r["gflops"] > 0 and r["max_error"] < 1e-4
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bench_check_agrees_with_test_reference(op):
+    """The bench's fast NumPy check computes the same thing as the tests' independent reference."""
+    shape = SHAPES_BY_NAME["odd_dw3_33"]._replace(c_in=4, c_out=8, groups=2, stride=2, hw=9)
+    host = _ops.host_arrays(shape, 2, "float64")
+    call = _ops.op_call(op, shape, host, lambda a: a, None, "cpu")
+    x, w, b, gy = host["x"], host["w"], host["b"], host["gy"]
+    args = dict(stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), groups=2)
+    if op == "forward":
+        want = conv2d_reference(x, w, b, **args)
+    elif op == "weight_grad":
+        want = conv2d_weight_reference(x, w.shape, gy, **args)
+    else:
+        size = x.shape if op == "input_grad" else x.shape[:2] + call.want.shape[2:]
+        want = conv2d_input_reference(size, w, gy, **args)
+    np.testing.assert_allclose(call.want, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(call.ours()), want, rtol=1e-10, atol=1e-10)
+
+
+def test_bench_refuses_a_wrong_result(monkeypatch):
+    shape = SHAPES_BY_NAME["mbv2_dw_7"]
+    real = _ops.op_call
+
+    def wrong(*a, **k):
+        call = real(*a, **k)
+        good = call.ours
+        call.ours = lambda: good() * 1.01
+        return call
+
+    monkeypatch.setattr(_run, "op_call", wrong)
+    with pytest.raises(AssertionError, match="differs from the NumPy check"):
+        _run.bench_shape(shape, 1, "float32", "cpu", 1)
+
+
+def test_bench_rejects_unknown_op(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--op", "backward"])
+    assert "invalid choice" in capsys.readouterr().err
