@@ -36,3 +36,54 @@ def test_bench_shapes_match_torch(shape):
     np.testing.assert_allclose(
         nbconv.conv2d(x, w, **shape.conv_args()), torch_conv2d(x, w, None, **shape.conv_args()), rtol=1e-4, atol=1e-4
     )
+
+
+# gradients: the same numbers as PyTorch's autograd through F.conv2d and F.conv_transpose2d
+AUTOGRAD_CASES = [c for c in CASES if c.padding != "same" or c.stride == 1]
+
+
+def _autograd(fn, *tensors):
+    """Gradients of <fn(*tensors), gy> with respect to every tensor, gy random; (y, gy, grads)."""
+    leaves = [torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(True) for a in tensors]
+    y = fn(*leaves)
+    gy = torch.from_numpy(np.random.default_rng(7).standard_normal(tuple(y.shape)))
+    grads = torch.autograd.grad(y, leaves, gy)
+    return y.detach().numpy(), gy.numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("case", AUTOGRAD_CASES, ids=str)
+def test_conv2d_gradients_match_autograd(case):
+    x, w, b = random_arrays(case, np.float64)
+    b = b if b is not None else np.zeros(case.c_out)
+    args = case.conv_args()
+    _, gy, (gx, gw, gb) = _autograd(lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **args), x, w, b)
+    np.testing.assert_allclose(nbconv.grad.conv2d_input(x.shape, w, gy, **args), gx, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(nbconv.grad.conv2d_weight(x, w.shape, gy, **args), gw, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(nbconv.grad.conv2d_bias(gy), gb, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "n, c_in, hw, c_out, k, stride, padding, output_padding, groups, dilation",
+    [
+        (2, 4, (5, 6), 6, (3, 3), 1, 1, 0, 2, 1),
+        (1, 4, (4, 5), 8, (3, 3), 2, 1, 1, 4, 1),  # depthwise, multiplier 2, stride 2
+        (2, 6, (5, 4), 3, (3, 2), (2, 3), (1, 0), (1, 2), 3, (1, 2)),
+    ],
+)
+def test_conv_transpose2d_and_its_gradients_match_autograd(n, c_in, hw, c_out, k, stride, padding, output_padding,
+                                                            groups, dilation):
+    """conv_transpose2d's output, and its input/weight gradients (which are conv2d and
+    grad.conv2d_weight with the roles swapped), against autograd through F.conv_transpose2d."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c_in) + hw)
+    w = rng.standard_normal((c_in, c_out // groups) + k)
+    b = rng.standard_normal(c_out)
+    args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+    y, gy, (gx, gw, gb) = _autograd(lambda x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **args), x, w, b)
+    np.testing.assert_allclose(nbconv.conv_transpose2d(x, w, b, **args), y, rtol=1e-11, atol=1e-11)
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    # the gradient of a transposed convolution w.r.t. its input is the forward convolution
+    np.testing.assert_allclose(nbconv.conv2d(gy, w, **conv), gx, rtol=1e-11, atol=1e-11)
+    # ... and w.r.t. its weight, the conv2d weight gradient with input and output swapped
+    np.testing.assert_allclose(nbconv.grad.conv2d_weight(gy, w.shape, x, **conv), gw, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(nbconv.grad.conv2d_bias(gy), gb, rtol=1e-11, atol=1e-11)
