@@ -30,6 +30,8 @@ SEGMENT_ELEMS = 2048
 #: LLVM's vector loop (16 lanes x 4 interleaved on AVX-512) covers them with no scalar remainder:
 #: a 7x7 plane flattened with pitch 9 is 61 elements, all of which the remainder loop would take.
 VECTOR_ROUND = 64
+#: Lanes of the weight gradient's vector dot products (4 AVX-512 vectors of float32).
+LANES = 64
 
 
 @njit_serial
@@ -207,13 +209,30 @@ def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     _forward_packed(x, w, b, out, scratch, acc, geo, packed_tables(spec), spec.groups, oc_block)
 
 
+@njit_serial
+def _dot_taps(gb, xs, x0, n, o0, o1, o2, acc):
+    """Per lane l < LANES: acc[k * LANES + l] = sum over chunks c of gb[c + l] * xs[x0 + o_k + c + l],
+    for the three taps k = 0, 1, 2 (``n`` a multiple of LANES): one pass over ``gb`` feeds three
+    vector dot products, in an order that depends on nothing but the shapes."""
+    acc[: 3 * LANES] = 0
+    for c in range(0, n, LANES):
+        for lane in range(LANES):
+            g = gb[_U(c + lane)]
+            q = _U(x0 + c + lane)
+            acc[lane] += g * xs[q + _U(o0)]
+            acc[LANES + lane] += g * xs[q + _U(o1)]
+            acc[2 * LANES + lane] += g * xs[q + _U(o2)]
+
+
 @njit_parallel
-def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, tables, groups, oc_block):
+def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, tables, groups, oc_block):
     """dw_out (C_out, C_in/groups, kH, kW) = sum over n, oy, ox of gy[n, o, oy, ox] * x_tap.
 
-    One task per (group, block of output channels) walks the images in order, packs each image's
-    group like the forward kernel and adds, per tap, a vector of per-column partial sums over the
-    rows; every weight element is summed by one task in a fixed order, so the result does not
+    One task per (group, block of output channels) walks the images in order and packs each
+    image's group like the forward kernel. Each output-gradient plane is laid out with the packed
+    planes' pitch (zeros past the last column and at the end), so that every tap is one
+    contiguous vector dot product with the packed input, three taps per pass. Every weight element
+    is summed by one task in a fixed order (lanes, then images, in float64), so the result does not
     depend on the number of threads.
     """
     row_dst, runs, tap_off = tables
@@ -221,13 +240,14 @@ def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, tables, g
     c_out, cin_g, kh_n, kw_n = dw_out.shape
     out_h, out_w = gy.shape[2], gy.shape[3]
     sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
-    plane = hc * wc
-    chan = sh * sw * plane
+    chan = sh * sw * hc * wc
+    n_el = _round_up(out_h * wc, LANES)
     cout_g = c_out // groups
     n_blocks = (cout_g + oc_block - 1) // oc_block
     for task in numba.prange(groups * n_blocks):
         tid = numba.get_thread_id()
         xs = scratch[tid]
+        gb = gy_buf[tid]
         acc = acc_buf[tid]
         tot = tot_buf[tid]
         blk = task % n_blocks
@@ -236,26 +256,30 @@ def _weight_grad_packed(x, gy, dw_out, scratch, acc_buf, tot_buf, geo, tables, g
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
         n_taps = (oc_hi - oc_lo) * cin_g * kh_n * kw_n
         tot[:n_taps] = 0
+        gb[:n_el] = 0
         for n in range(n_img):
             _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs)
             t = 0
             for oc in range(oc_lo, oc_hi):
-                grow = gy[n, oc]
+                for oy in range(out_h):
+                    src = gy[n, oc, oy]
+                    for ox in range(out_w):
+                        gb[oy * wc + ox] = src[ox]
                 for ci in range(cin_g):
                     for kh in range(kh_n):
-                        for kw in range(kw_n):
-                            x0 = ci * chan + tap_off[kh, kw]
-                            acc[:out_w] = 0
-                            for oy in range(out_h):
-                                gr = grow[oy]
-                                xr = x0 + oy * wc
-                                for ox in range(out_w):
-                                    acc[ox] += gr[ox] * xs[_U(xr + ox)]
-                            s = 0.0
-                            for ox in range(out_w):
-                                s += acc[ox]
-                            tot[t] += s
-                            t += 1
+                        taps = tap_off[kh]
+                        for kw0 in range(0, kw_n, 3):
+                            nt = min(3, kw_n - kw0)
+                            o0 = taps[kw0]
+                            o1 = taps[min(kw0 + 1, kw_n - 1)]
+                            o2 = taps[min(kw0 + 2, kw_n - 1)]
+                            _dot_taps(gb, xs, ci * chan, n_el, o0, o1, o2, acc)
+                            for k in range(nt):
+                                s = 0.0
+                                for lane in range(LANES):
+                                    s += acc[k * LANES + lane]
+                                tot[t + k] += s
+                            t += nt
         t = 0
         for oc in range(oc_lo, oc_hi):
             for ci in range(cin_g):
@@ -269,10 +293,13 @@ def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, 
     """``dw_out`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays)."""
     geo, scratch_elems, _ = packed_geometry(spec)
     threads = numba.get_num_threads()
+    wc = geo[7]
+    n_el = -(-spec.out_size[0] * wc // LANES) * LANES
     scratch = np.zeros((threads, scratch_elems), x.dtype)
-    acc = np.empty((threads, spec.out_size[1]), x.dtype)
+    gy_buf = np.empty((threads, n_el), x.dtype)
+    acc = np.empty((threads, 3 * LANES), x.dtype)
     tot = np.empty((threads, oc_block * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
-    _weight_grad_packed(x, gy, dw_out, scratch, acc, tot, geo, packed_tables(spec), spec.groups, oc_block)
+    _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc, tot, geo, packed_tables(spec), spec.groups, oc_block)
 
 
 @njit_parallel
