@@ -40,25 +40,49 @@ def _round_up(n, m):
 
 
 @njit_serial
-def _add_taps(acc, xs, x0, n, o0, o1, o2, w0, w1, w2, n_taps, first, bias):
-    """acc[p] (+)= w0*xs[x0+o0+p] (+ w1*xs[x0+o1+p] (+ w2*xs[x0+o2+p])) for p < n.
+def _row_taps(acc, xs, x0, n, cols, w, w0, first, bias):
+    """acc[p] (+)= sum over t of w[w0 + t] * xs[x0 + cols[t] + p], for p < n: one kernel row.
 
+    ``cols`` is a tuple, so its length (the kernel width) is a compile-time constant: LLVM unrolls
+    the taps and vectorises over p, one load and one store of the accumulator per kernel row.
     ``first``: the accumulator is not read but set to ``bias`` + the taps (no zeroing pass).
     """
     if first:
         for p in range(n):
-            acc[p] = bias
-    if n_taps == 3:
-        for p in range(n):
-            q = _U(x0 + p)
-            acc[p] += w0 * xs[q + _U(o0)] + w1 * xs[q + _U(o1)] + w2 * xs[q + _U(o2)]
-    elif n_taps == 2:
-        for p in range(n):
-            q = _U(x0 + p)
-            acc[p] += w0 * xs[q + _U(o0)] + w1 * xs[q + _U(o1)]
+            s = bias
+            for t in range(len(cols)):
+                s += w[w0 + t] * xs[_U(x0 + cols[t] + p)]
+            acc[p] = s
     else:
         for p in range(n):
-            acc[p] += w0 * xs[_U(x0 + o0 + p)]
+            s = acc[p]
+            for t in range(len(cols)):
+                s += w[w0 + t] * xs[_U(x0 + cols[t] + p)]
+            acc[p] = s
+
+
+@njit_serial
+def _row_taps4(a0, a1, a2, a3, xs, x0, n, cols, w, w0, ws, first, b0, b1, b2, b3):
+    """``_row_taps`` for four output channels at once (accumulators a0..a3, weights
+    ``w[w0 + k * ws:]``): each input load feeds four multiply-adds."""
+    if first:
+        for p in range(n):
+            a0[p] = b0
+            a1[p] = b1
+            a2[p] = b2
+            a3[p] = b3
+    for p in range(n):
+        s0, s1, s2, s3 = a0[p], a1[p], a2[p], a3[p]
+        for t in range(len(cols)):
+            v = xs[_U(x0 + cols[t] + p)]
+            s0 += w[w0 + t] * v
+            s1 += w[w0 + ws + t] * v
+            s2 += w[w0 + 2 * ws + t] * v
+            s3 += w[w0 + 3 * ws + t] * v
+        a0[p] = s0
+        a1[p] = s1
+        a2[p] = s2
+        a3[p] = s3
 
 
 def _phase_offset(r: int, c: int, sh: int, sw: int, plane: int, wc: int) -> int:
@@ -96,17 +120,19 @@ def _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs):
 
 
 @njit_parallel
-def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, groups, oc_block):
+def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, tap_cols, groups, oc_block):
     """out (N, C_out, OH, OW) = conv2d(x (N, C_in, H, W), w) + b; all C-contiguous 4-D.
 
     ``geo`` = (sH, sW, pad_top, pad_left, dH, dW, Hc, Wc, rows_per_segment, lH, lW): the scratch holds,
     per input channel, sH * sW phase planes of Hc x Wc (padded row r, column c live in plane
-    (r % sH, c % sW) at (r // sH, c // sW)); ``tables`` = ``packed_tables(spec)``.
+    (r % sH, c % sW) at (r // sH, c // sW)); ``tables`` = ``packed_tables(spec)`` and
+    ``tap_cols`` = ``tap_columns(spec)``: tap (kh, kw) sits at tap_rows[kh] + tap_cols[kw].
     ``scratch`` / ``acc_buf`` have one row per thread.
     """
-    row_dst, runs, tap_off = tables
+    row_dst, runs, tap_rows = tables[0], tables[1], tables[3]
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = w.shape
+    w_flat = w.reshape(-1)
     out_h, out_w = out.shape[2], out.shape[3]
     sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
     plane = hc * wc
@@ -130,26 +156,26 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, groups, oc_bloc
         for oy0 in range(0, out_h, seg_rows):
             rows = min(seg_rows, out_h - oy0)
             n_el = _round_up((rows - 1) * wc + out_w, VECTOR_ROUND)
-            for oc in range(oc_lo, oc_hi):
-                bv = b[oc]
+            ws = cin_g * kh_n * kw_n  # weights per output channel
+            oc = oc_lo
+            while oc < oc_hi:
+                quad = oc + 4 <= oc_hi  # four output channels share every input load
                 for ci in range(cin_g):
                     for kh in range(kh_n):
-                        x0 = ci * chan + oy0 * wc
-                        taps = tap_off[kh]
-                        for kw0 in range(0, kw_n, 3):
-                            nt = min(3, kw_n - kw0)
-                            o0 = taps[kw0]
-                            o1 = taps[min(kw0 + 1, kw_n - 1)]
-                            o2 = taps[min(kw0 + 2, kw_n - 1)]
-                            w0 = w[oc, ci, kh, kw0]
-                            w1 = w[oc, ci, kh, min(kw0 + 1, kw_n - 1)]
-                            w2 = w[oc, ci, kh, min(kw0 + 2, kw_n - 1)]
-                            first = ci == 0 and kh == 0 and kw0 == 0
-                            _add_taps(acc, xs, x0, n_el, o0, o1, o2, w0, w1, w2, nt, first, bv)
-                for r in range(rows):
-                    dst = out[n, oc, oy0 + r]
-                    for ox in range(out_w):
-                        dst[ox] = acc[r * wc + ox]
+                        x0 = ci * chan + oy0 * wc + tap_rows[kh]
+                        w0 = ((oc * cin_g + ci) * kh_n + kh) * kw_n
+                        first = ci == 0 and kh == 0
+                        if quad:
+                            _row_taps4(acc[0], acc[1], acc[2], acc[3], xs, x0, n_el, tap_cols, w_flat, w0, ws,
+                                       first, b[oc], b[oc + 1], b[oc + 2], b[oc + 3])
+                        else:
+                            _row_taps(acc[0], xs, x0, n_el, tap_cols, w_flat, w0, first, b[oc])
+                for k in range(4 if quad else 1):
+                    for r in range(rows):
+                        dst = out[n, oc + k, oy0 + r]
+                        for ox in range(out_w):
+                            dst[ox] = acc[k, r * wc + ox]
+                oc += 4 if quad else 1
 
 
 def packed_geometry(spec) -> tuple:
@@ -169,12 +195,13 @@ def packed_geometry(spec) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def packed_tables(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def packed_tables(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The index tables of the packed layout, built once per call from ``_phase_offset``:
 
     ``row_dst`` (H,): offset of input row iy in a channel's phase planes, -1 where cropped;
     ``runs`` (k, 5): (dst, dst_step, src, src_step, count) column copies that pack one row;
-    ``tap_off`` (kH, kW): offset of tap (kh, kw) relative to its output position's row start.
+    ``tap_off`` (kH, kW): offset of tap (kh, kw) relative to its output position's row start,
+    which is ``tap_rows[kh] + tap_columns(spec)[kw]`` (the layout separates rows and columns).
     """
     (sh, sw, pt, pl, dh, dw, hc, wc, _, lh, lw), _, _ = packed_geometry(spec)
     plane = hc * wc
@@ -197,7 +224,16 @@ def packed_tables(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             runs.append([phase[0][1], ds, phase[0][0], ss, len(phase)])
     tap_off = np.array([[_phase_offset(kh * dh, kw * dw, sh, sw, plane, wc) for kw in range(spec.kernel_size[1])]
                         for kh in range(spec.kernel_size[0])], np.int64).reshape(spec.kernel_size)
-    return row_dst, np.array(runs, np.int64).reshape(-1, 5), tap_off
+    tap_rows = np.array([_phase_offset(kh * dh, 0, sh, sw, plane, wc) for kh in range(spec.kernel_size[0])], np.int64)
+    return row_dst, np.array(runs, np.int64).reshape(-1, 5), tap_off, tap_rows
+
+
+@functools.lru_cache(maxsize=256)
+def tap_columns(spec) -> tuple[int, ...]:
+    """Offsets of the kernel's columns in the packed layout, as a tuple: its length, the kernel
+    width, is a compile-time constant of the kernels (one specialisation per width)."""
+    (sh, sw, _, _, _, dw, hc, wc, _, _, _), _, _ = packed_geometry(spec)
+    return tuple(int(_phase_offset(0, kw * dw, sh, sw, hc * wc, wc)) for kw in range(spec.kernel_size[1]))
 
 
 def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, oc_block: int) -> None:
@@ -205,8 +241,8 @@ def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     geo, scratch_elems, acc_elems = packed_geometry(spec)
     threads = numba.get_num_threads()
     scratch = np.zeros((threads, scratch_elems), x.dtype)
-    acc = np.empty((threads, acc_elems), x.dtype)
-    _forward_packed(x, w, b, out, scratch, acc, geo, packed_tables(spec), spec.groups, oc_block)
+    acc = np.empty((threads, 4, acc_elems), x.dtype)  # four output channels' accumulators
+    _forward_packed(x, w, b, out, scratch, acc, geo, packed_tables(spec), tap_columns(spec), spec.groups, oc_block)
 
 
 @njit_serial
@@ -235,7 +271,7 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
     is summed by one task in a fixed order (lanes, then images, in float64), so the result does not
     depend on the number of threads.
     """
-    row_dst, runs, tap_off = tables
+    row_dst, runs, tap_off = tables[0], tables[1], tables[2]
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = dw_out.shape
     out_h, out_w = gy.shape[2], gy.shape[3]
