@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._packed import bias_grad, forward_packed, weight_grad_packed
+from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
 def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
@@ -24,6 +24,19 @@ def choose_oc_block(batch: int, groups: int, out_per_group: int, threads: int) -
     """
     slices = -(-4 * threads // max(1, batch * groups))  # ceil
     return max(1, -(-out_per_group // min(slices, out_per_group)))
+
+
+def choose_stack(spec) -> int:
+    """Images per task: enough small images stacked to fill a segment (``SEGMENT_ELEMS``) with
+    one vector loop, but never so many that fewer than 4 tasks per thread remain."""
+    geo, _, _ = packed_geometry(spec)
+    hc, wc = geo[6], geo[7]
+    stack = max(1, min(spec.batch, SEGMENT_ELEMS // (hc * wc)))
+    threads = numba.get_num_threads()
+    while stack > 1 and -(-spec.batch // stack) * spec.groups < 4 * threads:
+        stack -= 1
+    n_stacks = -(-spec.batch // stack)
+    return -(-spec.batch // n_stacks)  # the same number of stacks, as even as they go
 
 
 def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -47,8 +60,9 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
-    oc_block = choose_oc_block(spec.batch, spec.groups, spec.out_per_group, numba.get_num_threads())
-    forward_packed(x, w, b, dest, spec, oc_block)
+    stack = choose_stack(spec)
+    oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
+    forward_packed(x, w, b, dest, spec, oc_block, stack)
     if dest is not target:
         target[...] = dest
     return out

@@ -93,9 +93,10 @@ def _phase_offset(r: int, c: int, sh: int, sw: int, plane: int, wc: int) -> int:
 
 
 @njit_serial
-def _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs):
-    """Copy the input channels of group ``g`` of image ``n`` into ``xs``: zero padding (or
-    cropping, for negative padding), zeros between pixels for an input dilation, phase planes.
+def _pack_group(x, n0, n_cnt, g, cin_g, xs, chan, img, row_dst, runs):
+    """Copy the input channels of group ``g`` of images ``n0 .. n0 + n_cnt - 1`` into ``xs``: zero
+    padding (or cropping, for negative padding), zeros between pixels for an input dilation, phase
+    planes; image ``j`` of the stack starts ``j * img`` elements into each phase plane.
 
     ``row_dst[iy]``: offset of input row ``iy`` in a channel's planes (-1: cropped);
     ``runs[k]`` = (dst, dst_step, src, src_step, count): the column copies of one row.
@@ -103,58 +104,72 @@ def _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs):
     in_h = x.shape[2]
     xs[: cin_g * chan] = 0
     for ci in range(cin_g):
-        src = x[n, g * cin_g + ci]
-        for iy in range(in_h):
-            if row_dst[iy] < 0:
-                continue
-            srow = src[iy]
-            row = ci * chan + row_dst[iy]
-            for k in range(runs.shape[0]):
-                d0, ds, s0, ss, cnt = runs[k, 0], runs[k, 1], runs[k, 2], runs[k, 3], runs[k, 4]
-                if ds == 1 and ss == 1:
-                    for j in range(cnt):
-                        xs[_U(row + d0 + j)] = srow[_U(s0 + j)]
-                else:
-                    for j in range(cnt):
-                        xs[_U(row + d0 + j * ds)] = srow[_U(s0 + j * ss)]
+        for j in range(n_cnt):
+            src = x[n0 + j, g * cin_g + ci]
+            for iy in range(in_h):
+                if row_dst[iy] >= 0:
+                    _pack_row(xs, ci * chan + j * img + row_dst[iy], src[iy], runs)
+
+
+@njit_serial
+def _pack_row(xs, row, srow, runs):
+    for k in range(runs.shape[0]):
+        d0, ds, s0, ss, cnt = runs[k, 0], runs[k, 1], runs[k, 2], runs[k, 3], runs[k, 4]
+        if ds == 1 and ss == 1:
+            for j in range(cnt):
+                xs[_U(row + d0 + j)] = srow[_U(s0 + j)]
+        else:
+            for j in range(cnt):
+                xs[_U(row + d0 + j * ds)] = srow[_U(s0 + j * ss)]
 
 
 @njit_parallel
 def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, tap_cols, groups, oc_block):
     """out (N, C_out, OH, OW) = conv2d(x (N, C_in, H, W), w) + b; all C-contiguous 4-D.
 
-    ``geo`` = (sH, sW, pad_top, pad_left, dH, dW, Hc, Wc, rows_per_segment, lH, lW): the scratch holds,
-    per input channel, sH * sW phase planes of Hc x Wc (padded row r, column c live in plane
-    (r % sH, c % sW) at (r // sH, c // sW)); ``tables`` = ``packed_tables(spec)`` and
-    ``tap_cols`` = ``tap_columns(spec)``: tap (kh, kw) sits at tap_rows[kh] + tap_cols[kw].
-    ``scratch`` / ``acc_buf`` have one row per thread.
+    ``geo`` = (sH, sW, pad_top, pad_left, dH, dW, Hc, Wc, rows_per_segment, lH, lW, stack): the
+    scratch holds, per input channel, sH * sW phase planes of (stack * Hc) x Wc: ``stack`` images
+    one above the other (padded row r, column c of image j live in plane (r % sH, c % sW) at
+    (j * Hc + r // sH, c // sW)); ``tables`` = ``packed_tables(spec, stack)`` and ``tap_cols`` =
+    ``tap_columns(spec, stack)``: tap (kh, kw) sits at tap_rows[kh] + tap_cols[kw].
+    A task covers (a stack of images, a group, a block of output channels); its segments run down
+    the tall stacked plane, so small images make long vector loops (rows of the seams between
+    images are computed and dropped). ``scratch`` / ``acc_buf`` have one row per thread.
     """
     row_dst, runs, tap_rows = tables[0], tables[1], tables[3]
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = w.shape
     w_flat = w.reshape(-1)
     out_h, out_w = out.shape[2], out.shape[3]
-    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
-    plane = hc * wc
-    chan = sh * sw * plane
+    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack = geo
+    chan = sh * sw * stack * hc * wc
     cout_g = c_out // groups
     n_blocks = (cout_g + oc_block - 1) // oc_block
-    for task in numba.prange(n_img * groups * n_blocks):
+    n_stacks = (n_img + stack - 1) // stack
+    for task in numba.prange(n_stacks * groups * n_blocks):
         tid = numba.get_thread_id()
         xs = scratch[tid]
         acc = acc_buf[tid]
         blk = task % n_blocks
         rest = task // n_blocks
         g = rest % groups
-        n = rest // groups
+        n0 = (rest // groups) * stack
+        n_cnt = min(stack, n_img - n0)
         oc_lo = g * cout_g + blk * oc_block
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
 
-        _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs)
+        _pack_group(x, n0, n_cnt, g, cin_g, xs, chan, hc * wc, row_dst, runs)
 
-        # output segments of ``rows`` rows flattened with pitch Wc (columns >= OW are dropped)
-        for oy0 in range(0, out_h, seg_rows):
-            rows = min(seg_rows, out_h - oy0)
+        # segments of ``rows`` rows of the stacked planes, flattened with pitch Wc (columns >= OW
+        # and the seam rows between images are computed and dropped)
+        tall = (n_cnt - 1) * hc + out_h
+        seg_j, seg_oy = 0, 0
+        for oy0 in range(0, tall, seg_rows):
+            rows = min(seg_rows, tall - oy0)
+            if oy0 > 0:
+                seg_oy += seg_rows
+                while seg_oy >= hc:
+                    seg_j, seg_oy = seg_j + 1, seg_oy - hc
             n_el = _round_up((rows - 1) * wc + out_w, VECTOR_ROUND)
             ws = cin_g * kh_n * kw_n  # weights per output channel
             oc = oc_lo
@@ -170,16 +185,23 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, tap_cols, group
                                        first, b[oc], b[oc + 1], b[oc + 2], b[oc + 3])
                         else:
                             _row_taps(acc[0], xs, x0, n_el, tap_cols, w_flat, w0, first, b[oc])
-                for k in range(4 if quad else 1):
-                    for r in range(rows):
-                        dst = out[n, oc + k, oy0 + r]
-                        for ox in range(out_w):
-                            dst[ox] = acc[k, r * wc + ox]
+                j, oy = seg_j, seg_oy  # (image, row) of the segment's first row, no division
+                for r in range(rows):
+                    if r > 0:
+                        oy += 1
+                        if oy == hc:
+                            j, oy = j + 1, 0
+                    if oy < out_h:
+                        for k in range(4 if quad else 1):
+                            dst = out[n0 + j, oc + k, oy]
+                            for ox in range(out_w):
+                                dst[ox] = acc[k, r * wc + ox]
                 oc += 4 if quad else 1
 
 
-def packed_geometry(spec) -> tuple:
-    """(geo tuple, scratch elements per thread, accumulator elements per thread)."""
+def packed_geometry(spec, stack: int = 1) -> tuple:
+    """(geo tuple, scratch elements per thread, accumulator elements per thread) for stacks of
+    ``stack`` images."""
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pt, pb, pl, pr = spec.padding
     (kh, kw), (oh, ow), (lh, lw) = spec.kernel_size, spec.out_size, spec.lhs_dilation
@@ -187,24 +209,24 @@ def packed_geometry(spec) -> tuple:
     hp = max(dilated[0] + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(dilated[1] + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
     hc, wc = -(-hp // sh), -(-wp // sw)
-    seg_rows = max(1, min(oh, SEGMENT_ELEMS // wc))
+    seg_rows = max(1, min((stack - 1) * hc + oh, SEGMENT_ELEMS // wc))
     acc_elems = -(-((seg_rows - 1) * wc + ow) // VECTOR_ROUND) * VECTOR_ROUND
     # slack: the dropped elements of a segment read up to one row plus VECTOR_ROUND past the last plane
-    scratch_elems = spec.in_per_group * sh * sw * hc * wc + wc + VECTOR_ROUND
-    return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw), scratch_elems, acc_elems
+    scratch_elems = spec.in_per_group * sh * sw * stack * hc * wc + wc + VECTOR_ROUND
+    return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack), scratch_elems, acc_elems
 
 
 @functools.lru_cache(maxsize=256)
-def packed_tables(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def packed_tables(spec, stack: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The index tables of the packed layout, built once per call from ``_phase_offset``:
 
     ``row_dst`` (H,): offset of input row iy in a channel's phase planes, -1 where cropped;
     ``runs`` (k, 5): (dst, dst_step, src, src_step, count) column copies that pack one row;
     ``tap_off`` (kH, kW): offset of tap (kh, kw) relative to its output position's row start,
-    which is ``tap_rows[kh] + tap_columns(spec)[kw]`` (the layout separates rows and columns).
+    which is ``tap_rows[kh] + tap_columns(spec, stack)[kw]`` (the layout separates rows and columns).
     """
-    (sh, sw, pt, pl, dh, dw, hc, wc, _, lh, lw), _, _ = packed_geometry(spec)
-    plane = hc * wc
+    (sh, sw, pt, pl, dh, dw, hc, wc, _, lh, lw, _), _, _ = packed_geometry(spec, stack)
+    plane = stack * hc * wc
     in_h, in_w = spec.in_size
     row_dst = np.full(in_h, -1, np.int64)
     for iy in range(in_h):
@@ -229,20 +251,24 @@ def packed_tables(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @functools.lru_cache(maxsize=256)
-def tap_columns(spec) -> tuple[int, ...]:
+def tap_columns(spec, stack: int = 1) -> tuple[int, ...]:
     """Offsets of the kernel's columns in the packed layout, as a tuple: its length, the kernel
     width, is a compile-time constant of the kernels (one specialisation per width)."""
-    (sh, sw, _, _, _, dw, hc, wc, _, _, _), _, _ = packed_geometry(spec)
-    return tuple(int(_phase_offset(0, kw * dw, sh, sw, hc * wc, wc)) for kw in range(spec.kernel_size[1]))
+    (sh, sw, _, _, _, dw, hc, wc, _, _, _, _), _, _ = packed_geometry(spec, stack)
+    plane = stack * hc * wc
+    return tuple(int(_phase_offset(0, kw * dw, sh, sw, plane, wc)) for kw in range(spec.kernel_size[1]))
 
 
-def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, oc_block: int) -> None:
-    """``out`` = the convolution of ``spec`` (any input dilation); ``w`` in (C_out, C_in/groups, kH, kW)."""
-    geo, scratch_elems, acc_elems = packed_geometry(spec)
+def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, oc_block: int,
+                   stack: int = 1) -> None:
+    """``out`` = the convolution of ``spec`` (any input dilation); ``w`` in (C_out, C_in/groups, kH, kW);
+    tasks of ``stack`` images by ``oc_block`` output channels."""
+    geo, scratch_elems, acc_elems = packed_geometry(spec, stack)
     threads = numba.get_num_threads()
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     acc = np.empty((threads, 4, acc_elems), x.dtype)  # four output channels' accumulators
-    _forward_packed(x, w, b, out, scratch, acc, geo, packed_tables(spec), tap_columns(spec), spec.groups, oc_block)
+    _forward_packed(x, w, b, out, scratch, acc, geo, packed_tables(spec, stack), tap_columns(spec, stack),
+                    spec.groups, oc_block)
 
 
 @njit_serial
@@ -275,7 +301,7 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = dw_out.shape
     out_h, out_w = gy.shape[2], gy.shape[3]
-    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw = geo
+    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack = geo  # stack == 1
     chan = sh * sw * hc * wc
     n_el = _round_up(out_h * wc, LANES)
     cout_g = c_out // groups
@@ -294,7 +320,7 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
         tot[:n_taps] = 0
         gb[:n_el] = 0
         for n in range(n_img):
-            _pack_group(x, n, g, cin_g, xs, chan, row_dst, runs)
+            _pack_group(x, n, 1, g, cin_g, xs, chan, hc * wc, row_dst, runs)
             t = 0
             for oc in range(oc_lo, oc_hi):
                 for oy in range(out_h):
