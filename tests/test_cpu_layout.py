@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from cases import CASES, Case, random_arrays
-from nbconv._spec import conv2d_input_spec, conv2d_spec
+from nbconv._spec import conv2d_input_spec, conv2d_spec, conv2d_weight_spec
 import nbconv.cpu._launch as launch
-from nbconv.cpu._packed import forward_packed, packed_tables, tap_columns
-from reference import conv2d_input_reference, conv2d_reference
+from nbconv.cpu._packed import forward_packed, packed_tables, tap_columns, weight_grad_packed
+from reference import conv2d_input_reference, conv2d_reference, conv2d_weight_reference
 
 LAYOUT_CASES = [c._replace(n=5) for c in CASES] + [
     Case(3, 12, (5, 6), 18, (3, 3), 1, 1, 1, 2),  # 9 outputs per group: two blocks of four + one
@@ -56,3 +56,16 @@ def test_tap_offsets_separate_into_rows_and_columns(case):
     for stack in (1, 3):
         _, _, tap_off, tap_rows = packed_tables(spec, stack)
         np.testing.assert_array_equal(tap_off, tap_rows[:, None] + np.array(tap_columns(spec, stack))[None, :])
+
+
+@pytest.mark.parametrize("stack", [1, 2, 3, 5])
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=str)
+def test_weight_grad_layouts(case, stack):
+    x, w, _ = random_arrays(case, np.float64)
+    gy = np.random.default_rng(2).standard_normal(conv2d_reference(x, w, None, **case.conv_args()).shape)
+    spec = conv2d_weight_spec(x, w.shape, gy, **case.conv_args())
+    want = conv2d_weight_reference(x, w.shape, gy, **case.conv_args())
+    for oc_block in sorted({1, 3, spec.out_per_group}):
+        out = np.full(w.shape, np.nan)
+        weight_grad_packed(x, gy, out, spec, oc_block, stack)
+        np.testing.assert_allclose(out, want, rtol=1e-11, atol=1e-11, err_msg=f"oc_block={oc_block}")

@@ -74,7 +74,10 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
     gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
     dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
     oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())
-    weight_grad_packed(x, gy, dest, spec, oc_block)
+    geo, _, _ = packed_geometry(spec)
+    # images are summed inside a task: stacking them costs no parallelism, only scratch
+    stack = max(1, min(spec.batch, 4 * SEGMENT_ELEMS // (geo[6] * geo[7])))
+    weight_grad_packed(x, gy, dest, spec, oc_block, stack)
     if dest is not out:
         out[...] = dest
     return out

@@ -290,10 +290,11 @@ def _dot_taps(gb, xs, x0, n, o0, o1, o2, acc):
 def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, tables, groups, oc_block):
     """dw_out (C_out, C_in/groups, kH, kW) = sum over n, oy, ox of gy[n, o, oy, ox] * x_tap.
 
-    One task per (group, block of output channels) walks the images in order and packs each
-    image's group like the forward kernel. Each output-gradient plane is laid out with the packed
-    planes' pitch (zeros past the last column and at the end), so that every tap is one
-    contiguous vector dot product with the packed input, three taps per pass. Every weight element
+    One task per (group, block of output channels) walks the images in order, in stacks of
+    ``geo[-1]`` images packed like the forward kernel's. The output gradient planes of a stack
+    are laid out the same way (pitch Wc, zeros past the last column, in the seam rows and at the
+    end), so that every tap is one contiguous vector dot product with the packed input, three
+    taps per pass. Every weight element
     is summed by one task in a fixed order (lanes, then images, in float64), so the result does not
     depend on the number of threads.
     """
@@ -301,9 +302,8 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = dw_out.shape
     out_h, out_w = gy.shape[2], gy.shape[3]
-    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack = geo  # stack == 1
-    chan = sh * sw * hc * wc
-    n_el = _round_up(out_h * wc, LANES)
+    sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack = geo
+    chan = sh * sw * stack * hc * wc
     cout_g = c_out // groups
     n_blocks = (cout_g + oc_block - 1) // oc_block
     for task in numba.prange(groups * n_blocks):
@@ -318,15 +318,19 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
         n_taps = (oc_hi - oc_lo) * cin_g * kh_n * kw_n
         tot[:n_taps] = 0
-        gb[:n_el] = 0
-        for n in range(n_img):
-            _pack_group(x, n, 1, g, cin_g, xs, chan, hc * wc, row_dst, runs)
+        gb[:] = 0  # only valid positions are ever written: seams and dropped columns stay zero
+        for n0 in range(0, n_img, stack):
+            n_cnt = min(stack, n_img - n0)
+            n_el = _round_up(((n_cnt - 1) * hc + out_h) * wc, LANES)
+            _pack_group(x, n0, n_cnt, g, cin_g, xs, chan, hc * wc, row_dst, runs)
             t = 0
             for oc in range(oc_lo, oc_hi):
-                for oy in range(out_h):
-                    src = gy[n, oc, oy]
-                    for ox in range(out_w):
-                        gb[oy * wc + ox] = src[ox]
+                for j in range(n_cnt):
+                    for oy in range(out_h):
+                        src = gy[n0 + j, oc, oy]
+                        row = (j * hc + oy) * wc
+                        for ox in range(out_w):
+                            gb[row + ox] = src[ox]
                 for ci in range(cin_g):
                     for kh in range(kh_n):
                         taps = tap_off[kh]
@@ -351,17 +355,20 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
                         t += 1
 
 
-def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, oc_block: int) -> None:
-    """``dw_out`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays)."""
-    geo, scratch_elems, _ = packed_geometry(spec)
+def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, oc_block: int,
+                       stack: int = 1) -> None:
+    """``dw_out`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays), images
+    packed in stacks of ``stack``."""
+    geo, scratch_elems, _ = packed_geometry(spec, stack)
     threads = numba.get_num_threads()
-    wc = geo[7]
-    n_el = -(-spec.out_size[0] * wc // LANES) * LANES
+    hc, wc = geo[6], geo[7]
+    n_el = -(-((stack - 1) * hc + spec.out_size[0]) * wc // LANES) * LANES
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     gy_buf = np.empty((threads, n_el), x.dtype)
     acc = np.empty((threads, 3 * LANES), x.dtype)
     tot = np.empty((threads, oc_block * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
-    _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc, tot, geo, packed_tables(spec), spec.groups, oc_block)
+    _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc, tot, geo, packed_tables(spec, stack), spec.groups,
+                        oc_block)
 
 
 @njit_parallel
