@@ -1,16 +1,19 @@
 """Grouped convolution on the CPU over packed, padded input planes (the default CPU path).
 
-Per task of (image, group, block of output channels) the group's input planes are copied once
-into a per-thread scratch buffer, zero-padded and split by phase (padded row ``r``, column ``c``
-go to phase plane ``(r % sH, c % sW)`` at ``(r // sH, c // sW)``), so that every kernel tap
-reads a *contiguous* run of the scratch, whatever the stride, with no bounds tests.
+Per task of (stack of images, group, block of output channels) the group's input planes are
+copied once into a per-thread scratch buffer, zero-padded and split by phase (padded row ``r``,
+column ``c`` go to phase plane ``(r % sH, c % sW)`` at ``(r // sH, c // sW)``), so that every
+kernel tap reads a *contiguous* run of the scratch, whatever the stride, with no bounds tests.
+Small images are stacked one above the other in each phase plane (image ``j`` starts ``j * Hc``
+rows down), so one task's loops run over all of them at once.
 
 Rows are split by phase too, so output rows ``oy`` and ``oy + 1`` read consecutive rows of one
 phase plane for any stride: the output is computed in segments of rows that fit in L1,
-flattened with the phase plane's pitch (one long vector loop per tap; the few columns past
-W_out are computed and dropped). Each pass over a
-segment adds up to three taps of one kernel row at once (three loads, one load and one store of
-the accumulator per vector), which keeps the loop from being bound by stores.
+flattened with the phase plane's pitch (one long vector loop per kernel row; the few columns
+past W_out and the seam rows between stacked images are computed and dropped). A kernel row's
+column offsets are passed as a tuple, so the kernel width is a compile-time constant: LLVM
+unrolls the taps, and each pass loads and stores the accumulator once per kernel row. Four output
+channels of a group go through one pass together, sharing every input load.
 """
 
 from __future__ import annotations
