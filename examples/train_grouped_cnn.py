@@ -62,10 +62,10 @@ class Conv:
         self.x = x
         return nbconv.conv2d(x, self.w, self.b, **self.args)
 
-    def backward(self, gy):
+    def backward(self, gy, input_grad=True):
         self.gw = grad.conv2d_weight(self.x, self.w.shape, gy, **self.args)
         self.gb = grad.conv2d_bias(gy)
-        return grad.conv2d_input(self.x.shape, self.w, gy, **self.args)
+        return grad.conv2d_input(self.x.shape, self.w, gy, **self.args) if input_grad else None
 
     def step(self, lr, momentum):
         self.vw = momentum * self.vw - lr * self.gw
@@ -99,15 +99,16 @@ class Net:
         p /= p.sum(axis=1, keepdims=True)
         n = len(labels)
         loss = float(-np.log(p[np.arange(n), labels] + 1e-12).mean())
+        predictions = p.argmax(axis=1)
         if train:
-            g = p
+            g = p.copy()
             g[np.arange(n), labels] -= 1
             g /= n
             self.g_fc_w, self.g_fc_b = pooled.T @ g, g.sum(axis=0)
             gx = np.broadcast_to((g @ self.fc_w.T)[:, :, None, None] / (x.shape[2] * x.shape[3]), x.shape)
-            for conv, mask in zip(reversed(self.convs), reversed(masks)):
-                gx = conv.backward(np.ascontiguousarray(gx * mask))
-        return loss, p.argmax(axis=1)
+            for i in reversed(range(len(self.convs))):  # the first layer needs no input gradient
+                gx = self.convs[i].backward(np.ascontiguousarray(gx * masks[i]), input_grad=i > 0)
+        return loss, predictions
 
     def step(self, lr, momentum=0.9):
         for conv in self.convs:

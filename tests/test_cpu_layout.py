@@ -13,12 +13,14 @@ import pytest
 from cases import CASES, Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv2d_weight_spec
 import nbconv.cpu._launch as launch
-from nbconv.cpu._packed import forward_packed, packed_tables, tap_columns, weight_grad_packed
+from nbconv.cpu._packed import forward_packed, weight_grad_packed
 from reference import conv2d_input_reference, conv2d_reference, conv2d_weight_reference
 
 LAYOUT_CASES = [c._replace(n=5) for c in CASES] + [
     Case(3, 12, (5, 6), 18, (3, 3), 1, 1, 1, 2),  # 9 outputs per group: two blocks of four + one
     Case(4, 4, (3, 3), 4, (3, 3), 2, 0, 1, 4),  # a 1x1 output per image
+    Case(2, 4, (6, 7), 14, (3, 3), 1, 1, 1, 2),  # 7 outputs per group: a block of four + three
+    Case(3, 4, (7, 7), 4, (1, 1), 2, 0, 1, 2),  # kernel width 1 with stride 2
 ]
 
 
@@ -49,15 +51,6 @@ def test_transposed_layouts(stack, monkeypatch):
     np.testing.assert_allclose(out, conv2d_input_reference(x.shape, w, gy, **case.conv_args()), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", LAYOUT_CASES, ids=str)
-def test_tap_offsets_separate_into_rows_and_columns(case):
-    x, w, b = random_arrays(case, np.float64)
-    spec = conv2d_spec(x, w, b, **case.conv_args())
-    for stack in (1, 3):
-        _, _, tap_off, tap_rows = packed_tables(spec, stack)
-        np.testing.assert_array_equal(tap_off, tap_rows[:, None] + np.array(tap_columns(spec, stack))[None, :])
-
-
 @pytest.mark.parametrize("stack", [1, 2, 3, 5])
 @pytest.mark.parametrize("case", LAYOUT_CASES, ids=str)
 def test_weight_grad_layouts(case, stack):
@@ -69,3 +62,69 @@ def test_weight_grad_layouts(case, stack):
         out = np.full(w.shape, np.nan)
         weight_grad_packed(x, gy, out, spec, oc_block, stack)
         np.testing.assert_allclose(out, want, rtol=1e-11, atol=1e-11, err_msg=f"oc_block={oc_block}")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 9, 64])
+@pytest.mark.parametrize("hw, c, groups", [((7, 7), 8, 8), ((14, 14), 16, 4), ((56, 56), 8, 2), ((3, 3), 512, 1)])
+def test_stack_choices(batch, hw, c, groups):
+    """Stacks hold at least one image, at most the batch, are as even as the stack count allows,
+    and keep the weight gradient's scratch within its cap."""
+    x = np.zeros((batch, c) + hw, np.float32)
+    w = np.zeros((c, c // groups, 3, 3), np.float32)
+    spec = conv2d_spec(x, w, None, padding=1, groups=groups)
+    for stack in (launch.choose_stack(spec), launch.choose_weight_stack(spec)):
+        assert 1 <= stack <= batch
+        n_stacks = -(-batch // stack)
+        assert n_stacks * stack - batch < n_stacks  # no stack smaller than needed
+    plane = (hw[0] + 2) * (hw[1] + 2)
+    stack = launch.choose_weight_stack(spec)
+    assert stack == 1 or spec.in_per_group * stack * plane <= launch.STACK_SCRATCH_ELEMS
+
+
+def test_stacked_public_api_and_thread_independence():
+    """Through the public API with a batch that takes several stacks: forward and weight
+    gradient match the reference, and the weight gradient is bit-identical with 1 and 2 threads."""
+    import numba
+
+    import nbconv
+
+    case = Case(9, 6, (7, 7), 6, (3, 3), 1, 1, 1, 3)
+    x, w, b = random_arrays(case, np.float64)
+    gy = np.random.default_rng(3).standard_normal((9, 6, 7, 7))
+    np.testing.assert_allclose(nbconv.conv2d(x, w, b, padding=1, groups=3),
+                               conv2d_reference(x, w, b, padding=1, groups=3), rtol=1e-12, atol=1e-12)
+    got = nbconv.grad.conv2d_weight(x, w.shape, gy, padding=1, groups=3)
+    np.testing.assert_allclose(got, conv2d_weight_reference(x, w.shape, gy, padding=1, groups=3), rtol=1e-11, atol=1e-11)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = nbconv.grad.conv2d_weight(x, w.shape, gy, padding=1, groups=3)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(got, single)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_weight_grad_nonfinite_input_stays_exact(stride):
+    """An inf or nan pixel affects only the taps that read it: the kernel's dropped columns and
+    seam rows (paired with zeros) must not turn 0 * inf into NaN elsewhere."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 8, 9))
+    x[0, 0, 7, :] = np.inf  # with stride 2 and no padding, row 7 is read by no tap
+    x[1, 3, 2, 8] = -np.inf  # last column: read by the kw = 2 taps only
+    x[2, 1, 0, 0] = np.nan
+    w_shape = (6, 2, 3, 3)
+    gy = rng.standard_normal(conv2d_reference(np.zeros_like(x), np.zeros(w_shape), None, stride=stride, groups=2).shape)
+    got = nbconv_weight_grad(x, w_shape, gy, stride)
+    want = conv2d_weight_reference(x, w_shape, gy, stride=stride, groups=2)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert finite.any() and not finite.all()
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-11, atol=1e-11)
+
+
+def nbconv_weight_grad(x, w_shape, gy, stride):
+    import nbconv
+
+    return nbconv.grad.conv2d_weight(x, w_shape, gy, stride=stride, groups=2)

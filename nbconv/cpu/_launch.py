@@ -26,17 +26,44 @@ def choose_oc_block(batch: int, groups: int, out_per_group: int, threads: int) -
     return max(1, -(-out_per_group // min(slices, out_per_group)))
 
 
-def choose_stack(spec) -> int:
-    """Images per task: enough small images stacked to fill a segment (``SEGMENT_ELEMS``) with
-    one vector loop, but never so many that fewer than 4 tasks per thread remain."""
+#: Most scratch elements per thread that stacking images may take (1 MiB of float32).
+STACK_SCRATCH_ELEMS = 1 << 18
+
+
+def _even_stack(batch: int, stack: int) -> int:
+    """The smallest stack that keeps the number of stacks: stacks as even as they go."""
+    n_stacks = -(-batch // stack)
+    return -(-batch // n_stacks)
+
+
+def _stack_limit(spec, target_elems: int) -> int:
+    """Images per stack so that one channel's stacked planes hold about ``target_elems`` and the
+    whole scratch (all channels of a group, all phases) stays within ``STACK_SCRATCH_ELEMS``."""
     geo, _, _ = packed_geometry(spec)
-    hc, wc = geo[6], geo[7]
-    stack = max(1, min(spec.batch, SEGMENT_ELEMS // (hc * wc)))
+    plane = geo[6] * geo[7]  # Hc x Wc of one image and phase
+    per_image = spec.in_per_group * geo[0] * geo[1] * plane
+    return max(1, min(spec.batch, target_elems // plane, STACK_SCRATCH_ELEMS // per_image))
+
+
+def choose_stack(spec) -> int:
+    """Images per forward task: enough small images stacked to fill a segment
+    (``SEGMENT_ELEMS``) with one vector loop, but never so many that fewer than 4 tasks per
+    thread remain."""
+    if spec.batch == 0:
+        return 1
+    stack = _stack_limit(spec, SEGMENT_ELEMS)
     threads = numba.get_num_threads()
     while stack > 1 and -(-spec.batch // stack) * spec.groups < 4 * threads:
         stack -= 1
-    n_stacks = -(-spec.batch // stack)
-    return -(-spec.batch // n_stacks)  # the same number of stacks, as even as they go
+    return _even_stack(spec.batch, stack)
+
+
+def choose_weight_stack(spec) -> int:
+    """Images per pack in the weight gradient: images are summed inside a task, so stacking
+    them costs no parallelism, only scratch (bounded by ``STACK_SCRATCH_ELEMS``)."""
+    if spec.batch == 0:
+        return 1
+    return _even_stack(spec.batch, _stack_limit(spec, 4 * SEGMENT_ELEMS))
 
 
 def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -74,13 +101,39 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
     gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
     dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
     oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())
-    geo, _, _ = packed_geometry(spec)
-    # images are summed inside a task: stacking them costs no parallelism, only scratch
-    stack = max(1, min(spec.batch, 4 * SEGMENT_ELEMS // (geo[6] * geo[7])))
-    weight_grad_packed(x, gy, dest, spec, oc_block, stack)
+    nonfinite = ~np.isfinite(x)
+    if nonfinite.any():
+        # The kernel's dot products also pair input pixels with the zeros of dropped columns and
+        # seam rows; 0 * inf would make NaN where the true sum is finite. Compute with those
+        # pixels zeroed, then add their own terms exactly.
+        x = np.where(nonfinite, np.zeros((), x.dtype), x)
+    weight_grad_packed(x, gy, dest, spec, oc_block, choose_weight_stack(spec))
+    if nonfinite.any():
+        _add_pixel_terms(dest, np.argwhere(nonfinite), np.ascontiguousarray(_batched(input, spec.unbatched)), gy, spec)
     if dest is not out:
         out[...] = dest
     return out
+
+
+def _add_pixel_terms(dw: np.ndarray, pixels: np.ndarray, x: np.ndarray, gy: np.ndarray, spec) -> None:
+    """dw[o, c, kh, kw] += gy[n, o, oy, ox] * x[n, ci, iy, ix] for the listed input pixels
+    (n, ci, iy, ix) and every (tap, output position) that reads them (a forward spec)."""
+    (sh, sw), (dh, dwl) = spec.stride, spec.dilation
+    pt, _, pl, _ = spec.padding
+    (kh_n, kw_n), (oh, ow) = spec.kernel_size, spec.out_size
+    cin_g, cout_g = spec.in_per_group, spec.out_per_group
+    for n, ci, iy, ix in pixels:
+        g, c = divmod(int(ci), cin_g)
+        for kh in range(kh_n):
+            oy, ry = divmod(int(iy) + pt - kh * dh, sh)
+            if ry or not 0 <= oy < oh:
+                continue
+            for kw in range(kw_n):
+                ox, rx = divmod(int(ix) + pl - kw * dwl, sw)
+                if rx or not 0 <= ox < ow:
+                    continue
+                outs = slice(g * cout_g, (g + 1) * cout_g)
+                dw[outs, c, kh, kw] += gy[n, outs, oy, ox] * x[n, ci, iy, ix]
 
 
 def conv2d_bias(spec, grad_output: np.ndarray, out: np.ndarray) -> np.ndarray:
