@@ -18,6 +18,7 @@ pytestmark = pytest.mark.asv
 
 def _asv(*args: str, timeout: float) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}  # real backends only
+    env["NBCONV_ASV_SMOKE"] = "1"  # batch 1, one sample: proves each benchmark runs, measures nothing
     return subprocess.run([sys.executable, "-m", "asv", *args], cwd=ASV_DIR, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
 

@@ -7,14 +7,19 @@ so it relies only on what every commit since the suite applies has: ``nbconv.con
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
 import numpy as np
 from asv_runner.benchmarks.mark import SkipNotImplemented
 
+#: ``NBCONV_ASV_SMOKE=1`` (set by the CI's dry run, tests/test_asv_suite.py): every benchmark runs
+#: once at batch 1 with single timing samples, to prove it still works, not to measure anything.
+#: Never set it when recording results.
+SMOKE = os.environ.get("NBCONV_ASV_SMOKE") == "1"
 #: Batch per backend: the batch of ``nbconv bench`` (8 on the CPU, 32 on the GPU).
-BATCH = {"cpu": 8, "cuda": 32}
+BATCH = {"cpu": 1, "cuda": 1} if SMOKE else {"cpu": 8, "cuda": 32}
 BACKENDS = ["cpu", "cuda"]
 DTYPES = ["float32", "float64"]
 #: The training ops of ``nbconv bench --op``; one missing from the commit under test is skipped there.
@@ -127,7 +132,7 @@ class OpCase:
         """Median over ``samples`` of synchronised back-to-back calls (about 20 ms each)."""
         fn = fn or self.run
         reps = _reps(fn, self.sync)
-        return statistics.median(_sample(fn, reps, self.sync) for _ in range(samples))
+        return statistics.median(_sample(fn, reps, self.sync) for _ in range(1 if SMOKE else samples))
 
 
 def _sample(fn, reps: int, sync) -> float:
@@ -148,6 +153,8 @@ def _sample(fn, reps: int, sync) -> float:
 
 def _reps(fn, sync, target_s: float = 0.05) -> int:
     """Calls per sample for about ``target_s`` seconds (from the faster of two warm calls)."""
+    if SMOKE:
+        return 1
     one = min(_sample(fn, 1, sync) for _ in range(2))
     return max(3, min(1000, int(target_s / max(one, 1e-6))))
 
@@ -156,7 +163,7 @@ def median_paired_ratio(ours, theirs, sync, rounds: int = 9) -> float:
     """Median over interleaved pairs of time(theirs) / time(ours): machine noise hits both sides."""
     ra, rb = _reps(ours, sync), _reps(theirs, sync)
     ratios = []
-    for i in range(rounds):
+    for i in range(1 if SMOKE else rounds):
         if i % 2:
             tb, ta = _sample(theirs, rb, sync), _sample(ours, ra, sync)
         else:
