@@ -5,7 +5,7 @@
 #   asv_bench/record_history.sh [RANGE] [extra `asv run` arguments ...]
 #
 # RANGE defaults to every commit since the suite applies (the one that added nbconv/_shapes.py)
-# up to HEAD. Each commit is checked out in a temporary git worktree and installed into the
+# up to HEAD; it is passed to `git rev-list`, so "A..B" or "--no-walk C1 C2 ..." (chosen commits). Each commit is checked out in a temporary git worktree and installed into the
 # environment of $PYTHON (default: the `python` on PATH) with pip --no-deps; the benchmarks
 # themselves always come from this checkout. At the end this checkout is installed back (editable).
 set -euo pipefail
@@ -30,7 +30,8 @@ cleanup() {
     "$python" -m pip install --quiet --no-deps --no-build-isolation -e "$repo"
 }
 trap cleanup EXIT
-for commit in $(git -C "$repo" rev-list --reverse "$range"); do
+# shellcheck disable=SC2086  # RANGE is git rev-list arguments: "A..B", or "--no-walk C1 C2 ..."
+for commit in $(git -C "$repo" rev-list --reverse $range); do
     echo "== $(git -C "$repo" log -1 --format='%h %s' "$commit")"
     git -C "$repo" worktree add --quiet --detach "$tmp/wt" "$commit"
     "$python" -m pip install --quiet --no-deps --no-build-isolation "$tmp/wt"
