@@ -103,9 +103,13 @@ def _pack_group(x, n0, n_cnt, g, cin_g, xs, chan, img, row_dst, runs):
 
     ``row_dst[iy]``: offset of input row ``iy`` in a channel's planes (-1: cropped);
     ``runs[k]`` = (dst, dst_step, src, src_step, count): the column copies of one row.
+
+    Only input pixels are written, always at the same positions for one layout: the padding, the
+    dilation zeros and the slack stay as the zeroed scratch was allocated, call after call. A
+    short last stack leaves the previous task's pixels in its unused image slots; only output
+    rows that are dropped read them.
     """
     in_h = x.shape[2]
-    xs[: cin_g * chan] = 0
     for ci in range(cin_g):
         for j in range(n_cnt):
             src = x[n0 + j, g * cin_g + ci]
@@ -321,10 +325,14 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
         n_taps = (oc_hi - oc_lo) * cin_g * kh_n * kw_n
         tot[:n_taps] = 0
-        gb[:] = 0  # only valid positions are ever written: seams and dropped columns stay zero
+        gb[:] = 0  # valid positions are written per stack: seams and dropped columns stay zero
         for n0 in range(0, n_img, stack):
             n_cnt = min(stack, n_img - n0)
-            n_el = _round_up(((n_cnt - 1) * hc + out_h) * wc, LANES)
+            valid = ((n_cnt - 1) * hc + out_h) * wc
+            n_el = _round_up(valid, LANES)
+            # the rounding reaches into the next image slot, which a short last stack leaves
+            # holding an earlier stack's gradient (and the scratch its pixels): zero it
+            gb[valid:n_el] = 0
             _pack_group(x, n0, n_cnt, g, cin_g, xs, chan, hc * wc, row_dst, runs)
             t = 0
             for oc in range(oc_lo, oc_hi):
