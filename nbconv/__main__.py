@@ -60,7 +60,8 @@ def bench(args: argparse.Namespace) -> int:
     results = run_bench(shapes, args.backend, batch, args.dtype, rounds, args.op)
     report = results_json(results, args.backend, first_call)
     m = report["machine"]
-    print(f"\nnbconv bench --backend {args.backend} --op {args.op} (PyTorch: {TORCH_OP[args.op]}): "
+    twin = f" (PyTorch: {TORCH_OP[args.op]})" if "torch" in m else ""
+    print(f"\nnbconv bench --backend {args.backend} --op {args.op}{twin}: "
           f"batch {batch}, {args.dtype}, NCHW, {rounds} rounds; "
           f"{m.get('gpu', m['processor'])}, {m['threads']} threads"
           + (f", torch {m['torch']}" if "torch" in m else ", PyTorch not installed (no comparison)"))
