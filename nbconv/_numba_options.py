@@ -10,6 +10,11 @@ import numba
 _COMMON = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 CPU_PARALLEL = dict(parallel=True, **_COMMON)
 CPU_SERIAL = dict(**_COMMON)
+#: Dot products (the weight gradient's): ``reassoc`` lets LLVM keep vector partial sums in
+#: registers, which is 2-3.5x faster than partial sums in memory. The order of the additions is
+#: fixed by the compiled code (the vector width and interleave LLVM picks for the host CPU), so a
+#: result is bit-identical run after run and whatever the thread count, on one machine and build.
+CPU_REDUCTION = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "reassoc"})
 
 
 def njit_parallel(fn):
@@ -18,3 +23,7 @@ def njit_parallel(fn):
 
 def njit_serial(fn):
     return numba.njit(**CPU_SERIAL)(fn)
+
+
+def njit_reduction(fn):
+    return numba.njit(**CPU_REDUCTION)(fn)

@@ -15,7 +15,7 @@ import pytest
 from llvmlite import binding as llvm
 from numba import types
 
-from nbconv._numba_options import CPU_SERIAL
+from nbconv._numba_options import CPU_REDUCTION, CPU_SERIAL
 from nbconv.cpu import _packed
 
 F32 = types.float32[::1]
@@ -49,6 +49,13 @@ def test_four_channel_kernel_row_vectorises(width):
     assert _packed_fmas(_asm(_packed._row_taps4, sig)) >= 4 * width
 
 
+def _asm_reduction(fn, sig) -> str:
+    fresh = numba.njit(sig, **{**CPU_REDUCTION, "cache": False})(fn.py_func)
+    return fresh.inspect_asm(fresh.signatures[0])
+
+
 def test_weight_gradient_dot_products_vectorise():
-    sig = (F32, F32, I64, I64, I64, I64, I64, F32)
-    assert _packed_fmas(_asm(_packed._dot_taps, sig)) >= 3
+    sig = (F32, F32, I64, I64, I64, I64, I64, types.float32)
+    assert _packed_fmas(_asm_reduction(_packed._dot3, sig)) >= 3
+    sig4 = (F32, F32, F32, F32, F32, I64, I64, I64, I64, I64, types.float32)
+    assert _packed_fmas(_asm_reduction(_packed._dot3x4, sig4)) >= 12

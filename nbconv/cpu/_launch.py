@@ -101,6 +101,9 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
     gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
     dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
     oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())
+    # blocks of whole quads: which channels go four at a time (and so the order of each sum) must
+    # not depend on the thread count
+    oc_block = min(spec.out_per_group, -(-oc_block // 4) * 4)
     nonfinite = ~np.isfinite(x)
     if nonfinite.any():
         # The kernel's dot products also pair input pixels with the zeros of dropped columns and

@@ -23,7 +23,7 @@ import functools
 import numba
 import numpy as np
 
-from .._numba_options import njit_parallel, njit_serial
+from .._numba_options import njit_parallel, njit_reduction, njit_serial
 
 _U = numba.uint64
 
@@ -33,8 +33,6 @@ SEGMENT_ELEMS = 2048
 #: LLVM's vector loop (16 lanes x 4 interleaved on AVX-512) covers them with no scalar remainder:
 #: a 7x7 plane flattened with pitch 9 is 61 elements, all of which the remainder loop would take.
 VECTOR_ROUND = 64
-#: Lanes of the weight gradient's vector dot products (4 AVX-512 vectors of float32).
-LANES = 64
 
 
 @njit_serial
@@ -278,32 +276,57 @@ def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
                     spec.groups, oc_block)
 
 
-@njit_serial
-def _dot_taps(gb, xs, x0, n, o0, o1, o2, acc):
-    """Per lane l < LANES: acc[k * LANES + l] = sum over chunks c of gb[c + l] * xs[x0 + o_k + c + l],
-    for the three taps k = 0, 1, 2 (``n`` a multiple of LANES): one pass over ``gb`` feeds three
-    vector dot products, in an order that depends on nothing but the shapes."""
-    acc[: 3 * LANES] = 0
-    for c in range(0, n, LANES):
-        for lane in range(LANES):
-            g = gb[_U(c + lane)]
-            q = _U(x0 + c + lane)
-            acc[lane] += g * xs[q + _U(o0)]
-            acc[LANES + lane] += g * xs[q + _U(o1)]
-            acc[2 * LANES + lane] += g * xs[q + _U(o2)]
+@njit_reduction
+def _dot3(g0, xs, x0, n, o0, o1, o2, zero):
+    """The sums over p < n of g0[p] * xs[x0 + o_k + p] for the three taps k: one pass over the
+    output gradient feeds three dot products (vector partial sums in registers)."""
+    s0, s1, s2 = zero, zero, zero
+    for p in range(n):
+        q = _U(x0 + p)
+        g = g0[_U(p)]
+        s0 += g * xs[q + _U(o0)]
+        s1 += g * xs[q + _U(o1)]
+        s2 += g * xs[q + _U(o2)]
+    return s0, s1, s2
+
+
+@njit_reduction
+def _dot3x4(g0, g1, g2, g3, xs, x0, n, o0, o1, o2, zero):
+    """``_dot3`` for four output channels' gradients at once: every input load feeds four
+    multiply-adds, twelve sums in registers; (channel 0's three taps, channel 1's, ...)."""
+    s00, s01, s02, s10, s11, s12 = zero, zero, zero, zero, zero, zero
+    s20, s21, s22, s30, s31, s32 = zero, zero, zero, zero, zero, zero
+    for p in range(n):
+        q = _U(x0 + p)
+        va, vb, vc = xs[q + _U(o0)], xs[q + _U(o1)], xs[q + _U(o2)]
+        h0, h1, h2, h3 = g0[_U(p)], g1[_U(p)], g2[_U(p)], g3[_U(p)]
+        s00 += h0 * va
+        s01 += h0 * vb
+        s02 += h0 * vc
+        s10 += h1 * va
+        s11 += h1 * vb
+        s12 += h1 * vc
+        s20 += h2 * va
+        s21 += h2 * vb
+        s22 += h2 * vc
+        s30 += h3 * va
+        s31 += h3 * vb
+        s32 += h3 * vc
+    return s00, s01, s02, s10, s11, s12, s20, s21, s22, s30, s31, s32
 
 
 @njit_parallel
-def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, tables, groups, oc_block):
+def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, tot_buf, geo, tables, groups, oc_block, zero):
     """dw_out (C_out, C_in/groups, kH, kW) = sum over n, oy, ox of gy[n, o, oy, ox] * x_tap.
 
     One task per (group, block of output channels) walks the images in order, in stacks of
     ``geo[-1]`` images packed like the forward kernel's. The output gradient planes of a stack
     are laid out the same way (pitch Wc, zeros past the last column, in the seam rows and at the
-    end), so that every tap is one contiguous vector dot product with the packed input, three
-    taps per pass. Every weight element
-    is summed by one task in a fixed order (lanes, then images, in float64), so the result does not
-    depend on the number of threads.
+    end), so that every tap is one contiguous dot product with the packed input: three taps of
+    four output channels per pass. Every weight element is summed by one task, per stack in the
+    dot product's fixed order, then over stacks in float64, so the result does not depend on the
+    number of threads as long as ``oc_block`` does not (the launcher keeps it a multiple of 4, so
+    the channels that go four at a time are always the same). ``zero``: 0 in the data's dtype (the dot products' type).
     """
     row_dst, runs, tap_off = tables[0], tables[1], tables[2]
     n_img = x.shape[0]
@@ -311,37 +334,41 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
     out_h, out_w = gy.shape[2], gy.shape[3]
     sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack = geo
     chan = sh * sw * stack * hc * wc
+    k_n = kh_n * kw_n
     cout_g = c_out // groups
     n_blocks = (cout_g + oc_block - 1) // oc_block
     for task in numba.prange(groups * n_blocks):
         tid = numba.get_thread_id()
         xs = scratch[tid]
-        gb = gy_buf[tid]
-        acc = acc_buf[tid]
+        gbs = gy_buf[tid]
         tot = tot_buf[tid]
         blk = task % n_blocks
         g = task // n_blocks
         oc_lo = g * cout_g + blk * oc_block
         oc_hi = min(oc_lo + oc_block, (g + 1) * cout_g)
-        n_taps = (oc_hi - oc_lo) * cin_g * kh_n * kw_n
-        tot[:n_taps] = 0
-        gb[:] = 0  # valid positions are written per stack: seams and dropped columns stay zero
+        tot[: (oc_hi - oc_lo) * cin_g * k_n] = 0
+        for k in range(min(4, oc_hi - oc_lo)):  # the planes this task uses
+            gbs[k, :] = 0  # valid positions are written per stack: seams and dropped columns stay zero
         for n0 in range(0, n_img, stack):
             n_cnt = min(stack, n_img - n0)
             valid = ((n_cnt - 1) * hc + out_h) * wc
-            n_el = _round_up(valid, LANES)
-            # the rounding reaches into the next image slot, which a short last stack leaves
-            # holding an earlier stack's gradient (and the scratch its pixels): zero it
-            gb[valid:n_el] = 0
+            n_el = _round_up(valid, VECTOR_ROUND)
             _pack_group(x, n0, n_cnt, g, cin_g, xs, chan, hc * wc, row_dst, runs)
-            t = 0
-            for oc in range(oc_lo, oc_hi):
-                for j in range(n_cnt):
-                    for oy in range(out_h):
-                        src = gy[n0 + j, oc, oy]
-                        row = (j * hc + oy) * wc
-                        for ox in range(out_w):
-                            gb[row + ox] = src[ox]
+            oc = oc_lo
+            while oc < oc_hi:
+                quad = oc + 4 <= oc_hi  # four output channels share every input load
+                for k in range(4 if quad else 1):
+                    gb = gbs[k]
+                    # the rounding reaches into the next image slot, which a short last stack
+                    # leaves holding an earlier stack's gradient (and the scratch its pixels)
+                    gb[valid:n_el] = 0
+                    for j in range(n_cnt):
+                        for oy in range(out_h):
+                            src = gy[n0 + j, oc + k, oy]
+                            row = (j * hc + oy) * wc
+                            for ox in range(out_w):
+                                gb[row + ox] = src[ox]
+                base = (oc - oc_lo) * cin_g * k_n
                 for ci in range(cin_g):
                     for kh in range(kh_n):
                         taps = tap_off[kh]
@@ -350,13 +377,17 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc_buf, tot_buf, geo, t
                             o0 = taps[kw0]
                             o1 = taps[min(kw0 + 1, kw_n - 1)]
                             o2 = taps[min(kw0 + 2, kw_n - 1)]
-                            _dot_taps(gb, xs, ci * chan, n_el, o0, o1, o2, acc)
-                            for k in range(nt):
-                                s = 0.0
-                                for lane in range(LANES):
-                                    s += acc[k * LANES + lane]
-                                tot[t + k] += s
-                            t += nt
+                            t = base + ci * k_n + kh * kw_n + kw0
+                            if quad:
+                                s = _dot3x4(gbs[0], gbs[1], gbs[2], gbs[3], xs, ci * chan, n_el, o0, o1, o2, zero)
+                                for k in range(4):
+                                    for i in range(nt):
+                                        tot[t + k * cin_g * k_n + i] += s[3 * k + i]
+                            else:
+                                s3 = _dot3(gbs[0], xs, ci * chan, n_el, o0, o1, o2, zero)
+                                for i in range(nt):
+                                    tot[t + i] += s3[i]
+                oc += 4 if quad else 1
         t = 0
         for oc in range(oc_lo, oc_hi):
             for ci in range(cin_g):
@@ -373,13 +404,12 @@ def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, 
     geo, scratch_elems, _ = packed_geometry(spec, stack)
     threads = numba.get_num_threads()
     hc, wc = geo[6], geo[7]
-    n_el = -(-((stack - 1) * hc + spec.out_size[0]) * wc // LANES) * LANES
+    n_el = -(-((stack - 1) * hc + spec.out_size[0]) * wc // VECTOR_ROUND) * VECTOR_ROUND
     scratch = np.zeros((threads, scratch_elems), x.dtype)
-    gy_buf = np.empty((threads, n_el), x.dtype)
-    acc = np.empty((threads, 3 * LANES), x.dtype)
+    gy_buf = np.empty((threads, 4, n_el), x.dtype)  # four output channels' gradient planes
     tot = np.empty((threads, oc_block * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
-    _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, acc, tot, geo, packed_tables(spec, stack), spec.groups,
-                        oc_block)
+    _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, tot, geo, packed_tables(spec, stack), spec.groups,
+                        oc_block, x.dtype.type(0))
 
 
 @njit_parallel
