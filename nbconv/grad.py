@@ -11,7 +11,8 @@ Every padding form of ``conv2d`` is accepted (also ``'same'`` and ``'valid'``), 
 dtypes, layouts, array kinds and ``out=``.
 
 Determinism: on the CPU every result is bit-identical run after run, whatever the number of
-threads (each output element is summed by one task in a fixed order). On the GPU
+threads (each output element is summed by one task in an order fixed by the shapes and by the
+compiled code: the same machine and build give the same bits). On the GPU
 ``conv2d_input`` is a gather (no atomics) and ``conv2d_weight`` / ``conv2d_bias`` reduce through
 per-block partial sums added in a fixed order, so they are bit-identical run after run too.
 """
