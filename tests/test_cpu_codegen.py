@@ -35,17 +35,17 @@ def _packed_fmas(asm: str) -> int:
     return len(re.findall(rf"vfmadd\w*ps\s+[^\n]*%{REG}", asm))
 
 
-@pytest.mark.parametrize("width", [1, 3, 5, 7])
+@pytest.mark.parametrize("width", [1, 3, 5, 6, 7])
 def test_kernel_row_vectorises(width):
     cols = types.UniTuple(I64, width)
-    sig = (F32, F32, I64, I64, cols, F32, I64, types.boolean, types.float32)
+    sig = (F32, F32, I64, I64, cols, cols, F32, I64, types.boolean, types.float32)
     assert _packed_fmas(_asm(_packed._row_taps, sig)) >= width
 
 
-@pytest.mark.parametrize("width", [3, 5])
+@pytest.mark.parametrize("width", [3, 5, 6])  # up to MAX_PASS_TAPS
 def test_four_channel_kernel_row_vectorises(width):
     cols = types.UniTuple(I64, width)
-    sig = (F32, F32, F32, F32, F32, I64, I64, cols, F32, I64, I64, types.boolean) + (types.float32,) * 4
+    sig = (F32, F32, F32, F32, F32, I64, I64, cols, cols, F32, I64, I64, types.boolean) + (types.float32,) * 4
     assert _packed_fmas(_asm(_packed._row_taps4, sig)) >= 4 * width
 
 
