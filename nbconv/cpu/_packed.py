@@ -143,7 +143,7 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, pass_cols, pass
     the tall stacked plane, so small images make long vector loops (rows of the seams between
     images are computed and dropped). ``scratch`` / ``acc_buf`` have one row per thread.
     """
-    row_dst, runs, tap_rows = tables[0], tables[1], tables[3]
+    row_dst, runs, tap_off = tables
     ch_step = len(pass_cols) // w.shape[3]  # input channels per pass
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = w.shape
@@ -185,7 +185,7 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, pass_cols, pass
                 quad = oc + 4 <= oc_hi  # four output channels share every input load
                 for ci in range(0, cin_g, ch_step):
                     for kh in range(kh_n):
-                        x0 = ci * chan + oy0 * wc + tap_rows[kh]
+                        x0 = ci * chan + oy0 * wc + tap_off[kh, 0]
                         w0 = ((oc * cin_g + ci) * kh_n + kh) * kw_n
                         first = ci == 0 and kh == 0
                         if quad:
@@ -207,6 +207,7 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, pass_cols, pass
                 oc += 4 if quad else 1
 
 
+@functools.lru_cache(maxsize=256)
 def packed_geometry(spec, stack: int = 1) -> tuple:
     """(geo tuple, scratch elements per thread, accumulator elements per thread) for stacks of
     ``stack`` images."""
@@ -225,13 +226,14 @@ def packed_geometry(spec, stack: int = 1) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def packed_tables(spec, stack: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def packed_tables(spec, stack: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The index tables of the packed layout, built once per call from ``_phase_offset``:
 
     ``row_dst`` (H,): offset of input row iy in a channel's phase planes, -1 where cropped;
     ``runs`` (k, 5): (dst, dst_step, src, src_step, count) column copies that pack one row;
-    ``tap_off`` (kH, kW): offset of tap (kh, kw) relative to its output position's row start,
-    which is ``tap_rows[kh] + tap_columns(spec, stack)[kw]`` (the layout separates rows and columns).
+    ``tap_off`` (kH, kW): offset of tap (kh, kw) relative to its output position's row start.
+    The layout separates rows and columns, and tap (0, 0) sits at 0, so ``tap_off[kh, 0]`` is
+    kernel row kh's offset and ``tap_off[0, kw]`` column kw's.
     """
     (sh, sw, pt, pl, dh, dw, hc, wc, _, lh, lw, _), _, _ = packed_geometry(spec, stack)
     plane = stack * hc * wc
@@ -254,21 +256,12 @@ def packed_tables(spec, stack: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndar
             runs.append([phase[0][1], ds, phase[0][0], ss, len(phase)])
     tap_off = np.array([[_phase_offset(kh * dh, kw * dw, sh, sw, plane, wc) for kw in range(spec.kernel_size[1])]
                         for kh in range(spec.kernel_size[0])], np.int64).reshape(spec.kernel_size)
-    tap_rows = np.array([_phase_offset(kh * dh, 0, sh, sw, plane, wc) for kh in range(spec.kernel_size[0])], np.int64)
-    return row_dst, np.array(runs, np.int64).reshape(-1, 5), tap_off, tap_rows
-
-
-@functools.lru_cache(maxsize=256)
-def tap_columns(spec, stack: int = 1) -> tuple[int, ...]:
-    """Offsets of the kernel's columns in the packed layout, as a tuple: its length, the kernel
-    width, is a compile-time constant of the kernels (one specialisation per width)."""
-    (sh, sw, _, _, _, dw, hc, wc, _, _, _, _), _, _ = packed_geometry(spec, stack)
-    plane = stack * hc * wc
-    return tuple(int(_phase_offset(0, kw * dw, sh, sw, plane, wc)) for kw in range(spec.kernel_size[1]))
+    return row_dst, np.array(runs, np.int64).reshape(-1, 5), tap_off
 
 
 #: Most taps one pass of the four-channel loop unrolls: up to 6 x 4 multiply-adds per vector LLVM
-#: still vectorises (130 GFLOP/s per core against 67 for 3 taps); at 7 x 4 it gives up (10).
+#: still vectorises (152 GFLOP/s per core against 110 for 3 taps); at 7 x 4 it gives up (8);
+#: ``python docs/inner_loops.py`` measures it.
 MAX_PASS_TAPS = 6
 
 
@@ -277,7 +270,7 @@ def tap_passes(spec, stack: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(tap offsets, weight offsets) of one pass, as tuples (compile-time lengths): one kernel row,
     or, when two fit in ``MAX_PASS_TAPS`` and the group's input channels pair up, the same kernel
     row of two consecutive input channels (the second ``chan`` elements and kH * kW weights on)."""
-    cols = tap_columns(spec, stack)
+    cols = tuple(int(c) for c in packed_tables(spec, stack)[2][0])  # the columns' offsets
     kw = len(cols)
     if 2 * kw <= MAX_PASS_TAPS and spec.in_per_group % 2 == 0:
         (sh, sw, _, _, _, _, hc, wc, _, _, _, _), _, _ = packed_geometry(spec, stack)
@@ -351,7 +344,7 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, tot_buf, geo, tables, gr
     number of threads as long as ``oc_block`` does not (the launcher keeps it a multiple of 4, so
     the channels that go four at a time are always the same). ``zero``: 0 in the data's dtype (the dot products' type).
     """
-    row_dst, runs, tap_off = tables[0], tables[1], tables[2]
+    row_dst, runs, tap_off = tables
     n_img = x.shape[0]
     c_out, cin_g, kh_n, kw_n = dw_out.shape
     out_h, out_w = gy.shape[2], gy.shape[3]
