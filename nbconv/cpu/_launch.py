@@ -9,6 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import _rowblock
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -87,9 +88,13 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
-    stack = choose_stack(spec)
-    oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
-    forward_packed(x, w, b, dest, spec, oc_block, stack)
+    threads = numba.get_num_threads()
+    if _rowblock.applies(spec, threads):
+        _rowblock.depthwise_forward(x, w, b, dest, spec)
+    else:
+        stack = choose_stack(spec)
+        oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, threads)
+        forward_packed(x, w, b, dest, spec, oc_block, stack)
     if dest is not target:
         target[...] = dest
     return out

@@ -1,0 +1,219 @@
+"""Depthwise convolution on the CPU with output-row register blocking (one input channel per group).
+
+With one input channel per group no second output channel can share an input load, so the
+packed kernel's loop (``_packed._row_taps``: one unaligned vector load per multiply-add) is
+bound by the load ports. Here ``R`` consecutive output rows go through one vector loop together:
+output row ``oy + r`` with kernel row ``kh`` reads the same packed row as output row ``oy + r + 1``
+with kernel row ``kh - 1`` (any stride: rows are split by phase, see ``_packed``), so one load
+feeds up to ``kH`` multiply-adds, and the ``R`` sums go straight to the output rows (no
+accumulator pass, no unpack).
+
+LLVM vectorises such a loop well only when it can see that the loads form one group and the
+stores another (otherwise it emits hundreds of run-time overlap checks per call) and when the
+weights are loop invariants: that needs every tap offset, the packed pitch and the output pitch
+to be compile-time constants. So the loop is generated as Python source per geometry
+(:func:`kernel_source`), written once to a file in a cache folder and imported from there, so
+that Numba's on-disk cache keeps the compiled code between processes as it does for the other
+kernels.
+
+An output pixel is ``bias`` plus its terms in the order of their packed addresses (kernel order
+for stride 1; by phase plane first otherwise), each multiply-add fused (``contract``): the order
+is fixed by the geometry, so results are the same run after run and whatever the thread count.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+
+import numba
+import numpy as np
+
+from .._version import __version__
+from . import _packed
+
+#: Output rows per vector pass: taps of up to 3x3 share loads over 4 rows, bigger kernels over 8
+#: (more rows keep more independent sums in flight; 8 rows of 3x3 spill registers).
+ROWS_SMALL_KERNEL, ROWS_LARGE_KERNEL = 4, 8
+#: Narrower outputs stay on the packed path: one vector (16 float32) would cover a whole row.
+MIN_OUT_WIDTH = 16
+CHUNK = 16
+
+
+def rows_per_pass(spec) -> int:
+    kh, kw = spec.kernel_size
+    return ROWS_SMALL_KERNEL if kh * kw <= 9 else ROWS_LARGE_KERNEL
+
+
+def applies(spec, threads: int) -> bool:
+    """Whether this path computes ``spec``: depthwise (any channel multiplier), outputs at least
+    ``MIN_OUT_WIDTH`` wide, and enough (image, channel) planes to keep every thread busy."""
+    return (
+        spec.in_per_group == 1
+        and spec.out_size[1] >= MIN_OUT_WIDTH
+        and spec.batch * spec.in_channels >= 2 * threads
+    )
+
+
+def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int) -> str:
+    """Python source of ``_rows{rows}`` and ``_rows1``: output rows ``oy .. oy + rows - 1`` of one
+    plane, ``out[o0 + r * ow + p] = bias + sum_t w[w0 + t] * xs[x0 + taps[t] + r * wc + p]``."""
+    lines = []
+    for r_n in sorted({rows, 1}):
+        offs = sorted({t + r * wc for t in taps for r in range(r_n)})
+        name = {o: f"v{i}" for i, o in enumerate(offs)}
+        lines += ["", "", "@njit_serial", f"def _rows{r_n}(out, o0, xs, x0, w, w0, bias):"]
+        lines += [f"    k{t} = w[_U(w0 + {t})]" for t in range(len(taps))]
+        n_chunks = -(-ow // CHUNK)
+        lines += [f"    for c in range({n_chunks}):", f"        p0 = min(c * {CHUNK}, {ow - CHUNK})",
+                  f"        for p in range(p0, p0 + {CHUNK}):", "            q = x0 + p"]
+        # loads in address order, each one's multiply-adds right after it (short live ranges)
+        users = {o: [(r, t) for r in range(r_n) for t, tap in enumerate(taps) if tap + r * wc == o] for o in offs}
+        lines += [f"            s{r} = bias" for r in range(r_n)]
+        for o in offs:
+            lines.append(f"            {name[o]} = xs[_U(q + {o})]")
+            lines += [f"            s{r} += k{t} * {name[o]}" for r, t in users[o]]
+        lines += [f"            out[_U(o0 + {r * ow} + p)] = s{r}" for r in range(r_n)]
+    return "\n".join(lines) + "\n"
+
+
+def pack_source(spec) -> str:
+    """Python source of ``_pack_plane(x_flat, s0, xs)``: input plane ``x_flat[s0:]`` into the
+    packed phase planes of ``xs`` (``_packed``'s layout for one image), every offset, bound and
+    step a constant taken from ``_packed.packed_tables`` (so the copies vectorise without
+    per-row overlap checks). Padding and dilation zeros are left as the zeroed scratch has them."""
+    row_dst, runs, _ = _packed.packed_tables(spec, 1)
+    in_w = spec.in_size[1]
+    lines = ["", "", "@njit_serial", "def _pack_plane(x_flat, s0, xs):"]
+    # rows: equal steps within a row phase, so one loop per (phase, step) run of rows
+    rows = [(iy, int(d)) for iy, d in enumerate(row_dst) if d >= 0]
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        step = (rows[j][1] - rows[i][1]) if j < len(rows) else 0
+        while j < len(rows) and rows[j][1] - rows[j - 1][1] == step and rows[j][0] - rows[j - 1][0] == 1:
+            j += 1
+        (iy0, d0), count = rows[i], j - i
+        lines += [f"    for iy in range({count}):",
+                  f"        d = {d0} + iy * {step}", f"        s = s0 + ({iy0} + iy) * {in_w}"]
+        for dst, dst_step, src, src_step, cnt in runs.tolist():
+            lines += [f"        for j in range({cnt}):",
+                      f"            xs[_U(d + {dst} + j * {dst_step})] = x_flat[_U(s + {src} + j * {src_step})]"]
+        i = j
+    return "\n".join(lines) + "\n"
+
+
+_DRIVER = '''
+
+@njit_parallel
+def forward(x, w, b, out, scratch):
+    """out (N, C_out, OH, {ow}) = the depthwise convolution of x (N, C_in, H, W) by w
+    (C_out, 1, kH, kW) + b: one task per (image, input channel) packs the plane once and computes
+    its C_out / C_in output channels, {rows} rows per pass."""
+    n_img, c_in = x.shape[0], x.shape[1]
+    c_out, oh = out.shape[1], out.shape[2]
+    mult = c_out // c_in
+    out_flat = out.reshape(-1)
+    w_flat = w.reshape(-1)
+    x_flat = x.reshape(-1)
+    in_plane = x.shape[2] * x.shape[3]
+    for task in numba.prange(n_img * c_in):
+        xs = scratch[numba.get_thread_id()]
+        n = task // c_in
+        c = task - n * c_in
+        _pack_plane(x_flat, task * in_plane, xs)
+        for oc in range(c * mult, (c + 1) * mult):
+            plane = (n * c_out + oc) * oh * {ow}
+            w0 = oc * {n_taps}
+            if oh < {rows}:
+                for oy in range(oh):
+                    _rows1(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])
+            else:
+                for blk in range(0, oh, {rows}):
+                    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice
+                    _rows{rows}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])
+'''
+
+_HEADER = '''"""Generated by nbconv.cpu._rowblock (nbconv {version}) for taps {taps}, packed pitch {wc},
+output width {ow}, {rows} rows per pass. Safe to delete: it is written again when needed."""
+
+import numba
+
+from nbconv._numba_options import njit_parallel, njit_serial
+
+_U = numba.uint64
+'''
+
+
+@functools.lru_cache(maxsize=128)
+def _module_source(spec) -> str:
+    return module_source(spec)
+
+
+def module_source(spec) -> str:
+    """The whole generated module for ``spec``: header, pack, row kernels and parallel driver."""
+    geo, _, _ = _packed.packed_geometry(spec, 1)
+    taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
+    wc, ow, rows = int(geo[7]), spec.out_size[1], rows_per_pass(spec)
+    fmt = dict(version=__version__, taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps))
+    return _HEADER.format(**fmt) + pack_source(spec) + kernel_source(taps, wc, ow, rows) + _DRIVER.format(**fmt)
+
+
+@functools.lru_cache(maxsize=1)
+def _source_dir() -> str:
+    """Where generated modules are written: ``$NBCONV_CACHE_DIR``, else ``generated/`` in
+    ``$NUMBA_CACHE_DIR``, else ``~/.cache/nbconv`` (``$XDG_CACHE_HOME``); a fresh temporary
+    folder when none of them can be written (then nothing is kept between processes)."""
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [os.environ.get("NBCONV_CACHE_DIR"),
+                  os.path.join(os.environ["NUMBA_CACHE_DIR"], "nbconv-generated") if os.environ.get("NUMBA_CACHE_DIR") else None,
+                  os.path.join(home, "nbconv", "generated")]
+    for path in filter(None, candidates):
+        try:
+            os.makedirs(path, exist_ok=True)
+            if os.access(path, os.W_OK):
+                return path
+        except OSError:
+            continue
+    return tempfile.mkdtemp(prefix="nbconv-generated-")
+
+
+@functools.lru_cache(maxsize=None)
+def _dependency_stamp() -> str:
+    """Numba's cache checks only the generated file's own stamp: name the file after the code it
+    calls too (this module and ``_packed``), so a changed nbconv never reuses stale machine code."""
+    h = hashlib.sha256()
+    for path in (__file__, _packed.__file__):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=128)
+def load_driver(source: str):
+    """The ``forward`` of a generated module (compiled on its first call), imported from its file."""
+    digest = hashlib.sha256((source + _dependency_stamp()).encode()).hexdigest()[:20]
+    name = f"nbconv_rowblock_{digest}"
+    path = os.path.join(_source_dir(), name + ".py")
+    if not os.path.exists(path):  # written once: rewriting would change the stamp Numba caches by
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module.forward
+
+
+def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
+    """``out`` = the depthwise convolution of ``spec`` (C-contiguous arrays; ``w`` in
+    (C_out, 1, kH, kW), any stride, dilation or input dilation the packed layout handles)."""
+    _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
+    scratch = np.zeros((numba.get_num_threads(), scratch_elems), x.dtype)
+    load_driver(_module_source(spec))(x, w, b, out, scratch)
