@@ -17,7 +17,7 @@ from llvmlite import binding as llvm
 import nbconv
 from cases import Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
-from nbconv.cpu import _rowblock
+from nbconv.cpu import _generated, _rowblock
 from nbconv.cpu._launch import conv2d_forward
 from reference import assert_conv_close, conv2d_input_reference
 
@@ -106,16 +106,16 @@ def test_choice():
 def test_generated_module_is_cached_on_disk(tmp_path, monkeypatch):
     """The generated source is written once, named after its text and nbconv's kernel code, and
     imported from that file (so Numba's on-disk cache can keep it)."""
-    monkeypatch.setattr(_rowblock, "_source_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(_generated, "source_dir", lambda: str(tmp_path))
     x = np.ones((2, 2, 5, 18), np.float32)
     spec = conv2d_spec(x, np.ones((2, 1, 3, 3), np.float32), None, 1, 1, 1, 2)
     source = _rowblock.module_source(spec)
-    driver = _rowblock.load_driver.__wrapped__(source)
+    driver = _generated.load.__wrapped__(source, "nbconv_rowblock").forward
     files = list(tmp_path.glob("nbconv_rowblock_*.py"))
     assert len(files) == 1 and files[0].read_text() == source
     assert driver.py_func.__code__.co_filename == str(files[0])
     stamp = files[0].stat().st_mtime_ns
-    _rowblock.load_driver.__wrapped__(source)
+    _generated.load.__wrapped__(source, "nbconv_rowblock")
     assert files[0].stat().st_mtime_ns == stamp  # not rewritten
 
 
@@ -128,8 +128,8 @@ def test_generated_kernel_vectorises(tmp_path, monkeypatch):
     reg = "zmm" if features.get("avx512f") else "ymm"
     x = np.ones((2, 2, 20, 40), np.float32)
     spec = conv2d_spec(x, np.ones((2, 1, 3, 3), np.float32), None, 1, 1, 1, 2)
-    monkeypatch.setattr(_rowblock, "_source_dir", lambda: str(tmp_path))
-    driver = _rowblock.load_driver.__wrapped__(_rowblock.module_source(spec))
+    monkeypatch.setattr(_generated, "source_dir", lambda: str(tmp_path))
+    driver = _generated.load.__wrapped__(_rowblock.module_source(spec), "nbconv_rowblock").forward
     rows = _rowblock.rows_per_pass(spec)
     kernel = driver.py_func.__globals__[f"_rows{rows}"]
     f32, i64 = numba.types.float32[::1], numba.types.int64
