@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _rowblock
+from . import _flatplane, _rowblock
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -89,7 +89,9 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
     threads = numba.get_num_threads()
-    if _rowblock.applies(spec, threads):
+    if _flatplane.applies(spec) and _flatplane.depthwise_forward(x, w, b, dest, spec):
+        pass  # (False: a non-finite output, which the packed path below computes again exactly)
+    elif _rowblock.applies(spec, threads):
         _rowblock.depthwise_forward(x, w, b, dest, spec)
     else:
         stack = choose_stack(spec)
