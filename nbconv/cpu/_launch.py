@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _flatplane, _rowblock
+from . import _flatplane, _grouped, _rowblock
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -93,6 +93,8 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
         pass  # (False: a non-finite output, which the packed path below computes again exactly)
     elif _rowblock.applies(spec, threads):
         _rowblock.depthwise_forward(x, w, b, dest, spec)
+    elif _grouped.applies(spec):
+        _grouped.grouped_forward(x, w, b, dest, spec)
     else:
         stack = choose_stack(spec)
         oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, threads)

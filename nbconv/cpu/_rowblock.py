@@ -75,32 +75,6 @@ def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pack_source(spec) -> str:
-    """Python source of ``_pack_plane(x_flat, s0, xs)``: input plane ``x_flat[s0:]`` into the
-    packed phase planes of ``xs`` (``_packed``'s layout for one image), every offset, bound and
-    step a constant taken from ``_packed.packed_tables`` (so the copies vectorise without
-    per-row overlap checks). Padding and dilation zeros are left as the zeroed scratch has them."""
-    row_dst, runs, _ = _packed.packed_tables(spec, 1)
-    in_w = spec.in_size[1]
-    lines = ["", "", "@njit_serial", "def _pack_plane(x_flat, s0, xs):"]
-    # rows: equal steps within a row phase, so one loop per (phase, step) run of rows
-    rows = [(iy, int(d)) for iy, d in enumerate(row_dst) if d >= 0]
-    i = 0
-    while i < len(rows):
-        j = i + 1
-        step = (rows[j][1] - rows[i][1]) if j < len(rows) else 0
-        while j < len(rows) and rows[j][1] - rows[j - 1][1] == step and rows[j][0] - rows[j - 1][0] == 1:
-            j += 1
-        (iy0, d0), count = rows[i], j - i
-        lines += [f"    for iy in range({count}):",
-                  f"        d = {d0} + iy * {step}", f"        s = s0 + ({iy0} + iy) * {in_w}"]
-        for dst, dst_step, src, src_step, cnt in runs.tolist():
-            lines += [f"        for j in range({cnt}):",
-                      f"            xs[_U(d + {dst} + j * {dst_step})] = x_flat[_U(s + {src} + j * {src_step})]"]
-        i = j
-    return "\n".join(lines) + "\n"
-
-
 _DRIVER = '''
 
 @njit_parallel
@@ -119,7 +93,7 @@ def forward(x, w, b, out, scratch):
         xs = scratch[numba.get_thread_id()]
         n = task // c_in
         c = task - n * c_in
-        _pack_plane(x_flat, task * in_plane, xs)
+        _pack_plane(x_flat, task * in_plane, xs, 0)
         for oc in range(c * mult, (c + 1) * mult):
             plane = (n * c_out + oc) * oh * {ow}
             w0 = oc * {n_taps}
@@ -147,7 +121,7 @@ def module_source(spec) -> str:
     fmt = dict(taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps))
     what = f"depthwise rows for taps {taps}, packed pitch {wc}, output width {ow}, {rows} rows per pass"
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
-    return header + pack_source(spec) + kernel_source(taps, wc, ow, rows) + _DRIVER.format(**fmt)
+    return header + _generated.pack_source(spec) + kernel_source(taps, wc, ow, rows) + _DRIVER.format(**fmt)
 
 
 def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:

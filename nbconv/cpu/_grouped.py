@@ -1,0 +1,206 @@
+"""Grouped convolution on the CPU (two or more input channels per group), register-blocked over
+output channels and output rows, generated per geometry.
+
+A task (image, group, slice of the group's output channels) packs the group's input planes once
+(``_packed``'s layout, by the generated ``_pack_plane``), then computes blocks of ``OB`` output
+channels x ``R`` output rows: for each input channel one vector loop over the row (``PW``
+columns, a whole number of vectors) loads each packed input vector once and feeds it to every
+output channel of the block and every output row whose kernel row reads it, so a 3x3 pass does
+144 multiply-adds for 18 input loads. The block's sums stay in a small per-thread accumulator
+(``OB x R x PW``) across the input channels and are copied to the output at the end (columns
+past the output width are computed and dropped).
+
+As in ``_rowblock``, every tap offset, pitch and trip count is a compile-time constant of the
+generated source, so LLVM sees one group of loads and one of stores (no run-time overlap checks
+per call) and unrolls the taps. The sum of an output is: bias, then the input channels in
+order, each channel's taps in the order of their packed addresses (kernel order for stride 1),
+each multiply-add fused: a fixed order.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+
+from .._version import __version__
+from . import _generated, _packed
+
+#: Vector registers a block may keep busy: its sums (output channels x rows) and its weights
+#: (output channels x taps), with a few of the 32 (AVX-512) left for the input loads. Past
+#: that LLVM spills the weights as whole vectors and every use becomes a 64-byte reload
+#: (measured: 4 channels x 4 rows of a 5x5 kernel ran at half the speed of 1 x 3).
+REGISTER_BUDGET = 28
+#: Largest blocks considered.
+MAX_OUT_BLOCK, MAX_ROW_BLOCK = 4, 8
+#: Columns per vector loop are rounded up to this (a whole number of 16-float vectors).
+LANES = 16
+#: Most packed input elements per thread (the group's planes): 1 MiB of float32, L2-sized; the
+#: accumulator of a block (4 output planes) is bounded alike.
+MAX_SCRATCH_ELEMS = 1 << 18
+
+
+def applies(spec) -> bool:
+    """Two or more input channels per group, and the group's packed planes fit the scratch."""
+    if spec.in_per_group < 2 or spec.batch == 0:
+        return False
+    _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
+    rows, n_blocks, pw = _blocking(spec)
+    return max(scratch_elems, choose_block(spec)[0] * n_blocks * rows * pw) <= MAX_SCRATCH_ELEMS
+
+
+def oc_slices(spec, threads: int) -> int:
+    """Slices of a group's output channels per task: 1 (the group's planes packed once) unless
+    there are too few (image, group) pairs to give every thread 4 tasks."""
+    blocks = -(-spec.out_per_group // choose_block(spec)[0])
+    return max(1, min(blocks, -(-4 * threads // (spec.batch * spec.groups))))
+
+
+def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks: int, w_oc: int,
+                 first: bool) -> list[str]:
+    """For every block j of ``rows`` rows: ``acc[k, j * rows + r, p] (=|+=) sum_t w[w0 + k * w_oc
+    + t] * xs[x0 + taps[t] + (j * rows + r) * wc + p]`` for ``ob`` output channels k, p < pw; with
+    ``first`` the sums start from the bias ``b[oc0 + k]`` instead of the accumulator. The weights
+    are loaded once per call, for all the blocks."""
+    plane = n_blocks * rows * pw  # one output channel's accumulator rows
+    offs = sorted({t + r * wc for t in taps for r in range(rows)})
+    users = {o: [(k, r, t) for r in range(rows) for t, tap in enumerate(taps) if tap + r * wc == o for k in range(ob)]
+             for o in offs}
+    lines = ["", "", "@njit_serial", f"def {name}(acc, xs, x0, w, w0, b, oc0):"]
+    lines += [f"    k{k}_{t} = w[_U(w0 + {k * w_oc + t})]" for k in range(ob) for t in range(len(taps))]
+    if first:
+        lines += [f"    b{k} = b[oc0 + {k}]" for k in range(ob)]
+    lines += [f"    for j in range({n_blocks}):", f"        a0 = j * {rows * pw}", f"        x1 = x0 + j * {rows * wc}",
+              f"        for p in range({pw}):", "            q = x1 + p"]
+    for k in range(ob):
+        for r in range(rows):
+            init = f"b{k}" if first else f"acc[_U(a0 + {k * plane + r * pw} + p)]"
+            lines.append(f"            s{k}_{r} = {init}")
+    for i, o in enumerate(offs):  # each load, then its multiply-adds (short live ranges)
+        lines.append(f"            v{i} = xs[_U(q + {o})]")
+        lines += [f"            s{k}_{r} += k{k}_{t} * v{i}" for k, r, t in users[o]]
+    lines += [f"            acc[_U(a0 + {k * plane + r * pw} + p)] = s{k}_{r}" for k in range(ob) for r in range(rows)]
+    return lines
+
+
+def _unpack_source(name: str, ob: int, plane: int, pw: int, oh: int, ow: int) -> list[str]:
+    """``out[o0 + k * oh * ow + y * ow + p] = acc[k * plane + y * pw + p]`` for y < oh, p < ow."""
+    return ["", "", "@njit_serial", f"def {name}(out, o0, acc):",
+            f"    for k in range({ob}):", f"        for y in range({oh}):",
+            f"            for p in range({ow}):",
+            f"                out[_U(o0 + k * {oh * ow} + y * {ow} + p)] = acc[_U(k * {plane} + y * {pw} + p)]"]
+
+
+_DRIVER = '''
+
+@njit_parallel
+def forward(x, w, b, out, scratch, acc_buf):
+    """out (N, {c_out}, {oh}, {ow}) = x (N, {c_in}, H, W) convolved with w ({c_out}, {cin_g}, kH, kW)
+    in {groups} groups, + b: tasks of (image, group, slice of {ocs} output channels)."""
+    n_img = x.shape[0]
+    x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
+    for task in numba.prange(n_img * {groups} * {slices}):
+        tid = numba.get_thread_id()
+        xs = scratch[tid]
+        acc = acc_buf[tid]
+        sl = task % {slices}
+        g = (task // {slices}) % {groups}
+        n = task // ({slices} * {groups})
+        for ci in range({cin_g}):
+            _pack_plane(x_flat, (n * {c_in} + g * {cin_g} + ci) * {in_plane}, xs, ci * {chan})
+        oc = g * {cout_g} + sl * {ocs}
+        oc_hi = min(oc + {ocs}, (g + 1) * {cout_g})
+        while oc < oc_hi:
+            full = oc + {ob} <= oc_hi
+            w0 = oc * {w_oc}
+            o0 = (n * {c_out} + oc) * {oh} * {ow}
+            if full:
+                _first(acc, xs, 0, w_flat, w0, b, oc)
+                for ci in range(1, {cin_g}):
+                    _more(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, b, oc)
+                _unpack(out_flat, o0, acc)
+            else:
+{remainder}
+            oc += {ob} if full else {ob_rem}
+'''
+
+_REMAINDER = '''                _first_rem(acc, xs, 0, w_flat, w0, b, oc)
+                for ci in range(1, {cin_g}):
+                    _more_rem(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, b, oc)
+                _unpack_rem(out_flat, o0, acc)'''
+
+
+@functools.lru_cache(maxsize=256)
+def choose_block(spec) -> tuple[int, int]:
+    """(output channels, output rows) per block: the most multiply-adds per load (accumulator
+    load and store per input channel, plus the distinct input vectors the rows read) among the
+    blocks that fit ``REGISTER_BUDGET``; 1 x 4 when none does (kernels of more than 27 taps)."""
+    taps = [int(t) for t in _packed.packed_tables(spec, 1)[2].ravel()]
+    wc = _packed.packed_geometry(spec, 1)[0][7]
+    best, best_score = (1, min(4, spec.out_size[0])), -1.0
+    for ob in range(1, min(MAX_OUT_BLOCK, spec.out_per_group) + 1):
+        for rows in range(1, min(MAX_ROW_BLOCK, spec.out_size[0]) + 1):
+            if ob * (rows + len(taps)) > REGISTER_BUDGET:
+                continue
+            loads = 2 * ob * rows + len({t + r * wc for t in taps for r in range(rows)})
+            score = ob * rows * len(taps) / loads
+            if score > best_score:
+                best, best_score = (ob, rows), score
+    return best
+
+
+def _blocking(spec) -> tuple[int, int, int]:
+    """(rows per block, blocks, accumulator pitch): whole blocks of rows cover the output (the
+    rows past it are computed and dropped), rows of whole vectors cover its width."""
+    oh, ow = spec.out_size
+    rows = choose_block(spec)[1]
+    return rows, -(-oh // rows), -(-ow // LANES) * LANES
+
+
+def module_source(spec, slices: int) -> str:
+    """The generated module for ``spec`` with ``slices`` output-channel slices per group."""
+    geo, _, _ = _packed.packed_geometry(spec, 1)
+    sh, sw, hc, wc = geo[0], geo[1], geo[6], geo[7]
+    taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
+    (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
+    rows, n_blocks, pw = _blocking(spec)
+    ob = choose_block(spec)[0]
+    ob_rem = cout_g % ob
+    per_slice = -(-cout_g // slices)
+    ocs = -(-per_slice // ob) * ob  # output channels per slice: whole blocks
+    w_oc = cin_g * len(taps)
+    what = (f"grouped conv, {cin_g} -> {cout_g} channels per group, taps {taps}, packed pitch {wc}, "
+            f"{ob} channels x {rows} rows per block")
+    lines = [_generated.HEADER.format(generator=__name__, version=__version__, what=what), _generated.pack_source(spec)]
+    for suffix, n_oc in (("", ob), ("_rem", ob_rem)):
+        if n_oc:
+            lines += _pass_source(f"_first{suffix}", taps, wc, pw, n_oc, rows, n_blocks, w_oc, True)
+            lines += _pass_source(f"_more{suffix}", taps, wc, pw, n_oc, rows, n_blocks, w_oc, False)
+            lines += _unpack_source(f"_unpack{suffix}", n_oc, n_blocks * rows * pw, pw, oh, ow)
+    fmt = dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=cin_g, cout_g=cout_g,
+               slices=slices, ocs=ocs, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, w_oc=w_oc,
+               n_taps=len(taps), chan=sh * sw * hc * wc, in_plane=spec.in_size[0] * spec.in_size[1])
+    remainder = _REMAINDER.format(**fmt) if ob_rem else "                pass"
+    return "\n".join(lines) + "\n" + _DRIVER.format(remainder=remainder, **fmt)
+
+
+@functools.lru_cache(maxsize=128)
+def _module(spec, slices: int):
+    return _generated.load(module_source(spec, slices), "nbconv_grouped")
+
+
+def grouped_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec,
+                    slices: int | None = None) -> None:
+    """``out`` = the convolution of ``spec`` (C-contiguous arrays, ``w`` in
+    (C_out, C_in/groups, kH, kW); any stride, dilation or input dilation of the packed layout),
+    each group's output channels in ``slices`` tasks (default: :func:`oc_slices`)."""
+    threads = numba.get_num_threads()
+    slices = oc_slices(spec, threads) if slices is None else slices
+    geo, scratch_elems, _ = _packed.packed_geometry(spec, 1)
+    rows, n_blocks, pw = _blocking(spec)
+    # slack: the dropped rows and columns of the last channel read past its planes
+    slack = (n_blocks * rows - spec.out_size[0] + 1) * geo[7] + pw
+    scratch = np.zeros((threads, scratch_elems + slack), x.dtype)
+    acc = np.empty((threads, choose_block(spec)[0] * n_blocks * rows * pw), x.dtype)
+    _module(spec, slices).forward(x, w, b, out, scratch, acc)
