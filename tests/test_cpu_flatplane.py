@@ -13,10 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbconv
+import nbconv.cpu._launch as launch
 from cases import Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
 from nbconv.cpu import _flatplane
 from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
+
+@pytest.fixture(autouse=True)
+def _generated_for_small_calls(monkeypatch):
+    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``); these
+    small cases must reach them too."""
+    monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+
 
 FLAT_CASES = [
     Case(2, 5, (7, 7), 5, (3, 3), 1, 1, 1, 5),  # MobileNet's 7x7 layer

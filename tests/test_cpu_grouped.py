@@ -11,11 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbconv
+import nbconv.cpu._launch as launch
 from cases import Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
 from nbconv.cpu import _grouped
 from nbconv.cpu._launch import conv2d_forward
 from reference import assert_conv_close, conv2d_input_reference
+
+@pytest.fixture(autouse=True)
+def _generated_for_small_calls(monkeypatch):
+    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``); these
+    small cases must reach them too."""
+    monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+
 
 GROUPED_CASES = [
     Case(2, 8, (9, 20), 8, (3, 3), 1, 1, 1, 2),  # 4 -> 4 per group: blocks of 2

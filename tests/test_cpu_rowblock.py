@@ -15,11 +15,19 @@ from hypothesis import strategies as st
 from llvmlite import binding as llvm
 
 import nbconv
+import nbconv.cpu._launch as launch
 from cases import Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
 from nbconv.cpu import _generated, _rowblock
 from nbconv.cpu._launch import conv2d_forward
 from reference import assert_conv_close, conv2d_input_reference
+
+@pytest.fixture(autouse=True)
+def _generated_for_small_calls(monkeypatch):
+    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``); these
+    small cases must reach them too."""
+    monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+
 
 ROW_CASES = [
     Case(2, 3, (20, 17), 3, (3, 3), 1, 1, 1, 3),  # OH = 20: five blocks of 4; OW = 17: a vector + 1
@@ -101,6 +109,14 @@ def test_choice():
     grouped = conv2d_spec(x, np.zeros((32, 2, 3, 3), np.float32), None, 1, 1, 1, 16)
     assert not _rowblock.applies(grouped, 2)
     assert not _rowblock.applies(spec, 200)  # 256 planes cannot keep 200 threads busy twice over
+
+
+def test_small_calls_take_the_packed_kernels(monkeypatch):
+    monkeypatch.undo()  # the default threshold
+    tiny = conv2d_spec(np.zeros((2, 4, 20, 20), np.float32), np.zeros((4, 1, 3, 3), np.float32), None, 1, 1, 1, 4)
+    assert not launch.worth_generating(tiny)  # 28,800 multiply-adds: not worth a compile
+    big = conv2d_spec(np.zeros((8, 960, 7, 7), np.float32), np.zeros((960, 1, 3, 3), np.float32), None, 1, 1, 1, 960)
+    assert launch.worth_generating(big)
 
 
 def test_generated_module_is_cached_on_disk(tmp_path, monkeypatch):

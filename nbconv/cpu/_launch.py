@@ -75,6 +75,19 @@ def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(w).reshape(groups * cout_g, c_in // groups, kh, kw)
 
 
+#: Fewest multiply-adds for which a kernel generated for the geometry is used: each new geometry
+#: costs about 1-3 s of compilation (once per machine: the disk cache keeps it), which a small
+#: call does not earn back; those take the packed kernels, compiled once for all geometries.
+MIN_GENERATED_MACS = 1 << 18
+
+
+def worth_generating(spec) -> bool:
+    """Whether the call is big enough for the per-geometry kernels (``_flatplane``,
+    ``_rowblock``, ``_grouped``)."""
+    (oh, ow), (kh, kw) = spec.out_size, spec.kernel_size
+    return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw >= MIN_GENERATED_MACS
+
+
 def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
     """(the caller's output as 4-D, a C-contiguous array the kernel may write)."""
     target = _batched(out, unbatched)
@@ -89,11 +102,12 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
     threads = numba.get_num_threads()
-    if _flatplane.applies(spec) and _flatplane.depthwise_forward(x, w, b, dest, spec):
+    generated = worth_generating(spec)
+    if generated and _flatplane.applies(spec) and _flatplane.depthwise_forward(x, w, b, dest, spec):
         pass  # (False: a non-finite output, which the packed path below computes again exactly)
-    elif _rowblock.applies(spec, threads):
+    elif generated and _rowblock.applies(spec, threads):
         _rowblock.depthwise_forward(x, w, b, dest, spec)
-    elif _grouped.applies(spec):
+    elif generated and _grouped.applies(spec):
         _grouped.grouped_forward(x, w, b, dest, spec)
     else:
         stack = choose_stack(spec)
