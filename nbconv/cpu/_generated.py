@@ -77,13 +77,14 @@ def load(source: str, prefix: str) -> ModuleType:
     return module
 
 
-def pack_source(spec) -> str:
+def pack_source(spec, stack: int = 1) -> str:
     """Python source of ``_pack_plane(x_flat, s0, xs, d0)``: the input plane at ``x_flat[s0:]``
-    into ``xs[d0:]`` in ``_packed``'s layout for one image (zero padding, phase planes for the
+    into ``xs[d0:]`` in ``_packed``'s layout for stacks of ``stack`` images (image ``j`` of a
+    stack goes to ``d0 = j * Hc * Wc`` past its channel's start; zero padding, phase planes for the
     stride, zeros between pixels for an input dilation, cropping), every offset, bound and step a
     constant taken from ``_packed.packed_tables`` so the copies need no per-row overlap checks.
     Only pixels are written: the zeros stay as the zeroed scratch has them, call after call."""
-    row_dst, runs, _ = _packed.packed_tables(spec, 1)
+    row_dst, runs, _ = _packed.packed_tables(spec, stack)
     in_w = spec.in_size[1]
     lines = ["", "", "@njit_serial", "def _pack_plane(x_flat, s0, xs, d0):"]
     pt, lh, sh = spec.padding[0], spec.lhs_dilation[0], spec.stride[0]

@@ -105,10 +105,10 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     generated = worth_generating(spec)
     if generated and _flatplane.applies(spec) and _flatplane.depthwise_forward(x, w, b, dest, spec):
         pass  # (False: a non-finite output, which the packed path below computes again exactly)
-    elif generated and _rowblock.applies(spec, threads):
+    elif generated and _rowblock.applies(spec):
         _rowblock.depthwise_forward(x, w, b, dest, spec)
     elif generated and _grouped.applies(spec):
-        _grouped.grouped_forward(x, w, b, dest, spec)
+        _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
     else:
         stack = choose_stack(spec)
         oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, threads)
