@@ -60,7 +60,7 @@ def test_stacked_images(case, stack):
     assert_conv_close(out, x, w, b, **case.conv_args())
 
 
-@pytest.mark.parametrize("slices", [1, 4, 6])
+@pytest.mark.parametrize("slices", [2, 6])
 def test_group_slices(slices):
     """A group's output channels split into slices, one task each (few (image, group) pairs)."""
     case = Case(1, 4, (9, 17), 22, (3, 3), 1, 1, 1, 2)  # 11 outputs per group: blocks of 2 + 1
@@ -72,7 +72,7 @@ def test_group_slices(slices):
     assert _grouped.oc_slices(spec, 1, 1) == 2 and _grouped.oc_slices(spec, 64, 1) == 6  # at most one per block
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [(2, 1, 1), (3, 0, 1), (2, 2, 2)])
+@pytest.mark.parametrize("stride,padding,dilation", [(2, 1, 1), (3, 0, 2)])
 def test_input_gradient_through_the_path(stride, padding, dilation):
     """Input dilation and cropping in the generated pack, flipped and transposed weights."""
     case = Case(2, 4, (19, 17), 6, (3, 3), stride, padding, dilation, 2)
@@ -98,9 +98,10 @@ def test_block_choice():
     assert _grouped.choose_block(spec(8, 8, 3, 2, hw=2)) == (2, 2)  # no more rows than the output
     assert not _grouped.applies(spec(32, 32, 3, 32))  # depthwise: _rowblock / _flatplane
     assert not _grouped.applies(spec(64, 64, 1, 4))  # 1x1: the packed kernel
+    assert not _grouped.applies(spec(8, 8, 9, 2))  # 81 taps
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(n=st.integers(1, 2), g=st.integers(1, 2), cin_g=st.integers(2, 3), cout_g=st.integers(1, 5),
        h=st.integers(1, 9), wd=st.integers(1, 20), k=st.integers(1, 4), s=st.integers(1, 2), pad=st.integers(0, 2))
 def test_grouped_property(n, g, cin_g, cout_g, h, wd, k, s, pad):

@@ -53,7 +53,7 @@ def test_rowblock_forward(case, dtype):
     assert_conv_close(out, x, w, b, **case.conv_args())
 
 
-@pytest.mark.parametrize("case", ROW_CASES[:4], ids=str)
+@pytest.mark.parametrize("case", [ROW_CASES[1], ROW_CASES[3]], ids=str)
 def test_public_conv2d_takes_the_path(case, monkeypatch):
     """Through ``nbconv.conv2d`` (non-contiguous, read-only input) with the path forced on."""
     x, w, b = random_arrays(case, np.float32)
@@ -68,7 +68,7 @@ def test_public_conv2d_takes_the_path(case, monkeypatch):
     assert_conv_close(got, x, w, b, **case.conv_args())
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [(2, 1, 1), (3, 0, 1), (2, 2, 2), (1, 1, 1)])
+@pytest.mark.parametrize("stride,padding,dilation", [(2, 1, 1), (3, 0, 2)])
 def test_input_gradient_through_the_path(stride, padding, dilation):
     """Input dilation (zeros between pixels) and cropping (negative padding) in the generated pack."""
     case = Case(2, 3, (40, 37), 3, (3, 3), stride, padding, dilation, 3)
@@ -82,7 +82,7 @@ def test_input_gradient_through_the_path(stride, padding, dilation):
     np.testing.assert_allclose(out, conv2d_input_reference(x.shape, w, gy, **case.conv_args()), rtol=1e-12, atol=1e-12)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     n=st.integers(1, 2), c=st.integers(1, 3), mult=st.integers(1, 2),
     h=st.integers(1, 24), wd=st.integers(16, 40), kh=st.integers(1, 5), kw=st.integers(1, 5),
@@ -108,6 +108,8 @@ def test_choice():
     assert not _rowblock.applies(narrow)  # 7 columns: _flatplane, or the packed path's stacked planes
     grouped = conv2d_spec(x, np.zeros((32, 2, 3, 3), np.float32), None, 1, 1, 1, 16)
     assert not _rowblock.applies(grouped)
+    big_kernel = conv2d_spec(x, np.zeros((32, 1, 9, 9), np.float32), None, 1, 4, 1, 32)
+    assert not _rowblock.applies(big_kernel)  # 81 taps: compile time, the packed kernel
 
 
 def test_small_calls_take_the_packed_kernels(monkeypatch):

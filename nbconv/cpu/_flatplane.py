@@ -37,7 +37,8 @@ CHAINS = 4
 
 
 def applies(spec) -> bool:
-    """Depthwise, multiplier 1, stride 1, no input dilation, output the input's size, narrow."""
+    """Depthwise, multiplier 1, stride 1, no input dilation, output the input's size, narrow, at
+    most ``_generated.MAX_TAPS`` taps."""
     return (
         spec.in_per_group == 1
         and spec.out_per_group == 1
@@ -45,6 +46,7 @@ def applies(spec) -> bool:
         and spec.lhs_dilation == (1, 1)
         and spec.out_size == spec.in_size
         and spec.out_size[1] <= MAX_OUT_WIDTH
+        and spec.kernel_size[0] * spec.kernel_size[1] <= _generated.MAX_TAPS
     )
 
 

@@ -44,8 +44,10 @@ MAX_SCRATCH_ELEMS = 1 << 18
 def applies(spec) -> bool:
     """Two or more input channels per group, a kernel of more than one tap (a 1x1 kernel shares
     no load between rows: the packed kernel's four-channel passes do better, 1.6 against 2.4 ms
-    on pw_g4_28), and the group's packed planes fit the scratch."""
-    if spec.in_per_group < 2 or spec.batch == 0 or spec.kernel_size == (1, 1):
+    on pw_g4_28), at most ``_generated.MAX_TAPS`` taps, and the group's packed planes fit the
+    scratch."""
+    taps = spec.kernel_size[0] * spec.kernel_size[1]
+    if spec.in_per_group < 2 or spec.batch == 0 or taps == 1 or taps > _generated.MAX_TAPS:
         return False
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     rows, n_blocks, pw = _blocking(spec, 1)

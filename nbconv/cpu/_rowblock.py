@@ -45,9 +45,10 @@ def rows_per_pass(spec) -> int:
 
 def applies(spec) -> bool:
     """Whether this path computes ``spec``: depthwise (any channel multiplier) with outputs at
-    least ``MIN_OUT_WIDTH`` wide. (Not the thread count: which kernel runs, and so the order of
+    least ``MIN_OUT_WIDTH`` wide and at most ``_generated.MAX_TAPS`` taps. (Not the thread count: which kernel runs, and so the order of
     each sum, must not depend on it.)"""
-    return spec.in_per_group == 1 and spec.out_size[1] >= MIN_OUT_WIDTH
+    return (spec.in_per_group == 1 and spec.out_size[1] >= MIN_OUT_WIDTH
+            and spec.kernel_size[0] * spec.kernel_size[1] <= _generated.MAX_TAPS)
 
 
 def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int) -> str:
