@@ -12,9 +12,9 @@ per block of channels and used for every image.
 A zero weight times a finite pixel adds an exact zero. A wrapped-in non-finite pixel would add
 NaN where the true sum has no such term, so each block's outputs are checked (``v - v`` summed:
 NaN if any is not finite); when one is, the launcher computes the call again on the packed path,
-which reads padding as zeros. The terms of an output are summed in ``CHAINS`` partial sums (tap
-``t`` in sum ``t % CHAINS``, the bias in the first) added pairwise: a fixed order, so results are
-the same run after run and whatever the thread count.
+which reads padding as zeros. An output is the bias plus its terms in kernel order, each
+multiply-add fused: a fixed order, so results are the same run after run and whatever the thread
+count (which only changes the blocks of channels).
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from . import _generated
 BLOCK_ELEMS = 2048
 #: Widest output this path takes: from 16 columns on, ``_rowblock`` shares loads between rows.
 MAX_OUT_WIDTH = 15
-#: Independent partial sums per output in the vector loop (tap t goes to sum t % CHAINS).
-CHAINS = 4
 
 
 def applies(spec) -> bool:
@@ -77,13 +75,6 @@ def channels_per_block(spec, threads: int) -> int:
     return max(1, min(cb, -(-spec.in_channels // (4 * threads))))
 
 
-def _pairwise(names: list[str]) -> str:
-    """``(a + b) + (c + d)``: the partial sums added as a balanced tree."""
-    while len(names) > 1:
-        names = [f"({a} + {b})" for a, b in zip(names[::2], names[1::2])] + names[len(names) // 2 * 2:]
-    return names[0]
-
-
 def module_source(spec, cb: int) -> str:
     """The generated module: weight-plane builder, vector body, bounds-checked edges, driver."""
     shifts = tap_shifts(spec)
@@ -105,14 +96,9 @@ def module_source(spec, cb: int) -> str:
               f"            we[_U({n_taps * pitch} + cc * {plane} + q)] = bias"]
     lines += ["", "", "@njit_serial", "def _body(out_flat, x_flat, we, base, lo, hi):",
               "    for i in range(lo, hi):", "        q = base + i"]
-    # CHAINS independent partial sums: one chain of dependent multiply-adds would wait on the
-    # FMA latency at every tap
-    chains = min(CHAINS, n_taps)
-    lines += [f"        s{k} = " + (f"we[_U({n_taps * pitch} + i)] + " if k == 0 else "")
-              + f"we[_U({k * pitch} + i)] * x_flat[_U(q + {shifts[k]})]" for k in range(chains)]
-    lines += [f"        s{t % chains} += we[_U({t * pitch} + i)] * x_flat[_U(q + {d})]"
-              for t, d in enumerate(shifts) if t >= chains]
-    lines += ["        out_flat[_U(q)] = " + _pairwise([f"s{k}" for k in range(chains)])]
+    lines += [f"        s = we[_U({n_taps * pitch} + i)]"]
+    lines += [f"        s += we[_U({t * pitch} + i)] * x_flat[_U(q + {d})]" for t, d in enumerate(shifts)]
+    lines += ["        out_flat[_U(q)] = s"]
     lines += ["", "", "@njit_serial", "def _edge(out_flat, x_flat, we, base, lo, hi, total):",
               "    for i in range(lo, hi):", "        q = base + i",
               f"        s = we[{n_taps * pitch} + i]"]

@@ -30,12 +30,14 @@ import numpy as np
 from .._version import __version__
 from . import _generated, _packed
 
-#: Output rows per vector pass: taps of up to 3x3 share loads over 4 rows, bigger kernels over 8
-#: (more rows keep more independent sums in flight; 8 rows of 3x3 spill registers).
+#: Output rows per vector pass: 4 for kernels of up to 3x3 taps, 8 for bigger ones (more sums in
+#: flight per loaded row; with rows_per_pass forced, an experiment not kept: 3x3 ran the same with
+#: 4 or 8 rows, 5x5 and 7x7 fastest with 8).
 ROWS_SMALL_KERNEL, ROWS_LARGE_KERNEL = 4, 8
-#: Narrower outputs stay on the packed path: one vector (16 float32) would cover a whole row.
-MIN_OUT_WIDTH = 16
-CHUNK = 16
+#: Narrower outputs go elsewhere (``_flatplane``, or the packed kernel's stacked planes): here a
+#: row is covered by whole vectors of ``CHUNK`` columns, the last one moved left to end at the
+#: row's end (a few columns computed twice) so that no loop has a scalar remainder.
+MIN_OUT_WIDTH = CHUNK = 16
 
 
 def rows_per_pass(spec) -> int:
@@ -44,9 +46,9 @@ def rows_per_pass(spec) -> int:
 
 
 def applies(spec) -> bool:
-    """Whether this path computes ``spec``: depthwise (any channel multiplier) with outputs at
-    least ``MIN_OUT_WIDTH`` wide and at most ``_generated.MAX_TAPS`` taps. (Not the thread count: which kernel runs, and so the order of
-    each sum, must not depend on it.)"""
+    """Whether this path computes ``spec``: depthwise (any channel multiplier), outputs at least
+    ``MIN_OUT_WIDTH`` wide, at most ``_generated.MAX_TAPS`` taps. Not the thread count: which
+    kernel runs, and so the order of each sum, must not depend on it."""
     return (spec.in_per_group == 1 and spec.out_size[1] >= MIN_OUT_WIDTH
             and spec.kernel_size[0] * spec.kernel_size[1] <= _generated.MAX_TAPS)
 
@@ -106,11 +108,6 @@ def forward(x, w, b, out, scratch):
 
 
 
-@functools.lru_cache(maxsize=128)
-def _module_source(spec) -> str:
-    return module_source(spec)
-
-
 def module_source(spec) -> str:
     """The whole generated module for ``spec``: header, pack, row kernels and parallel driver."""
     geo, _, _ = _packed.packed_geometry(spec, 1)
@@ -122,9 +119,14 @@ def module_source(spec) -> str:
     return header + _generated.pack_source(spec) + kernel_source(taps, wc, ow, rows) + _DRIVER.format(**fmt)
 
 
+@functools.lru_cache(maxsize=128)
+def _module(spec):
+    return _generated.load(module_source(spec), "nbconv_rowblock")
+
+
 def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
     """``out`` = the depthwise convolution of ``spec`` (C-contiguous arrays; ``w`` in
     (C_out, 1, kH, kW), any stride, dilation or input dilation the packed layout handles)."""
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     scratch = np.zeros((numba.get_num_threads(), scratch_elems), x.dtype)
-    _generated.load(_module_source(spec), "nbconv_rowblock").forward(x, w, b, out, scratch)
+    _module(spec).forward(x, w, b, out, scratch)
