@@ -3,10 +3,10 @@ output channels and output rows, generated per geometry.
 
 A task (image, group, slice of the group's output channels) packs the group's input planes once
 (``_packed``'s layout, by the generated ``_pack_plane``), then computes blocks of ``OB`` output
-channels x ``R`` output rows: for each input channel one vector loop over the row (``PW``
-columns, a whole number of vectors) loads each packed input vector once and feeds it to every
-output channel of the block and every output row whose kernel row reads it, so a 3x3 pass does
-144 multiply-adds for 18 input loads. The block's sums stay in a small per-thread accumulator
+channels x ``R`` output rows (:func:`choose_block`): for each input channel one vector loop over
+the row (``PW`` columns, a whole number of vectors) loads each packed input vector once and
+feeds it to every output channel of the block and every output row whose kernel row reads it
+(a 3x3 pass over 2 channels x 5 rows: 90 multiply-adds for 21 input loads). The block's sums stay in a small per-thread accumulator
 (``OB x R x PW``) across the input channels and are copied to the output at the end (columns
 past the output width are computed and dropped).
 
@@ -30,7 +30,8 @@ from . import _generated, _packed
 #: Vector registers a block may keep busy: its sums (output channels x rows) and its weights
 #: (output channels x taps), with a few of the 32 (AVX-512) left for the input loads. Past
 #: that LLVM spills the weights as whole vectors and every use becomes a 64-byte reload
-#: (measured: 4 channels x 4 rows of a 5x5 kernel ran at half the speed of 1 x 3).
+#: (``python docs/grouped_blocks.py``: alexnet_g2's 5x5 in blocks of 4 channels x 4 rows took
+#: 18.0 ms, in blocks of 1 x 3 13.6 ms).
 REGISTER_BUDGET = 28
 #: Largest blocks considered.
 MAX_OUT_BLOCK, MAX_ROW_BLOCK = 4, 8
@@ -43,9 +44,9 @@ MAX_SCRATCH_ELEMS = 1 << 18
 
 def applies(spec) -> bool:
     """Two or more input channels per group, a kernel of more than one tap (a 1x1 kernel shares
-    no load between rows: the packed kernel's four-channel passes do better, 1.6 against 2.4 ms
-    on pw_g4_28), at most ``_generated.MAX_TAPS`` taps, and the group's packed planes fit the
-    scratch."""
+    no load between rows: the packed kernel's four-channel passes did better on pw_g4_28 at batch
+    8, 1.6 against 2.4 ms, in an experiment not kept), at most ``_generated.MAX_TAPS`` taps, and
+    the group's packed planes fit the scratch."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
     if spec.in_per_group < 2 or spec.batch == 0 or taps == 1 or taps > _generated.MAX_TAPS:
         return False
