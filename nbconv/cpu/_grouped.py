@@ -2,9 +2,8 @@
 output channels and output rows, generated per geometry.
 
 A task (stack of images, group, slice of the group's output channels) packs the group's input
-planes once
-(``_packed``'s layout, by the generated ``_pack_plane``), then computes blocks of ``OB`` output
-channels x ``R`` output rows (:func:`choose_block`): for each input channel one vector loop over
+planes once (``_packed``'s layout, by the generated ``_pack_plane``), then computes blocks of
+``OB`` output channels x ``R`` output rows (:func:`choose_block`): for each input channel one vector loop over
 the row (``PW`` columns, a whole number of vectors) loads each packed input vector once and feeds
 it to every output channel of the block and every output row whose kernel row reads it (a 3x3 pass
 over 2 channels x 5 rows: 90 multiply-adds for 21 input loads). The block's sums stay in a small
