@@ -3,12 +3,12 @@ output channels and output rows, generated per geometry.
 
 A task (stack of images, group, slice of the group's output channels) packs the group's input
 planes once (``_packed``'s layout, by the generated ``_pack_plane``), then computes blocks of
-``OB`` output channels x ``R`` output rows (:func:`choose_block`): for each input channel one vector loop over
-the row (``PW`` columns, a whole number of vectors) loads each packed input vector once and feeds
-it to every output channel of the block and every output row whose kernel row reads it (a 3x3 pass
-over 2 channels x 5 rows: 90 multiply-adds for 21 input loads). The block's sums stay in a small
-per-thread accumulator (``OB x R x PW``) across the input channels and are copied to the output at
-the end (columns past the output width are computed and dropped).
+``OB`` output channels x ``R`` output rows (:func:`choose_block`): for each input channel one
+vector loop over the row (``PW`` columns, a whole number of vectors) loads each packed input vector
+once and feeds it to every output channel of the block and every output row whose kernel row reads
+it (a 3x3 pass over 2 channels x 5 rows: 90 multiply-adds for 21 input loads). The block's sums
+stay in a small per-thread accumulator (``OB x R x PW``) across the input channels and are copied
+to the output at the end (columns past the output width are computed and dropped).
 
 As in ``_rowblock``, every tap offset, pitch and trip count is a compile-time constant of the
 generated source, so LLVM sees one group of loads and one of stores (no run-time overlap checks per
