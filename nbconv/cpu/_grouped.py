@@ -69,9 +69,6 @@ def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks
     ``first`` the sums start from the bias ``b[oc0 + k]`` instead of the accumulator. The weights
     are loaded once per call, for all the blocks."""
     plane = n_blocks * rows * pw  # one output channel's accumulator rows
-    offs = sorted({t + r * wc for t in taps for r in range(rows)})
-    users = {o: [(k, r, t) for r in range(rows) for t, tap in enumerate(taps) if tap + r * wc == o for k in range(ob)]
-             for o in offs}
     lines = ["", "", "@njit_serial", f"def {name}(acc, xs, x0, w, w0, b, oc0):"]
     lines += [f"    k{k}_{t} = w[_U(w0 + {k * w_oc + t})]" for k in range(ob) for t in range(len(taps))]
     if first:
@@ -82,9 +79,7 @@ def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks
         for r in range(rows):
             init = f"b{k}" if first else f"acc[_U(a0 + {k * plane + r * pw} + p)]"
             lines.append(f"            s{k}_{r} = {init}")
-    for i, o in enumerate(offs):  # each load, then its multiply-adds (short live ranges)
-        lines.append(f"            v{i} = xs[_U(q + {o})]")
-        lines += [f"            s{k}_{r} += k{k}_{t} * v{i}" for k, r, t in users[o]]
+    lines += _generated.multiply_add_lines(taps, wc, rows, ob, " " * 12)
     lines += [f"            acc[_U(a0 + {k * plane + r * pw} + p)] = s{k}_{r}" for k in range(ob) for r in range(rows)]
     return lines
 
@@ -153,7 +148,7 @@ def choose_block(spec) -> tuple[int, int]:
         for rows in range(1, min(MAX_ROW_BLOCK, spec.out_size[0]) + 1):
             if ob * (rows + len(taps)) > REGISTER_BUDGET:
                 continue
-            loads = 2 * ob * rows + len({t + r * wc for t in taps for r in range(rows)})
+            loads = 2 * ob * rows + len(_generated.row_offsets(taps, wc, rows))
             score = ob * rows * len(taps) / loads
             if score > best_score:
                 best, best_score = (ob, rows), score

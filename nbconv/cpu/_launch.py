@@ -76,7 +76,8 @@ def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 #: Fewest multiply-adds for which a kernel generated for the geometry is used: each new geometry
-#: costs about 1-3 s of compilation (once per machine: the disk cache keeps it), which a small
+#: costs seconds of compilation (first calls of 1.7-3.7 s with a cold cache on the standard shapes,
+#: 0.3 s from the disk cache: ``nbconv bench --shapes NAME`` prints both), which a small
 #: call does not earn back; those take the packed kernels, compiled once for all geometries.
 MIN_GENERATED_MACS = 1 << 18
 
@@ -86,6 +87,21 @@ def worth_generating(spec) -> bool:
     ``_rowblock``, ``_grouped``)."""
     (oh, ow), (kh, kw) = spec.out_size, spec.kernel_size
     return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw >= MIN_GENERATED_MACS
+
+
+def _generated_forward(x, w, b, dest, spec) -> bool:
+    """Compute the convolution with the generated kernel that takes ``spec``, if one does; False
+    when none does, or when ``_flatplane`` found a non-finite output that the packed kernel must
+    compute again (its zero weights cannot mask a wrapped-in inf)."""
+    if _flatplane.applies(spec):
+        return _flatplane.depthwise_forward(x, w, b, dest, spec)
+    if _rowblock.applies(spec):
+        _rowblock.depthwise_forward(x, w, b, dest, spec)
+        return True
+    if _grouped.applies(spec):
+        _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
+        return True
+    return False
 
 
 def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -101,17 +117,9 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
-    threads = numba.get_num_threads()
-    generated = worth_generating(spec)
-    if generated and _flatplane.applies(spec) and _flatplane.depthwise_forward(x, w, b, dest, spec):
-        pass  # (False: a non-finite output, which the packed path below computes again exactly)
-    elif generated and _rowblock.applies(spec):
-        _rowblock.depthwise_forward(x, w, b, dest, spec)
-    elif generated and _grouped.applies(spec):
-        _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
-    else:
+    if not (worth_generating(spec) and _generated_forward(x, w, b, dest, spec)):
         stack = choose_stack(spec)
-        oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, threads)
+        oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
         forward_packed(x, w, b, dest, spec, oc_block, stack)
     if dest is not target:
         target[...] = dest

@@ -58,20 +58,13 @@ def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int) -> str:
     plane, ``out[o0 + r * ow + p] = bias + sum_t w[w0 + t] * xs[x0 + taps[t] + r * wc + p]``."""
     lines = []
     for r_n in sorted({rows, 1}):
-        offs = sorted({t + r * wc for t in taps for r in range(r_n)})
-        name = {o: f"v{i}" for i, o in enumerate(offs)}
         lines += ["", "", "@njit_serial", f"def _rows{r_n}(out, o0, xs, x0, w, w0, bias):"]
-        lines += [f"    k{t} = w[_U(w0 + {t})]" for t in range(len(taps))]
-        n_chunks = -(-ow // CHUNK)
-        lines += [f"    for c in range({n_chunks}):", f"        p0 = min(c * {CHUNK}, {ow - CHUNK})",
+        lines += [f"    k0_{t} = w[_U(w0 + {t})]" for t in range(len(taps))]
+        lines += [f"    for c in range({-(-ow // CHUNK)}):", f"        p0 = min(c * {CHUNK}, {ow - CHUNK})",
                   f"        for p in range(p0, p0 + {CHUNK}):", "            q = x0 + p"]
-        # loads in address order, each one's multiply-adds right after it (short live ranges)
-        users = {o: [(r, t) for r in range(r_n) for t, tap in enumerate(taps) if tap + r * wc == o] for o in offs}
-        lines += [f"            s{r} = bias" for r in range(r_n)]
-        for o in offs:
-            lines.append(f"            {name[o]} = xs[_U(q + {o})]")
-            lines += [f"            s{r} += k{t} * {name[o]}" for r, t in users[o]]
-        lines += [f"            out[_U(o0 + {r * ow} + p)] = s{r}" for r in range(r_n)]
+        lines += [f"            s0_{r} = bias" for r in range(r_n)]
+        lines += _generated.multiply_add_lines(taps, wc, r_n, 1, " " * 12)
+        lines += [f"            out[_U(o0 + {r * ow} + p)] = s0_{r}" for r in range(r_n)]
     return "\n".join(lines) + "\n"
 
 
