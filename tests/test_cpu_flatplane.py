@@ -37,7 +37,7 @@ FLAT_CASES = [
 
 
 @pytest.mark.parametrize("case,dtype,threads", [(c, np.float64, 2) for c in FLAT_CASES]
-                         + [(c, np.float32, 1) for c in FLAT_CASES[:2]], ids=str)
+                         + [(FLAT_CASES[1], np.float32, 1)], ids=str)
 def test_flatplane_forward(case, dtype, threads):
     x, w, b = random_arrays(case, dtype)
     spec = conv2d_spec(x, w, b, **case.conv_args())
@@ -104,7 +104,7 @@ def test_choice():
     assert not _flatplane.applies(spec(8, 7, 8, 9, padding=4))  # 81 taps
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 9), h=st.integers(1, 12), wd=st.integers(1, 15),
        k=st.sampled_from([1, 3, 5]), d=st.integers(1, 2))
 def test_flatplane_property(n, c, h, wd, k, d):

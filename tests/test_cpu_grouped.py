@@ -37,7 +37,7 @@ GROUPED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in GROUPED_CASES] + [(c, np.float32) for c in GROUPED_CASES[:3]],
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in GROUPED_CASES] + [(GROUPED_CASES[1], np.float32)],
                          ids=str)
 def test_grouped_forward(case, dtype):
     x, w, b = random_arrays(case, dtype)
@@ -48,7 +48,7 @@ def test_grouped_forward(case, dtype):
     assert_conv_close(out, x, w, b, **case.conv_args())
 
 
-@pytest.mark.parametrize("stack,case", [(2, GROUPED_CASES[1]), (3, GROUPED_CASES[3]), (3, GROUPED_CASES[4])], ids=str)
+@pytest.mark.parametrize("stack,case", [(2, GROUPED_CASES[1]), (3, GROUPED_CASES[4])], ids=str)
 def test_stacked_images(case, stack):
     """Images stacked in the packed planes (seam rows dropped); with 3 a short last stack of 2
     images whose unused slot holds the previous stack's pixels."""
@@ -101,7 +101,7 @@ def test_block_choice():
     assert not _grouped.applies(spec(8, 8, 9, 2))  # 81 taps
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(n=st.integers(1, 2), g=st.integers(1, 2), cin_g=st.integers(2, 3), cout_g=st.integers(1, 5),
        h=st.integers(1, 9), wd=st.integers(1, 20), k=st.integers(1, 4), s=st.integers(1, 2), pad=st.integers(0, 2))
 def test_grouped_property(n, g, cin_g, cout_g, h, wd, k, s, pad):

@@ -42,7 +42,7 @@ ROW_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in ROW_CASES] + [(c, np.float32) for c in ROW_CASES[:3]],
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in ROW_CASES] + [(ROW_CASES[1], np.float32)],
                          ids=str)
 def test_rowblock_forward(case, dtype):
     x, w, b = random_arrays(case, dtype)
@@ -53,7 +53,7 @@ def test_rowblock_forward(case, dtype):
     assert_conv_close(out, x, w, b, **case.conv_args())
 
 
-@pytest.mark.parametrize("case", [ROW_CASES[1], ROW_CASES[3]], ids=str)
+@pytest.mark.parametrize("case", [ROW_CASES[3]], ids=str)
 def test_public_conv2d_takes_the_path(case, monkeypatch):
     """Through ``nbconv.conv2d`` (non-contiguous, read-only input) with the path forced on."""
     x, w, b = random_arrays(case, np.float32)
@@ -82,7 +82,7 @@ def test_input_gradient_through_the_path(stride, padding, dilation):
     np.testing.assert_allclose(out, conv2d_input_reference(x.shape, w, gy, **case.conv_args()), rtol=1e-12, atol=1e-12)
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(
     n=st.integers(1, 2), c=st.integers(1, 3), mult=st.integers(1, 2),
     h=st.integers(1, 24), wd=st.integers(16, 40), kh=st.integers(1, 5), kw=st.integers(1, 5),
