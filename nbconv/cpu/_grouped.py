@@ -62,26 +62,27 @@ def oc_slices(spec, threads: int, n_stacks: int) -> int:
     return max(1, min(blocks, -(-4 * threads // (n_stacks * spec.groups))))
 
 
-def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks: int, w_oc: int,
-                 first: bool) -> list[str]:
-    """For every block j of ``rows`` rows: ``acc[k, j * rows + r, p] (=|+=) sum_t w[w0 + k * w_oc
-    + t] * xs[x0 + taps[t] + (j * rows + r) * wc + p]`` for ``ob`` output channels k, p < pw; with
-    ``first`` the sums start from the bias ``b[oc0 + k]`` instead of the accumulator. The weights
-    are loaded once per call, for all the blocks."""
+def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks: int, w_oc: int) -> list[str]:
+    """For every block j of ``rows`` rows: ``acc[k, j * rows + r, p] += sum_t w[w0 + k * w_oc + t]
+    * xs[x0 + taps[t] + (j * rows + r) * wc + p]`` for ``ob`` output channels k, p < pw. The
+    weights are loaded once per call, for all the blocks."""
     plane = n_blocks * rows * pw  # one output channel's accumulator rows
-    lines = ["", "", "@njit_serial", f"def {name}(acc, xs, x0, w, w0, b, oc0):"]
+    lines = ["", "", "@njit_serial", f"def {name}(acc, xs, x0, w, w0):"]
     lines += [f"    k{k}_{t} = w[_U(w0 + {k * w_oc + t})]" for k in range(ob) for t in range(len(taps))]
-    if first:
-        lines += [f"    b{k} = b[oc0 + {k}]" for k in range(ob)]
     lines += [f"    for j in range({n_blocks}):", f"        a0 = j * {rows * pw}", f"        x1 = x0 + j * {rows * wc}",
               f"        for p in range({pw}):", "            q = x1 + p"]
-    for k in range(ob):
-        for r in range(rows):
-            init = f"b{k}" if first else f"acc[_U(a0 + {k * plane + r * pw} + p)]"
-            lines.append(f"            s{k}_{r} = {init}")
+    lines += [f"            s{k}_{r} = acc[_U(a0 + {k * plane + r * pw} + p)]" for k in range(ob) for r in range(rows)]
     lines += _generated.multiply_add_lines(taps, wc, rows, ob, " " * 12)
     lines += [f"            acc[_U(a0 + {k * plane + r * pw} + p)] = s{k}_{r}" for k in range(ob) for r in range(rows)]
     return lines
+
+
+def _bias_source(name: str, ob: int, plane: int) -> list[str]:
+    """``acc[k * plane + i] = b[oc0 + k]``: the sums of a block start from the bias (one generated
+    pass function for every input channel, half the code to compile of a separate first pass)."""
+    return ["", "", "@njit_serial", f"def {name}(acc, b, oc0):",
+            f"    for k in range({ob}):", "        bias = b[oc0 + k]",
+            f"        for i in range({plane}):", f"            acc[_U(k * {plane} + i)] = bias"]
 
 
 def _unpack_source(name: str, ob: int, plane: int, pw: int, oh: int, ow: int) -> list[str]:
@@ -119,9 +120,9 @@ def forward(x, w, b, out, scratch, acc_buf):
             full = oc + {ob} <= oc_hi
             w0 = oc * {w_oc}
             if full:
-                _first(acc, xs, 0, w_flat, w0, b, oc)
-                for ci in range(1, {cin_g}):
-                    _more(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, b, oc)
+                _bias(acc, b, oc)
+                for ci in range({cin_g}):
+                    _pass(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps})
                 for j in range(n_cnt):  # the seam rows between images are dropped
                     _unpack(out_flat, ((n0 + j) * {c_out} + oc) * {oh} * {ow}, acc, j * {hc} * {pw})
             else:
@@ -129,9 +130,9 @@ def forward(x, w, b, out, scratch, acc_buf):
             oc += {ob} if full else {ob_rem}
 '''
 
-_REMAINDER = '''                _first_rem(acc, xs, 0, w_flat, w0, b, oc)
-                for ci in range(1, {cin_g}):
-                    _more_rem(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, b, oc)
+_REMAINDER = '''                _bias_rem(acc, b, oc)
+                for ci in range({cin_g}):
+                    _pass_rem(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps})
                 for j in range(n_cnt):
                     _unpack_rem(out_flat, ((n0 + j) * {c_out} + oc) * {oh} * {ow}, acc, j * {hc} * {pw})'''
 
@@ -184,8 +185,8 @@ def module_source(spec, slices: int, stack: int) -> str:
              _generated.pack_source(spec, stack)]
     for suffix, n_oc in (("", ob), ("_rem", ob_rem)):
         if n_oc:
-            lines += _pass_source(f"_first{suffix}", taps, wc, pw, n_oc, rows, n_blocks, w_oc, True)
-            lines += _pass_source(f"_more{suffix}", taps, wc, pw, n_oc, rows, n_blocks, w_oc, False)
+            lines += _bias_source(f"_bias{suffix}", n_oc, n_blocks * rows * pw)
+            lines += _pass_source(f"_pass{suffix}", taps, wc, pw, n_oc, rows, n_blocks, w_oc)
             lines += _unpack_source(f"_unpack{suffix}", n_oc, n_blocks * rows * pw, pw, oh, ow)
     fmt = dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=cin_g, cout_g=cout_g,
                slices=slices, stack=stack, ocs=ocs, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, w_oc=w_oc, hc=hc, pw=pw,
