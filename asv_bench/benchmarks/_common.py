@@ -21,7 +21,12 @@ SMOKE = os.environ.get("NBCONV_ASV_SMOKE") == "1"
 #: Batch per backend: the batch of ``nbconv bench`` (8 on the CPU, 32 on the GPU).
 BATCH = {"cpu": 1, "cuda": 1} if SMOKE else {"cpu": 8, "cuda": 32}
 BACKENDS = ["cpu", "cuda"]
-DTYPES = ["float32", "float64"]
+#: A smoke run takes every benchmark through a depthwise and a grouped shape, float32 only, and
+#: two points of the groups sweep: each process imports NumPy, Numba and PyTorch afresh, and the
+#: full parameter grid (~500 processes) took 8 of CI's 20 minutes.
+DTYPES = ["float32"] if SMOKE else ["float32", "float64"]
+SMOKE_SHAPES = ("mbv2_dw_7", "resnext_g32_14")
+SWEEP_GROUPS = [1, 64] if SMOKE else [1, 2, 4, 8, 16, 32, 64]
 #: The training ops of ``nbconv bench --op``; one missing from the commit under test is skipped there.
 BACKWARD_OPS = ["input_grad", "weight_grad", "transpose"]
 

@@ -16,9 +16,11 @@ from asv_runner.benchmarks.mark import SkipNotImplemented
 
 from nbconv._shapes import STANDARD_SHAPES, Shape
 
-from ._common import BACKENDS, BACKWARD_OPS, BATCH, DTYPES, OpCase, median_paired_ratio
+from ._common import (BACKENDS, BACKWARD_OPS, BATCH, DTYPES, SMOKE, SMOKE_SHAPES, SWEEP_GROUPS, OpCase,
+                      median_paired_ratio)
 
 SHAPES = {s.name: s for s in STANDARD_SHAPES}
+SHAPE_NAMES = list(SMOKE_SHAPES) if SMOKE else list(SHAPES)
 
 
 class _OpBenchmark:
@@ -52,7 +54,7 @@ class _OpBenchmark:
 class Forward(_OpBenchmark):
     """``conv2d`` on each standard shape (batch 8 on the CPU, 32 on the GPU), per backend and dtype."""
 
-    params = [BACKENDS, list(SHAPES), DTYPES]
+    params = [BACKENDS, SHAPE_NAMES, DTYPES]
     param_names = ["backend", "shape", "dtype"]
 
     def setup(self, backend, shape, dtype):
@@ -68,7 +70,7 @@ class Backward(_OpBenchmark):
     """The training ops (input gradient, weight gradient, ``conv_transpose2d``) on each standard
     shape, float32. Skipped on commits that predate them."""
 
-    params = [BACKENDS, BACKWARD_OPS, list(SHAPES)]
+    params = [BACKENDS, BACKWARD_OPS, SHAPE_NAMES]
     param_names = ["backend", "op", "shape"]
 
     def setup(self, backend, op, shape):
@@ -86,7 +88,7 @@ class GroupsSweep:
     FLOPs fall by 2x per step; the time should follow until the work per group gets too small.
     """
 
-    params = [BACKENDS, [1, 2, 4, 8, 16, 32, 64]]
+    params = [BACKENDS, SWEEP_GROUPS]
     param_names = ["backend", "groups"]
     timeout = 300
     repeat = (2, 5, 4.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _flatplane, _grouped, _rowblock
+from . import _flatplane, _grouped, _rowblock, _wgrad
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -131,17 +131,20 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
     x = np.ascontiguousarray(_batched(input, spec.unbatched))
     gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
     dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
-    oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())
-    # blocks of whole quads: which channels go four at a time (and so the order of each sum) must
-    # not depend on the thread count
-    oc_block = min(spec.out_per_group, -(-oc_block // 4) * 4)
     # The kernel's dot products also pair input pixels with the zeros of dropped columns and seam
     # rows; 0 * inf would make NaN where the true sum is finite. With non-finite pixels, compute
     # with them zeroed, then add their own terms exactly. (np.isfinite(x).all() is the cheapest
     # check measured: 0.23 ms on mbv2_dw_112 at batch 8, against 1.1 ms for a float64 sum.)
     nonfinite = None if np.isfinite(x).all() else ~np.isfinite(x)
     x_kernel = x if nonfinite is None else np.where(nonfinite, np.zeros((), x.dtype), x)
-    weight_grad_packed(x_kernel, gy, dest, spec, oc_block, choose_weight_stack(spec))
+    if worth_generating(spec) and _wgrad.applies(spec):
+        _wgrad.weight_grad(x_kernel, gy, dest, spec, choose_weight_stack(spec))
+    else:
+        oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())
+        # blocks of whole quads: which channels go four at a time (and so the order of each sum)
+        # must not depend on the thread count
+        oc_block = min(spec.out_per_group, -(-oc_block // 4) * 4)
+        weight_grad_packed(x_kernel, gy, dest, spec, oc_block, choose_weight_stack(spec))
     if nonfinite is not None:
         _add_pixel_terms(dest, np.argwhere(nonfinite), x, gy, spec)
     if dest is not out:
