@@ -13,7 +13,7 @@ import pytest
 from cases import CASES, Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv2d_weight_spec
 import nbconv.cpu._launch as launch
-from nbconv.cpu._packed import forward_packed, weight_grad_packed
+from nbconv.cpu._packed import forward_packed, packed_geometry, weight_grad_packed
 from reference import conv2d_input_reference, conv2d_reference, conv2d_weight_reference
 
 LAYOUT_CASES = [c._replace(n=5) for c in CASES] + [
@@ -76,7 +76,8 @@ def test_stack_choices(batch, hw, c, groups):
         assert 1 <= stack <= batch
         n_stacks = -(-batch // stack)
         assert n_stacks * stack - batch < n_stacks  # no stack smaller than needed
-    plane = (hw[0] + 2) * (hw[1] + 2)
+    geo = packed_geometry(spec)[0]
+    plane = geo[6] * geo[7]
     stack = launch.choose_weight_stack(spec)
     assert stack == 1 or spec.in_per_group * stack * plane <= launch.STACK_SCRATCH_ELEMS
 
@@ -128,3 +129,17 @@ def nbconv_weight_grad(x, w_shape, gy, stride):
     import nbconv
 
     return nbconv.grad.conv2d_weight(x, w_shape, gy, stride=stride, groups=2)
+
+
+def test_shared_padding_pitch():
+    """At unit stride one row's (image's) trailing zeros are the next one's leading zeros: 14 x 14
+    padded by 1 packs with pitch 15, not 16; strided dimensions keep the full padded size."""
+    def geo(hw, k, stride, padding, dilation=1):
+        x = np.zeros((1, 2, *hw), np.float32)
+        spec = conv2d_spec(x, np.zeros((2, 1, k, k), np.float32), None, stride, padding, dilation, 2)
+        return packed_geometry(spec)[0][6:8]
+    assert geo((14, 14), 3, 1, 1) == (15, 15)
+    assert geo((14, 9), 5, 1, 2) == (16, 11)
+    assert geo((14, 14), 3, 1, (0, 2)) == (14, 16)  # zero padding above: no sharing needed below
+    assert geo((7, 7), 3, 1, 5) == (15, 15)  # more padding than the kernel reaches: the outputs set it
+    assert geo((14, 14), 3, 2, 1) == (8, 8)  # stride 2: phase planes of the 16 x 16 padded plane

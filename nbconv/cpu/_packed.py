@@ -207,6 +207,17 @@ def _forward_packed(x, w, b, out, scratch, acc_buf, geo, tables, pass_cols, pass
                 oc += 4 if quad else 1
 
 
+def _shared_pitch(data: int, before: int, read: int, out: int) -> int:
+    """Pitch (of rows, or of images in a stack) at unit stride, where one block's trailing zeros
+    are the next block's leading ones: a block holds ``before`` zeros then ``data`` elements, and
+    an output at ``o < out`` reads ``o + [0, read - out]``. Reads that run past a block of pitch
+    ``P`` land in the next block's first ``read - P`` elements, which must be its leading zeros
+    (``read - P <= before``); the data must fit (``before + data <= P``), and so must the outputs.
+    14 x 14 with padding 1: a pitch of 15 instead of 16, so about 12% fewer positions computed
+    and dropped per plane."""
+    return max(before + data, read - before, out)
+
+
 @functools.lru_cache(maxsize=256)
 def packed_geometry(spec, stack: int = 1) -> tuple:
     """(geo tuple, scratch elements per thread, accumulator elements per thread) for stacks of
@@ -218,10 +229,16 @@ def packed_geometry(spec, stack: int = 1) -> tuple:
     hp = max(dilated[0] + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(dilated[1] + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
     hc, wc = -(-hp // sh), -(-wp // sw)
+    if min(spec.padding) >= 0:  # shared padding (see _shared_pitch)
+        if sh == 1:
+            hc = _shared_pitch(dilated[0], pt, (oh - 1) + (kh - 1) * dh + 1, oh)
+        if sw == 1:
+            wc = _shared_pitch(dilated[1], pl, (ow - 1) + (kw - 1) * dw + 1, ow)
+    overflow = max(0, (oh - 1) * sh + (kh - 1) * dh + 1 - hc * sh)  # rows the last image reads past its plane
     seg_rows = max(1, min((stack - 1) * hc + oh, SEGMENT_ELEMS // wc))
     acc_elems = -(-((seg_rows - 1) * wc + ow) // VECTOR_ROUND) * VECTOR_ROUND
     # slack: the dropped elements of a segment read up to one row plus VECTOR_ROUND past the last plane
-    scratch_elems = spec.in_per_group * sh * sw * stack * hc * wc + wc + VECTOR_ROUND
+    scratch_elems = spec.in_per_group * sh * sw * stack * hc * wc + (overflow + 1) * wc + VECTOR_ROUND
     return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack), scratch_elems, acc_elems
 
 

@@ -137,8 +137,8 @@ def weight_grad(x, gy, dw, scratch, gy_buf, tot_buf, slices, zero):
             n_el = (valid + {round} - 1) // {round} * {round}
             for ci in range({cin_g}):
                 for j in range(n_cnt):
-                    _pack_plane(x_flat, ((n0 + j) * {c_in} + g * {cin_g} + ci) * {in_plane}, xs,
-                                ci * {chan} + j * {img})
+                    src = ((n0 + j) * {c_in} + g * {cin_g} + ci) * {in_plane}
+                    _pack_plane(x_flat, src, xs, ci * {chan} + j * {img})
             oc = oc_lo
             while oc < oc_hi:
                 nk = {ob} if oc + {ob} <= oc_hi else {ob_rem}
@@ -146,8 +146,8 @@ def weight_grad(x, gy, dw, scratch, gy_buf, tot_buf, slices, zero):
                     # past a short last stack the planes hold an earlier stack's gradient
                     gb[k * {g_pitch} + valid:k * {g_pitch} + n_el] = zero
                     for j in range(n_cnt):
-                        _pack_grad(gy_flat, ((n0 + j) * {c_out} + oc + k) * {oh} * {ow}, gb,
-                                   k * {g_pitch} + j * {img})
+                        src = ((n0 + j) * {c_out} + oc + k) * {oh} * {ow}
+                        _pack_grad(gy_flat, src, gb, k * {g_pitch} + j * {img})
                 t0 = (oc - oc_lo) * {w_oc}
                 for ci in range({cin_g}):
                     if nk == {ob}:
