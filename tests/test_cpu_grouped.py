@@ -16,7 +16,7 @@ from cases import Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
 from nbconv.cpu import _grouped
 from nbconv.cpu._launch import conv2d_forward
-from reference import assert_conv_close, conv2d_input_reference
+from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
 
 @pytest.fixture(autouse=True)
 def _generated_for_small_calls(monkeypatch):
@@ -34,6 +34,7 @@ GROUPED_CASES = [
     Case(1, 4, (13, 15), 8, (5, 5), 1, 2, 1, 2, False),  # 5x5: 1 channel x 3 rows per block
     Case(2, 8, (10, 10), 16, (1, 2), 1, 0, 1, 2),  # 1x2: no row sharing
     Case(1, 3, (12, 12), 2, (7, 7), 1, "same", 1, 1),  # 49 taps: over the register budget
+    Case(2, 4, (7, 9), 12, (3, 3), 1, 1, 1, 4),  # depthwise x 3 under 16 columns (not _rowblock's)
 ]
 
 
@@ -72,6 +73,24 @@ def test_group_slices(slices):
     assert _grouped.oc_slices(spec, 1, 1) == 2 and _grouped.oc_slices(spec, 64, 1) == 6  # at most one per block
 
 
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_non_finite_pixels_reach_only_their_outputs(value):
+    """Planes share their zero padding (pitch W + 1 here), and the columns past the output width
+    are computed from the next row's pixels and dropped: a non-finite pixel at a plane's edge
+    must still reach only the outputs whose taps read it."""
+    case = Case(2, 6, (7, 7), 6, (3, 3), 1, 1, 1, 6)
+    x, w, b = random_arrays(case, np.float64)
+    x[0, 2, 6, 6] = value  # last pixel of a plane: the next plane starts one zero row later
+    x[1, 5, 0, 0] = value  # first pixel of the last plane of the array
+    x[1, 1, 3, 0] = value  # first column: the previous row's dropped columns read it
+    assert _grouped.applies(conv2d_spec(x, w, b, **case.conv_args()))
+    got = nbconv.conv2d(x, w, b, **case.conv_args())
+    want = conv2d_reference(x, w, b, **case.conv_args())
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("stride,padding,dilation", [(2, 1, 1), (3, 0, 2)])
 def test_input_gradient_through_the_path(stride, padding, dilation):
     """Input dilation and cropping in the generated pack, flipped and transposed weights."""
@@ -96,7 +115,6 @@ def test_block_choice():
     assert _grouped.choose_block(spec(96, 256, 5, 2)) == (1, 3)  # 3 sums + 25 weights
     assert _grouped.choose_block(spec(8, 8, 7, 2)) == (1, 4)  # 49 taps fit no block
     assert _grouped.choose_block(spec(8, 8, 3, 2, hw=2)) == (2, 2)  # no more rows than the output
-    assert not _grouped.applies(spec(32, 32, 3, 32))  # depthwise: _rowblock / _flatplane
     assert not _grouped.applies(spec(64, 64, 1, 4))  # 1x1: the packed kernel
     assert not _grouped.applies(spec(8, 8, 9, 2))  # 81 taps
 
@@ -116,7 +134,7 @@ def test_grouped_property(n, g, cin_g, cout_g, h, wd, k, s, pad):
 @pytest.mark.parametrize("case", [
     Case(3, 8, (9, 20), 8, (3, 3), 1, 1, 1, 2),  # _grouped
     Case(3, 4, (9, 20), 8, (3, 3), 2, 1, 1, 4),  # _rowblock
-    Case(3, 8, (7, 7), 8, (3, 3), 1, 1, 1, 8),  # _flatplane
+    Case(3, 8, (7, 7), 8, (3, 3), 1, 1, 1, 8),  # _grouped, depthwise
 ], ids=str)
 def test_generated_kernels_do_not_depend_on_the_thread_count(case):
     """Which kernel runs and the order of every sum are fixed by the spec: bit-identical results."""

@@ -1,5 +1,6 @@
-"""Grouped convolution on the CPU (two or more input channels per group), register-blocked over
-output channels and output rows, generated per geometry.
+"""Grouped convolution on the CPU, register-blocked over output channels and output rows,
+generated per geometry: two or more input channels per group, and the depthwise layers whose
+outputs are too narrow for ``_rowblock`` (under 16 columns: 7x7 and 14x14 planes).
 
 A task (stack of images, group, slice of the group's output channels) packs the group's input
 planes once (``_packed``'s layout, by the generated ``_pack_plane``), then computes blocks of
@@ -43,12 +44,13 @@ MAX_SCRATCH_ELEMS = 1 << 18
 
 
 def applies(spec) -> bool:
-    """Two or more input channels per group, a kernel of more than one tap (a 1x1 kernel shares
+    """A kernel of more than one tap (a 1x1 kernel shares
     no load between rows: the packed kernel's four-channel passes did better on pw_g4_28 at batch
     8, 1.6 against 2.4 ms, in an experiment not kept), at most ``_generated.MAX_TAPS`` taps, and
-    the group's packed planes fit the scratch."""
+    the group's packed planes fit the scratch. Depthwise layers qualify too; the launcher gives
+    those at least 16 columns wide to ``_rowblock`` first (sums stored straight to the output)."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    if spec.in_per_group < 2 or spec.batch == 0 or taps == 1 or taps > _generated.MAX_TAPS:
+    if spec.batch == 0 or taps == 1 or taps > _generated.MAX_TAPS:
         return False
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     rows, n_blocks, pw = _blocking(spec, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _flatplane, _grouped, _rowblock, _wgrad
+from . import _grouped, _rowblock, _wgrad
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -83,25 +83,22 @@ MIN_GENERATED_MACS = 1 << 18
 
 
 def worth_generating(spec) -> bool:
-    """Whether the call is big enough for the per-geometry kernels (``_flatplane``,
-    ``_rowblock``, ``_grouped``)."""
+    """Whether the call is big enough for the per-geometry kernels (``_rowblock``, ``_grouped``,
+    ``_wgrad``)."""
     (oh, ow), (kh, kw) = spec.out_size, spec.kernel_size
     return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw >= MIN_GENERATED_MACS
 
 
 def _generated_forward(x, w, b, dest, spec) -> bool:
-    """Compute the convolution with the generated kernel that takes ``spec``, if one does; False
-    when none does, or when ``_flatplane`` found a non-finite output that the packed kernel must
-    compute again (its zero weights cannot mask a wrapped-in inf)."""
-    if _flatplane.applies(spec):
-        return _flatplane.depthwise_forward(x, w, b, dest, spec)
+    """Compute the convolution with the generated kernel that takes ``spec``, if one does (False
+    when none does)."""
     if _rowblock.applies(spec):
         _rowblock.depthwise_forward(x, w, b, dest, spec)
-        return True
-    if _grouped.applies(spec):
+    elif _grouped.applies(spec):
         _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
-        return True
-    return False
+    else:
+        return False
+    return True
 
 
 def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ from . import _generated, _packed
 #: flight per loaded row; with rows_per_pass forced, an experiment not kept: 3x3 ran the same with
 #: 4 or 8 rows, 5x5 and 7x7 fastest with 8).
 ROWS_SMALL_KERNEL, ROWS_LARGE_KERNEL = 4, 8
-#: Narrower outputs go elsewhere (``_flatplane``, or the packed kernel's stacked planes): here a
+#: Narrower outputs go to ``_grouped`` (images stacked in the packed planes): here a
 #: row is covered by whole vectors of ``CHUNK`` columns, the last one moved left to end at the
 #: row's end (a few columns computed twice) so that no loop has a scalar remainder.
 MIN_OUT_WIDTH = CHUNK = 16
