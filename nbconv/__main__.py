@@ -53,10 +53,10 @@ def bench(args: argparse.Namespace) -> int:
     rounds = args.rounds or (5 if args.quick else 15)
 
     first_call = None
-    if not args.quick and args.op == "forward":
+    if not args.quick:
         print("first-call latency (fresh interpreters) ...", file=sys.stderr, flush=True)
-        cold, warm = first_call_latency(shapes[0], batch, args.dtype, args.backend)
-        first_call = {"shape": shapes[0].name, "cold_s": cold, "warm_cache_s": warm}
+        cold, warm = first_call_latency(shapes[0], batch, args.dtype, args.backend, args.op)
+        first_call = {"shape": shapes[0].name, "op": args.op, "cold_s": cold, "warm_cache_s": warm}
     results = run_bench(shapes, args.backend, batch, args.dtype, rounds, args.op)
     report = results_json(results, args.backend, first_call)
     m = report["machine"]
@@ -67,7 +67,7 @@ def bench(args: argparse.Namespace) -> int:
           + (f", torch {m['torch']}" if "torch" in m else ", PyTorch not installed (no comparison)"))
     print(format_table(results))
     if first_call:
-        print(f"\nfirst call ({first_call['shape']}, includes JIT): cold cache {first_call['cold_s']:.2f} s, "
+        print(f"\nfirst call ({first_call['shape']}, {args.op}, includes JIT): cold cache {first_call['cold_s']:.2f} s, "
               f"warm on-disk cache {first_call['warm_cache_s']:.2f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -72,3 +72,13 @@ def test_bench_rejects_unknown_op(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--op", "backward"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op", ["weight_grad", "transpose"])
+def test_first_call_latency_of_each_op(op):
+    """The first call (JIT included) of a training op in fresh interpreters: a cold on-disk cache,
+    then a warm one; the warm call must not compile again (it is faster than the cold one)."""
+    from nbconv.bench._timing import first_call_latency
+
+    cold, warm = first_call_latency(SHAPES_BY_NAME["mbv2_dw_7"], 1, "float32", "cpu", op)
+    assert 0 < warm < cold

@@ -79,16 +79,29 @@ _FIRST_CALL = """
 import time, numpy as np
 t0 = time.perf_counter()
 import nbconv
+from nbconv._spec import conv2d_spec
 {setup}
+args = dict(stride={stride}, padding={padding}, dilation={dilation}, groups={groups})
+gy_shape = conv2d_spec(x, w, b, **args).output_shape
+{gy_setup}
 t1 = time.perf_counter()
-nbconv.conv2d(x, w, b, stride={stride}, padding={padding}, dilation={dilation}, groups={groups})
+{call}
 {sync}
 print(time.perf_counter() - t1)
 """
 
+#: The call each ``--op`` times, as source for the first-call interpreter.
+_FIRST_CALL_OPS = {
+    "forward": "nbconv.conv2d(x, w, b, **args)",
+    "input_grad": "nbconv.grad.conv2d_input(x.shape, w, gy, **args)",
+    "weight_grad": "nbconv.grad.conv2d_weight(x, w.shape, gy, **args)",
+    "transpose": "nbconv.conv_transpose2d(gy, w, None, **args)",
+}
 
-def first_call_latency(shape, batch: int, dtype: str, backend: str) -> tuple[float, float]:
-    """(cold, warm-cache) seconds of the first ``conv2d`` call in a fresh interpreter.
+
+def first_call_latency(shape, batch: int, dtype: str, backend: str, op: str = "forward") -> tuple[float, float]:
+    """(cold, warm-cache) seconds of the first call of ``op`` (``conv2d`` by default, or a
+    training op of ``nbconv bench --op``) in a fresh interpreter.
 
     Cold: an empty Numba on-disk cache, so the call includes JIT compilation. Warm: a second
     fresh interpreter reusing that cache (CPU kernels load from disk; CUDA kernels compile).
@@ -96,14 +109,18 @@ def first_call_latency(shape, batch: int, dtype: str, backend: str) -> tuple[flo
     if backend == "cpu":
         setup = "x = np.ones({xs}, '{dt}'); w = np.ones({ws}, '{dt}'); b = np.ones({co}, '{dt}')"
         sync = ""
+        gy_setup = "gy = np.ones(gy_shape, '{dt}')"
     else:
         setup = (
             "import cupy; x = cupy.ones({xs}, '{dt}'); w = cupy.ones({ws}, '{dt}'); b = cupy.ones({co}, '{dt}'); "
             "cupy.cuda.Device().synchronize()"
         )
         sync = "cupy.cuda.Device().synchronize()"
+        gy_setup = "gy = cupy.ones(gy_shape, '{dt}'); cupy.cuda.Device().synchronize()"
     code = _FIRST_CALL.format(
         setup=setup.format(xs=shape.input_shape(batch), ws=shape.weight_shape(), co=shape.c_out, dt=dtype),
+        gy_setup=gy_setup.format(dt=dtype),
+        call=_FIRST_CALL_OPS[op],
         sync=sync,
         stride=shape.stride,
         padding=shape.pad,
