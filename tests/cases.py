@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from nbconv._spec import conv2d_spec
+
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
@@ -82,6 +84,33 @@ def random_arrays(case: Case, dtype, seed: int = 0):
     w = rng.standard_normal((case.c_out, case.c_in // case.groups) + case.k).astype(dtype)
     b = rng.standard_normal(case.c_out).astype(dtype) if case.bias else None
     return x, w, b
+
+
+def at_each_thread_count(fn):
+    """[``fn()`` with 1 thread, ``fn()`` with 2 threads (or 1 where Numba has only 1)]."""
+    import numba
+
+    results = []
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(threads)
+        try:
+            results.append(fn())
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return results
+
+
+def check_path_forward(applies, forward, case: Case, dtype) -> None:
+    """A CPU forward kernel (``forward(x, w, b, out, spec)``) takes ``case`` (``applies(spec)``)
+    and writes every output, matching the reference."""
+    from reference import assert_conv_close
+
+    x, w, b = random_arrays(case, dtype)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    assert applies(spec)
+    out = np.full(spec.output_shape, np.nan, dtype)
+    forward(x, w, np.zeros(case.c_out, dtype) if b is None else b, out, spec)
+    assert_conv_close(out, x, w, b, **case.conv_args())
 
 
 def backend_dtype_params():

@@ -11,18 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbconv
-import nbconv.cpu._launch as launch
-from cases import Case, random_arrays
+from cases import Case, at_each_thread_count, check_path_forward, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
 from nbconv.cpu import _grouped
 from nbconv.cpu._launch import conv2d_forward
 from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
 
-@pytest.fixture(autouse=True)
-def _generated_for_small_calls(monkeypatch):
-    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``); these
-    small cases must reach them too."""
-    monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+#: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
+pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
 
 
 GROUPED_CASES = [
@@ -41,12 +37,7 @@ GROUPED_CASES = [
 @pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in GROUPED_CASES] + [(GROUPED_CASES[1], np.float32)],
                          ids=str)
 def test_grouped_forward(case, dtype):
-    x, w, b = random_arrays(case, dtype)
-    spec = conv2d_spec(x, w, b, **case.conv_args())
-    assert _grouped.applies(spec)
-    out = np.full(spec.output_shape, np.nan, dtype)
-    _grouped.grouped_forward(x, w, np.zeros(case.c_out, dtype) if b is None else b, out, spec)
-    assert_conv_close(out, x, w, b, **case.conv_args())
+    check_path_forward(_grouped.applies, _grouped.grouped_forward, case, dtype)
 
 
 @pytest.mark.parametrize("stack,case", [(2, GROUPED_CASES[1]), (3, GROUPED_CASES[4])], ids=str)
@@ -138,14 +129,6 @@ def test_grouped_property(n, g, cin_g, cout_g, h, wd, k, s, pad):
 ], ids=str)
 def test_generated_kernels_do_not_depend_on_the_thread_count(case):
     """Which kernel runs and the order of every sum are fixed by the spec: bit-identical results."""
-    import numba
-
     x, w, b = random_arrays(case, np.float32)
-    results = []
-    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-        numba.set_num_threads(threads)
-        try:
-            results.append(nbconv.conv2d(x, w, b, **case.conv_args()))
-        finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    np.testing.assert_array_equal(results[0], results[1])
+    one, two = at_each_thread_count(lambda: nbconv.conv2d(x, w, b, **case.conv_args()))
+    np.testing.assert_array_equal(one, two)

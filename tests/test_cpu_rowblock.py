@@ -16,17 +16,14 @@ from llvmlite import binding as llvm
 
 import nbconv
 import nbconv.cpu._launch as launch
-from cases import Case, random_arrays
+from cases import Case, check_path_forward, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
 from nbconv.cpu import _generated, _rowblock
 from nbconv.cpu._launch import conv2d_forward
 from reference import assert_conv_close, conv2d_input_reference
 
-@pytest.fixture(autouse=True)
-def _generated_for_small_calls(monkeypatch):
-    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``); these
-    small cases must reach them too."""
-    monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+#: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
+pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
 
 
 ROW_CASES = [
@@ -45,12 +42,7 @@ ROW_CASES = [
 @pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in ROW_CASES] + [(ROW_CASES[1], np.float32)],
                          ids=str)
 def test_rowblock_forward(case, dtype):
-    x, w, b = random_arrays(case, dtype)
-    spec = conv2d_spec(x, w, b, **case.conv_args())
-    assert _rowblock.applies(spec)
-    out = np.full(spec.output_shape, np.nan, dtype)
-    _rowblock.depthwise_forward(x, w, np.zeros(case.c_out, dtype) if b is None else b, out, spec)
-    assert_conv_close(out, x, w, b, **case.conv_args())
+    check_path_forward(_rowblock.applies, _rowblock.depthwise_forward, case, dtype)
 
 
 @pytest.mark.parametrize("case", [ROW_CASES[3]], ids=str)

@@ -5,23 +5,17 @@ reference, and the spec-only choices that keep it deterministic."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 
 import nbconv
-import nbconv.cpu._launch as launch
-from cases import Case, random_arrays
+from cases import Case, at_each_thread_count, random_arrays
 from nbconv._spec import conv2d_spec
 from nbconv.cpu import _wgrad
 from reference import conv2d_weight_reference
 
-
-@pytest.fixture(autouse=True)
-def _generated_for_small_calls(monkeypatch):
-    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``); these
-    small cases must reach them too."""
-    monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+#: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
+pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
 
 
 def _arrays(case: Case, dtype, seed: int = 0):
@@ -71,14 +65,8 @@ def test_weight_grad_does_not_depend_on_the_thread_count():
     """Slices follow the thread count, the passes and stacks do not: bit-identical results."""
     case = WGRAD_CASES[1][0]
     x, w, gy, _ = _arrays(case, np.float32)
-    results = []
-    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-        numba.set_num_threads(threads)
-        try:
-            results.append(nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args()))
-        finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    np.testing.assert_array_equal(results[0], results[1])
+    one, two = at_each_thread_count(lambda: nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args()))
+    np.testing.assert_array_equal(one, two)
 
 
 def test_pass_choice():

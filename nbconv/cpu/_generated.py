@@ -82,6 +82,13 @@ def load(source: str, prefix: str) -> ModuleType:
     return module
 
 
+def channels_per_slice(channels: int, slices: int, block: int) -> int:
+    """Channels per task when ``channels`` go to ``slices`` tasks in whole blocks of ``block``
+    (which channels share a block must not depend on the slicing, so results do not either)."""
+    per_slice = -(-channels // slices)
+    return -(-per_slice // block) * block
+
+
 def row_offsets(taps, wc: int, rows: int) -> list[int]:
     """The distinct input offsets ``taps[t] + r * wc`` that ``rows`` consecutive output rows read
     (output row ``r`` of a block reads one packed row, ``wc`` elements, further down)."""

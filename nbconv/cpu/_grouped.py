@@ -178,8 +178,7 @@ def module_source(spec, slices: int, stack: int) -> str:
     rows, n_blocks, pw = _blocking(spec, stack)
     ob = choose_block(spec)[0]
     ob_rem = cout_g % ob
-    per_slice = -(-cout_g // slices)
-    ocs = -(-per_slice // ob) * ob  # output channels per slice: whole blocks
+    ocs = _generated.channels_per_slice(cout_g, slices, ob)
     w_oc = cin_g * len(taps)
     what = (f"grouped conv, {cin_g} -> {cout_g} channels per group, taps {taps}, packed pitch {wc}, "
             f"{ob} channels x {rows} rows per block, stacks of {stack}")

@@ -112,13 +112,13 @@ def _grad_pack_source(oh: int, ow: int, wc: int) -> list[str]:
 _DRIVER = '''
 
 @njit_parallel
-def weight_grad(x, gy, dw, scratch, gy_buf, tot_buf, slices, zero):
+def weight_grad(x, gy, dw, scratch, gy_buf, tot_buf, ocs, zero):
     """dw ({c_out}, {cin_g}, kH, kW) = the weight gradient of x (N, {c_in}, H, W) and the output
-    gradient gy (N, {c_out}, {oh}, {ow}) in {groups} groups: tasks of (group, slice of the group's
-    output channels), each over all images in stacks of {stack}."""
+    gradient gy (N, {c_out}, {oh}, {ow}) in {groups} groups: tasks of (group, slice of ``ocs``
+    of the group's output channels), each over all images in stacks of {stack}."""
     n_img = x.shape[0]
     x_flat, gy_flat, dw_flat = x.reshape(-1), gy.reshape(-1), dw.reshape(-1)
-    ocs = ((({cout_g} + slices - 1) // slices + {ob} - 1) // {ob}) * {ob}
+    slices = ({cout_g} + ocs - 1) // ocs
     for task in numba.prange({groups} * slices):
         tid = numba.get_thread_id()
         xs = scratch[tid]
@@ -127,8 +127,6 @@ def weight_grad(x, gy, dw, scratch, gy_buf, tot_buf, slices, zero):
         g = task // slices
         oc_lo = g * {cout_g} + (task % slices) * ocs
         oc_hi = min(oc_lo + ocs, (g + 1) * {cout_g})
-        if oc_lo >= oc_hi:
-            continue
         tot[:] = 0.0
         gb[:] = zero  # the columns past the output width and the seam rows stay zero
         for n0 in range(0, n_img, {stack}):
@@ -202,14 +200,14 @@ def task_slices(spec, threads: int) -> int:
 def weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, stack: int, slices: int | None = None) -> None:
     """``dw`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays, ``x`` with
     finite values: the dot products also pair pixels with the zeros of dropped positions), in
-    stacks of ``stack`` images, each group's output channels in
-    ``slices`` tasks (default :func:`task_slices`)."""
+    stacks of ``stack`` images, each group's output channels in at most ``slices`` tasks
+    (default :func:`task_slices`) of whole passes."""
     threads = numba.get_num_threads()
     slices = task_slices(spec, threads) if slices is None else slices
     _, scratch_elems, _ = _packed.packed_geometry(spec, stack)
     ob = choose_passes(spec)[0]
-    ocs = -(-(-(-spec.out_per_group // slices)) // ob) * ob
+    ocs = _generated.channels_per_slice(spec.out_per_group, slices, ob)
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     gy_buf = np.empty((threads, ob * _grad_pitch(spec, stack)), x.dtype)
     tot = np.empty((threads, ocs * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
-    _module(spec, stack).weight_grad(x, gy, dw, scratch, gy_buf, tot, slices, x.dtype.type(0))
+    _module(spec, stack).weight_grad(x, gy, dw, scratch, gy_buf, tot, ocs, x.dtype.type(0))
