@@ -1,0 +1,338 @@
+"""Winograd convolution on the CPU for groups with many channels: F(m x m, r x r) tiles.
+
+For stride 1 and no dilation, an ``m x m`` block of outputs of an ``r x r`` kernel is, per input
+channel, ``A^T [(G w G^T) * (B^T d B)] A`` with ``d`` the ``t x t`` input tile (``t = m + r - 1``)
+and ``*`` elementwise (Lavin & Gray 2016): the ``t x t`` products of the transformed tile and
+weight replace ``m^2 r^2`` multiply-adds, so summing over the input channels becomes ``t^2``
+independent matrix products ``M[p] = V[p] U[p]`` (tiles x input channels x output channels) and
+the direct method's ``m^2 r^2`` multiply-adds per tile and channel pair drop to ``t^2``: 25 to
+5.5 per output for 5x5 with m = 3 (4.6x fewer), 9 to 2.25 for 3x3 with m = 4.
+
+The price is rounding: the transforms add and scale terms, so results differ from the direct
+sum by a few times more than its rounding (F(3x3, 5x5) in float32: ~5e-6 of the largest output
+against ~2e-7; ``docs/winograd_error.py`` measures it). The transform matrices come from the
+Cook-Toom construction on the points of :data:`POINTS`, in exact rational arithmetic.
+
+Layout: the input is packed once per call channels-last and zero-padded (``(N, groups, Hp, Wp,
+C_in/groups)``), so every vector loop runs over channels: the input transform over input
+channels, the matrix products and the output transform over output channels. A task is (group,
+block of ``TB`` tiles of the whole batch): it transforms its tiles' inputs, then for each block
+of output channels computes the ``t^2`` products (blocks of ``TT`` tiles x ``KC`` input channels
+held in registers against a vector of output channels) and transforms them back to outputs, which
+it stores with the bias. Every sum has a fixed order, independent of the thread count.
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import numba
+import numpy as np
+
+from .._version import __version__
+from . import _generated
+
+#: Outputs per tile side (m) for each kernel side (r), and the interpolation points of F(m, r)
+#: (plus the point at infinity). The points with halves keep the transforms' rounding lowest
+#: among those tried (``docs/winograd_error.py``).
+TILE_FOR_KERNEL = {3: 4, 5: 3}
+POINTS = {
+    (4, 3): (0, 1, -1, Fraction(1, 2), -2),
+    (3, 5): (0, 1, -1, 2, Fraction(-1, 2), Fraction(1, 2)),
+}
+#: Fewest input and output channels per group, and fewest tiles per group (over the batch): below
+#: those the transforms (of the weight, for few tiles) cost more than the multiply-adds they save
+#: (against ``_grouped`` at batch 8: 32 -> 32 channels on 32x32 0.99x, 256 -> 256 in 8 groups on
+#: 14x14 0.92x, 64 -> 96 with 48 tiles 0.98x; 64 -> 64 on 28x28 1.9x, alexnet_g2 3.4x;
+#: ``python docs/winograd_blocks.py --against-direct``).
+MIN_CHANNELS = 48
+MIN_TILES = 64
+#: Tiles per task (a multiple of ``TT``), and tiles x input channels (at most) per register block:
+#: 4 x 6 values broadcast against a vector of output channels, 24 multiply-adds per 4 sums loaded
+#: and stored (alexnet_g2 at batch 8: 3.4-3.9 ms, against 4.2-5.8 for 4 x 4, 2 x 12 or 8 x 6,
+#: ``python docs/winograd_blocks.py``).
+TB, TT, MAX_KC = 16, 4, 6
+#: Output channels per block (at most; a divisor of the group's): the products of a block for
+#: all tiles of a task stay in L2 (49 x 16 x 128 float32: 400 KiB).
+MAX_OUT_BLOCK = 128
+#: Most elements of the transformed weight (64 MiB of float32).
+MAX_WEIGHT_ELEMS = 1 << 24
+
+
+def _vandermonde(points, cols: int) -> list[list[Fraction]]:
+    rows = [[Fraction(a) ** j for j in range(cols)] for a in points]
+    return rows + [[Fraction(0)] * (cols - 1) + [Fraction(1)]]  # the point at infinity
+
+
+def _inverse(m: list[list[Fraction]]) -> list[list[Fraction]]:
+    n = len(m)
+    a = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(m)]
+    for c in range(n):
+        p = next(r for r in range(c, n) if a[r][c] != 0)
+        a[c], a[p] = a[p], a[c]
+        a[c] = [v / a[c][c] for v in a[c]]
+        for r in range(n):
+            if r != c and a[r][c] != 0:
+                f = a[r][c]
+                a[r] = [u - f * v for u, v in zip(a[r], a[c])]
+    return [row[n:] for row in a]
+
+
+@functools.lru_cache(maxsize=None)
+def transform_matrices(m: int, r: int) -> tuple[tuple, tuple, tuple]:
+    """(A^T (m x t), G (t x r), B^T (t x t)) of F(m, r), exact: the correlation of a length-t
+    input d with a length-r kernel w is ``A^T ((G w) * (B^T d))``.
+
+    From the Cook-Toom algorithm for the linear convolution of a length-m and a length-r
+    polynomial (evaluate both at the t points, multiply, interpolate) and the transposition
+    principle: with Vandermonde matrices V_k (t x k) of the points, A^T = V_m^T, G = V_r,
+    B^T = V_t^-T."""
+    t = m + r - 1
+    points = POINTS[(m, r)]
+    vm, vr, vt = _vandermonde(points, m), _vandermonde(points, r), _vandermonde(points, t)
+    vt_inv = _inverse(vt)
+    at = tuple(tuple(vm[k][i] for k in range(t)) for i in range(m))
+    bt = tuple(tuple(vt_inv[l][k] for l in range(t)) for k in range(t))
+    return at, tuple(tuple(row) for row in vr), bt
+
+
+assert TB % TT == 0, "a task's tiles must be whole register blocks"
+
+
+def tile_sizes(spec) -> tuple[int, int]:
+    """Outputs per tile (rows, columns)."""
+    return TILE_FOR_KERNEL[spec.kernel_size[0]], TILE_FOR_KERNEL[spec.kernel_size[1]]
+
+
+def applies(spec) -> bool:
+    """Stride 1, no dilation of either kind, kernel sides with a tile (3 or 5), at least
+    ``MIN_CHANNELS`` input and output channels per group and ``MIN_TILES`` tiles, a transformed
+    weight of at most ``MAX_WEIGHT_ELEMS``."""
+    if not (spec.batch > 0 and spec.stride == (1, 1) and spec.dilation == (1, 1) and spec.lhs_dilation == (1, 1)
+            and all(k in TILE_FOR_KERNEL for k in spec.kernel_size)
+            and min(spec.in_per_group, spec.out_per_group) >= MIN_CHANNELS):
+        return False
+    (mh, mw), (oh, ow) = tile_sizes(spec), spec.out_size
+    if spec.batch * -(-oh // mh) * -(-ow // mw) < MIN_TILES:
+        return False
+    return _positions(spec) * spec.in_per_group * spec.out_channels <= MAX_WEIGHT_ELEMS
+
+
+def _positions(spec) -> int:
+    """t_h x t_w: the positions of a transformed tile."""
+    (kh, kw), (mh, mw) = spec.kernel_size, tile_sizes(spec)
+    return (mh + kh - 1) * (mw + kw - 1)
+
+
+def _lincomb(coeffs, names) -> str:
+    """``sum c * name`` over the non-zero coefficients, as source (``0.0`` when none)."""
+    terms = []
+    for c, name in zip(coeffs, names):
+        if c == 0:
+            continue
+        if c == 1:
+            terms.append(f"+ {name}")
+        elif c == -1:
+            terms.append(f"- {name}")
+        else:
+            terms.append(f"{'+' if c > 0 else '-'} {float(abs(c))!r} * {name}")
+    if not terms:
+        return "0.0"
+    expr = " ".join(terms)
+    return expr[2:] if expr.startswith("+ ") else "-" + expr[2:]
+
+
+def _separable_lines(src: str, dst: str, tmp: str, rows, cols, indent: str) -> list[str]:
+    """``dst[i][j] = sum rows[i][a] cols[j][b] src[a][b]``: first along the columns
+    (``tmp{a}_{j}``), then along the rows; names ``{src}{a}_{b}``."""
+    n_a, n_b = len(rows[0]), len(cols[0])
+    lines = [f"{indent}{tmp}{a}_{j} = {_lincomb(cols[j], [f'{src}{a}_{b}' for b in range(n_b)])}"
+             for a in range(n_a) for j in range(len(cols))]
+    lines += [f"{indent}{dst}{i}_{j} = {_lincomb(rows[i], [f'{tmp}{a}_{j}' for a in range(n_a)])}"
+              for i in range(len(rows)) for j in range(len(cols))]
+    return lines
+
+
+def _divisor_at_most(n: int, most: int) -> int:
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
+
+
+def blocking(spec) -> tuple[int, int]:
+    """(input channels per register block, output channels per block)."""
+    return _divisor_at_most(spec.in_per_group, MAX_KC), _divisor_at_most(spec.out_per_group, MAX_OUT_BLOCK)
+
+
+_DRIVER = '''
+
+@njit_parallel
+def transform_weight(w, u):
+    \"\"\"u[g, p, c, o] = (G w[g * {cout_g} + o, c] G^T)[p], w flat (C_out, {cin_g}, {kh}, {kw}).\"\"\"
+    for task in numba.prange({groups} * {cin_g}):
+        g = task // {cin_g}
+        c = task % {cin_g}
+        for o in range({cout_g}):
+            w0 = ((g * {cout_g} + o) * {cin_g} + c) * {kk}
+{weight_body}
+
+
+@njit_parallel
+def pack(x, xp):
+    \"\"\"xp[n, g, y, x, c] = x[n, g * {cin_g} + c, y - {pt}, x - {pl}] for y < {rows_read}, x < {cols_read}
+    (the pixels some output reads), zero elsewhere.\"\"\"
+    n_img = x.shape[0]
+    for task in numba.prange(n_img * {groups} * {hp}):
+        y = task % {hp}
+        ng = task // {hp}
+        n = ng // {groups}
+        g = ng % {groups}
+        r0 = (ng * {hp} + y) * {wp} * {cin_g}
+        iy = y - {pt}
+        if iy < 0 or iy >= {in_h} or y >= {rows_read}:
+            for i in range({wp} * {cin_g}):
+                xp[r0 + i] = 0.0
+            continue
+        for ix in range({wp}):
+            sx = ix - {pl}
+            if sx < 0 or sx >= {in_w} or ix >= {cols_read}:
+                for c in range({cin_g}):
+                    xp[r0 + ix * {cin_g} + c] = 0.0
+            else:
+                for c in range({cin_g}):
+                    xp[r0 + ix * {cin_g} + c] = x[n, g * {cin_g} + c, iy, sx]
+
+
+@njit_serial
+def _input_transform(xp, base, v, v0):
+    \"\"\"v[v0 + p * {cin_g} + c] = (B^T d B)[p] of the tile at xp[base:], every input channel c.\"\"\"
+    for c in range({cin_g}):
+{input_body}
+
+
+@njit_serial
+def _products(m, m0, v, v0, u, u0):
+    \"\"\"m[m0 + t * {ob} + o] = sum_c v[v0 + t * {v_tile} + c] * u[u0 + c * {cout_g} + o] for {tt} tiles t
+    and {ob} output channels o: {kc} input channels at a time, their {tt} x {kc} tile values in registers.\"\"\"
+{gemm_body}
+
+
+@njit_serial
+def _output_transform(m, m0, b, y, y0):
+    \"\"\"y[y0 + (a * {mw} + c) * {ob} + o] = (A^T M A)[a, c] + b[o] of the tile whose products are at m[m0:]
+    (position p at a stride of {tb} x {ob}), every output channel o of the block.\"\"\"
+    for o in range({ob}):
+{output_body}
+
+
+@njit_parallel
+def forward(xp, u, b, out, v_buf, m_buf, y_buf):
+    \"\"\"out (N, {c_out}, {oh}, {ow}) from the packed input and transformed weight: tasks of (group,
+    block of {tb} tiles of the batch, in (image, tile row, tile column) order).\"\"\"
+    n_img = out.shape[0]
+    n_tiles = n_img * {tiles_img}
+    n_chunks = (n_tiles + {tb} - 1) // {tb}
+    out_flat = out.reshape(-1)
+    for task in numba.prange({groups} * n_chunks):
+        tid = numba.get_thread_id()
+        v = v_buf[tid]
+        m = m_buf[tid]
+        y = y_buf[tid]
+        g = task // n_chunks
+        q0 = (task % n_chunks) * {tb}
+        nq = min({tb}, n_tiles - q0)
+        for t in range(nq):
+            q = q0 + t
+            n = q // {tiles_img}
+            ty = (q // {tx_n}) % {ty_n}
+            tx = q % {tx_n}
+            _input_transform(xp, (((n * {groups} + g) * {hp} + ty * {mh}) * {wp} + tx * {mw}) * {cin_g}, v,
+                             t * {v_tile})
+        for ob0 in range(0, {cout_g}, {ob}):
+            for p in range({p_n}):
+                for t0 in range(0, nq, {tt}):  # the tiles past nq use stale values; they are not stored
+                    _products(m, (p * {tb} + t0) * {ob}, v, t0 * {v_tile} + p * {cin_g}, u,
+                              (g * {p_n} + p) * {cin_g} * {cout_g} + ob0)
+            for t in range(nq):
+                _output_transform(m, t * {ob}, b[g * {cout_g} + ob0:], y, t * {y_tile})
+            for t in range(nq):
+                q = q0 + t
+                n = q // {tiles_img}
+                ty = (q // {tx_n}) % {ty_n}
+                tx = q % {tx_n}
+                rows = min({mh}, {oh} - ty * {mh})
+                cols = min({mw}, {ow} - tx * {mw})
+                o_base = ((n * {c_out} + g * {cout_g} + ob0) * {oh} + ty * {mh}) * {ow} + tx * {mw}
+                for o in range({ob}):
+                    for a in range(rows):
+                        for c in range(cols):
+                            out_flat[o_base + o * {plane} + a * {ow} + c] = y[t * {y_tile} + (a * {mw} + c) * {ob} + o]
+'''
+
+
+def module_source(spec) -> str:
+    (kh, kw), (mh, mw), (oh, ow) = spec.kernel_size, tile_sizes(spec), spec.out_size
+    th, tw = mh + kh - 1, mw + kw - 1
+    ath, gh, bth = transform_matrices(mh, kh)
+    atw, gw, btw = transform_matrices(mw, kw)
+    cin_g, cout_g = spec.in_per_group, spec.out_per_group
+    kc, ob = blocking(spec)
+    ty_n, tx_n = -(-oh // mh), -(-ow // mw)
+    hp, wp = ty_n * mh + kh - 1, tx_n * mw + kw - 1
+    p_n = th * tw
+    ind3, ind4 = " " * 12, " " * 8
+    # weight: w{a}_{b} -> u{i}_{j}
+    weight_body = [f"{ind3}w{a}_{b} = w[_U(w0 + {a * kw + b})]" for a in range(kh) for b in range(kw)]
+    weight_body += _separable_lines("w", "u", "h", gh, gw, ind3)
+    weight_body += [f"{ind3}u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)] = u{i}_{j}"
+                    for i in range(th) for j in range(tw)]
+    # input: d{i}_{j} -> v{i}_{j}, vectorised over channels
+    input_body = [f"{ind4}d{i}_{j} = xp[_U(base + {(i * wp + j) * cin_g} + c)]" for i in range(th) for j in range(tw)]
+    input_body += _separable_lines("d", "v", "e", bth, btw, ind4)
+    input_body += [f"{ind4}v[_U(v0 + {(i * tw + j) * cin_g} + c)] = v{i}_{j}" for i in range(th) for j in range(tw)]
+    # output: m{i}_{j} -> y{a}_{b}, vectorised over output channels, stored where inside the plane
+    output_body = [f"{ind4}m{i}_{j} = m[_U(m0 + {(i * tw + j) * TB * ob} + o)]" for i in range(th) for j in range(tw)]
+    output_body += _separable_lines("m", "y", "s", ath, atw, ind4)
+    output_body += [f"{ind4}bias = b[o]"]
+    output_body += [f"{ind4}y[_U(y0 + {(a * mw + c) * ob} + o)] = y{a}_{c} + bias" for a in range(mh) for c in range(mw)]
+    # products: TT tiles x KC channels per pass over the output channels
+    gemm = []
+    v_tile = p_n * cin_g
+    for c0 in range(0, cin_g, kc):
+        gemm += [f"    a{t}_{k} = v[_U(v0 + {t * v_tile + c0 + k})]" for t in range(TT) for k in range(kc)]
+        gemm += [f"    for o in range({ob}):"]
+        gemm += [f"        w{k} = u[_U(u0 + {(c0 + k) * cout_g} + o)]" for k in range(kc)]
+        for t in range(TT):
+            terms = " + ".join(f"a{t}_{k} * w{k}" for k in range(kc))
+            acc = "" if c0 == 0 else f"m[_U(m0 + {t * ob} + o)] + "
+            gemm += [f"        m[_U(m0 + {t * ob} + o)] = {acc}{terms}"]
+    what = f"Winograd F({mh}x{mw}, {kh}x{kw}), {cin_g} -> {cout_g} channels per group, {oh}x{ow} outputs"
+    fmt = dict(groups=spec.groups, cin_g=cin_g, cout_g=cout_g, kh=kh, kw=kw, kk=kh * kw, pt=spec.padding[0],
+               pl=spec.padding[2], hp=hp, wp=wp, rows_read=oh + kh - 1, cols_read=ow + kw - 1,
+               in_h=spec.in_size[0], in_w=spec.in_size[1], ob=ob, kc=kc, tt=TT, tb=TB, v_tile=v_tile, tiles_img=ty_n * tx_n, tx_n=tx_n,
+               ty_n=ty_n, y_tile=mh * mw * ob, plane=oh * ow, mh=mh, mw=mw, oh=oh, ow=ow, p_n=p_n, c_out=spec.out_channels,
+               weight_body="\n".join(weight_body), input_body="\n".join(input_body),
+               output_body="\n".join(output_body), gemm_body="\n".join(gemm))
+    return (_generated.HEADER.format(generator=__name__, version=__version__, what=what)
+            + _DRIVER.format(**fmt))
+
+
+@functools.lru_cache(maxsize=64)
+def _module(spec):
+    return _generated.load(module_source(spec), "nbconv_winograd")
+
+
+def winograd_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
+    """``out`` = the convolution of ``spec`` (C-contiguous arrays; ``w`` in (C_out, C_in/groups, kH, kW)).
+    Non-finite pixels or weights make the tiles that hold them non-finite: the launcher checks."""
+    mod = _module(spec)
+    (mh, mw), (oh, ow), (kh, kw) = tile_sizes(spec), spec.out_size, spec.kernel_size
+    hp, wp = -(-oh // mh) * mh + kh - 1, -(-ow // mw) * mw + kw - 1
+    threads, p_n, ob = numba.get_num_threads(), _positions(spec), blocking(spec)[1]
+    u = np.empty(p_n * spec.in_per_group * spec.out_channels, x.dtype)
+    mod.transform_weight(w.reshape(-1), u)
+    xp = np.empty(spec.batch * spec.groups * hp * wp * spec.in_per_group, x.dtype)
+    mod.pack(x, xp)
+    v = np.zeros((threads, TB * p_n * spec.in_per_group), x.dtype)
+    m = np.empty((threads, p_n * TB * ob), x.dtype)
+    y = np.empty((threads, TB * mh * mw * ob), x.dtype)
+    mod.forward(xp, u, b, out, v, m, y)

@@ -1,0 +1,199 @@
+"""The Winograd CPU path (``nbconv.cpu._winograd``): the transform matrices, then each feature of
+the generated kernel (partial tiles at the plane's edges, a task's partial block of tiles, input
+and output channel blocks and their sizes, non-square kernels, negative padding of a transposed
+convolution, non-finite values and overflow) against the reference."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nbconv
+from cases import Case, at_each_thread_count, random_arrays
+from nbconv._spec import conv2d_input_spec, conv2d_spec
+from nbconv.cpu import _launch, _winograd
+from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
+
+
+@pytest.fixture(autouse=True)
+def winograd_for_small_calls(monkeypatch, generated_for_small_calls):
+    """The small cases here must reach the Winograd kernel: no minimum of channels or tiles."""
+    monkeypatch.setattr(_winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(_winograd, "MIN_TILES", 1)
+
+
+@pytest.mark.parametrize("m,r", sorted(_winograd.POINTS))
+def test_transform_matrices_are_exact(m, r):
+    """A^T ((G w) * (B^T d)) is the correlation of d with w, in exact rational arithmetic."""
+    at, g, bt = _winograd.transform_matrices(m, r)
+    t = m + r - 1
+    rng = np.random.default_rng(m * 10 + r)
+    for _ in range(5):
+        d = [Fraction(int(v)) for v in rng.integers(-9, 10, t)]
+        w = [Fraction(int(v)) for v in rng.integers(-9, 10, r)]
+        gw = [sum(g[k][j] * w[j] for j in range(r)) for k in range(t)]
+        bd = [sum(bt[k][i] * d[i] for i in range(t)) for k in range(t)]
+        y = [sum(at[i][k] * gw[k] * bd[k] for k in range(t)) for i in range(m)]
+        assert y == [sum(w[j] * d[i + j] for j in range(r)) for i in range(m)]
+
+
+def _abs_matrices(m: int, r: int):
+    return [np.abs(np.array(mat, dtype=np.float64)) for mat in _winograd.transform_matrices(m, r)]
+
+
+def winograd_magnitude(x, w, b, padding, groups) -> np.ndarray:
+    """The Winograd algorithm run on |x|, |w|, |b| with the absolute values of its matrices: a bound
+    on the magnitude of every intermediate sum behind each output."""
+    (kh, kw), (n, c_in, h, wd) = w.shape[2:], x.shape
+    (mh, mw) = _winograd.TILE_FOR_KERNEL[kh], _winograd.TILE_FOR_KERNEL[kw]
+    (ath, gh, bth), (atw, gw, btw) = _abs_matrices(mh, kh), _abs_matrices(mw, kw)
+    pt, pb, pl, pr = padding
+    oh, ow = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
+    ty, tx = -(-oh // mh), -(-ow // mw)
+    xp = np.zeros((n, c_in, ty * mh + kh - 1, tx * mw + kw - 1))
+    xp[:, :, pt:pt + h, pl:pl + wd] = np.abs(x)[:, :, :xp.shape[2] - pt, :xp.shape[3] - pl]
+    tiles = np.lib.stride_tricks.sliding_window_view(xp, (mh + kh - 1, mw + kw - 1), axis=(2, 3))[:, :, ::mh, ::mw]
+    v = np.einsum("ia,ncyxab,jb->ncyxij", bth, tiles, btw)
+    u = np.einsum("ia,ocab,jb->ocij", gh, np.abs(w), gw)
+    cin_g, cout_g = c_in // groups, w.shape[0] // groups
+    prods = np.concatenate([np.einsum("ocij,ncyxij->noyxij", u[k * cout_g:(k + 1) * cout_g], v[:, k * cin_g:(k + 1) * cin_g])
+                            for k in range(groups)], axis=1)
+    y = np.einsum("ai,noyxij,bj->noyaxb", ath, prods, atw).reshape(n, w.shape[0], ty * mh, tx * mw)[:, :, :oh, :ow]
+    return y if b is None else y + np.abs(b)[None, :, None, None]
+
+
+def assert_winograd_close(got, x, w, b, padding, groups):
+    """|got - ref| <= (eps_out + D * eps_acc) * magnitude, D the rounding steps one output goes
+    through (both 1-D transforms of the input, of the weight and of the products, and the sum over
+    the group's input channels) and magnitude :func:`winograd_magnitude`."""
+    spec = conv2d_spec(x, w, b, padding=padding, groups=groups)
+    (kh, kw), (mh, mw) = spec.kernel_size, _winograd.tile_sizes(spec)
+    steps = 2 * (mh + kh - 1 + mw + kw - 1) + kh + kw + spec.in_per_group + 1
+    eps = float(np.finfo(got.dtype).eps)
+    tol = (eps + steps * eps) * winograd_magnitude(x, w, b, spec.padding, groups)
+    err = np.abs(got - conv2d_reference(x, w, b, padding=padding, groups=groups))
+    assert (err <= tol).all(), f"worst |got - ref| / tol = {np.max(err / tol):.3g}"
+
+
+WINOGRAD_CASES = [
+    Case(2, 4, (9, 10), 6, (3, 3), 1, 1, 1, 1),  # F(4x4, 3x3): partial tiles on both sides
+    Case(3, 6, (13, 13), 4, (5, 5), 1, 2, 1, 2),  # F(3x3, 5x5), groups: 75 tiles, a partial block of 4
+    Case(1, 8, (7, 12), 10, (3, 5), 1, (1, 2), 1, 2),  # non-square kernel: F(4x3, 3x5)
+    Case(2, 6, (8, 9), 9, (5, 3), 1, "valid", 1, 3),  # 'valid', 5x3
+    Case(1, 14, (6, 6), 20, (3, 3), 1, "same", 1, 1, False),  # 14 input channels: blocks of 2
+    Case(1, 7, (5, 7), 130, (3, 3), 1, 1, 1, 1),  # 130 output channels: blocks of 65, 7 inputs: of 1
+]
+
+
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in WINOGRAD_CASES] + [(WINOGRAD_CASES[1], np.float32)],
+                         ids=str)
+def test_winograd_forward(case, dtype):
+    x, w, b = random_arrays(case, dtype)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    assert _winograd.applies(spec)
+    out = np.full(spec.output_shape, np.nan, dtype)
+    _winograd.winograd_forward(x, w, np.zeros(case.c_out, dtype) if b is None else b, out, spec)
+    assert_winograd_close(out, x, w, b, case.padding, case.groups)
+
+
+def test_winograd_error_bound_catches_a_dropped_tap():
+    """The bound is tight enough that one tap left out fails it."""
+    case = WINOGRAD_CASES[1]
+    x, w, b = random_arrays(case, np.float64)
+    wrong = nbconv.conv2d(x, w, b, **case.conv_args())
+    w_less = w.copy()
+    w_less[0, 0, 4, 4] = 0.0
+    with pytest.raises(AssertionError):
+        assert_winograd_close(wrong, x, w_less, b, case.padding, case.groups)
+
+
+@pytest.mark.parametrize("op", ["conv_transpose2d", "conv2d_input"])
+def test_transposed_and_input_gradient(op):
+    """conv_transpose2d and grad.conv2d_input at stride 1 are Winograd convolutions of the flipped
+    weight: padding k - 1 - p, negative (a crop) where p > k - 1."""
+    rng = np.random.default_rng(1)
+    gy = rng.standard_normal((2, 6, 13, 8))
+    w = rng.standard_normal((6, 2, 5, 3))  # conv weight (C_out, C_in/groups, kH, kW), groups 2
+    padding = (5, 1)  # rows: 5 > kH - 1, so the transposed convolution crops
+    size = (2, 4, 13 + 5 - 1 - 2 * 5, 8 + 3 - 1 - 2 * 1)
+    spec = conv2d_input_spec(size, w, gy, 1, padding, 1, 2)
+    assert _winograd.applies(spec)
+    if op == "conv_transpose2d":
+        got = nbconv.conv_transpose2d(gy, w, padding=padding, groups=2)
+    else:
+        got = nbconv.grad.conv2d_input(size, w, gy, padding=padding, groups=2)
+    np.testing.assert_allclose(got, conv2d_input_reference(size, w, gy, 1, padding, 1, 2), rtol=1e-11, atol=1e-11)
+
+
+def test_results_do_not_depend_on_threads():
+    case = Case(3, 8, (13, 11), 12, (5, 5), 1, 2, 1, 2)
+    x, w, b = random_arrays(case, np.float32)
+    one, two = at_each_thread_count(lambda: nbconv.conv2d(x, w, b, **case.conv_args()))
+    np.testing.assert_array_equal(one, two)
+    assert _winograd.applies(conv2d_spec(x, w, b, **case.conv_args()))
+
+
+def test_non_finite_pixel_spoils_only_its_outputs():
+    """An infinite pixel makes its whole tile non-finite in the transform: the launcher computes such
+    calls with the direct kernel, so only the outputs whose windows read it are non-finite."""
+    case = Case(1, 4, (12, 12), 4, (3, 3), 1, 1, 1, 1)
+    x, w, b = random_arrays(case, np.float64)
+    x[0, 1, 5, 6] = np.inf
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    raw = np.empty(spec.output_shape)
+    _winograd.winograd_forward(x, w, b, raw, spec)
+    got = nbconv.conv2d(x, w, b, **case.conv_args())
+    assert np.count_nonzero(~np.isfinite(raw)) > np.count_nonzero(~np.isfinite(got))  # the fallback mattered
+    bad = np.zeros(got.shape, bool)
+    bad[:, :, 4:7, 5:8] = True  # the 3x3 outputs around (5, 6)
+    np.testing.assert_array_equal(~np.isfinite(got), bad)
+    finite = x.copy()
+    finite[0, 1, 5, 6] = 0.0
+    np.testing.assert_allclose(got[~bad], nbconv.conv2d(finite, w, b, **case.conv_args())[~bad], rtol=1e-12)
+
+
+def test_overflow_in_the_transform_falls_back():
+    """Pixels near the largest float32 overflow in the input transform (it scales by up to 5.25)
+    where the direct sums, with small weights, stay finite."""
+    case = Case(1, 4, (9, 9), 4, (5, 5), 1, 2, 1, 1, False)
+    x, w, _ = random_arrays(case, np.float32)
+    x[0, :, 3:6, 3:6] = 3e38
+    w *= np.float32(1e-4)
+    spec = conv2d_spec(x, w, None, **case.conv_args())
+    raw = np.empty(spec.output_shape, np.float32)
+    _winograd.winograd_forward(x, w, np.zeros(4, np.float32), raw, spec)
+    assert not np.isfinite(raw).all()
+    got = nbconv.conv2d(x, w, **case.conv_args())
+    assert np.isfinite(got).all()
+    assert_conv_close(got, x, w, **case.conv_args())
+
+
+def test_launcher_input_layouts():
+    """Strided and read-only inputs reach the kernel as the launcher copies them; nothing is written."""
+    case = Case(2, 6, (10, 11), 6, (3, 3), 1, 1, 1, 2)
+    x, w, b = random_arrays(case, np.float64)
+    xs = np.asfortranarray(np.repeat(x, 2, axis=3)[..., ::2])
+    xs.setflags(write=False)
+    w.setflags(write=False)
+    before = xs.copy()
+    assert_conv_close(nbconv.conv2d(xs, w, b, **case.conv_args()), x, w, b, **case.conv_args())
+    np.testing.assert_array_equal(xs, before)
+
+
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 3), g=st.integers(1, 2), cin_g=st.integers(1, 8), cout_g=st.integers(1, 9),
+       h=st.integers(1, 14), wd=st.integers(1, 14), kh=st.sampled_from([3, 5]), kw=st.sampled_from([3, 5]),
+       pad=st.integers(0, 2))
+def test_winograd_property(n, g, cin_g, cout_g, h, wd, kh, kw, pad):
+    case = Case(n, g * cin_g, (h + kh - 1 - 2 * pad, wd + kw - 1 - 2 * pad), g * cout_g, (kh, kw), 1, pad, 1, g)
+    if min(case.hw) < 1:
+        return
+    x, w, b = random_arrays(case, np.float64)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    out = np.full(spec.output_shape, np.nan)
+    _winograd.winograd_forward(x, w, b, out, spec)
+    assert_winograd_close(out, x, w, b, pad, g)
