@@ -9,14 +9,14 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from cases import Case, at_each_thread_count, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
 
 import nbconv
-from cases import Case, at_each_thread_count, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
-from nbconv.cpu import _launch, _winograd
-from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
+from nbconv.cpu import _winograd
 
 
 @pytest.fixture(autouse=True)

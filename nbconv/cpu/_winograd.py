@@ -79,7 +79,7 @@ def _inverse(m: list[list[Fraction]]) -> list[list[Fraction]]:
     return [row[n:] for row in a]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def transform_matrices(m: int, r: int) -> tuple[tuple, tuple, tuple]:
     """(A^T (m x t), G (t x r), B^T (t x t)) of F(m, r), exact: the correlation of a length-t
     input d with a length-r kernel w is ``A^T ((G w) * (B^T d))``.
@@ -295,16 +295,20 @@ def module_source(spec) -> str:
     output_body += [f"{ind4}bias = b[o]"]
     output_body += [f"{ind4}y[_U(y0 + {(a * mw + c) * ob} + o)] = y{a}_{c} + bias" for a in range(mh) for c in range(mw)]
     # products: TT tiles x KC channels per pass over the output channels
-    gemm = []
     v_tile = p_n * cin_g
-    for c0 in range(0, cin_g, kc):
-        gemm += [f"    a{t}_{k} = v[_U(v0 + {t * v_tile + c0 + k})]" for t in range(TT) for k in range(kc)]
-        gemm += [f"    for o in range({ob}):"]
-        gemm += [f"        w{k} = u[_U(u0 + {(c0 + k) * cout_g} + o)]" for k in range(kc)]
+    gemm = []
+    for first in (True, False):  # the first input channels start the sums, the others add to them
+        ind = " " * 4 if first else " " * 8
+        c0 = "0" if first else "c0"
+        if not first:
+            gemm += [f"    for c0 in range({kc}, {cin_g}, {kc}):"]
+        gemm += [f"{ind}a{t}_{k} = v[_U(v0 + {t * v_tile + k} + {c0})]" for t in range(TT) for k in range(kc)]
+        gemm += [f"{ind}for o in range({ob}):"]
+        gemm += [f"{ind}    w{k} = u[_U(u0 + ({c0} + {k}) * {cout_g} + o)]" for k in range(kc)]
         for t in range(TT):
             terms = " + ".join(f"a{t}_{k} * w{k}" for k in range(kc))
-            acc = "" if c0 == 0 else f"m[_U(m0 + {t * ob} + o)] + "
-            gemm += [f"        m[_U(m0 + {t * ob} + o)] = {acc}{terms}"]
+            acc = "" if first else f"m[_U(m0 + {t * ob} + o)] + "
+            gemm += [f"{ind}    m[_U(m0 + {t * ob} + o)] = {acc}{terms}"]
     what = f"Winograd F({mh}x{mw}, {kh}x{kw}), {cin_g} -> {cout_g} channels per group, {oh}x{ow} outputs"
     fmt = dict(groups=spec.groups, cin_g=cin_g, cout_g=cout_g, kh=kh, kw=kw, kk=kh * kw, pt=spec.padding[0],
                pl=spec.padding[2], hp=hp, wp=wp, rows_read=oh + kh - 1, cols_read=ow + kw - 1,
