@@ -30,12 +30,15 @@ def test_matches_torch(case, dtype):
 
 @pytest.mark.parametrize("shape", STANDARD_SHAPES + EXTRA_SHAPES, ids=lambda s: s.name)
 def test_bench_shapes_match_torch(shape):
+    """float32 at full size, unscaled N(0, 1) data: outputs reach ~150 on alexnet_g2 (1200 terms).
+    Compared relative to the largest output (1e-5: Winograd's transforms on 5x5 round to ~4e-6 of
+    it, the direct sums to ~2e-7; a term left out is off by ~1e-2)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape.input_shape(1)).astype(np.float32)
     w = rng.standard_normal(shape.weight_shape()).astype(np.float32)
-    np.testing.assert_allclose(
-        nbconv.conv2d(x, w, **shape.conv_args()), torch_conv2d(x, w, None, **shape.conv_args()), rtol=1e-4, atol=1e-4
-    )
+    got = nbconv.conv2d(x, w, **shape.conv_args()).astype(np.float64)
+    want = torch_conv2d(x, w, None, **shape.conv_args()).astype(np.float64)
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
 
 
 # gradients: the same numbers as PyTorch's autograd through F.conv2d and F.conv_transpose2d
