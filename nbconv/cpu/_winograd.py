@@ -50,8 +50,9 @@ MIN_CHANNELS = 48
 MIN_TILES = 64
 #: Tiles per task (a multiple of ``TT``), and tiles x input channels (at most) per register block:
 #: 4 x 6 values broadcast against a vector of output channels, 24 multiply-adds per 4 sums loaded
-#: and stored (alexnet_g2 at batch 8: 3.4-3.9 ms, against 4.2-5.8 for 4 x 4, 2 x 12 or 8 x 6,
-#: ``python docs/winograd_blocks.py``; this machine is noisy, repeat).
+#: and stored (alexnet_g2 at batch 8, fastest of 15: 3.4-3.9 ms, against 4.1-5.8 for 4 x 4,
+#: 2 x 12, 8 x 3 or 8 tiles per task; ``python docs/winograd_blocks.py``; this machine is noisy,
+#: repeat).
 TB, TT, MAX_KC = 16, 4, 6
 #: Output channels per block (at most; a divisor of the group's): the products of a block for
 #: all tiles of a task stay in L2 (49 x 16 x 128 float32: 400 KiB).
