@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from fractions import Fraction
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -101,9 +102,29 @@ def transform_matrices(m: int, r: int) -> tuple[tuple, tuple, tuple]:
 assert TB % TT == 0, "a task's tiles must be whole register blocks"
 
 
-def tile_sizes(spec) -> tuple[int, int]:
-    """Outputs per tile (rows, columns)."""
-    return TILE_FOR_KERNEL[spec.kernel_size[0]], TILE_FOR_KERNEL[spec.kernel_size[1]]
+class Geometry(NamedTuple):
+    """The tiling of a spec's output planes (every kernel side in ``TILE_FOR_KERNEL``)."""
+
+    mh: int  #: outputs per tile: rows
+    mw: int  #: columns
+    th: int  #: inputs per tile (mh + kH - 1)
+    tw: int
+    ty_n: int  #: tiles per output plane: rows
+    tx_n: int  #: columns
+    hp: int  #: rows of a packed (zero-padded) input plane: ty_n * mh + kH - 1
+    wp: int
+
+    @property
+    def positions(self) -> int:
+        """Positions of a transformed tile (th x tw)."""
+        return self.th * self.tw
+
+
+def geometry(spec) -> Geometry:
+    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
+    mh, mw = TILE_FOR_KERNEL[kh], TILE_FOR_KERNEL[kw]
+    ty_n, tx_n = -(-oh // mh), -(-ow // mw)
+    return Geometry(mh, mw, mh + kh - 1, mw + kw - 1, ty_n, tx_n, ty_n * mh + kh - 1, tx_n * mw + kw - 1)
 
 
 def applies(spec) -> bool:
@@ -114,16 +135,10 @@ def applies(spec) -> bool:
             and all(k in TILE_FOR_KERNEL for k in spec.kernel_size)
             and min(spec.in_per_group, spec.out_per_group) >= MIN_CHANNELS):
         return False
-    (mh, mw), (oh, ow) = tile_sizes(spec), spec.out_size
-    if spec.batch * -(-oh // mh) * -(-ow // mw) < MIN_TILES:
+    geo = geometry(spec)
+    if spec.batch * geo.ty_n * geo.tx_n < MIN_TILES:
         return False
-    return _positions(spec) * spec.in_per_group * spec.out_channels <= MAX_WEIGHT_ELEMS
-
-
-def _positions(spec) -> int:
-    """t_h x t_w: the positions of a transformed tile."""
-    (kh, kw), (mh, mw) = spec.kernel_size, tile_sizes(spec)
-    return (mh + kh - 1) * (mw + kw - 1)
+    return geo.positions * spec.in_per_group * spec.out_channels <= MAX_WEIGHT_ELEMS
 
 
 def _lincomb(coeffs, names) -> str:
@@ -225,6 +240,12 @@ def _output_transform(m, m0, b, y, y0):
 {output_body}
 
 
+@numba.njit(inline="always")
+def _tile(q):
+    """(image, tile row, tile column) of tile q of the batch."""
+    return q // {tiles_img}, (q // {tx_n}) % {ty_n}, q % {tx_n}
+
+
 @njit_parallel
 def forward(xp, u, b, out, v_buf, m_buf, y_buf):
     \"\"\"out (N, {c_out}, {oh}, {ow}) from the packed input and transformed weight: tasks of (group,
@@ -242,10 +263,7 @@ def forward(xp, u, b, out, v_buf, m_buf, y_buf):
         q0 = (task % n_chunks) * {tb}
         nq = min({tb}, n_tiles - q0)
         for t in range(nq):
-            q = q0 + t
-            n = q // {tiles_img}
-            ty = (q // {tx_n}) % {ty_n}
-            tx = q % {tx_n}
+            n, ty, tx = _tile(q0 + t)
             _input_transform(xp, (((n * {groups} + g) * {hp} + ty * {mh}) * {wp} + tx * {mw}) * {cin_g}, v,
                              t * {v_tile})
         for ob0 in range(0, {cout_g}, {ob}):
@@ -256,10 +274,7 @@ def forward(xp, u, b, out, v_buf, m_buf, y_buf):
             for t in range(nq):
                 _output_transform(m, t * {ob}, b[g * {cout_g} + ob0:], y, t * {y_tile})
             for t in range(nq):
-                q = q0 + t
-                n = q // {tiles_img}
-                ty = (q // {tx_n}) % {ty_n}
-                tx = q % {tx_n}
+                n, ty, tx = _tile(q0 + t)
                 rows = min({mh}, {oh} - ty * {mh})
                 cols = min({mw}, {ow} - tx * {mw})
                 o_base = ((n * {c_out} + g * {cout_g} + ob0) * {oh} + ty * {mh}) * {ow} + tx * {mw}
@@ -271,15 +286,13 @@ def forward(xp, u, b, out, v_buf, m_buf, y_buf):
 
 
 def module_source(spec) -> str:
-    (kh, kw), (mh, mw), (oh, ow) = spec.kernel_size, tile_sizes(spec), spec.out_size
-    th, tw = mh + kh - 1, mw + kw - 1
+    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
+    mh, mw, th, tw, ty_n, tx_n, hp, wp = geo = geometry(spec)
     ath, gh, bth = transform_matrices(mh, kh)
     atw, gw, btw = transform_matrices(mw, kw)
     cin_g, cout_g = spec.in_per_group, spec.out_per_group
     kc, ob = blocking(spec)
-    ty_n, tx_n = -(-oh // mh), -(-ow // mw)
-    hp, wp = ty_n * mh + kh - 1, tx_n * mw + kw - 1
-    p_n = th * tw
+    p_n = geo.positions
     ind3, ind4 = " " * 12, " " * 8
     # weight: w{a}_{b} -> u{i}_{j}
     weight_body = [f"{ind3}w{a}_{b} = w[_U(w0 + {a * kw + b})]" for a in range(kh) for b in range(kw)]
@@ -329,15 +342,13 @@ def _module(spec):
 def winograd_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
     """``out`` = the convolution of ``spec`` (C-contiguous arrays; ``w`` in (C_out, C_in/groups, kH, kW)).
     Non-finite pixels or weights make the tiles that hold them non-finite: the launcher checks."""
-    mod = _module(spec)
-    (mh, mw), (oh, ow), (kh, kw) = tile_sizes(spec), spec.out_size, spec.kernel_size
-    hp, wp = -(-oh // mh) * mh + kh - 1, -(-ow // mw) * mw + kw - 1
-    threads, p_n, ob = numba.get_num_threads(), _positions(spec), blocking(spec)[1]
+    mod, geo = _module(spec), geometry(spec)
+    threads, p_n, ob = numba.get_num_threads(), geo.positions, blocking(spec)[1]
     u = np.empty(p_n * spec.in_per_group * spec.out_channels, x.dtype)
     mod.transform_weight(w.reshape(-1), u)
-    xp = np.empty(spec.batch * spec.groups * hp * wp * spec.in_per_group, x.dtype)
+    xp = np.empty(spec.batch * spec.groups * geo.hp * geo.wp * spec.in_per_group, x.dtype)
     mod.pack(x, xp)
     v = np.zeros((threads, TB * p_n * spec.in_per_group), x.dtype)
     m = np.empty((threads, p_n * TB * ob), x.dtype)
-    y = np.empty((threads, TB * mh * mw * ob), x.dtype)
+    y = np.empty((threads, TB * geo.mh * geo.mw * ob), x.dtype)
     mod.forward(xp, u, b, out, v, m, y)
