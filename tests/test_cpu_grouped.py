@@ -69,7 +69,7 @@ def test_non_finite_pixels_reach_only_their_outputs(value):
     """Planes share their zero padding (pitch W + 1 here), and the columns past the output width
     are computed from the next row's pixels and dropped: a non-finite pixel at a plane's edge
     must still reach only the outputs whose taps read it."""
-    case = Case(2, 6, (7, 7), 6, (3, 3), 1, 1, 1, 6)
+    case = Case(2, 6, (7, 7), 6, (3, 3), 1, 1, 1, 3)
     x, w, b = random_arrays(case, np.float64)
     x[0, 2, 6, 6] = value  # last pixel of a plane: the next plane starts one zero row later
     x[1, 5, 0, 0] = value  # first pixel of the last plane of the array
@@ -125,7 +125,8 @@ def test_grouped_property(n, g, cin_g, cout_g, h, wd, k, s, pad):
 @pytest.mark.parametrize("case", [
     Case(3, 8, (9, 20), 8, (3, 3), 1, 1, 1, 2),  # _grouped
     Case(3, 4, (9, 20), 8, (3, 3), 2, 1, 1, 4),  # _rowblock
-    Case(3, 8, (7, 7), 8, (3, 3), 1, 1, 1, 8),  # _grouped, depthwise
+    Case(3, 8, (7, 7), 16, (3, 3), 1, 1, 1, 8),  # _grouped, depthwise with a multiplier
+    Case(3, 8, (7, 7), 8, (3, 3), 1, 1, 1, 8),  # _channels_last
 ], ids=str)
 def test_generated_kernels_do_not_depend_on_the_thread_count(case):
     """Which kernel runs and the order of every sum are fixed by the spec: bit-identical results."""

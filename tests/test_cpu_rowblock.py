@@ -97,7 +97,7 @@ def test_choice():
     spec = conv2d_spec(x, np.zeros((32, 1, 3, 3), np.float32), None, 1, 1, 1, 32)
     assert _rowblock.applies(spec)
     narrow = conv2d_spec(np.zeros((8, 32, 7, 7), np.float32), np.zeros((32, 1, 3, 3), np.float32), None, 1, 1, 1, 32)
-    assert not _rowblock.applies(narrow)  # 7 columns: _grouped's stacked planes
+    assert not _rowblock.applies(narrow)  # 7 columns: _channels_last
     grouped = conv2d_spec(x, np.zeros((32, 2, 3, 3), np.float32), None, 1, 1, 1, 16)
     assert not _rowblock.applies(grouped)
     big_kernel = conv2d_spec(x, np.zeros((32, 1, 9, 9), np.float32), None, 1, 4, 1, 32)

@@ -17,7 +17,7 @@ import tempfile
 from types import ModuleType
 
 from .. import _numba_options
-from . import _packed
+from . import _packed, _simd
 
 #: Largest kernel (taps) the generated kernels take: their loops unroll every tap (times the rows
 #: and channels of a block), so compile time grows with it: a 7x7 depthwise first call takes 3.7 s
@@ -58,9 +58,13 @@ def source_dir() -> str:
 @functools.lru_cache(maxsize=None)
 def _options_stamp() -> str:
     """Numba checks only a cached file's own stamp: the generated files also depend on the
-    compiler options, so their names carry a hash of the module that holds them."""
-    with open(_numba_options.__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    compiler options and on the intrinsics they call, so their names carry a hash of the modules
+    that hold them."""
+    digest = hashlib.sha256()
+    for module in (_numba_options, _simd):
+        with open(module.__file__, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,6 +1,7 @@
 """Grouped convolution on the CPU, register-blocked over output channels and output rows,
-generated per geometry: two or more input channels per group, and the depthwise layers whose
-outputs are too narrow for ``_rowblock`` (under 16 columns: 7x7 and 14x14 planes).
+generated per geometry: two or more input channels per group, and the depthwise layers with a
+channel multiplier whose outputs are too narrow for ``_rowblock`` (under 16 columns; without a
+multiplier those go to ``_channels_last``).
 
 A task (stack of images, group, slice of the group's output channels) packs the group's input
 planes once (``_packed``'s layout, by the generated ``_pack_plane``), then computes blocks of

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _grouped, _rowblock, _wgrad, _winograd
+from . import _channels_last, _grouped, _rowblock, _wgrad, _winograd
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -101,6 +101,8 @@ def _generated_forward(x, w, b, dest, spec) -> bool:
             return True
     if _rowblock.applies(spec):
         _rowblock.depthwise_forward(x, w, b, dest, spec)
+    elif _channels_last.applies(spec):
+        _channels_last.depthwise_forward(x, w, b, dest, spec)
     elif _grouped.applies(spec):
         _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
     else:

@@ -1,0 +1,160 @@
+"""The channels-in-lanes depthwise CPU path (``nbconv.cpu._channels_last``) and its register
+transpose (``nbconv.cpu._simd.transpose_tile``): every feature of the generated kernel (a partial
+last block of channels, planes smaller than a tile, the last pixel blocks moved up and left,
+strides, dilations, non-square kernels, cropping, float64's 8 lanes) against the reference."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from cases import Case, at_each_thread_count, check_path_forward, random_arrays
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
+
+import nbconv
+from nbconv._spec import conv2d_input_spec, conv2d_spec
+from nbconv.cpu import _channels_last, _rowblock, _simd
+from nbconv.cpu._launch import conv2d_forward
+
+#: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
+pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 16])
+def test_transpose_plan_transposes(n):
+    rows = [np.arange(n) + n * i for i in range(n)]
+    for stage in _simd.transpose_plan(n):
+        rows = [np.concatenate([rows[a], rows[b]])[mask] for _, a, b, mask in sorted(stage)]
+    np.testing.assert_array_equal(np.array(rows), np.arange(n * n).reshape(n, n).T)
+
+
+def test_transpose_plan_rejects_other_sides():
+    with pytest.raises(ValueError, match="power of two"):
+        _simd.transpose_plan(12)
+
+
+@numba.njit
+def _transpose_tile(src, s0, s_pitch, dst, d0, d_pitch):
+    _simd.transpose_tile(src, s0, s_pitch, dst, d0, d_pitch)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_tile(dtype):
+    """One tile from rows 3 + 21 i of src to rows 5 + 19 j of dst (unaligned, pitches wider than
+    the tile); nothing else of dst is written."""
+    n = _simd.lanes(np.dtype(dtype))
+    src = np.arange(400, dtype=dtype)
+    dst = np.full(400, -1, dtype)
+    _transpose_tile(src, 3, 21, dst, np.uint64(5), 19)
+    tile = src[3:3 + 21 * n].reshape(n, 21)[:, :n]
+    written = dst[5:5 + 19 * n].reshape(n, 19)
+    np.testing.assert_array_equal(written[:, :n], tile.T)
+    assert (written[:, n:] == -1).all() and (dst[:5] == -1).all() and (dst[5 + 19 * n:] == -1).all()
+
+
+CASES = [
+    Case(2, 40, (7, 7), 40, (3, 3), 1, 1, 1, 40),  # float32: blocks of 16, 16, 8 lanes; 3 x 7 pixels
+    Case(2, 16, (14, 14), 16, (5, 5), 1, 2, 1, 16),  # two 7-column blocks per row; rows moved up
+    Case(3, 17, (13, 11), 17, (3, 3), 2, 1, 1, 17),  # stride 2, a last block of one channel
+    Case(2, 9, (12, 13), 9, (3, 3), 1, 2, 2, 9),  # dilation 2: wider reads than the block
+    Case(2, 8, (9, 10), 8, (3, 5), 1, "same", 1, 8, False),  # non-square kernel, no bias
+    Case(2, 8, (11, 12), 8, (2, 4), 1, "same", 1, 8),  # even kernel: more padding at the far side
+    Case(1, 12, (3, 3), 12, (3, 3), 1, 1, 1, 12),  # planes of 9 pixels: smaller than a tile
+    Case(2, 8, (10, 9), 8, (7, 7), 1, "valid", 1, 8),  # 4 x 3 outputs: fewer than a block's
+    Case(2, 24, (15, 14), 24, (4, 3), (2, 3), (0, 2), (1, 2), 24),  # mixed stride, padding, dilation
+]
+
+
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in CASES] + [(CASES[0], np.float32), (CASES[2], np.float32)],
+                         ids=str)
+def test_channels_last_forward(case, dtype):
+    check_path_forward(_channels_last.applies, _channels_last.depthwise_forward, case, dtype)
+
+
+def test_block_choice():
+    def block(hw, k):
+        x = np.zeros((8, 32, hw, hw), np.float32)
+        return _channels_last.choose_block(conv2d_spec(x, np.zeros((32, 1, k, k), np.float32), None, 1, k // 2, 1, 32))
+    assert block(7, 3) == (3, 7)  # 21 sums + 3 weights
+    assert block(14, 5) == (2, 7)  # 14 + 5
+    assert block(13, 3) == (3, 7)  # 13 columns: 7 + 7 (one computed twice) beats 8 + 8 and 5 x 3
+    assert block(3, 3) == (3, 3)
+    assert block(56, 7) == (2, 8)
+
+
+def test_launcher_takes_the_path_for_narrow_depthwise_only(monkeypatch):
+    """Narrow depthwise outputs (under 16 columns) come here; wider ones go to ``_rowblock``;
+    channel multipliers and grouped convolutions elsewhere."""
+    calls = []
+    real = _channels_last.depthwise_forward
+    monkeypatch.setattr(_channels_last, "depthwise_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    xs = np.asfortranarray(x)
+    xs.flags.writeable = False
+    assert_conv_close(nbconv.conv2d(xs, w, None, padding=1, groups=6), x, w, None, padding=1, groups=6)
+    assert len(calls) == 1
+    wide = rng.standard_normal((1, 6, 20, 20)).astype(np.float32)
+    nbconv.conv2d(wide, w, None, padding=1, groups=6)
+    assert _rowblock.applies(conv2d_spec(wide, w, None, 1, 1, 1, 6)) and len(calls) == 1
+    nbconv.conv2d(x, rng.standard_normal((12, 1, 3, 3)).astype(np.float32), None, padding=1, groups=6)
+    assert len(calls) == 1  # multiplier 2
+
+
+def test_input_gradient_with_cropping():
+    """The input gradient at stride 1 is a forward convolution with padding k - 1 - p: negative
+    (cropping) for p = 3 on a 3x3 kernel."""
+    case = Case(2, 20, (9, 8), 20, (3, 3), 1, 3, 1, 20)
+    x, w, _ = random_arrays(case, np.float64)
+    gy = np.random.default_rng(1).standard_normal(nbconv.conv2d(x, w, None, **case.conv_args()).shape)
+    spec = conv2d_input_spec(x.shape, w, gy, **case.conv_args())
+    assert spec.padding[0] < 0 and _channels_last.applies(spec)
+    out = np.full(x.shape, np.nan)
+    conv2d_forward(spec, gy, w, None, out)
+    np.testing.assert_allclose(out, conv2d_input_reference(x.shape, w, gy, **case.conv_args()), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_non_finite_pixels_reach_only_their_outputs(value):
+    """Zero padding and the unused lanes of a partial block must not spread a non-finite pixel."""
+    case = Case(2, 20, (7, 7), 20, (3, 3), 1, 1, 1, 20)
+    x, w, b = random_arrays(case, np.float64)
+    x[0, 2, 6, 6] = value  # corner of a plane in the first block
+    x[1, 19, 0, 0] = value  # the last channel: the partial block (lanes 16-19 of 24, float64)
+    x[1, 9, 3, 0] = value  # first column
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    out = np.full(spec.output_shape, 0.5)
+    _channels_last.depthwise_forward(x, w, b, out, spec)
+    want = conv2d_reference(x, w, b, **case.conv_args())
+    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(out[finite], want[finite], rtol=1e-12, atol=1e-12)
+
+
+def test_results_do_not_depend_on_threads():
+    case = Case(3, 40, (7, 7), 40, (3, 3), 1, 1, 1, 40)
+    x, w, b = random_arrays(case, np.float32)
+    one, two = at_each_thread_count(lambda: nbconv.conv2d(x, w, b, **case.conv_args()))
+    np.testing.assert_array_equal(one, two)
+
+
+def test_scratch_rows_are_aligned():
+    for dtype in (np.float32, np.float64):
+        a = _channels_last.aligned_zeros(3, 21, dtype)
+        assert a.shape[0] == 3 and a.shape[1] >= 21 and a.flags.c_contiguous and not a.any()
+        assert all(row.ctypes.data % _simd.VECTOR_BYTES == 0 for row in a)
+
+
+@settings(max_examples=4, deadline=None)
+@given(
+    n=st.integers(1, 2), c=st.integers(1, 20), h=st.integers(1, 15), wd=st.integers(1, 15),
+    kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 2), sw=st.integers(1, 2),
+    dh=st.integers(1, 2), dw=st.integers(1, 2), pad=st.integers(0, 2), f32=st.booleans(),
+)
+def test_channels_last_property(n, c, h, wd, kh, kw, sh, sw, dh, dw, pad, f32):
+    case = Case(n, c, (h + (kh - 1) * dh, wd + (kw - 1) * dw), c, (kh, kw), (sh, sw), pad, (dh, dw), c)
+    check_path_forward(_channels_last.applies, _channels_last.depthwise_forward, case,
+                       np.float32 if f32 else np.float64)
