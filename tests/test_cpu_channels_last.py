@@ -1,6 +1,6 @@
 """The channels-in-lanes depthwise CPU path (``nbconv.cpu._channels_last``) and its register
-transpose (``nbconv.cpu._simd.transpose_tile``): every feature of the generated kernel (a partial
-last block of channels, planes smaller than a tile, the last pixel blocks moved up and left,
+transpose (``nbconv.cpu._simd.transpose_tile``): every feature of the generated forward and
+weight-gradient kernels (a partial last block of channels, slices of the batch, planes smaller than a tile, the last pixel blocks moved up and left,
 strides, dilations, non-square kernels, cropping, float64's 8 lanes) against the reference."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 from cases import Case, at_each_thread_count, check_path_forward, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_conv_close, conv2d_input_reference, conv2d_reference
+from reference import assert_conv_close, conv2d_input_reference, conv2d_reference, conv2d_weight_reference
 
 import nbconv
-from nbconv._spec import conv2d_input_spec, conv2d_spec
+from nbconv._spec import conv2d_input_spec, conv2d_spec, conv2d_weight_spec
 from nbconv.cpu import _channels_last, _rowblock, _simd
 from nbconv.cpu._launch import conv2d_forward
 
@@ -158,3 +158,46 @@ def test_channels_last_property(n, c, h, wd, kh, kw, sh, sw, dh, dw, pad, f32):
     case = Case(n, c, (h + (kh - 1) * dh, wd + (kw - 1) * dw), c, (kh, kw), (sh, sw), pad, (dh, dw), c)
     check_path_forward(_channels_last.applies, _channels_last.depthwise_forward, case,
                        np.float32 if f32 else np.float64)
+
+
+WEIGHT_CASES = [
+    Case(3, 40, (7, 7), 40, (3, 3), 1, 1, 1, 40),  # 3 blocks (float64: 8 lanes), one slice of the batch each
+    Case(5, 6, (14, 14), 6, (5, 5), 1, 2, 1, 6),  # one partial block: 5 slices of one image
+    Case(3, 17, (13, 11), 17, (3, 3), 2, 1, 1, 17),  # stride 2
+    Case(2, 9, (12, 13), 9, (3, 2), 1, "same", (2, 1), 9),  # dilation, even kernel width
+    Case(2, 12, (3, 3), 12, (3, 3), 1, 1, 1, 12),  # planes smaller than a tile
+]
+
+
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in WEIGHT_CASES] + [(WEIGHT_CASES[0], np.float32)],
+                         ids=str)
+def test_channels_last_weight_grad(case, dtype):
+    x, w, _ = random_arrays(case, dtype)
+    gy = np.random.default_rng(1).standard_normal(nbconv.conv2d(x, w, None, **case.conv_args()).shape).astype(dtype)
+    spec = conv2d_weight_spec(x, w.shape, gy, **case.conv_args())
+    assert _channels_last.applies_weight_grad(spec)
+    got = np.full(w.shape, np.nan, dtype)
+    _channels_last.depthwise_weight_grad(x, gy, got, spec)
+    want = conv2d_weight_reference(x, w.shape, gy, **case.conv_args())
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_weight_grad_through_the_launcher():
+    """Narrow depthwise weight gradients take the path through ``grad.conv2d_weight`` (a
+    non-finite pixel reaches only its channel's taps, as in the true sums), bit-identical at
+    every thread count."""
+    case = WEIGHT_CASES[1]
+    x, w, _ = random_arrays(case, np.float32)
+    x[1, 2, 0, 13] = np.inf
+    gy = np.random.default_rng(1).standard_normal(nbconv.conv2d(x, w, None, **case.conv_args()).shape).astype(np.float32)
+    calls = []
+    real = _channels_last.depthwise_weight_grad
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_channels_last, "depthwise_weight_grad", lambda *a: calls.append(1) or real(*a))
+        one, two = at_each_thread_count(lambda: nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args()))
+    assert len(calls) == 2
+    np.testing.assert_array_equal(one, two)
+    want = conv2d_weight_reference(x.astype(np.float64), w.shape, gy, **case.conv_args())
+    np.testing.assert_array_equal(np.isfinite(one), np.isfinite(want))
+    assert not np.isfinite(one[2]).all() and np.isfinite(np.delete(one, 2, axis=0)).all()

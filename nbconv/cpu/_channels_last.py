@@ -47,6 +47,22 @@ def applies(spec) -> bool:
             and spec.lhs_dilation == (1, 1) and kh * kw <= _generated.MAX_TAPS)
 
 
+#: The weight gradient unrolls one output row of multiply-adds (width x taps) and keeps a vector
+#: sum per tap in registers across it: at most this many of each.
+MAX_WEIGHT_GRAD_ROW, MAX_WEIGHT_GRAD_TAPS = 512, 25
+#: Tasks the weight gradient aims for: channel blocks x slices of the batch (each slice's sums are
+#: kept apart and added in slice order, so the count depends on the spec alone, not the threads).
+WEIGHT_GRAD_TASKS = 16
+
+
+def applies_weight_grad(spec) -> bool:
+    """The weight gradient of a depthwise convolution (no multiplier, no input dilation) with at
+    most ``MAX_WEIGHT_GRAD_TAPS`` taps and ``MAX_WEIGHT_GRAD_ROW`` multiply-adds per output row."""
+    taps = spec.kernel_size[0] * spec.kernel_size[1]
+    return (spec.batch > 0 and spec.in_per_group == 1 and spec.out_per_group == 1 and spec.lhs_dilation == (1, 1)
+            and taps <= MAX_WEIGHT_GRAD_TAPS and taps * spec.out_size[1] <= MAX_WEIGHT_GRAD_ROW)
+
+
 def choose_block(spec) -> tuple[int, int]:
     """(rows, columns) of output pixels per block."""
     (oh, ow), kw = spec.out_size, spec.kernel_size[1]
@@ -96,26 +112,37 @@ def _block_source(spec, geo: Geometry, rows: int, cols: int) -> list[str]:
     return lines
 
 
-_DRIVER = '''
+_TO_LANES = '''
+
+@njit_serial
+def {name}(src, s0, valid, t):
+    """t[p * {lanes} + l] = src[s0 + l * {plane} + p] for p < {plane} and lanes l < valid (zeros in
+    the other lanes)."""
+    if valid == {lanes} and {plane} >= {lanes}:
+        for p0 in range(0, {plane} - {lanes}, {lanes}):
+            transpose_tile(src, s0 + p0, {plane}, t, p0 * {lanes}, {lanes})
+        transpose_tile(src, s0 + {plane} - {lanes}, {plane}, t, ({plane} - {lanes}) * {lanes}, {lanes})
+    else:
+        for l in range({lanes}):
+            for p in range({plane}):
+                t[_U(p * {lanes} + l)] = src[_U(s0 + l * {plane} + p)] if l < valid else 0.0
+'''
+
+_PACK = '''
 
 @njit_serial
 def _pack(x_flat, s0, valid, t, xs):
     """The planes x_flat[s0 + l * {plane} :][: {plane}] (lanes l < valid; zeros in the others) into the
     padded channels-last plane xs (through t, the unpadded one)."""
-    if valid == {lanes} and {plane} >= {lanes}:
-        for p0 in range(0, {plane} - {lanes}, {lanes}):
-            transpose_tile(x_flat, s0 + p0, {plane}, t, p0 * {lanes}, {lanes})
-        transpose_tile(x_flat, s0 + {plane} - {lanes}, {plane}, t, ({plane} - {lanes}) * {lanes}, {lanes})
-    else:
-        for l in range({lanes}):
-            for p in range({plane}):
-                t[_U(p * {lanes} + l)] = x_flat[_U(s0 + l * {plane} + p)] if l < valid else 0.0
+    _lanes_in(x_flat, s0, valid, t)
     for iy in range({iy0}, {iy1}):
         d = ((iy + {pt}) * {wp} + {ix0} + {pl}) * {lanes}
         s = (iy * {in_w} + {ix0}) * {lanes}
         for i in range({copy}):
             xs[_U(d + i)] = t[_U(s + i)]
+'''
 
+_DRIVER = '''
 
 @njit_serial
 def _unpack(ys, out_flat, o0, valid):
@@ -163,15 +190,25 @@ def module_source(spec) -> str:
     rows, cols = choose_block(spec)
     (h, w), (oh, ow) = spec.in_size, spec.out_size
     (kh, kw), (sh, sw) = spec.kernel_size, spec.stride
-    fmt = dict(lanes=geo.lanes, blocks=geo.blocks, plane=h * w, out_plane=oh * ow, oh=oh, ow=ow, wp=geo.wp,
-               pt=spec.padding[0], pl=spec.padding[2], in_w=w, iy0=geo.rows[0], iy1=geo.rows[1],
-               ix0=geo.cols[0], copy=(geo.cols[1] - geo.cols[0]) * geo.lanes, rows=rows, cols=cols,
-               sh=sh, sw=sw, taps_lanes=kh * kw * geo.lanes)
+    fmt = dict(_common_format(spec, geo), rows=rows, cols=cols, taps_lanes=kh * kw * geo.lanes)
     what = (f"depthwise, {geo.lanes} channels per vector, kernel {kh}x{kw}, stride {spec.stride}, dilation "
             f"{spec.dilation}, {h}x{w} -> {oh}x{ow}, blocks of {rows}x{cols} pixels")
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
-    header += "\nfrom nbconv.cpu._simd import transpose_tile\n"
-    return header + "\n".join(_block_source(spec, geo, rows, cols)) + "\n" + _DRIVER.format(**fmt)
+    return (_header(what) + _TO_LANES.format(name="_lanes_in", **fmt) + _PACK.format(**fmt)
+            + "\n".join(_block_source(spec, geo, rows, cols)) + "\n" + _DRIVER.format(**fmt))
+
+
+def _header(what: str) -> str:
+    return (_generated.HEADER.format(generator=__name__, version=__version__, what=what)
+            + "\nfrom nbconv.cpu._simd import transpose_tile\n")
+
+
+def _common_format(spec, geo: Geometry) -> dict:
+    (h, w), (oh, ow) = spec.in_size, spec.out_size
+    return dict(lanes=geo.lanes, blocks=geo.blocks, plane=h * w, out_plane=oh * ow, oh=oh, ow=ow, wp=geo.wp,
+                pt=spec.padding[0], pl=spec.padding[2], in_w=w, iy0=geo.rows[0], iy1=geo.rows[1],
+                ix0=geo.cols[0], copy=(geo.cols[1] - geo.cols[0]) * geo.lanes, sh=spec.stride[0], sw=spec.stride[1],
+                taps=spec.kernel_size[0] * spec.kernel_size[1])
 
 
 @functools.lru_cache(maxsize=128)
@@ -212,3 +249,95 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     t = aligned_zeros(threads, h * w_in * geo.lanes, x.dtype)
     ys = aligned_zeros(threads, oh * ow * geo.lanes, x.dtype)
     _module(spec).forward(x, wv, bv, out, xs, t, ys)
+
+
+def _weight_row_source(spec, geo: Geometry) -> list[str]:
+    """``_wrow``: ``acc[t * L + l] += sum_c g[g0 + c * L + l] * xs[x0 + (kh * dH * Wp + c * sW + kw * dW)
+    * L + l]`` for every tap t = (kh, kw): one output row's terms, in column order per tap."""
+    (kh_n, kw_n), (_, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    lanes, ow = geo.lanes, spec.out_size[1]
+    lines = ["", "", "@njit_serial", "def _wrow(xs, x0, g, g0, acc):", f"    for l in range({lanes}):"]
+    lines += [f"        s{t} = acc[_U({t * lanes} + l)]" for t in range(kh_n * kw_n)]
+    lines += [f"        d{c} = g[_U(g0 + {c * lanes} + l)]" for c in range(ow)]
+    reads = sorted({c * sw + kw * dw for c in range(ow) for kw in range(kw_n)})
+    for kh in range(kh_n):
+        for col in reads:
+            lines.append(f"        v = xs[_U(x0 + {(kh * dh * geo.wp + col) * lanes} + l)]")
+            lines += [f"        s{kh * kw_n + kw} += d{c} * v" for c in range(ow) for kw in range(kw_n) if c * sw + kw * dw == col]
+    lines += [f"        acc[_U({t * lanes} + l)] = s{t}" for t in range(kh_n * kw_n)]
+    return lines
+
+
+_WEIGHT_DRIVER = '''
+
+@njit_parallel
+def weight_grad(x, gy, part, slices, xs_all, t_all, g_all, acc_all):
+    """part (slices, {blocks}, {taps}, {lanes}), float64: per slice of the images and block of {lanes}
+    channels, sum over its images n, rows oy and columns ox of gy[n, c, oy, ox] * x_pad[n, c, oy * sH +
+    kh * dH, ox * sW + kw * dW], each image's sums in the input dtype, added in image order."""
+    n_img, c = x.shape[0], x.shape[1]
+    x_flat = x.reshape(-1)
+    g_flat = gy.reshape(-1)
+    per = -(-n_img // slices)
+    for task in numba.prange(slices * {blocks}):
+        tid = numba.get_thread_id()
+        xs = xs_all[tid]
+        g = g_all[tid]
+        acc = acc_all[tid]
+        sl = task // {blocks}
+        c0 = (task - sl * {blocks}) * {lanes}
+        valid = min({lanes}, c - c0)
+        p0 = task * {taps_lanes}
+        for i in range({taps_lanes}):
+            part[p0 + i] = 0.0
+        for n in range(sl * per, min(n_img, (sl + 1) * per)):
+            _pack(x_flat, (n * c + c0) * {plane}, valid, t_all[tid], xs)
+            _lanes_out(g_flat, (n * c + c0) * {out_plane}, valid, g)
+            for i in range({taps_lanes}):
+                acc[i] = 0.0
+            for oy in range({oh}):
+                _wrow(xs, oy * {row_step}, g, oy * {ow_lanes}, acc)
+            for i in range({taps_lanes}):
+                part[p0 + i] += acc[i]
+'''
+
+
+def weight_grad_source(spec) -> str:
+    """The generated weight-gradient module for the forward ``spec``."""
+    geo = geometry(spec)
+    fmt = _common_format(spec, geo)
+    fmt.update(taps_lanes=fmt["taps"] * geo.lanes, row_step=spec.stride[0] * geo.wp * geo.lanes,
+               ow_lanes=spec.out_size[1] * geo.lanes)
+    (h, w), (oh, ow), (kh, kw) = spec.in_size, spec.out_size, spec.kernel_size
+    what = (f"depthwise weight gradient, {geo.lanes} channels per vector, kernel {kh}x{kw}, stride {spec.stride}, "
+            f"dilation {spec.dilation}, {h}x{w} -> {oh}x{ow}")
+    return (_header(what) + _TO_LANES.format(name="_lanes_in", **fmt)
+            + _TO_LANES.format(name="_lanes_out", **dict(fmt, plane=fmt["out_plane"])) + _PACK.format(**fmt)
+            + "\n".join(_weight_row_source(spec, geo)) + "\n" + _WEIGHT_DRIVER.format(**fmt))
+
+
+@functools.lru_cache(maxsize=128)
+def _weight_module(spec):
+    return _generated.load(weight_grad_source(spec), "nbconv_channels_last_wgrad")
+
+
+def weight_grad_slices(spec) -> int:
+    """Slices of the batch per channel block: ``WEIGHT_GRAD_TASKS`` tasks in all where the batch
+    allows."""
+    return max(1, min(spec.batch, -(-WEIGHT_GRAD_TASKS // geometry(spec).blocks)))
+
+
+def depthwise_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec) -> None:
+    """``dw`` (C, 1, kH, kW) = the weight gradient of the depthwise convolution ``spec`` given its
+    input ``x`` and output gradient ``gy`` (C-contiguous)."""
+    geo = geometry(spec)
+    (h, w_in), (oh, ow), taps = spec.in_size, spec.out_size, spec.kernel_size[0] * spec.kernel_size[1]
+    slices, threads = weight_grad_slices(spec), numba.get_num_threads()
+    part = np.empty(slices * geo.blocks * taps * geo.lanes, np.float64)
+    xs = aligned_zeros(threads, geo.hp * geo.wp * geo.lanes, x.dtype)
+    t = aligned_zeros(threads, h * w_in * geo.lanes, x.dtype)
+    g = aligned_zeros(threads, oh * ow * geo.lanes, x.dtype)
+    acc = aligned_zeros(threads, taps * geo.lanes, x.dtype)
+    _weight_module(spec).weight_grad(x, gy, part, slices, xs, t, g, acc)
+    total = part.reshape(slices, geo.blocks, taps, geo.lanes).sum(axis=0)
+    dw[...] = total.transpose(0, 2, 1).reshape(geo.blocks * geo.lanes, taps)[:spec.out_channels].reshape(dw.shape)
