@@ -33,7 +33,8 @@ ROW_CASES = [
     Case(2, 2, (37, 41), 2, (3, 3), 2, 1, 1, 2),  # stride 2: phase planes
     Case(2, 2, (30, 35), 2, (3, 3), (1, 2), (0, 2), (2, 1), 2),  # mixed stride, padding, dilation
     Case(2, 2, (19, 24), 4, (5, 5), 1, 2, 1, 2, False),  # 5x5: 8 rows per pass, multiplier 2
-    Case(2, 2, (16, 24), 2, (7, 7), 1, "valid", 1, 2),  # 7x7 'valid'
+    Case(2, 2, (16, 24), 2, (7, 7), 1, "valid", 1, 2),  # 7x7 'valid': kernel rows in passes of 3, 3, 1; OH = 10
+    Case(2, 2, (30, 40), 2, (5, 7), 2, (2, 3), 1, 2),  # 5x7, stride 2: passes of 3 and 2 kernel rows, phase planes
     Case(2, 2, (18, 22), 2, (2, 5), 1, "same", 1, 2),  # even, non-square kernel: far-side pad
     Case(3, 2, (12, 18), 2, (1, 1), 1, 0, 1, 2),  # 1x1 depthwise (a per-channel scale + bias)
 ]
@@ -90,6 +91,14 @@ def test_rowblock_property(n, c, mult, h, wd, kh, kw, sh, sw, dh, dw, pad):
     out = np.full(spec.output_shape, np.nan)
     _rowblock.depthwise_forward(x, w, b, out, spec)
     assert_conv_close(out, x, w, b, **case.conv_args())
+
+
+def test_kernel_row_passes():
+    assert _rowblock.kernel_row_passes(3, 3) == (3,)
+    assert _rowblock.kernel_row_passes(5, 5) == (5,)  # 25 taps: one pass
+    assert _rowblock.kernel_row_passes(7, 7) == (3, 3, 1)
+    assert _rowblock.kernel_row_passes(5, 7) == (3, 2)
+    assert _rowblock.kernel_row_passes(7, 3) == (7,)
 
 
 def test_choice():

@@ -15,9 +15,13 @@ to be compile-time constants. So the loop is generated as Python source per geom
 (:func:`kernel_source`) and loaded through ``_generated`` (a file per geometry, so that Numba's
 on-disk cache keeps the compiled code between processes as it does for the other kernels).
 
+Kernels of more than ``MAX_PASS_TAPS`` taps (7x7) go through the loop in passes of whole kernel
+rows (:func:`kernel_row_passes`), so that a pass's weights stay in registers.
+
 An output pixel is ``bias`` plus its terms in the order of their packed addresses (kernel order
-for stride 1; by phase plane first otherwise), each multiply-add fused (``contract``): the order
-is fixed by the geometry, so results are the same run after run and whatever the thread count.
+for stride 1; by phase plane first otherwise) within each pass, the passes in kernel-row order,
+each multiply-add fused (``contract``): the order is fixed by the geometry, so results are the
+same run after run and whatever the thread count.
 """
 
 from __future__ import annotations
@@ -40,6 +44,24 @@ ROWS_SMALL_KERNEL, ROWS_LARGE_KERNEL = 4, 8
 MIN_OUT_WIDTH = CHUNK = 16
 
 
+#: Most taps whose weights one vector loop keeps in registers beside its ``rows`` sums: a bigger
+#: kernel goes through the loop in passes of whole kernel rows (7x7: 3 + 3 + 1 rows), each pass
+#: adding to the sums the previous one stored. Without passes LLVM spills the weights and every
+#: multiply-add has a broadcast load beside it (convnext_dw7, medians of 30 interleaved rounds:
+#: 1.30-1.35 ms in passes of 3 kernel rows against 1.57-1.65 in one; 5x5 gained nothing from
+#: passes: an experiment not kept).
+MAX_PASS_TAPS = 25
+
+
+def kernel_row_passes(kh: int, kw: int) -> tuple[int, ...]:
+    """Kernel rows per pass of the vector loop: all of them up to ``MAX_PASS_TAPS`` taps, else as
+    many whole rows as fit that (the last pass takes the rest)."""
+    if kh * kw <= MAX_PASS_TAPS:
+        return (kh,)
+    per = max(1, MAX_PASS_TAPS // kw)
+    return tuple(min(per, kh - r) for r in range(0, kh, per))
+
+
 def rows_per_pass(spec) -> int:
     kh, kw = spec.kernel_size
     return ROWS_SMALL_KERNEL if kh * kw <= 9 else ROWS_LARGE_KERNEL
@@ -53,18 +75,33 @@ def applies(spec) -> bool:
             and spec.kernel_size[0] * spec.kernel_size[1] <= _generated.MAX_TAPS)
 
 
-def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int) -> str:
+def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int, passes: tuple[int, ...] = ()) -> str:
     """Python source of ``_rows{rows}`` and ``_rows1``: output rows ``oy .. oy + rows - 1`` of one
-    plane, ``out[o0 + r * ow + p] = bias + sum_t w[w0 + t] * xs[x0 + taps[t] + r * wc + p]``."""
+    plane, ``out[o0 + r * ow + p] = bias + sum_t w[w0 + t] * xs[x0 + taps[t] + r * wc + p]``.
+
+    ``passes``: kernel rows per pass (``taps`` holds whole kernel rows of equal length); one pass
+    of all taps when empty. Each pass after the first starts from the sums the previous stored."""
+    n_taps = len(taps)
+    row_len = n_taps // sum(passes) if passes else n_taps
+    bounds, start = [], 0
+    for n_rows in passes or (1,):
+        end = n_taps if not passes else start + n_rows * row_len
+        bounds.append((start, end))
+        start = end
     lines = []
     for r_n in sorted({rows, 1}):
         lines += ["", "", "@njit_serial", f"def _rows{r_n}(out, o0, xs, x0, w, w0, bias):"]
-        lines += [f"    k0_{t} = w[_U(w0 + {t})]" for t in range(len(taps))]
-        lines += [f"    for c in range({-(-ow // CHUNK)}):", f"        p0 = min(c * {CHUNK}, {ow - CHUNK})",
-                  f"        for p in range(p0, p0 + {CHUNK}):", "            q = x0 + p"]
-        lines += [f"            s0_{r} = bias" for r in range(r_n)]
-        lines += _generated.multiply_add_lines(taps, wc, r_n, 1, " " * 12)
-        lines += [f"            out[_U(o0 + {r * ow} + p)] = s0_{r}" for r in range(r_n)]
+        if len(bounds) == 1:
+            lines += [f"    k0_{t} = w[_U(w0 + {t})]" for t in range(n_taps)]
+        lines += [f"    for c in range({-(-ow // CHUNK)}):", f"        p0 = min(c * {CHUNK}, {ow - CHUNK})"]
+        for i, (a, b) in enumerate(bounds):
+            if len(bounds) > 1:  # the pass's weights, loaded per column chunk (a whole chunk's sums first)
+                lines += [f"        k0_{t - a} = w[_U(w0 + {t})]" for t in range(a, b)]
+            lines += [f"        for p in range(p0, p0 + {CHUNK}):", "            q = x0 + p"]
+            start_sum = "bias" if i == 0 else None
+            lines += [f"            s0_{r} = {start_sum or f'out[_U(o0 + {r * ow} + p)]'}" for r in range(r_n)]
+            lines += _generated.multiply_add_lines(taps[a:b], wc, r_n, 1, " " * 12)
+            lines += [f"            out[_U(o0 + {r * ow} + p)] = s0_{r}" for r in range(r_n)]
     return "\n".join(lines) + "\n"
 
 
@@ -94,9 +131,7 @@ def forward(x, w, b, out, scratch):
                 for oy in range(oh):
                     _rows1(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])
             else:
-                for blk in range(0, oh, {rows}):
-                    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice
-                    _rows{rows}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])
+{blocks}
 '''
 
 
@@ -106,10 +141,21 @@ def module_source(spec) -> str:
     geo, _, _ = _packed.packed_geometry(spec, 1)
     taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
     wc, ow, rows = int(geo[7]), spec.out_size[1], rows_per_pass(spec)
-    fmt = dict(taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps))
+    passes = kernel_row_passes(*spec.kernel_size)
+    if len(passes) == 1:
+        blocks = (f"                for blk in range(0, oh, {rows}):\n"
+                  f"                    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice\n"
+                  f"                    _rows{rows}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])")
+    else:  # passes add to stored sums: no row may be computed twice, the rows past the blocks one by one
+        blocks = (f"                for oy in range(0, oh - {rows} + 1, {rows}):\n"
+                  f"                    _rows{rows}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])\n"
+                  f"                for oy in range(oh - oh % {rows}, oh):\n"
+                  f"                    _rows1(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])")
+    fmt = dict(taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps), blocks=blocks)
     what = f"depthwise rows for taps {taps}, packed pitch {wc}, output width {ow}, {rows} rows per pass"
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
-    return header + _generated.pack_source(spec) + kernel_source(taps, wc, ow, rows) + _DRIVER.format(**fmt)
+    source = kernel_source(taps, wc, ow, rows, passes if len(passes) > 1 else ())
+    return header + _generated.pack_source(spec) + source + _DRIVER.format(**fmt)
 
 
 @functools.lru_cache(maxsize=128)
