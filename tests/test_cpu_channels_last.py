@@ -83,6 +83,15 @@ def test_block_choice():
     assert block(56, 7) == (2, 8)
 
 
+def test_huge_strided_planes_take_other_kernels():
+    """A narrow output of a huge strided input would need whole channels-last planes per thread."""
+    x = np.zeros((1, 16, 1200, 1200), np.float32)
+    spec = conv2d_spec(x, np.zeros((16, 1, 3, 3), np.float32), None, 100, 1, 1, 16)
+    assert spec.out_size == (12, 12)
+    assert _channels_last.scratch_elems(spec) > _channels_last.MAX_SCRATCH_ELEMS
+    assert not _channels_last.applies(spec) and not _channels_last.applies_weight_grad(spec)
+
+
 def test_launcher_takes_the_path_for_narrow_depthwise_only(monkeypatch):
     """Narrow depthwise outputs (under 16 columns) come here; wider ones go to ``_rowblock``;
     channel multipliers and grouped convolutions elsewhere."""

@@ -38,13 +38,28 @@ REGISTER_BUDGET = 24
 MIN_COLS, MAX_COLS = 4, 8
 
 
+#: Most scratch elements per thread (the padded channels-last plane, the unpadded one and the
+#: output's): 8 MiB of float32. A narrow output of a huge, strided input would otherwise ask for
+#: a copy of whole planes per thread; such calls take the other kernels.
+MAX_SCRATCH_ELEMS = 1 << 21
+
+
+def scratch_elems(spec) -> int:
+    """Scratch elements per thread: the padded plane, the unpadded plane and the output plane,
+    each ``lanes`` wide."""
+    geo = geometry(spec)
+    (h, w), (oh, ow) = spec.in_size, spec.out_size
+    return (geo.hp * geo.wp + h * w + oh * ow) * geo.lanes
+
+
 def applies(spec) -> bool:
     """Depthwise without a channel multiplier (one input and one output channel per group), no
-    input dilation, at most ``_generated.MAX_TAPS`` taps. The launcher gives outputs at least 16
-    columns wide to ``_rowblock`` first."""
+    input dilation, at most ``_generated.MAX_TAPS`` taps, scratch within ``MAX_SCRATCH_ELEMS``.
+    The launcher gives outputs at least 16 columns wide to ``_rowblock`` first."""
     kh, kw = spec.kernel_size
     return (spec.batch > 0 and spec.in_per_group == 1 and spec.out_per_group == 1
-            and spec.lhs_dilation == (1, 1) and kh * kw <= _generated.MAX_TAPS)
+            and spec.lhs_dilation == (1, 1) and kh * kw <= _generated.MAX_TAPS
+            and scratch_elems(spec) <= MAX_SCRATCH_ELEMS)
 
 
 #: The weight gradient unrolls one output row of multiply-adds (width x taps) and keeps a vector
@@ -57,10 +72,12 @@ WEIGHT_GRAD_TASKS = 16
 
 def applies_weight_grad(spec) -> bool:
     """The weight gradient of a depthwise convolution (no multiplier, no input dilation) with at
-    most ``MAX_WEIGHT_GRAD_TAPS`` taps and ``MAX_WEIGHT_GRAD_ROW`` multiply-adds per output row."""
+    most ``MAX_WEIGHT_GRAD_TAPS`` taps and ``MAX_WEIGHT_GRAD_ROW`` multiply-adds per output row,
+    scratch within ``MAX_SCRATCH_ELEMS``."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
     return (spec.batch > 0 and spec.in_per_group == 1 and spec.out_per_group == 1 and spec.lhs_dilation == (1, 1)
-            and taps <= MAX_WEIGHT_GRAD_TAPS and taps * spec.out_size[1] <= MAX_WEIGHT_GRAD_ROW)
+            and taps <= MAX_WEIGHT_GRAD_TAPS and taps * spec.out_size[1] <= MAX_WEIGHT_GRAD_ROW
+            and scratch_elems(spec) <= MAX_SCRATCH_ELEMS)
 
 
 def choose_block(spec) -> tuple[int, int]:
