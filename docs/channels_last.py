@@ -8,6 +8,7 @@ float32) or ``python docs/channels_last.py --transpose``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -41,8 +42,8 @@ def compare_paths() -> None:
         spec = conv2d_spec(x, w, b, **shape.conv_args())
         out = np.empty(spec.output_shape, np.float32)
         name, other = _other_path(spec)
-        paths = {"channels-last": lambda: _channels_last.depthwise_forward(x, w, b, out, spec),
-                 name: lambda: other(x, w, b, out)}
+        paths = {"channels-last": functools.partial(_channels_last.depthwise_forward, x, w, b, out, spec),
+                 name: functools.partial(other, x, w, b, out)}
         times = {k: [] for k in paths}
         for fn in paths.values():
             fn()

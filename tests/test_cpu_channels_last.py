@@ -11,7 +11,12 @@ import pytest
 from cases import Case, at_each_thread_count, check_path_forward, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_conv_close, conv2d_input_reference, conv2d_reference, conv2d_weight_reference
+from reference import (
+    assert_conv_close,
+    conv2d_input_reference,
+    conv2d_reference,
+    conv2d_weight_reference,
+)
 
 import nbconv
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv2d_weight_spec

@@ -206,11 +206,10 @@ def module_source(spec) -> str:
     geo = geometry(spec)
     rows, cols = choose_block(spec)
     (h, w), (oh, ow) = spec.in_size, spec.out_size
-    (kh, kw), (sh, sw) = spec.kernel_size, spec.stride
+    kh, kw = spec.kernel_size
     fmt = dict(_common_format(spec, geo), rows=rows, cols=cols, taps_lanes=kh * kw * geo.lanes)
     what = (f"depthwise, {geo.lanes} channels per vector, kernel {kh}x{kw}, stride {spec.stride}, dilation "
             f"{spec.dilation}, {h}x{w} -> {oh}x{ow}, blocks of {rows}x{cols} pixels")
-    header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
     return (_header(what) + _TO_LANES.format(name="_lanes_in", **fmt) + _PACK.format(**fmt)
             + "\n".join(_block_source(spec, geo, rows, cols)) + "\n" + _DRIVER.format(**fmt))
 
