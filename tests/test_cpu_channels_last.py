@@ -110,11 +110,16 @@ def test_launcher_takes_the_path_for_narrow_depthwise_only(monkeypatch):
     xs.flags.writeable = False
     assert_conv_close(nbconv.conv2d(xs, w, None, padding=1, groups=6), x, w, None, padding=1, groups=6)
     assert len(calls) == 1
+    readonly = x.copy()
+    readonly.flags.writeable = False  # C-contiguous: reaches the kernel (and the intrinsic) as it is
+    np.testing.assert_array_equal(nbconv.conv2d(readonly, w, None, padding=1, groups=6),
+                                  nbconv.conv2d(x, w, None, padding=1, groups=6))
+    assert len(calls) == 3
     wide = rng.standard_normal((1, 6, 20, 20)).astype(np.float32)
     nbconv.conv2d(wide, w, None, padding=1, groups=6)
-    assert _rowblock.applies(conv2d_spec(wide, w, None, 1, 1, 1, 6)) and len(calls) == 1
+    assert _rowblock.applies(conv2d_spec(wide, w, None, 1, 1, 1, 6)) and len(calls) == 3
     nbconv.conv2d(x, rng.standard_normal((12, 1, 3, 3)).astype(np.float32), None, padding=1, groups=6)
-    assert len(calls) == 1  # multiplier 2
+    assert len(calls) == 3  # multiplier 2
 
 
 def test_input_gradient_with_cropping():
