@@ -1,6 +1,6 @@
 """Time the channels-last depthwise CPU path (``nbconv.cpu._channels_last``) against the kernels
 that would otherwise take each shape, interleaved (medians of 40 rounds), and its register
-transpose against the same copy written as a Numba loop (fastest of 500 calls).
+transpose (both shuffle plans) against the same copy written as a Numba loop (fastest of 500 calls).
 
 Run: ``python docs/channels_last.py`` (the depthwise shapes of ``nbconv bench``, batch 8,
 float32) or ``python docs/channels_last.py --transpose``.
@@ -64,16 +64,27 @@ def _loop_copy(x, xs, plane):
             xs[numba.uint64(p * 16 + lane)] = x[numba.uint64(lane * plane + p)]
 
 
-@numba.njit(error_model="numpy", boundscheck=False)
-def _tile_copy(x, xs, plane):
-    for p0 in range(0, plane, 16):
-        _simd.transpose_tile(x, p0, plane, xs, p0 * 16, 16)
+def _tile_copy():
+    """A fresh compilation (the intrinsic's shuffles come from ``_simd.transpose_plan`` then)."""
+    @numba.njit(error_model="numpy", boundscheck=False)
+    def tile_copy(x, xs, plane):
+        for p0 in range(0, plane, 16):
+            _simd.transpose_tile(x, p0, plane, xs, p0 * 16, 16)
+    return tile_copy
 
 
 def compare_transposes(plane: int = 3136, reps: int = 500) -> None:
     x = np.random.default_rng(0).standard_normal(16 * plane).astype(np.float32)
     xs = np.empty_like(x)
-    for name, fn in (("Numba loop", _loop_copy), ("transpose_tile", _tile_copy)):
+    copies = {"Numba loop": _loop_copy, "transpose_tile, in-lane plan": _tile_copy()}
+    planned = _simd.transpose_plan
+    _simd.transpose_plan = _simd.perfect_shuffle_plan
+    try:
+        copies["transpose_tile, perfect shuffles"] = perfect = _tile_copy()
+        perfect(x, xs, plane)  # compiled here, with the perfect shuffles
+    finally:
+        _simd.transpose_plan = planned
+    for name, fn in copies.items():
         fn(x, xs, plane)
         assert (xs.reshape(plane, 16) == x.reshape(16, plane).T).all()
         best = min(_timed(fn, x, xs, plane) for _ in range(reps))

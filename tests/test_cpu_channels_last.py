@@ -27,10 +27,10 @@ from nbconv.cpu._launch import conv2d_forward
 pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
 
 
-@pytest.mark.parametrize("n", [2, 4, 8, 16])
-def test_transpose_plan_transposes(n):
+@pytest.mark.parametrize("n,plan", [(n, _simd.transpose_plan) for n in (2, 4, 8, 16)] + [(16, _simd.perfect_shuffle_plan)])
+def test_transpose_plan_transposes(n, plan):
     rows = [np.arange(n) + n * i for i in range(n)]
-    for stage in _simd.transpose_plan(n):
+    for stage in plan(n):
         rows = [np.concatenate([rows[a], rows[b]])[mask] for _, a, b, mask in sorted(stage)]
     np.testing.assert_array_equal(np.array(rows), np.arange(n * n).reshape(n, n).T)
 

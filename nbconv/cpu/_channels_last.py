@@ -44,22 +44,36 @@ MIN_COLS, MAX_COLS = 4, 8
 MAX_SCRATCH_ELEMS = 1 << 21
 
 
-def scratch_elems(spec) -> int:
-    """Scratch elements per thread: the padded plane, the unpadded plane and the output plane,
-    each ``lanes`` wide."""
-    geo = geometry(spec)
+def _plane_sizes(spec, geo: Geometry) -> tuple[int, int, int]:
+    """Elements of the per-thread planes, each ``lanes`` wide: the padded input plane, the unpadded
+    one, the output plane."""
     (h, w), (oh, ow) = spec.in_size, spec.out_size
-    return (geo.hp * geo.wp + h * w + oh * ow) * geo.lanes
+    return geo.hp * geo.wp * geo.lanes, h * w * geo.lanes, oh * ow * geo.lanes
+
+
+def scratch_elems(spec) -> int:
+    """Scratch elements per thread (:func:`_plane_sizes`)."""
+    return sum(_plane_sizes(spec, geometry(spec)))
+
+
+def _plane_scratch(spec, geo: Geometry, dtype) -> list[np.ndarray]:
+    """Per-thread scratch (threads, elements) for each plane of :func:`_plane_sizes`."""
+    threads = numba.get_num_threads()
+    return [aligned_zeros(threads, n, dtype) for n in _plane_sizes(spec, geo)]
+
+
+def _fits(spec) -> bool:
+    """Depthwise without a channel multiplier (one input and one output channel per group), no
+    input dilation, scratch within ``MAX_SCRATCH_ELEMS``: what both kernels here need."""
+    return (spec.batch > 0 and spec.in_per_group == 1 and spec.out_per_group == 1
+            and spec.lhs_dilation == (1, 1) and scratch_elems(spec) <= MAX_SCRATCH_ELEMS)
 
 
 def applies(spec) -> bool:
-    """Depthwise without a channel multiplier (one input and one output channel per group), no
-    input dilation, at most ``_generated.MAX_TAPS`` taps, scratch within ``MAX_SCRATCH_ELEMS``.
-    The launcher gives outputs at least 16 columns wide to ``_rowblock`` first."""
+    """:func:`_fits`, and at most ``_generated.MAX_TAPS`` taps. The launcher gives outputs at least
+    16 columns wide to ``_rowblock`` first."""
     kh, kw = spec.kernel_size
-    return (spec.batch > 0 and spec.in_per_group == 1 and spec.out_per_group == 1
-            and spec.lhs_dilation == (1, 1) and kh * kw <= _generated.MAX_TAPS
-            and scratch_elems(spec) <= MAX_SCRATCH_ELEMS)
+    return kh * kw <= _generated.MAX_TAPS and _fits(spec)
 
 
 #: The weight gradient unrolls one output row of multiply-adds (width x taps) and keeps a vector
@@ -71,13 +85,10 @@ WEIGHT_GRAD_TASKS = 16
 
 
 def applies_weight_grad(spec) -> bool:
-    """The weight gradient of a depthwise convolution (no multiplier, no input dilation) with at
-    most ``MAX_WEIGHT_GRAD_TAPS`` taps and ``MAX_WEIGHT_GRAD_ROW`` multiply-adds per output row,
-    scratch within ``MAX_SCRATCH_ELEMS``."""
+    """The weight gradient of a convolution that :func:`_fits`, with at most
+    ``MAX_WEIGHT_GRAD_TAPS`` taps and ``MAX_WEIGHT_GRAD_ROW`` multiply-adds per output row."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    return (spec.batch > 0 and spec.in_per_group == 1 and spec.out_per_group == 1 and spec.lhs_dilation == (1, 1)
-            and taps <= MAX_WEIGHT_GRAD_TAPS and taps * spec.out_size[1] <= MAX_WEIGHT_GRAD_ROW
-            and scratch_elems(spec) <= MAX_SCRATCH_ELEMS)
+    return taps <= MAX_WEIGHT_GRAD_TAPS and taps * spec.out_size[1] <= MAX_WEIGHT_GRAD_ROW and _fits(spec)
 
 
 def choose_block(spec) -> tuple[int, int]:
@@ -109,6 +120,16 @@ def geometry(spec) -> Geometry:
     return Geometry(lanes, -(-spec.out_channels // lanes), hp, wp, rows, cols)
 
 
+def _columns_read(cols: int, kw_n: int, sw: int, dw: int) -> dict[int, list[tuple[int, int]]]:
+    """The input columns (relative to a block's first) that ``cols`` output columns read, in
+    order, each with the (output column, kernel column) pairs that read it."""
+    reads: dict[int, list[tuple[int, int]]] = {}
+    for c in range(cols):
+        for kw in range(kw_n):
+            reads.setdefault(c * sw + kw * dw, []).append((c, kw))
+    return dict(sorted(reads.items()))
+
+
 def _block_source(spec, geo: Geometry, rows: int, cols: int) -> list[str]:
     """``_block``: ``ys[y0 + (r * OW + c) * L + l] = bv[b0 + l] + sum_t wv[w0 + t * L + l] *
     xs[x0 + (((r * sh + kh * dh) * Wp) + c * sw + kw * dw) * L + l]`` for a block of pixels."""
@@ -116,15 +137,14 @@ def _block_source(spec, geo: Geometry, rows: int, cols: int) -> list[str]:
     lanes, ow = geo.lanes, spec.out_size[1]
     lines = ["", "", "@njit_serial", "def _block(xs, x0, wv, w0, bv, b0, ys, y0):", f"    for l in range({lanes}):"]
     lines += [f"        s{r}_{c} = bv[_U(b0 + l)]" for r in range(rows) for c in range(cols)]
-    reads = sorted({c * sw + kw * dw for c in range(cols) for kw in range(kw_n)})
+    reads = _columns_read(cols, kw_n, sw, dw)
     for kh in range(kh_n):
         lines += [f"        k{kw} = wv[_U(w0 + {(kh * kw_n + kw) * lanes} + l)]" for kw in range(kw_n)]
         for r in range(rows):
             row = (r * sh + kh * dh) * geo.wp
-            for col in reads:
+            for col, pairs in reads.items():
                 lines.append(f"        v = xs[_U(x0 + {(row + col) * lanes} + l)]")
-                lines += [f"        s{r}_{c} += k{kw} * v"
-                          for c in range(cols) for kw in range(kw_n) if c * sw + kw * dw == col]
+                lines += [f"        s{r}_{c} += k{kw} * v" for c, kw in pairs]
     lines += [f"        ys[_U(y0 + {(r * ow + c) * lanes} + l)] = s{r}_{c}" for r in range(rows) for c in range(cols)]
     return lines
 
@@ -258,13 +278,8 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     """``out`` = the depthwise convolution of ``spec`` (C-contiguous arrays; ``w`` in (C, 1, kH,
     kW); any stride, dilation and padding, cropping included)."""
     geo = geometry(spec)
-    (h, w_in), (oh, ow) = spec.in_size, spec.out_size
     wv, bv = channels_last_weights(w, b, geo.lanes)
-    threads = numba.get_num_threads()
-    xs = aligned_zeros(threads, geo.hp * geo.wp * geo.lanes, x.dtype)
-    t = aligned_zeros(threads, h * w_in * geo.lanes, x.dtype)
-    ys = aligned_zeros(threads, oh * ow * geo.lanes, x.dtype)
-    _module(spec).forward(x, wv, bv, out, xs, t, ys)
+    _module(spec).forward(x, wv, bv, out, *_plane_scratch(spec, geo, x.dtype))
 
 
 def _weight_row_source(spec, geo: Geometry) -> list[str]:
@@ -275,11 +290,11 @@ def _weight_row_source(spec, geo: Geometry) -> list[str]:
     lines = ["", "", "@njit_serial", "def _wrow(xs, x0, g, g0, acc):", f"    for l in range({lanes}):"]
     lines += [f"        s{t} = acc[_U({t * lanes} + l)]" for t in range(kh_n * kw_n)]
     lines += [f"        d{c} = g[_U(g0 + {c * lanes} + l)]" for c in range(ow)]
-    reads = sorted({c * sw + kw * dw for c in range(ow) for kw in range(kw_n)})
+    reads = _columns_read(ow, kw_n, sw, dw)
     for kh in range(kh_n):
-        for col in reads:
+        for col, pairs in reads.items():
             lines.append(f"        v = xs[_U(x0 + {(kh * dh * geo.wp + col) * lanes} + l)]")
-            lines += [f"        s{kh * kw_n + kw} += d{c} * v" for c in range(ow) for kw in range(kw_n) if c * sw + kw * dw == col]
+            lines += [f"        s{kh * kw_n + kw} += d{c} * v" for c, kw in pairs]
     lines += [f"        acc[_U({t * lanes} + l)] = s{t}" for t in range(kh_n * kw_n)]
     return lines
 
@@ -347,13 +362,10 @@ def depthwise_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec) -
     """``dw`` (C, 1, kH, kW) = the weight gradient of the depthwise convolution ``spec`` given its
     input ``x`` and output gradient ``gy`` (C-contiguous)."""
     geo = geometry(spec)
-    (h, w_in), (oh, ow), taps = spec.in_size, spec.out_size, spec.kernel_size[0] * spec.kernel_size[1]
-    slices, threads = weight_grad_slices(spec), numba.get_num_threads()
+    taps, slices = spec.kernel_size[0] * spec.kernel_size[1], weight_grad_slices(spec)
     part = np.empty(slices * geo.blocks * taps * geo.lanes, np.float64)
-    xs = aligned_zeros(threads, geo.hp * geo.wp * geo.lanes, x.dtype)
-    t = aligned_zeros(threads, h * w_in * geo.lanes, x.dtype)
-    g = aligned_zeros(threads, oh * ow * geo.lanes, x.dtype)
-    acc = aligned_zeros(threads, taps * geo.lanes, x.dtype)
+    xs, t, g = _plane_scratch(spec, geo, x.dtype)
+    acc = aligned_zeros(numba.get_num_threads(), taps * geo.lanes, x.dtype)
     _weight_module(spec).weight_grad(x, gy, part, slices, xs, t, g, acc)
     total = part.reshape(slices, geo.blocks, taps, geo.lanes).sum(axis=0)
     dw[...] = total.transpose(0, 2, 1).reshape(geo.blocks * geo.lanes, taps)[:spec.out_channels].reshape(dw.shape)

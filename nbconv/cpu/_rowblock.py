@@ -27,6 +27,7 @@ same run after run and whatever the thread count.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numba
 import numpy as np
@@ -47,9 +48,9 @@ MIN_OUT_WIDTH = CHUNK = 16
 #: Most taps whose weights one vector loop keeps in registers beside its ``rows`` sums: a bigger
 #: kernel goes through the loop in passes of whole kernel rows (7x7: 3 + 3 + 1 rows), each pass
 #: adding to the sums the previous one stored. Without passes LLVM spills the weights and every
-#: multiply-add has a broadcast load beside it (convnext_dw7, medians of 30 interleaved rounds:
-#: 1.30-1.35 ms in passes of 3 kernel rows against 1.57-1.65 in one; 5x5 gained nothing from
-#: passes: an experiment not kept).
+#: multiply-add has a broadcast load beside it (``python docs/row_passes.py``: convnext_dw7 at
+#: batch 8 0.99-1.06 ms in passes of 3 kernel rows against 1.20-1.23 in one; 5x5 is a little
+#: slower in passes, 0.41 against 0.39 ms for effnet_dw5_28).
 MAX_PASS_TAPS = 25
 
 
@@ -75,31 +76,27 @@ def applies(spec) -> bool:
             and spec.kernel_size[0] * spec.kernel_size[1] <= _generated.MAX_TAPS)
 
 
-def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int, passes: tuple[int, ...] = ()) -> str:
+def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int, passes: tuple[int, ...]) -> str:
     """Python source of ``_rows{rows}`` and ``_rows1``: output rows ``oy .. oy + rows - 1`` of one
     plane, ``out[o0 + r * ow + p] = bias + sum_t w[w0 + t] * xs[x0 + taps[t] + r * wc + p]``.
 
-    ``passes``: kernel rows per pass (``taps`` holds whole kernel rows of equal length); one pass
-    of all taps when empty. Each pass after the first starts from the sums the previous stored."""
-    n_taps = len(taps)
-    row_len = n_taps // sum(passes) if passes else n_taps
-    bounds, start = [], 0
-    for n_rows in passes or (1,):
-        end = n_taps if not passes else start + n_rows * row_len
-        bounds.append((start, end))
-        start = end
+    ``passes``: kernel rows per pass of the vector loop (``taps`` holds whole kernel rows of equal
+    length, in kernel order). Each pass after the first starts from the sums the previous one
+    stored, and loads its weights per column chunk; a single pass loads them once per call."""
+    row_len = len(taps) // sum(passes)
+    ends = list(itertools.accumulate(n * row_len for n in passes))
+    bounds = list(zip([0, *ends[:-1]], ends))
     lines = []
     for r_n in sorted({rows, 1}):
         lines += ["", "", "@njit_serial", f"def _rows{r_n}(out, o0, xs, x0, w, w0, bias):"]
         if len(bounds) == 1:
-            lines += [f"    k0_{t} = w[_U(w0 + {t})]" for t in range(n_taps)]
+            lines += [f"    k0_{t} = w[_U(w0 + {t})]" for t in range(len(taps))]
         lines += [f"    for c in range({-(-ow // CHUNK)}):", f"        p0 = min(c * {CHUNK}, {ow - CHUNK})"]
         for i, (a, b) in enumerate(bounds):
-            if len(bounds) > 1:  # the pass's weights, loaded per column chunk (a whole chunk's sums first)
+            if len(bounds) > 1:
                 lines += [f"        k0_{t - a} = w[_U(w0 + {t})]" for t in range(a, b)]
             lines += [f"        for p in range(p0, p0 + {CHUNK}):", "            q = x0 + p"]
-            start_sum = "bias" if i == 0 else None
-            lines += [f"            s0_{r} = {start_sum or f'out[_U(o0 + {r * ow} + p)]'}" for r in range(r_n)]
+            lines += [f"            s0_{r} = " + ("bias" if i == 0 else f"out[_U(o0 + {r * ow} + p)]") for r in range(r_n)]
             lines += _generated.multiply_add_lines(taps[a:b], wc, r_n, 1, " " * 12)
             lines += [f"            out[_U(o0 + {r * ow} + p)] = s0_{r}" for r in range(r_n)]
     return "\n".join(lines) + "\n"
@@ -142,20 +139,21 @@ def module_source(spec) -> str:
     taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
     wc, ow, rows = int(geo[7]), spec.out_size[1], rows_per_pass(spec)
     passes = kernel_row_passes(*spec.kernel_size)
+    indent = " " * 16
+
+    def call(r_n: int) -> str:
+        return f"{indent}    _rows{r_n}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])"
+
     if len(passes) == 1:
-        blocks = (f"                for blk in range(0, oh, {rows}):\n"
-                  f"                    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice\n"
-                  f"                    _rows{rows}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])")
+        blocks = [f"{indent}for blk in range(0, oh, {rows}):",
+                  f"{indent}    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice", call(rows)]
     else:  # passes add to stored sums: no row may be computed twice, the rows past the blocks one by one
-        blocks = (f"                for oy in range(0, oh - {rows} + 1, {rows}):\n"
-                  f"                    _rows{rows}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])\n"
-                  f"                for oy in range(oh - oh % {rows}, oh):\n"
-                  f"                    _rows1(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])")
-    fmt = dict(taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps), blocks=blocks)
+        blocks = [f"{indent}for oy in range(0, oh - {rows} + 1, {rows}):", call(rows),
+                  f"{indent}for oy in range(oh - oh % {rows}, oh):", call(1)]
+    fmt = dict(taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps), blocks="\n".join(blocks))
     what = f"depthwise rows for taps {taps}, packed pitch {wc}, output width {ow}, {rows} rows per pass"
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
-    source = kernel_source(taps, wc, ow, rows, passes if len(passes) > 1 else ())
-    return header + _generated.pack_source(spec) + source + _DRIVER.format(**fmt)
+    return header + _generated.pack_source(spec) + kernel_source(taps, wc, ow, rows, passes) + _DRIVER.format(**fmt)
 
 
 @functools.lru_cache(maxsize=128)

@@ -2,10 +2,9 @@
 
 :func:`transpose_tile` moves a square tile of one vector register per row (64 bytes: 16 float32
 or 8 float64) from rows to columns with register shuffles. The same copy as a Numba loop
-(``dst[j * pd + i] = src[i * ps + j]``) compiles to one scalar load and store per element: 5.5
-Gelements/s against 25 here on the 2-core EPYC VM (16 x 3136 float32, fastest of 300, an
-experiment not kept). The kernels that keep channels in vector lanes (``_channels_last``) use it
-to go from NCHW planes to channels-last blocks and back.
+(``dst[j * pd + i] = src[i * ps + j]``) compiles to one scalar load and store per element, about 4x
+slower (``python docs/channels_last.py --transpose``). The kernels that keep channels in vector
+lanes (``_channels_last``) use it to go from NCHW planes to channels-last blocks and back.
 """
 
 from __future__ import annotations
@@ -29,14 +28,17 @@ Stage = list[tuple[int, int, int, list[int]]]
 def transpose_plan(n: int) -> list[Stage]:
     """The shuffles that transpose an ``n`` x ``n`` tile (``n`` a power of two): stages of ``n``
     entries ``(new row, row a, row b, mask)`` where the new row takes the elements ``mask`` of
-    ``concat(a, b)``. For 16 lanes, the in-lane plan (:func:`_in_lane_plan16`); otherwise
+    ``concat(a, b)``. For 16 lanes, the in-lane plan (:func:`in_lane_plan16`); otherwise
     ``log2(n)`` perfect shuffles: new rows ``2i`` and ``2i + 1`` interleave the first and the
     second halves of rows ``i`` and ``i + n/2``; after ``log2(n)`` of them element ``(i, j)`` sits
     at ``(j, i)``."""
     if n < 2 or n & (n - 1):
         raise ValueError(f"a tile side must be a power of two, not {n}")
-    if n == 16:
-        return _in_lane_plan16()
+    return in_lane_plan16() if n == 16 else perfect_shuffle_plan(n)
+
+
+def perfect_shuffle_plan(n: int) -> list[Stage]:
+    """``log2(n)`` perfect shuffles (see :func:`transpose_plan`); ``vpermt2ps`` on AVX-512."""
     half = n // 2
     low = [j for k in range(half) for j in (k, n + k)]
     high = [j for k in range(half, n) for j in (k, n + k)]
@@ -44,12 +46,11 @@ def transpose_plan(n: int) -> list[Stage]:
     return [stage] * (n.bit_length() - 1)
 
 
-def _in_lane_plan16() -> list[Stage]:
+def in_lane_plan16() -> list[Stage]:
     """The AVX-512 16 x 16 transpose: interleave floats, then pairs of floats, within 128-bit
     lanes (``vunpck{l,h}ps``, ``vunpck{l,h}pd``), then move whole 128-bit lanes twice
     (``vshuff32x4`` with 0x88 and 0xdd). The same 64 shuffles as the perfect shuffles, but cheaper
-    ones than their ``vpermt2ps``: 16 x 3136 float32 in 1.95 against 2.9 us (fastest of 2000, the
-    2-core EPYC VM, an experiment not kept)."""
+    ones than their ``vpermt2ps`` (``python docs/channels_last.py --transpose`` times both)."""
     n = 16
 
     def unpack(high: bool, width: int) -> list[int]:  # per 128-bit lane q: (a, b) interleaved
