@@ -125,6 +125,31 @@ def test_weight_grad_nonfinite_input_stays_exact(stride):
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("where", ["unread input row", "gradient"])
+def test_weight_grad_single_nonfinite_value(stride, where):
+    """The kernels first run on the input as it is; a non-finite value alone (in a row no tap
+    reads at stride 2, or in the output gradient) must give the reference's pattern of inf / NaN
+    and its finite values."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 8, 9))
+    w_shape = (6, 2, 3, 3)
+    gy = rng.standard_normal(conv2d_reference(np.zeros_like(x), np.zeros(w_shape), None, stride=stride, groups=2).shape)
+    if where == "gradient":
+        gy[1, 4, 0, 1] = np.inf
+    else:
+        x[2, 1, 7, 3] = np.inf
+    got = nbconv_weight_grad(x, w_shape, gy, stride)
+    with np.errstate(invalid="ignore"):
+        want = conv2d_weight_reference(x, w_shape, gy, stride=stride, groups=2)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert finite.any()
+    assert finite.all() == (where != "gradient" and stride == 2)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-11, atol=1e-11)
+
+
 def nbconv_weight_grad(x, w_shape, gy, stride):
     import nbconv
 
