@@ -120,3 +120,124 @@ def transpose_tile(typingctx, src, s0, s_pitch, dst, d0, d_pitch):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _splat(builder, value, vec):
+    """``value`` in every lane of a ``vec`` (a broadcast)."""
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count))
+
+
+def _fma(builder, a, b, c):
+    """``a * b + c`` rounded once, lane by lane (``llvm.fma``: ``vfmadd`` on AVX-512)."""
+    name = f"llvm.fma.v{a.type.count}{a.type.element.intrinsic_name}"
+    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name=name)
+    return builder.call(fn, [a, b, c])
+
+
+def _masked_store(builder, value, pointer, count: int, align: int):
+    """Store the first ``count`` lanes of ``value`` at ``pointer`` (``vmovups`` with a mask on
+    AVX-512); a plain store when ``count`` is every lane."""
+    vec = value.type
+    if count == vec.count:
+        builder.store(value, pointer, align=align)
+        return
+    suffix = f"v{vec.count}{vec.element.intrinsic_name}"
+    fn_type = ir.FunctionType(ir.VoidType(), [vec, pointer.type, ir.IntType(32), ir.VectorType(ir.IntType(1), vec.count)])
+    fn = builder.module.globals.get(f"llvm.masked.store.{suffix}.p0") or ir.Function(
+        builder.module, fn_type, name=f"llvm.masked.store.{suffix}.p0")
+    mask = ir.Constant(ir.VectorType(ir.IntType(1), vec.count), [i < count for i in range(vec.count)])
+    builder.call(fn, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
+
+
+def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: int, n_vec: int,
+                      w_ci_pitch: int, w_tap_pitch: int, out_pitch: int):
+    """An ``@intrinsic`` ``row(xs, x0, w, w0, b, b0, out, o0)`` for one block of a convolution's
+    output: ``n_pix`` consecutive output pixels x ``n_vec`` vectors of output channels (channels
+    in the lanes, as oneDNN's direct convolution has them):
+
+    ``out[o0 + c * out_pitch + p] = b[b0 + c] + sum over ci < n_ci, t of
+    w[w0 + ci * w_ci_pitch + t * w_tap_pitch + c] * xs[x0 + ci * ci_pitch + taps[t] + p]``
+
+    for ``c < n_vec * lanes`` and ``p < n_pix <= lanes``. Each term is one multiply-add of a weight
+    vector (loaded once per tap, used for every pixel) and one broadcast input value; the
+    ``n_pix x n_vec`` sums stay in registers over the loop on ``ci``. The sum of an output is:
+    bias, then ``ci`` in order, each ``ci``'s taps in order, each multiply-add fused. At the end
+    each vector block of sums is transposed in registers (:func:`transpose_plan`) and stored as
+    ``lanes`` output rows of ``n_pix`` elements (masked stores: nothing past ``n_pix`` is
+    written). Every size and offset but the six run-time offsets is a constant of the code.
+    """
+    taps = tuple(int(t) for t in taps)
+
+    @intrinsic
+    def row(typingctx, xs, x0, w, w0, b, b0, out, o0):
+        arrays = (xs, w, b, out)
+        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
+            return None
+        if len({a.dtype for a in arrays}) != 1 or xs.dtype not in (types.float32, types.float64):
+            return None
+        if not all(isinstance(i, types.Integer) for i in (x0, w0, b0, o0)):
+            return None
+        sig = types.void(xs, x0, w, w0, b, b0, out, o0)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            xs_v, x0_v, w_v, w0_v, b_v, b0_v, out_v, o0_v = args
+            a_xs, t_x0, a_w, t_w0, a_b, t_b0, a_out, t_o0 = signature.args
+            scalar = context.get_data_type(a_xs.dtype)
+            size = a_xs.dtype.bitwidth // 8
+            n = VECTOR_BYTES // size
+            if n_pix > n:
+                raise ValueError(f"at most {n} pixels per row block, not {n_pix}")
+            vec = ir.VectorType(scalar, n)
+            intp = context.get_value_type(types.intp)
+
+            def data(array_value, array_type):
+                return context.make_array(array_type)(context, builder, array_value).data
+
+            def at(base, index, vector: bool):
+                p = builder.gep(base, [index], inbounds=True)
+                return builder.bitcast(p, vec.as_pointer()) if vector else p
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            xs_p, w_p, b_p, out_p = (data(v, t) for v, t in ((xs_v, a_xs), (w_v, a_w), (b_v, a_b), (out_v, a_out)))
+            x0_i = _index(context, builder, x0_v, t_x0)
+            w0_i = _index(context, builder, w0_v, t_w0)
+            b0_i = _index(context, builder, b0_v, t_b0)
+            o0_i = _index(context, builder, o0_v, t_o0)
+            sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_vec)] for _ in range(n_pix)]
+            for v in range(n_vec):
+                bias = builder.load(at(b_p, builder.add(b0_i, const(v * n)), True), align=size)
+                for p in range(n_pix):
+                    builder.store(bias, sums[p][v])
+            with cgutils.for_range(builder, const(n_ci)) as loop:
+                xb = builder.add(x0_i, builder.mul(loop.index, const(ci_pitch)))
+                wb = builder.add(w0_i, builder.mul(loop.index, const(w_ci_pitch)))
+                for t, tap in enumerate(taps):
+                    weights = [builder.load(at(w_p, builder.add(wb, const(t * w_tap_pitch + v * n)), True), align=size)
+                               for v in range(n_vec)]
+                    for p in range(n_pix):
+                        value = _splat(builder, builder.load(at(xs_p, builder.add(xb, const(tap + p)), False)), vec)
+                        for v in range(n_vec):
+                            builder.store(_fma(builder, weights[v], value, builder.load(sums[p][v])), sums[p][v])
+            mask_type = ir.VectorType(ir.IntType(32), n)
+            zero = ir.Constant(vec, None)
+            for v in range(n_vec):
+                rows = [builder.load(sums[p][v]) for p in range(n_pix)] + [zero] * (n - n_pix)
+                for stage in transpose_plan(n):
+                    new = [None] * n
+                    for d, a, bb, mask in stage:
+                        new[d] = builder.shuffle_vector(rows[a], rows[bb], ir.Constant(mask_type, mask))
+                    rows = new
+                for c in range(n):
+                    target = at(out_p, builder.add(o0_i, const((v * n + c) * out_pitch)), True)
+                    _masked_store(builder, rows[c], target, n_pix, size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return row
