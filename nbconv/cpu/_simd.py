@@ -5,6 +5,11 @@ or 8 float64) from rows to columns with register shuffles. The same copy as a Nu
 (``dst[j * pd + i] = src[i * ps + j]``) compiles to one scalar load and store per element, about 4x
 slower (``python docs/channels_last.py --transpose``). The kernels that keep channels in vector
 lanes (``_channels_last``) use it to go from NCHW planes to channels-last blocks and back.
+
+:func:`outer_product_row` is the inner block of ``_outer``: output channels in the lanes, every
+term a fused multiply-add of a weight vector and a broadcast input value, the sums kept in
+registers, then transposed and stored with masks. Numba's loops give neither the broadcasts
+nor the masked stores.
 """
 
 from __future__ import annotations
@@ -129,10 +134,15 @@ def _splat(builder, value, vec):
                                   ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count))
 
 
+def _declared(builder, name: str, fn_type):
+    """The LLVM intrinsic ``name`` of ``fn_type``, declared in the module once."""
+    return builder.module.globals.get(name) or ir.Function(builder.module, fn_type, name=name)
+
+
 def _fma(builder, a, b, c):
     """``a * b + c`` rounded once, lane by lane (``llvm.fma``: ``vfmadd`` on AVX-512)."""
-    name = f"llvm.fma.v{a.type.count}{a.type.element.intrinsic_name}"
-    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name=name)
+    vec = a.type
+    fn = _declared(builder, f"llvm.fma.v{vec.count}{vec.element.intrinsic_name}", ir.FunctionType(vec, [vec] * 3))
     return builder.call(fn, [a, b, c])
 
 
@@ -143,11 +153,10 @@ def _masked_store(builder, value, pointer, count: int, align: int):
     if count == vec.count:
         builder.store(value, pointer, align=align)
         return
-    suffix = f"v{vec.count}{vec.element.intrinsic_name}"
-    fn_type = ir.FunctionType(ir.VoidType(), [vec, pointer.type, ir.IntType(32), ir.VectorType(ir.IntType(1), vec.count)])
-    fn = builder.module.globals.get(f"llvm.masked.store.{suffix}.p0") or ir.Function(
-        builder.module, fn_type, name=f"llvm.masked.store.{suffix}.p0")
-    mask = ir.Constant(ir.VectorType(ir.IntType(1), vec.count), [i < count for i in range(vec.count)])
+    mask_type = ir.VectorType(ir.IntType(1), vec.count)
+    fn = _declared(builder, f"llvm.masked.store.v{vec.count}{vec.element.intrinsic_name}.p0",
+                   ir.FunctionType(ir.VoidType(), [vec, pointer.type, ir.IntType(32), mask_type]))
+    mask = ir.Constant(mask_type, [i < count for i in range(vec.count)])
     builder.call(fn, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
 
 
