@@ -13,7 +13,13 @@ import pytest
 from cases import Case, at_each_thread_count, check_path_forward, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_conv_close, conv2d_input_reference, conv2d_reference, conv_transpose2d_reference
+from reference import (
+    assert_conv_close,
+    conv2d_input_reference,
+    conv2d_reference,
+    conv2d_weight_reference,
+    conv_transpose2d_reference,
+)
 
 import nbconv
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv_transpose2d_spec
@@ -189,3 +195,83 @@ def test_row_compiles_to_vector_multiply_adds():
     asm = run.inspect_asm(run.signatures[-1])
     assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*%zmm", asm)) >= 8 * 2 * len(TAPS)
     assert not re.search(r"vmov\w+\s+%zmm\d+, [-\d]*\(%rsp\)", asm)
+
+
+WGRAD_CASES = [
+    Case(2, 32, (7, 7), 32, (3, 3), 1, 1, 1, 2),  # 16 -> 16 per group: blocks of 2 channels
+    Case(2, 16, (9, 21), 32, (3, 5), 1, "same", 1, 1),  # non-square kernel, wide rows
+    Case(3, 8, (13, 11), 16, (3, 3), 2, 1, 1, 1),  # stride 2: phase planes
+    Case(1, 8, (12, 13), 16, (3, 3), 1, 2, 2, 2),  # dilation 2
+    Case(2, 64, (5, 6), 64, (1, 1), 1, 0, 1, 2),  # 1x1: blocks of 4 channels x 4 vectors (float32)
+    Case(2, 6, (15, 14), 16, (4, 3), (2, 3), (0, 2), (1, 2), 2),  # mixed stride, padding, dilation
+]
+
+
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in WGRAD_CASES] + [(WGRAD_CASES[4], np.float32)],
+                         ids=str)
+@pytest.mark.parametrize("slices", [None, 2])
+def test_outer_weight_grad(case, dtype, slices):
+    x, w, _ = random_arrays(case, dtype)
+    spec = conv2d_spec(x, w, None, **case.conv_args())
+    assert _outer.applies_weight_grad(spec)
+    gy = np.random.default_rng(1).standard_normal(spec.output_shape).astype(dtype)
+    dw = np.full(w.shape, np.nan, dtype)
+    _outer.outer_weight_grad(x, gy, dw, spec, slices)
+    want = conv2d_weight_reference(x.astype(np.float64), w.shape, gy.astype(np.float64), **case.conv_args())
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(dw, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_weight_grad_block_choice():
+    def block(cin_g, cout_g, k, dtype=np.float32):
+        x = np.zeros((1, cin_g, 9, 9), dtype)
+        return _outer.weight_grad_block(conv2d_spec(x, np.zeros((cout_g, cin_g, k, k), dtype), None, 1, 1, 1, 1))
+    assert block(16, 16, 3) == (2, 1)  # 18 sums: 3 channels do not divide 16
+    assert block(64, 64, 1) == (4, 4)  # 16 sums
+    assert block(48, 128, 5) == (1, 1)  # 25 sums
+    assert block(16, 16, 3, np.float64) == (1, 2)
+
+
+def test_weight_grad_through_the_launcher_with_an_inf_pixel(monkeypatch):
+    """``grad.conv2d_weight`` takes this path; an inf pixel (met by a zero past the output width
+    here) sends it through the exact fallback, and the thread count changes nothing."""
+    calls = []
+    real = _outer.outer_weight_grad
+    monkeypatch.setattr(_outer, "outer_weight_grad", lambda *a: calls.append(a[-1]) or real(*a))
+    case = Case(3, 32, (7, 7), 32, (3, 3), 1, 1, 1, 2)
+    x, w, _ = random_arrays(case, np.float64)
+    gy = np.random.default_rng(1).standard_normal(nbconv.conv2d(x, w, None, **case.conv_args()).shape)
+    one, two = at_each_thread_count(lambda: nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args()))
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, conv2d_weight_reference(x, w.shape, gy, **case.conv_args()), rtol=1e-12, atol=1e-11)
+    assert len(calls) == 2
+    x[1, 3, 2, 6] = np.inf
+    got = nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args())
+    with np.errstate(invalid="ignore"):
+        want = conv2d_weight_reference(x, w.shape, gy, **case.conv_args())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert finite.any() and not finite.all()
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-11, atol=1e-11)
+
+
+def test_sums_compile_to_broadcast_multiply_adds():
+    """The loop of a 2-channel 3x3 block: 18 FMAs with a broadcast memory operand, and no stack
+    access between them (the widening to float64 after the loop may spill)."""
+    from llvmlite import binding as llvm
+
+    if not llvm.get_host_cpu_features().get("avx512f"):
+        pytest.skip("the host has no AVX-512 registers")
+    sums = _simd.outer_product_sums(2, 256, (0, 1, 2, 15, 16, 17, 30, 31, 32), 1, 16, 144)
+
+    @numba.njit
+    def run(g, g0, xs, x0, n, tot, t0):
+        sums(g, g0, xs, x0, n, tot, t0)
+
+    f32, i64 = numba.types.float32[::1], numba.types.int64
+    run.compile((f32, i64, f32, i64, i64, numba.types.float64[::1], i64))
+    asm = run.inspect_asm(run.signatures[-1])
+    assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*\{1to16\}, %zmm", asm)) == 18
+    loop = asm[asm.index("vfmadd"):asm.rindex("vfmadd")]
+    assert "%rsp" not in loop

@@ -177,7 +177,10 @@ def _packed_layout_weight_grad(spec, x: np.ndarray, gy: np.ndarray, dest: np.nda
 
 
 def _weight_grad_kernel(spec, x: np.ndarray, gy: np.ndarray, dest: np.ndarray) -> None:
-    if worth_generating(spec) and _wgrad.applies(spec):
+    if worth_generating(spec) and _outer.applies_weight_grad(spec):
+        # output channels in the lanes: 1.0-2.0x ``_wgrad`` where it applies (docs/performance.md)
+        _outer.outer_weight_grad(x, gy, dest, spec)
+    elif worth_generating(spec) and _wgrad.applies(spec):
         _wgrad.weight_grad(x, gy, dest, spec, choose_weight_stack(spec))
     else:
         oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())

@@ -250,3 +250,78 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
         return sig, codegen
 
     return row
+
+
+def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int, g_pitch: int, tot_c_pitch: int):
+    """An ``@intrinsic`` ``sums(g, g0, xs, x0, n, tot, t0)``: a weight gradient's block of
+    ``n_c`` input channels x every tap x ``n_vec`` vectors of output channels (in the lanes):
+
+    ``tot[t0 + c * tot_c_pitch + t * g_pitch + o] += sum over q < n of
+    g[g0 + q * g_pitch + o] * xs[x0 + c * c_pitch + taps[t] + q]``
+
+    for ``c < n_c`` and ``o < n_vec * lanes`` (``g``: the output gradient with channels last).
+    Each term is a fused multiply-add of a gradient vector (loaded once per ``q``) and a broadcast
+    input value; the ``n_c x len(taps) x n_vec`` vector sums stay in registers over ``q`` (in
+    order: a fixed order) and are then added to ``tot`` (float64: a float32 sum is widened first).
+    """
+    taps = tuple(int(t) for t in taps)
+
+    @intrinsic
+    def sums(typingctx, g, g0, xs, x0, n, tot, t0):
+        arrays = (g, xs, tot)
+        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
+            return None
+        if g.dtype != xs.dtype or g.dtype not in (types.float32, types.float64) or tot.dtype != types.float64:
+            return None
+        if not all(isinstance(i, types.Integer) for i in (g0, x0, n, t0)):
+            return None
+        sig = types.void(g, g0, xs, x0, n, tot, t0)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            g_v, g0_v, xs_v, x0_v, n_v, tot_v, t0_v = args
+            a_g, t_g0, a_xs, t_x0, t_n, a_tot, t_t0 = signature.args
+            size = a_g.dtype.bitwidth // 8
+            lanes_n = VECTOR_BYTES // size
+            vec = ir.VectorType(context.get_data_type(a_g.dtype), lanes_n)
+            wide = ir.VectorType(ir.DoubleType(), lanes_n)
+            intp = context.get_value_type(types.intp)
+
+            def data(array_value, array_type):
+                return context.make_array(array_type)(context, builder, array_value).data
+
+            def at(base, index, vector_type=None):
+                p = builder.gep(base, [index], inbounds=True)
+                return builder.bitcast(p, vector_type.as_pointer()) if vector_type else p
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            g_p, xs_p, tot_p = data(g_v, a_g), data(xs_v, a_xs), data(tot_v, a_tot)
+            g0_i, x0_i = _index(context, builder, g0_v, t_g0), _index(context, builder, x0_v, t_x0)
+            n_i, t0_i = _index(context, builder, n_v, t_n), _index(context, builder, t0_v, t_t0)
+            blocks = [(c, t, v) for c in range(n_c) for t in range(len(taps)) for v in range(n_vec)]
+            acc = {k: cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for k in blocks}
+            with cgutils.for_range(builder, n_i) as loop:
+                q = loop.index
+                gq = builder.add(g0_i, builder.mul(q, const(g_pitch)))
+                grads = [builder.load(at(g_p, builder.add(gq, const(v * lanes_n)), vec), align=size)
+                         for v in range(n_vec)]
+                xq = builder.add(x0_i, q)
+                for c in range(n_c):
+                    for t, tap in enumerate(taps):
+                        value = _splat(builder, builder.load(at(xs_p, builder.add(xq, const(c * c_pitch + tap)))), vec)
+                        for v in range(n_vec):
+                            builder.store(_fma(builder, grads[v], value, builder.load(acc[c, t, v])), acc[c, t, v])
+            for c, t, v in blocks:
+                total = at(tot_p, builder.add(t0_i, const(c * tot_c_pitch + t * g_pitch + v * lanes_n)), wide)
+                part = builder.load(acc[c, t, v])
+                if vec.element != wide.element:
+                    part = builder.fpext(part, wide)
+                builder.store(builder.fadd(builder.load(total, align=8), part), total, align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return sums
