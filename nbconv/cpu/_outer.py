@@ -130,8 +130,11 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
 
 def applies_weight_grad(spec) -> bool:
     """As :func:`applies`, with every tap of one channel vector's sums in registers
-    (``SUM_BUDGET`` taps at most: 5x5 kernels, not 7x7)."""
-    return applies(spec) and spec.kernel_size[0] * spec.kernel_size[1] <= SUM_BUDGET
+    (``SUM_BUDGET`` taps at most: 5x5 kernels, not 7x7), and two or more input channels per
+    group: with one (a channel multiplier), the channels-last copy of the gradient is as much
+    work as the sums, and ``_wgrad`` was faster (``python docs/outer.py``: dw_mult16_28)."""
+    taps = spec.kernel_size[0] * spec.kernel_size[1]
+    return applies(spec) and taps <= SUM_BUDGET and spec.in_per_group > 1
 
 
 def _largest_divisor(n: int, limit: int) -> int:

@@ -1,0 +1,82 @@
+"""Time the CPU kernels with output channels in the vector lanes (``nbconv.cpu._outer``) against
+the kernels the launcher would otherwise take, interleaved (medians of 30 rounds, batch 8,
+float32, Numba's threads): the forward against ``_winograd`` / ``_rowblock`` / ``_grouped`` /
+the packed kernel, the weight gradient against ``_wgrad``.
+
+Run: ``python docs/outer.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+
+from nbconv._spec import conv2d_spec
+from nbconv.cpu import _grouped, _launch, _outer, _packed, _rowblock, _wgrad, _winograd
+
+ROUNDS = 30
+#: name, C_in, H = W, C_out, k, stride, padding, groups
+SHAPES = [
+    ("resnext_g32_14", 512, 14, 512, 3, 1, 1, 32),
+    ("pw_g4_28", 256, 28, 256, 1, 1, 0, 4),
+    ("g8_128_56", 128, 56, 128, 3, 1, 1, 8),
+    ("g16_s2_56", 256, 56, 256, 3, 2, 1, 16),
+    ("g32_k5_14", 512, 14, 512, 5, 1, 2, 32),
+    ("g32_1024_7", 1024, 7, 1024, 3, 1, 1, 32),
+    ("dw_mult16_28", 16, 28, 256, 3, 1, 1, 16),
+    ("dense_64_28", 64, 28, 64, 3, 1, 1, 1),
+    ("alexnet_g2", 96, 27, 256, 5, 1, 2, 2),
+]
+
+
+def _other_forward(spec):
+    if _winograd.applies(spec):
+        return "winograd", lambda x, w, b, out: _winograd.winograd_forward(x, w, b, out, spec)
+    if _rowblock.applies(spec):
+        return "rows", lambda x, w, b, out: _rowblock.depthwise_forward(x, w, b, out, spec)
+    stack = _launch.choose_stack(spec)
+    if _grouped.applies(spec):
+        return "grouped", lambda x, w, b, out: _grouped.grouped_forward(x, w, b, out, spec, stack)
+    oc_block = _launch.choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group,
+                                       numba.get_num_threads())
+    return "packed", lambda x, w, b, out: _packed.forward_packed(x, w, b, out, spec, oc_block, stack)
+
+
+def _medians(a, b) -> tuple[float, float]:
+    a(), b()
+    ta, tb = [], []
+    for _ in range(ROUNDS):
+        for f, ts in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
+
+
+def main() -> None:
+    print(f"batch 8, float32: medians of {ROUNDS} interleaved rounds (ms); ratio = other / outer")
+    print("| shape | op | outer | other kernel | other | ratio |\n|---|---|---:|---|---:|---:|")
+    for name, c_in, hw, c_out, k, stride, pad, groups in SHAPES:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, c_in, hw, hw)).astype(np.float32)
+        w = rng.standard_normal((c_out, c_in // groups, k, k)).astype(np.float32)
+        b = rng.standard_normal(c_out).astype(np.float32)
+        spec = conv2d_spec(x, w, b, stride, pad, 1, groups)
+        out, ref = np.empty(spec.output_shape, np.float32), np.empty(spec.output_shape, np.float32)
+        label, other = _other_forward(spec)
+        t_outer, t_other = _medians(lambda: _outer.outer_forward(x, w, b, out, spec), lambda: other(x, w, b, ref))
+        print(f"| {name} | forward | {t_outer:.3f} | {label} | {t_other:.3f} | {t_other / t_outer:.2f} |")
+        if not (_outer.applies(spec) and spec.kernel_size[0] * spec.kernel_size[1] <= _outer.SUM_BUDGET):
+            continue  # (with one input channel per group the launcher keeps _wgrad: timed here too)
+        gy = rng.standard_normal(spec.output_shape).astype(np.float32)
+        dw, dw_ref = np.empty_like(w), np.empty_like(w)
+        stack = _launch.choose_weight_stack(spec)
+        t_outer, t_other = _medians(lambda: _outer.outer_weight_grad(x, gy, dw, spec),
+                                    lambda: _wgrad.weight_grad(x, gy, dw_ref, spec, stack))
+        print(f"| {name} | weight grad | {t_outer:.3f} | wgrad | {t_other:.3f} | {t_other / t_outer:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
