@@ -86,15 +86,26 @@ def forward(x, wv, b, out, scratch):
 '''
 
 
-def module_source(spec) -> str:
-    """The generated module for ``spec``."""
+def _packed_layout(spec) -> tuple[tuple[int, ...], int, int]:
+    """(tap offsets, row pitch, elements per input channel) of one image's packed planes."""
     geo, _, _ = _packed.packed_geometry(spec, 1)
     sh, sw, hc, wc = geo[0], geo[1], geo[6], geo[7]
-    taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
+    return tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel()), wc, sh * sw * hc * wc
+
+
+def _sizes(spec, taps) -> dict:
+    """The sizes both generated drivers format in."""
+    return dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=spec.in_per_group,
+                cout_g=spec.out_per_group, oh=spec.out_size[0], ow=spec.out_size[1], n_taps=len(taps),
+                in_plane=spec.in_size[0] * spec.in_size[1])
+
+
+def module_source(spec) -> str:
+    """The generated module for ``spec``."""
+    taps, wc, chan = _packed_layout(spec)
     (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
     lanes = _simd.lanes(spec.dtype)
     pixels, n_vec = choose_block(spec)
-    chan = sh * sw * hc * wc
     blocks = [(p0, min(pixels, ow - p0)) for p0 in range(0, ow, pixels)]
     widths = sorted({w for _, w in blocks})
     what = (f"grouped conv, output channels in lanes, {cin_g} -> {cout_g} channels per group, taps {taps}, "
@@ -105,10 +116,9 @@ def module_source(spec) -> str:
               f"{cout_g}, {oh * ow})" for w in widths]
     rows = "\n".join(f"                _row{w}(xs, oy * {wc} + {p0}, wv, w0, b, c0, out_flat, o0 + {p0})"
                      for p0, w in blocks)
-    fmt = dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=cin_g, cout_g=cout_g,
-               oh=oh, ow=ow, n_taps=len(taps), in_plane=spec.in_size[0] * spec.in_size[1], chan=chan,
-               n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes, w_group=cin_g * len(taps) * cout_g)
-    return "\n".join(lines) + "\n" + _DRIVER.format(rows=rows, **fmt)
+    return "\n".join(lines) + "\n" + _DRIVER.format(
+        rows=rows, chan=chan, n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes,
+        w_group=cin_g * len(taps) * cout_g, **_sizes(spec, taps))
 
 
 @functools.lru_cache(maxsize=128)
@@ -164,7 +174,7 @@ def _gather_grad_source(spec) -> list[str]:
     rows then go to their pixels; the pixels past the last whole tile go one by one."""
     lanes = _simd.lanes(spec.dtype)
     (oh, ow), cout_g = spec.out_size, spec.out_per_group
-    wc = _packed.packed_geometry(spec, 1)[0][7]
+    wc = _packed_layout(spec)[1]
     ohw = oh * ow
     whole = ohw // lanes * lanes
     return ["", "", "@njit_serial", "def _gather_grad(gy_flat, s0, gt, tl):",
@@ -222,24 +232,19 @@ def weight_grad(x, gy, dw, scratch, g_buf, t_buf, tiles, cps):
 
 def weight_grad_source(spec) -> str:
     """The generated weight-gradient module for ``spec`` (a forward spec)."""
-    geo, _, _ = _packed.packed_geometry(spec, 1)
-    sh, sw, hc, wc = geo[0], geo[1], geo[6], geo[7]
-    taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
+    taps, wc, chan = _packed_layout(spec)
     (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
     lanes = _simd.lanes(spec.dtype)
     n_c, n_vec = weight_grad_block(spec)
-    chan = sh * sw * hc * wc
     what = (f"grouped conv weight gradient, output channels in lanes, {cin_g} -> {cout_g} channels per group, "
             f"taps {taps}, packed pitch {wc}, blocks of {n_c} input channels x {n_vec} channel vectors")
     lines = [_generated.HEADER.format(generator=__name__, version=__version__, what=what),
              "from nbconv.cpu._simd import outer_product_sums, transpose_tile", "", _generated.pack_source(spec, 1)]
     lines += _gather_grad_source(spec)
     lines += ["", f"_sums = outer_product_sums({n_c}, {chan}, {taps}, {n_vec}, {cout_g}, {len(taps) * cout_g})"]
-    fmt = dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=cin_g, cout_g=cout_g,
-               oh=oh, ow=ow, ohw=oh * ow, n_taps=len(taps), in_plane=spec.in_size[0] * spec.in_size[1], chan=chan,
-               n_c=n_c, n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes,
-               n_q=(oh - 1) * wc + ow, tot_c=len(taps) * cout_g)
-    return "\n".join(lines) + "\n" + _WGRAD_DRIVER.format(**fmt)
+    return "\n".join(lines) + "\n" + _WGRAD_DRIVER.format(
+        ohw=oh * ow, chan=chan, n_c=n_c, n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes,
+        n_q=(oh - 1) * wc + ow, tot_c=len(taps) * cout_g, **_sizes(spec, taps))
 
 
 @functools.lru_cache(maxsize=128)
