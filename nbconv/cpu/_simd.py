@@ -14,6 +14,7 @@ nor the masked stores.
 
 from __future__ import annotations
 
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -154,7 +155,10 @@ def _masked_store(builder, value, pointer, count: int, align: int):
         builder.store(value, pointer, align=align)
         return
     mask_type = ir.VectorType(ir.IntType(1), vec.count)
-    fn = _declared(builder, f"llvm.masked.store.v{vec.count}{vec.element.intrinsic_name}.p0",
+    name = f"v{vec.count}{vec.element.intrinsic_name}"
+    # the pointer's part of the name: "p0" with opaque pointers (LLVM 15+), else its pointee too
+    pointer_name = "p0" if llvm_binding.llvm_version_info[0] >= 15 else f"p0{name}"
+    fn = _declared(builder, f"llvm.masked.store.{name}.{pointer_name}",
                    ir.FunctionType(ir.VoidType(), [vec, pointer.type, ir.IntType(32), mask_type]))
     mask = ir.Constant(mask_type, [i < count for i in range(vec.count)])
     builder.call(fn, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
