@@ -113,6 +113,24 @@ def check_path_forward(applies, forward, case: Case, dtype) -> None:
     assert_conv_close(out, x, w, b, **case.conv_args())
 
 
+def check_non_finite_forward(forward, case: Case, pixels, value) -> None:
+    """A CPU forward kernel (``forward(x, w, b, out, spec)``) on ``case`` in float64 with
+    ``value`` (inf or NaN) at the input ``pixels`` (n, c, y, x): exactly the reference's outputs
+    are non-finite (padding and unused lanes must not spread one), the others match it."""
+    from reference import conv2d_reference
+
+    x, w, b = random_arrays(case, np.float64)
+    for pixel in pixels:
+        x[pixel] = value
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    out = np.full(spec.output_shape, 0.5)
+    forward(x, w, b, out, spec)
+    want = conv2d_reference(x, w, b, **case.conv_args())
+    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(out[finite], want[finite], rtol=1e-12, atol=1e-12)
+
+
 def backend_dtype_params():
     """(backend, dtype) pairs each backend supports: float16 is CUDA-only."""
     out = []

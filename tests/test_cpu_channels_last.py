@@ -8,13 +8,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from cases import Case, at_each_thread_count, check_path_forward, random_arrays
+from cases import Case, at_each_thread_count, check_non_finite_forward, check_path_forward, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
     assert_conv_close,
     conv2d_input_reference,
-    conv2d_reference,
     conv2d_weight_reference,
 )
 
@@ -138,18 +137,11 @@ def test_input_gradient_with_cropping():
 @pytest.mark.parametrize("value", [np.inf, np.nan])
 def test_non_finite_pixels_reach_only_their_outputs(value):
     """Zero padding and the unused lanes of a partial block must not spread a non-finite pixel."""
-    case = Case(2, 20, (7, 7), 20, (3, 3), 1, 1, 1, 20)
-    x, w, b = random_arrays(case, np.float64)
-    x[0, 2, 6, 6] = value  # corner of a plane in the first block
-    x[1, 19, 0, 0] = value  # the last channel: the partial block (lanes 16-19 of 24, float64)
-    x[1, 9, 3, 0] = value  # first column
-    spec = conv2d_spec(x, w, b, **case.conv_args())
-    out = np.full(spec.output_shape, 0.5)
-    _channels_last.depthwise_forward(x, w, b, out, spec)
-    want = conv2d_reference(x, w, b, **case.conv_args())
-    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(want))
-    finite = np.isfinite(want)
-    np.testing.assert_allclose(out[finite], want[finite], rtol=1e-12, atol=1e-12)
+    pixels = [(0, 2, 6, 6),  # corner of a plane in the first block
+              (1, 19, 0, 0),  # the last channel: the partial block (lanes 16-19 of 24, float64)
+              (1, 9, 3, 0)]  # first column
+    check_non_finite_forward(_channels_last.depthwise_forward, Case(2, 20, (7, 7), 20, (3, 3), 1, 1, 1, 20), pixels,
+                             value)
 
 
 def test_results_do_not_depend_on_threads():

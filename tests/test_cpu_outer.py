@@ -10,13 +10,12 @@ import re
 import numba
 import numpy as np
 import pytest
-from cases import Case, at_each_thread_count, check_path_forward, random_arrays
+from cases import Case, at_each_thread_count, check_non_finite_forward, check_path_forward, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
     assert_conv_close,
     conv2d_input_reference,
-    conv2d_reference,
     conv2d_weight_reference,
     conv_transpose2d_reference,
 )
@@ -148,17 +147,9 @@ def test_launcher_routing(monkeypatch):
 @pytest.mark.parametrize("value", [np.inf, np.nan])
 def test_non_finite_pixels_reach_only_their_outputs(value):
     """Padding and the lanes past a block's pixels must not spread a non-finite pixel."""
-    case = Case(2, 16, (7, 9), 32, (3, 3), 1, 1, 1, 2)
-    x, w, b = random_arrays(case, np.float64)
-    x[0, 2, 6, 8] = value  # last pixel of a plane
-    x[1, 15, 0, 0] = value  # first pixel, last channel of a group
-    spec = conv2d_spec(x, w, b, **case.conv_args())
-    out = np.full(spec.output_shape, 0.5)
-    _outer.outer_forward(x, w, b, out, spec)
-    want = conv2d_reference(x, w, b, **case.conv_args())
-    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(want))
-    finite = np.isfinite(want)
-    np.testing.assert_allclose(out[finite], want[finite], rtol=1e-12, atol=1e-12)
+    pixels = [(0, 2, 6, 8),  # last pixel of a plane
+              (1, 15, 0, 0)]  # first pixel, last channel of a group
+    check_non_finite_forward(_outer.outer_forward, Case(2, 16, (7, 9), 32, (3, 3), 1, 1, 1, 2), pixels, value)
 
 
 def test_results_do_not_depend_on_threads():
