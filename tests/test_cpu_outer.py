@@ -29,6 +29,7 @@ from nbconv.cpu._launch import conv2d_forward
 pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
 
 TAPS = (0, 1, 2, 20, 21, 22)
+TAPS_SETS = ((0, 2, 4), (1, 3, 5), ())  # per-pixel taps of a row with input dilation 3 (one reads none)
 
 
 def _row_kernel(n_pix, n_vec):
@@ -65,6 +66,42 @@ def test_outer_product_row(dtype, n_pix, n_vec):
     assert (out == -7).sum() == (want == -7).sum()
 
 
+def test_packed_row_formula_and_code():
+    """Two groups per vector (pack 2): input runs of two broadcast whole (one ``vbroadcastsd``
+    each), per-pixel taps, lanes to their output rows; nothing else of ``out`` is written."""
+    pixel_taps = tuple(TAPS_SETS[p % 3] for p in range(7))
+    lane_channels = tuple((c % 2) * 8 + c // 2 for c in range(16))
+    row = _simd.outer_product_row(3, 140, TAPS, 7, 1, len(TAPS) * 16, 16, 50, pack=2,
+                                  pixel_taps=pixel_taps, lane_channels=lane_channels)
+
+    @numba.njit
+    def run(xs, x0, w, w0, b, b0, out, o0):
+        row(xs, x0, w, w0, b, b0, out, o0)
+
+    rng = np.random.default_rng(1)
+    xs, w = rng.standard_normal(600).astype(np.float32), rng.standard_normal(400).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    out = np.full(16 * 50 + 20, -7, np.float32)
+    x0, w0, b0, o0 = 6, 3, 7, 11
+    run(xs, x0, w, w0, b, b0, out, o0)
+    want = np.full_like(out, -7)
+    for c in range(16):
+        for p in range(7):
+            terms = [w[w0 + ci * len(TAPS) * 16 + t * 16 + c] * xs[x0 + ci * 140 + (TAPS[t] + p) * 2 + c % 2]
+                     for ci in range(3) for t in pixel_taps[p]]
+            want[o0 + lane_channels[c] * 50 + p] = b[b0 + c] + np.sum(np.array(terms, np.float64))
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert (out == -7).sum() == (want == -7).sum()
+    from llvmlite import binding as llvm
+    if llvm.get_host_cpu_features().get("avx512f"):
+        asm = run.inspect_asm(run.signatures[-1])
+        fmas = 3 * sum(len(t) for t in pixel_taps)
+        assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*%zmm", asm)) >= fmas
+        runs = 3 * len({TAPS[t] + p for p in range(7) for t in pixel_taps[p]})  # distinct runs read
+        assert len(re.findall(r"vbroadcastsd\s+[^\n]*%zmm", asm)) >= runs
+        assert not re.search(r"vmov\w+\s+%zmm\d+, [-\d]*\(%rsp\)", asm)
+
+
 def test_outer_product_row_rejects_blocks_wider_than_a_vector():
     with pytest.raises(Exception, match="at most 16 pixels"):
         _row_kernel(17, 1)(*(np.zeros(2000, np.float32), 0) * 4)
@@ -86,12 +123,64 @@ def test_outer_forward(case, dtype):
     check_path_forward(_outer.applies, _outer.outer_forward, case, dtype)
 
 
+#: groups of 4 or 8 outputs share a vector (``group_pack``): strides, input dilation, widths in
+#: blocks of two sizes, 1x1
+PACKED_CASES = [
+    (Case(2, 16, (9, 11), 16, (3, 3), 1, 1, 1, 4), np.float32),  # 4 groups of 4 in a vector
+    (Case(1, 24, (10, 13), 16, (3, 2), 2, 1, 1, 2, False), np.float32),  # pairs of 8, stride 2
+    (Case(2, 8, (7, 19), 16, (1, 1), 1, 0, 1, 4), np.float64),  # pairs of 4 (8 lanes), blocks 7 + 7 + 5
+    (Case(2, 32, (6, 8), 32, (2, 3), 1, (1, 0), (2, 1), 8), np.float32),  # 8 groups: 2 vectors of 4
+]
+
+
+@pytest.mark.parametrize("case,dtype", PACKED_CASES, ids=str)
+def test_packed_groups_forward(case, dtype):
+    check_path_forward(_outer.applies, _outer.outer_forward, case, dtype)
+
+
 def test_applies_to_whole_vectors_of_outputs_per_group():
-    x = np.zeros((2, 16, 8, 8), np.float32)
-    assert _outer.applies(conv2d_spec(x, np.zeros((32, 8, 3, 3), np.float32), None, 1, 1, 1, 2))
-    assert not _outer.applies(conv2d_spec(x, np.zeros((16, 8, 3, 3), np.float32), None, 1, 1, 1, 2))  # 8
-    assert _outer.applies(conv2d_spec(x.astype(np.float64), np.zeros((16, 8, 3, 3)), None, 1, 1, 1, 2))
-    assert not _outer.applies(conv2d_spec(x[:0], np.zeros((32, 8, 3, 3), np.float32), None, 1, 1, 1, 2))
+    def spec(c_out, groups, dtype=np.float32, batch=2):
+        x = np.zeros((batch, 16, 8, 8), dtype)
+        return conv2d_spec(x, np.zeros((c_out, 16 // groups, 3, 3), dtype), None, 1, 1, 1, groups)
+    assert _outer.group_pack(spec(32, 2)) == 1 and _outer.applies(spec(32, 2))
+    assert _outer.group_pack(spec(16, 2)) == 2  # 8 outputs: two groups per vector
+    assert _outer.group_pack(spec(16, 4)) == 4
+    assert _outer.group_pack(spec(16, 1, np.float64)) == 1
+    assert _outer.group_pack(spec(8, 2, np.float64)) == 2
+    assert not _outer.applies(spec(16, 8))  # 2 outputs per group: not packed
+    assert not _outer.applies(spec(8, 1))  # 8 outputs, but a single group
+    assert not _outer.applies(spec(32, 2, batch=0))
+
+
+def test_tap_phases():
+    """A transposed convolution's output rows and columns read input pixels through some taps
+    only (the others meet the zeros its stride inserts)."""
+    gy = np.zeros((1, 4, 5, 6))
+    s2 = conv_transpose2d_spec(gy, np.zeros((4, 2, 3, 3)), None, 2, 1, 0, 1, 1)
+    assert _outer.tap_phases(s2) == ([(1,), (0, 2)], [(1,), (0, 2)])
+    s3 = conv_transpose2d_spec(gy, np.zeros((4, 2, 2, 4)), None, (3, 2), 0, 0, 1, 1)  # some rows read none
+    assert _outer.tap_phases(s3) == ([(1,), (0,), ()], [(1, 3), (0, 2)])
+    x = np.zeros((1, 4, 9, 9))
+    assert _outer.tap_phases(conv2d_spec(x, np.zeros((2, 4, 3, 3)), None, 2, 1, 1, 1)) == ([(0, 1, 2)], [(0, 1, 2)])
+
+
+@pytest.mark.parametrize("stride,padding,output_padding,dilation,c_out_g", [
+    (2, 1, 1, 1, 8), (3, 0, 2, 1, 4), ((2, 3), (1, 2), (1, 0), (2, 1), 16), (2, 0, 0, 1, 16)])
+def test_transposed_skips_the_inserted_zeros(stride, padding, output_padding, dilation, c_out_g):
+    """conv_transpose2d at strides >= 2 sums only the taps that meet input pixels; packed groups
+    and whole vectors, float32 and float64, with and without bias."""
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        groups = 4
+        gy = rng.standard_normal((2, 8, 5, 7)).astype(dtype)
+        wt = rng.standard_normal((8, c_out_g, 3, 2)).astype(dtype)
+        b = rng.standard_normal(groups * c_out_g).astype(dtype) if dtype == np.float32 else None
+        args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+        spec = conv_transpose2d_spec(gy, wt, b, stride, padding, output_padding, groups, dilation)
+        assert _outer.applies(spec) and max(len(_outer.tap_phases(spec)[0]), len(_outer.tap_phases(spec)[1])) > 1
+        got = nbconv.conv_transpose2d(gy, wt, b, **args)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, conv_transpose2d_reference(gy, wt, b, **args), rtol=tol, atol=tol)
 
 
 def test_block_choice():
@@ -128,8 +217,8 @@ def test_gradient_forms(stride):
 
 
 def test_launcher_routing(monkeypatch):
-    """Groups of whole vectors of outputs come here (before ``_grouped``); 8 float32 outputs per
-    group do not."""
+    """Groups of whole vectors of outputs come here (before ``_grouped``), and so do 8 float32
+    outputs per group (two groups per vector); 2 per group do not."""
     calls = []
     real = _outer.outer_forward
     monkeypatch.setattr(_outer, "outer_forward", lambda *a: calls.append(a[-1]) or real(*a))
@@ -140,8 +229,10 @@ def test_launcher_routing(monkeypatch):
     readonly.flags.writeable = False
     assert_conv_close(nbconv.conv2d(readonly, w, None, padding=1, groups=2), x, w, None, padding=1, groups=2)
     assert len(calls) == 1 and _grouped.applies(calls[0])
-    nbconv.conv2d(x, w[:16, :8], None, padding=1, groups=4)
-    assert len(calls) == 1
+    assert_conv_close(nbconv.conv2d(x, w[:, :8], None, padding=1, groups=4), x, w[:, :8], None, padding=1, groups=4)
+    assert len(calls) == 2 and _outer.group_pack(calls[1]) == 2
+    nbconv.conv2d(x, w[:, :2], None, padding=1, groups=16)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])
@@ -159,16 +250,20 @@ def test_results_do_not_depend_on_threads():
     np.testing.assert_array_equal(one, two)
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
-    n=st.integers(1, 2), groups=st.integers(1, 2), cin_g=st.integers(1, 5), h=st.integers(1, 9),
+    n=st.integers(1, 2), groups=st.sampled_from([1, 2, 4]), cin_g=st.integers(1, 5), h=st.integers(1, 9),
     wd=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 2),
     sw=st.integers(1, 2), dh=st.integers(1, 2), dw=st.integers(1, 2), pad=st.integers(0, 2),
+    cout_g=st.sampled_from([8, 4]), dtype=st.sampled_from([np.float32, np.float64]),
 )
-def test_outer_property(n, groups, cin_g, h, wd, kh, kw, sh, sw, dh, dw, pad):
-    case = Case(n, groups * cin_g, (h + (kh - 1) * dh, wd + (kw - 1) * dw), groups * 8, (kh, kw), (sh, sw), pad,
+def test_outer_property(n, groups, cin_g, h, wd, kh, kw, sh, sw, dh, dw, pad, cout_g, dtype):
+    """Whole vectors of outputs per group (8 float64) and packed groups (4 or 8 float32, 4 float64)."""
+    lanes = 16 if dtype == np.float32 else 8
+    groups = max(groups, lanes // cout_g) if cout_g < lanes else groups  # enough groups to fill a vector
+    case = Case(n, groups * cin_g, (h + (kh - 1) * dh, wd + (kw - 1) * dw), groups * cout_g, (kh, kw), (sh, sw), pad,
                 (dh, dw), groups)
-    check_path_forward(_outer.applies, _outer.outer_forward, case, np.float64)
+    check_path_forward(_outer.applies, _outer.outer_forward, case, dtype)
 
 
 def test_row_compiles_to_vector_multiply_adds():

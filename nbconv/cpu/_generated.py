@@ -112,16 +112,21 @@ def multiply_add_lines(taps, wc: int, rows: int, channels: int, indent: str) -> 
     return lines
 
 
-def pack_source(spec, stack: int = 1) -> str:
+def pack_source(spec, stack: int = 1, interleave: int = 1) -> str:
     """Python source of ``_pack_plane(x_flat, s0, xs, d0)``: the input plane at ``x_flat[s0:]``
     into ``xs[d0:]`` in ``_packed``'s layout for stacks of ``stack`` images (image ``j`` of a
     stack goes to ``d0 = j * Hc * Wc`` past its channel's start; zero padding, phase planes for the
     stride, zeros between pixels for an input dilation, cropping), every offset, bound and step a
     constant taken from ``_packed.packed_tables`` so the copies need no per-row overlap checks.
-    Only pixels are written: the zeros stay as the zeroed scratch has them, call after call."""
+    Only pixels are written: the zeros stay as the zeroed scratch has them, call after call.
+
+    With ``interleave`` > 1, ``_pack_plane(x_flat, s0, xs, d0, lane)``: the planes of
+    ``interleave`` channels share ``xs``, element ``e`` of the layout of this one at
+    ``xs[e * interleave + lane]``."""
     row_dst, runs, _ = _packed.packed_tables(spec, stack)
     in_w = spec.in_size[1]
-    lines = ["", "", "@njit_serial", "def _pack_plane(x_flat, s0, xs, d0):"]
+    lane = ", lane" if interleave > 1 else ""
+    lines = ["", "", "@njit_serial", f"def _pack_plane(x_flat, s0, xs, d0{lane}):"]
     pt, lh, sh = spec.padding[0], spec.lhs_dilation[0], spec.stride[0]
     phases: dict[int, list[tuple[int, int]]] = {}  # the rows of each row phase, in order
     for iy, d in enumerate(row_dst.tolist()):
@@ -138,7 +143,9 @@ def pack_source(spec, stack: int = 1) -> str:
             lines += [f"    for m in range({count}):",
                       f"        d = d0 + {dst0} + m * {step[1]}", f"        s = s0 + ({iy0} + m * {step[0]}) * {in_w}"]
             for dst, dst_step, src, src_step, cnt in runs.tolist():
+                at = f"d + {dst} + j * {dst_step}"
+                at = f"({at}) * {interleave} + lane" if interleave > 1 else at
                 lines += [f"        for j in range({cnt}):",
-                          f"            xs[_U(d + {dst} + j * {dst_step})] = x_flat[_U(s + {src} + j * {src_step})]"]
+                          f"            xs[_U({at})] = x_flat[_U(s + {src} + j * {src_step})]"]
             i = j
     return "\n".join(lines) + "\n"

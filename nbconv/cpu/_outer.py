@@ -19,6 +19,7 @@ computes its output rows in blocks of at most one vector of pixels. The weights 
 from __future__ import annotations
 
 import functools
+import math
 
 import numba
 import numpy as np
@@ -33,14 +34,34 @@ SUM_BUDGET = 28
 MAX_SCRATCH_ELEMS = 1 << 18
 
 
-def applies(spec) -> bool:
-    """Output channels per group a whole number of vectors, at most ``_generated.MAX_TAPS`` taps,
-    at least one image, the group's packed planes within ``MAX_SCRATCH_ELEMS``."""
+#: Output channels per group that share a vector with other groups' (``pack`` groups of
+#: ``lanes / pack`` outputs each, their inputs interleaved): resnext's 4 -> 4 and 8 -> 8 float32
+#: groups, 1.2-2.8x ``_grouped`` (which puts columns in the lanes); not 2 (dw_mult2: ``_rowblock``
+#: is 1.45x this); ``python docs/outer.py``.
+PACKED_OUT_PER_GROUP = (4, 8)
+
+
+def group_pack(spec) -> int:
+    """Groups per vector of output channels: 1 when a group's outputs are whole vectors; for
+    ``PACKED_OUT_PER_GROUP`` outputs per group, as many groups as fill a vector; 0 for none."""
     lanes = _simd.lanes(spec.dtype)
+    cout_g = spec.out_per_group
+    if cout_g % lanes == 0:
+        return 1
+    if cout_g in PACKED_OUT_PER_GROUP and lanes % cout_g == 0 and spec.groups % (lanes // cout_g) == 0:
+        return lanes // cout_g
+    return 0
+
+
+def applies(spec) -> bool:
+    """Output channels per group a whole number of vectors (or a fraction, see
+    :func:`group_pack`), at most ``_generated.MAX_TAPS`` taps, at least one image, the packed
+    planes of a task within ``MAX_SCRATCH_ELEMS``."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    if spec.batch == 0 or spec.out_per_group % lanes or taps > _generated.MAX_TAPS:
+    pack = group_pack(spec)
+    if spec.batch == 0 or not pack or taps > _generated.MAX_TAPS:
         return False
-    return _packed.packed_geometry(spec, 1)[1] <= MAX_SCRATCH_ELEMS
+    return _packed.packed_geometry(spec, 1)[1] * pack <= MAX_SCRATCH_ELEMS
 
 
 def choose_block(spec) -> tuple[int, int]:
@@ -49,18 +70,40 @@ def choose_block(spec) -> tuple[int, int]:
     lanes = _simd.lanes(spec.dtype)
     ow = spec.out_size[1]
     pixels = -(-ow // -(-ow // lanes))
-    vectors = spec.out_per_group // lanes
+    vectors = max(1, spec.out_per_group * group_pack(spec) // lanes)
     per_block = max(1, min(vectors, SUM_BUDGET // pixels))
     while vectors % per_block:
         per_block -= 1
     return pixels, per_block
 
 
-def packed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
-    """(C_out, C_in/groups, kH, kW) as (groups, C_in/groups, kH * kW, C_out/groups), flat."""
+def packed_weight(weight: np.ndarray, groups: int, pack: int = 1) -> np.ndarray:
+    """(C_out, C_in/groups, kH, kW) as (groups / pack, C_in/groups, kH * kW, C_out/groups, pack),
+    flat: a tap's output channels of ``pack`` groups are one contiguous run, lane ``o * pack + j``
+    group ``j``'s channel ``o``."""
     c_out, cin_g, kh, kw = weight.shape
-    w = weight.reshape(groups, c_out // groups, cin_g, kh * kw).transpose(0, 2, 3, 1)
+    w = weight.reshape(groups // pack, pack, c_out // groups, cin_g, kh * kw).transpose(0, 3, 4, 2, 1)
     return np.ascontiguousarray(w).reshape(-1)
+
+
+def packed_bias(bias: np.ndarray, groups: int, pack: int) -> np.ndarray:
+    """The bias in the lane order of :func:`packed_weight`."""
+    return np.ascontiguousarray(bias.reshape(groups // pack, pack, -1).transpose(0, 2, 1)).reshape(-1)
+
+
+def tap_phases(spec) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """(for each output row phase, the kernel rows; for each column phase, the kernel columns)
+    that read input pixels, not the zeros an input dilation puts between them (a transposed
+    convolution's stride): output row ``oy`` is in phase ``oy % len(rows)``. Without input
+    dilation, one phase of every row and column."""
+    (sh, sw), (dh, dw), (lh, lw) = spec.stride, spec.dilation, spec.lhs_dilation
+    (kh_n, kw_n), pt, pl = spec.kernel_size, spec.padding[0], spec.padding[2]
+
+    def phases(s, d, lhs, pad, k_n):
+        period = lhs // math.gcd(s, lhs)
+        return [tuple(k for k in range(k_n) if (o * s + k * d - pad) % lhs == 0) for o in range(period)]
+
+    return phases(sh, dh, lh, pt, kh_n), phases(sw, dw, lw, pl, kw_n)
 
 
 _DRIVER = '''
@@ -68,18 +111,19 @@ _DRIVER = '''
 @njit_parallel
 def forward(x, wv, b, out, scratch):
     """out (N, {c_out}, {oh}, {ow}) = x (N, {c_in}, H, W) convolved in {groups} groups with the
-    weights ``wv`` ({groups}, {cin_g}, {n_taps}, {cout_g}), + b: tasks of (image, group)."""
+    weights ``wv`` ({n_packs}, {cin_g}, {n_taps}, {cout_g} x {pack}), + b (in the weights' lane
+    order): tasks of (image, {pack} group(s))."""
     n_img = x.shape[0]
     x_flat, out_flat = x.reshape(-1), out.reshape(-1)
-    for task in numba.prange(n_img * {groups}):
+    for task in numba.prange(n_img * {n_packs}):
         xs = scratch[numba.get_thread_id()]
-        g = task % {groups}
-        n = task // {groups}
+        gp = task % {n_packs}
+        n = task // {n_packs}
         for ci in range({cin_g}):
-            _pack_plane(x_flat, (n * {c_in} + g * {cin_g} + ci) * {in_plane}, xs, ci * {chan})
+{pack_planes}
         for vb in range({n_vblocks}):
-            c0 = g * {cout_g} + vb * {block_channels}
-            w0 = g * {w_group} + vb * {block_channels}
+            c0 = gp * {pack_channels} + vb * {block_channels}
+            w0 = gp * {w_group} + vb * {block_channels}
             for oy in range({oh}):
                 o0 = ((n * {c_out} + c0) * {oh} + oy) * {ow}
 {rows}
@@ -100,25 +144,64 @@ def _sizes(spec, taps) -> dict:
                 in_plane=spec.in_size[0] * spec.in_size[1])
 
 
+def _row_lines(spec, blocks, wc: int, pack: int) -> tuple[list[str], list[str]]:
+    """(the definitions of the row intrinsics, the driver's calls for one output row ``oy``):
+    one intrinsic per block width and tap phase."""
+    taps, _, chan = _packed_layout(spec)
+    kw_n = spec.kernel_size[1]
+    row_phases, col_phases = tap_phases(spec)
+    _, n_vec = choose_block(spec)
+    lanes = _simd.lanes(spec.dtype)
+    cout_g = spec.out_per_group
+    lane_channels = tuple((c % pack) * cout_g + c // pack for c in range(n_vec * lanes)) if pack > 1 else None
+    defs, calls = {}, []
+    for r, kh_set in enumerate(row_phases):
+        branch = []
+        for p0, width in blocks:
+            phase = p0 % len(col_phases)
+            name = f"_row{width}" if len(row_phases) == len(col_phases) == 1 else f"_row{width}_{r}_{phase}"
+            if name not in defs:
+                pixel_taps = None if name == f"_row{width}" else tuple(
+                    tuple(kh * kw_n + kw for kh in kh_set for kw in col_phases[(phase + p) % len(col_phases)])
+                    for p in range(width))
+                defs[name] = (f"{name} = outer_product_row({spec.in_per_group}, {chan * pack}, {taps}, {width}, "
+                              f"{n_vec}, {len(taps) * cout_g * pack}, {cout_g * pack}, {spec.out_size[0] * spec.out_size[1]}, "
+                              f"pack={pack}, pixel_taps={pixel_taps}, lane_channels={lane_channels})")
+            branch.append(f"{name}(xs, (oy * {wc} + {p0}) * {pack}, wv, w0, b, c0, "
+                          f"out_flat, o0 + {p0})")
+        if len(row_phases) == 1:
+            calls += [" " * 16 + c for c in branch]
+        else:
+            calls.append(" " * 16 + ("if" if r == 0 else "elif" if r < len(row_phases) - 1 else "else:")
+                         + (f" oy % {len(row_phases)} == {r}:" if r < len(row_phases) - 1 else ""))
+            calls += [" " * 20 + c for c in branch]
+    return list(defs.values()), calls
+
+
 def module_source(spec) -> str:
     """The generated module for ``spec``."""
     taps, wc, chan = _packed_layout(spec)
-    (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
+    ow, cin_g, cout_g = spec.out_size[1], spec.in_per_group, spec.out_per_group
     lanes = _simd.lanes(spec.dtype)
+    pack = group_pack(spec)
     pixels, n_vec = choose_block(spec)
     blocks = [(p0, min(pixels, ow - p0)) for p0 in range(0, ow, pixels)]
-    widths = sorted({w for _, w in blocks})
-    what = (f"grouped conv, output channels in lanes, {cin_g} -> {cout_g} channels per group, taps {taps}, "
-            f"packed pitch {wc}, blocks of {pixels} pixels x {n_vec} channel vectors")
+    what = (f"grouped conv, output channels in lanes, {cin_g} -> {cout_g} channels per group, {pack} group(s) per "
+            f"vector, taps {taps}, packed pitch {wc}, blocks of {pixels} pixels x {n_vec} channel vectors")
     lines = [_generated.HEADER.format(generator=__name__, version=__version__, what=what),
-             "from nbconv.cpu._simd import outer_product_row", "", _generated.pack_source(spec, 1)]
-    lines += [f"_row{w} = outer_product_row({cin_g}, {chan}, {taps}, {w}, {n_vec}, {len(taps) * cout_g}, "
-              f"{cout_g}, {oh * ow})" for w in widths]
-    rows = "\n".join(f"                _row{w}(xs, oy * {wc} + {p0}, wv, w0, b, c0, out_flat, o0 + {p0})"
-                     for p0, w in blocks)
-    return "\n".join(lines) + "\n" + _DRIVER.format(
-        rows=rows, chan=chan, n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes,
-        w_group=cin_g * len(taps) * cout_g, **_sizes(spec, taps))
+             "from nbconv.cpu._simd import outer_product_row", "", _generated.pack_source(spec, 1, pack)]
+    defs, calls = _row_lines(spec, blocks, wc, pack)
+    if pack == 1:
+        pack_planes = (f"            _pack_plane(x_flat, (n * {spec.in_channels} + gp * {cin_g} + ci) * "
+                       f"{spec.in_size[0] * spec.in_size[1]}, xs, ci * {chan})")
+    else:
+        pack_planes = (f"            for j in range({pack}):\n"
+                       f"                _pack_plane(x_flat, (n * {spec.in_channels} + (gp * {pack} + j) * {cin_g} + ci) * "
+                       f"{spec.in_size[0] * spec.in_size[1]}, xs, ci * {chan}, j)")
+    return "\n".join(lines + defs) + "\n" + _DRIVER.format(
+        rows="\n".join(calls), pack_planes=pack_planes, n_packs=spec.groups // pack, pack=pack,
+        pack_channels=pack * cout_g, n_vblocks=max(1, cout_g // (n_vec * lanes)), block_channels=n_vec * lanes,
+        w_group=cin_g * len(taps) * cout_g * pack, **_sizes(spec, taps))
 
 
 @functools.lru_cache(maxsize=128)
@@ -131,20 +214,22 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
     (C_out, C_in/groups, kH, kW); any stride, dilation or input dilation of the packed layout)."""
     threads = numba.get_num_threads()
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
-    scratch = np.zeros((threads, scratch_elems), x.dtype)
-    _module(spec).forward(x, packed_weight(w, spec.groups), b, out, scratch)
+    pack = group_pack(spec)
+    scratch = np.zeros((threads, scratch_elems * pack), x.dtype)
+    bias = packed_bias(b, spec.groups, pack) if pack > 1 else b
+    _module(spec).forward(x, packed_weight(w, spec.groups, pack), bias, out, scratch)
 
 
 # --- the weight gradient -------------------------------------------------------------------
 
 
 def applies_weight_grad(spec) -> bool:
-    """As :func:`applies`, with every tap of one channel vector's sums in registers
-    (``SUM_BUDGET`` taps at most: 5x5 kernels, not 7x7), and two or more input channels per
-    group: with one (a channel multiplier), the channels-last copy of the gradient is as much
+    """As :func:`applies` for whole vectors of outputs per group (no packed groups), with every
+    tap of one channel vector's sums in registers (``SUM_BUDGET`` taps at most: 5x5 kernels, not
+    7x7), and two or more input channels per group: with one (a channel multiplier), the channels-last copy of the gradient is as much
     work as the sums, and ``_wgrad`` was faster (``python docs/outer.py``: dw_mult16_28)."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    return applies(spec) and taps <= SUM_BUDGET and spec.in_per_group > 1
+    return applies(spec) and group_pack(spec) == 1 and taps <= SUM_BUDGET and spec.in_per_group > 1
 
 
 def _largest_divisor(n: int, limit: int) -> int:

@@ -165,23 +165,37 @@ def _masked_store(builder, value, pointer, count: int, align: int):
 
 
 def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: int, n_vec: int,
-                      w_ci_pitch: int, w_tap_pitch: int, out_pitch: int):
+                      w_ci_pitch: int, w_tap_pitch: int, out_pitch: int, *, pack: int = 1,
+                      pixel_taps: tuple[tuple[int, ...], ...] | None = None,
+                      lane_channels: tuple[int, ...] | None = None):
     """An ``@intrinsic`` ``row(xs, x0, w, w0, b, b0, out, o0)`` for one block of a convolution's
     output: ``n_pix`` consecutive output pixels x ``n_vec`` vectors of output channels (channels
     in the lanes, as oneDNN's direct convolution has them):
 
-    ``out[o0 + c * out_pitch + p] = b[b0 + c] + sum over ci < n_ci, t of
-    w[w0 + ci * w_ci_pitch + t * w_tap_pitch + c] * xs[x0 + ci * ci_pitch + taps[t] + p]``
+    ``out[o0 + lane_channels[c] * out_pitch + p] = b[b0 + c] + sum over ci < n_ci, t in
+    pixel_taps[p] of w[w0 + ci * w_ci_pitch + t * w_tap_pitch + c] *
+    xs[x0 + ci * ci_pitch + (taps[t] + p) * pack + c % pack]``
 
-    for ``c < n_vec * lanes`` and ``p < n_pix <= lanes``. Each term is one multiply-add of a weight
-    vector (loaded once per tap, used for every pixel) and one broadcast input value; the
+    for lanes ``c < n_vec * lanes`` and ``p < n_pix <= lanes``. Each term is one multiply-add of a
+    weight vector (loaded once per tap, used for every pixel) and one broadcast input value; the
     ``n_pix x n_vec`` sums stay in registers over the loop on ``ci``. The sum of an output is:
     bias, then ``ci`` in order, each ``ci``'s taps in order, each multiply-add fused. At the end
     each vector block of sums is transposed in registers (:func:`transpose_plan`) and stored as
     ``lanes`` output rows of ``n_pix`` elements (masked stores: nothing past ``n_pix`` is
     written). Every size and offset but the six run-time offsets is a constant of the code.
+
+    ``pack`` > 1 puts ``pack`` groups in one vector (groups of ``lanes / pack`` output channels):
+    their inputs are interleaved in ``xs`` (element ``j`` of each run of ``pack`` is group ``j``'s),
+    a run is broadcast whole (``vbroadcastsd`` for pairs of float32), and lane ``c`` computes group
+    ``c % pack``'s channel ``c // pack`` (``lane_channels`` says which output row it goes to; by
+    default lane ``c``'s). ``pixel_taps[p]``: the taps pixel ``p`` sums (default all), so that a
+    transposed convolution skips the zeros between its input pixels.
     """
     taps = tuple(int(t) for t in taps)
+    if pixel_taps is None:
+        pixel_taps = (tuple(range(len(taps))),) * n_pix
+    if len(pixel_taps) != n_pix:
+        raise ValueError(f"pixel_taps has {len(pixel_taps)} entries for {n_pix} pixels")
 
     @intrinsic
     def row(typingctx, xs, x0, w, w0, b, b0, out, o0):
@@ -204,18 +218,29 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
             n = VECTOR_BYTES // size
             if n_pix > n:
                 raise ValueError(f"at most {n} pixels per row block, not {n_pix}")
+            if n % pack:
+                raise ValueError(f"{pack} groups do not share a vector of {n} lanes")
+            channels = lane_channels or tuple(range(n_vec * n))
             vec = ir.VectorType(scalar, n)
+            run = ir.VectorType(scalar, pack)
             intp = context.get_value_type(types.intp)
 
             def data(array_value, array_type):
                 return context.make_array(array_type)(context, builder, array_value).data
 
-            def at(base, index, vector: bool):
+            def at(base, index, vector_type=None):
                 p = builder.gep(base, [index], inbounds=True)
-                return builder.bitcast(p, vec.as_pointer()) if vector else p
+                return builder.bitcast(p, vector_type.as_pointer()) if vector_type else p
 
             def const(i):
                 return ir.Constant(intp, i)
+
+            def broadcast(index):
+                if pack == 1:
+                    return _splat(builder, builder.load(at(xs_p, index)), vec)
+                value = builder.load(at(xs_p, index, run), align=size)
+                return builder.shuffle_vector(value, ir.Constant(run, ir.Undefined),
+                                              ir.Constant(ir.VectorType(ir.IntType(32), n), [i % pack for i in range(n)]))
 
             xs_p, w_p, b_p, out_p = (data(v, t) for v, t in ((xs_v, a_xs), (w_v, a_w), (b_v, a_b), (out_v, a_out)))
             x0_i = _index(context, builder, x0_v, t_x0)
@@ -224,17 +249,20 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
             o0_i = _index(context, builder, o0_v, t_o0)
             sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_vec)] for _ in range(n_pix)]
             for v in range(n_vec):
-                bias = builder.load(at(b_p, builder.add(b0_i, const(v * n)), True), align=size)
+                bias = builder.load(at(b_p, builder.add(b0_i, const(v * n)), vec), align=size)
                 for p in range(n_pix):
                     builder.store(bias, sums[p][v])
             with cgutils.for_range(builder, const(n_ci)) as loop:
                 xb = builder.add(x0_i, builder.mul(loop.index, const(ci_pitch)))
                 wb = builder.add(w0_i, builder.mul(loop.index, const(w_ci_pitch)))
                 for t, tap in enumerate(taps):
-                    weights = [builder.load(at(w_p, builder.add(wb, const(t * w_tap_pitch + v * n)), True), align=size)
+                    users = [p for p in range(n_pix) if t in pixel_taps[p]]
+                    if not users:
+                        continue
+                    weights = [builder.load(at(w_p, builder.add(wb, const(t * w_tap_pitch + v * n)), vec), align=size)
                                for v in range(n_vec)]
-                    for p in range(n_pix):
-                        value = _splat(builder, builder.load(at(xs_p, builder.add(xb, const(tap + p)), False)), vec)
+                    for p in users:
+                        value = broadcast(builder.add(xb, const((tap + p) * pack)))
                         for v in range(n_vec):
                             builder.store(_fma(builder, weights[v], value, builder.load(sums[p][v])), sums[p][v])
             mask_type = ir.VectorType(ir.IntType(32), n)
@@ -247,7 +275,7 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
                         new[d] = builder.shuffle_vector(rows[a], rows[bb], ir.Constant(mask_type, mask))
                     rows = new
                 for c in range(n):
-                    target = at(out_p, builder.add(o0_i, const((v * n + c) * out_pitch)), True)
+                    target = at(out_p, builder.add(o0_i, const(channels[v * n + c] * out_pitch)), vec)
                     _masked_store(builder, rows[c], target, n_pix, size)
             return context.get_dummy_value()
 
