@@ -349,7 +349,7 @@ def test_sums_compile_to_broadcast_multiply_adds():
 
     if not llvm.get_host_cpu_features().get("avx512f"):
         pytest.skip("the host has no AVX-512 registers")
-    sums = _simd.outer_product_sums(2, 256, (0, 1, 2, 15, 16, 17, 30, 31, 32), 1, 16, 144)
+    sums = _simd.outer_product_sums(2, 256, (0, 1, 2, 15, 16, 17, 30, 31, 32), 1, 16, 144, 14, 15)
 
     @numba.njit
     def run(g, g0, xs, x0, n, tot, t0):

@@ -252,37 +252,34 @@ def weight_grad_slices(spec, threads: int) -> int:
 
 
 def _gather_grad_source(spec) -> list[str]:
-    """``gt[(oy * Wc + ox) * C_out/groups + o] = gy_flat[s0 + o * OH * OW + oy * OW + ox]``: one
-    image's output gradient of a group, channels last, in the packed input's pitch (the columns
-    past the output width are never written: zeros). Tiles of one vector of channels x one vector
-    of consecutive pixels are transposed in registers (``_simd.transpose_tile``) into ``tl``, whose
-    rows then go to their pixels; the pixels past the last whole tile go one by one."""
+    """``gt[(oy * OW + ox) * C_out/groups + o] = gy_flat[s0 + o * OH * OW + oy * OW + ox]``: one
+    image's output gradient of a group, channels last, pixels dense. Tiles of one vector of
+    channels x one vector of consecutive pixels are transposed in registers
+    (``_simd.transpose_tile``) straight into ``gt``; the last tile is moved back to end at the last
+    pixel (its overlap is written twice, with the same values); a plane smaller than a tile goes
+    pixel by pixel."""
     lanes = _simd.lanes(spec.dtype)
     (oh, ow), cout_g = spec.out_size, spec.out_per_group
-    wc = _packed_layout(spec)[1]
     ohw = oh * ow
-    whole = ohw // lanes * lanes
-    return ["", "", "@njit_serial", "def _gather_grad(gy_flat, s0, gt, tl):",
-            f"    for ob in range({cout_g // lanes}):",
-            f"        src = s0 + ob * {lanes * ohw}",
-            f"        for p0 in range(0, {whole}, {lanes}):",
-            f"            transpose_tile(gy_flat, src + p0, {ohw}, tl, 0, {lanes})",
-            f"            for p in range({lanes}):",
-            f"                oy, ox = divmod(p0 + p, {ow})",
-            f"                d = (oy * {wc} + ox) * {cout_g} + ob * {lanes}",
-            f"                for o in range({lanes}):",
-            f"                    gt[_U(d + o)] = tl[p * {lanes} + o]",
-            f"        for pix in range({whole}, {ohw}):",
-            f"            oy, ox = divmod(pix, {ow})",
-            f"            d = (oy * {wc} + ox) * {cout_g} + ob * {lanes}",
-            f"            for o in range({lanes}):",
-            f"                gt[_U(d + o)] = gy_flat[_U(src + o * {ohw} + pix)]"]
+    lines = ["", "", "@njit_serial", "def _gather_grad(gy_flat, s0, gt):",
+             f"    for ob in range({cout_g // lanes}):",
+             f"        src = s0 + ob * {lanes * ohw}"]
+    if ohw >= lanes:
+        lines += [f"        for p0 in range(0, {ohw - lanes}, {lanes}):",
+                  f"            transpose_tile(gy_flat, src + p0, {ohw}, gt, p0 * {cout_g} + ob * {lanes}, {cout_g})",
+                  f"        transpose_tile(gy_flat, src + {ohw - lanes}, {ohw}, gt, {(ohw - lanes) * cout_g} + ob * {lanes}, "
+                  f"{cout_g})"]
+    else:
+        lines += [f"        for pix in range({ohw}):",
+                  f"            for o in range({lanes}):",
+                  f"                gt[_U(pix * {cout_g} + ob * {lanes} + o)] = gy_flat[_U(src + o * {ohw} + pix)]"]
+    return lines
 
 
 _WGRAD_DRIVER = '''
 
 @njit_parallel
-def weight_grad(x, gy, dw, scratch, g_buf, t_buf, tiles, cps):
+def weight_grad(x, gy, dw, scratch, g_buf, t_buf, cps):
     """dw ({c_out}, {cin_g}, kH, kW) = the weight gradient of x (N, {c_in}, H, W) and gy
     (N, {c_out}, {oh}, {ow}) in {groups} groups: tasks of (group, slice of ``cps`` of its input
     channels), each over all images in order; float64 totals."""
@@ -294,7 +291,6 @@ def weight_grad(x, gy, dw, scratch, g_buf, t_buf, tiles, cps):
         xs = scratch[tid]
         gt = g_buf[tid]
         tot = t_buf[tid]
-        tl = tiles[tid]
         g = task // slices
         c_lo = (task % slices) * cps
         c_hi = min(c_lo + cps, {cin_g})
@@ -302,10 +298,10 @@ def weight_grad(x, gy, dw, scratch, g_buf, t_buf, tiles, cps):
         for n in range(n_img):
             for c in range(c_lo, c_hi):
                 _pack_plane(x_flat, (n * {c_in} + g * {cin_g} + c) * {in_plane}, xs, (c - c_lo) * {chan})
-            _gather_grad(gy_flat, (n * {c_out} + g * {cout_g}) * {ohw}, gt, tl)
+            _gather_grad(gy_flat, (n * {c_out} + g * {cout_g}) * {ohw}, gt)
             for c in range(c_lo, c_hi, {n_c}):
                 for vb in range({n_vblocks}):
-                    _sums(gt, vb * {block_channels}, xs, (c - c_lo) * {chan}, {n_q}, tot,
+                    _sums(gt, vb * {block_channels}, xs, (c - c_lo) * {chan}, {oh}, tot,
                           (c - c_lo) * {tot_c} + vb * {block_channels})
         for c in range(c_lo, c_hi):
             for t in range({n_taps}):
@@ -326,10 +322,10 @@ def weight_grad_source(spec) -> str:
     lines = [_generated.HEADER.format(generator=__name__, version=__version__, what=what),
              "from nbconv.cpu._simd import outer_product_sums, transpose_tile", "", _generated.pack_source(spec, 1)]
     lines += _gather_grad_source(spec)
-    lines += ["", f"_sums = outer_product_sums({n_c}, {chan}, {taps}, {n_vec}, {cout_g}, {len(taps) * cout_g})"]
+    lines += ["", f"_sums = outer_product_sums({n_c}, {chan}, {taps}, {n_vec}, {cout_g}, {len(taps) * cout_g}, {ow}, {wc})"]
     return "\n".join(lines) + "\n" + _WGRAD_DRIVER.format(
         ohw=oh * ow, chan=chan, n_c=n_c, n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes,
-        n_q=(oh - 1) * wc + ow, tot_c=len(taps) * cout_g, **_sizes(spec, taps))
+        tot_c=len(taps) * cout_g, **_sizes(spec, taps))
 
 
 @functools.lru_cache(maxsize=128)
@@ -338,19 +334,17 @@ def _weight_grad_module(spec):
 
 
 def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slices: int | None = None) -> None:
-    """``dw`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays; ``x`` with
-    finite values: the sums also pair pixels with the zeros past the output width), each group's
-    input channels in ``slices`` tasks (default :func:`weight_grad_slices`). Every weight is
-    summed by one task, over the images in order: bit-identical whatever the thread count."""
+    """``dw`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays; the sums
+    are the true terms and the padding's zeros times gradient values), each group's input
+    channels in ``slices`` tasks (default :func:`weight_grad_slices`). Every weight is summed by
+    one task, over the images in order: bit-identical whatever the thread count."""
     threads = numba.get_num_threads()
     slices = weight_grad_slices(spec, threads) if slices is None else slices
     n_c = weight_grad_block(spec)[0]
     cps = -(-(-(-spec.in_per_group // slices)) // n_c) * n_c
-    geo, scratch_elems, _ = _packed.packed_geometry(spec, 1)
-    lanes = _simd.lanes(spec.dtype)
+    _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     taps = spec.kernel_size[0] * spec.kernel_size[1]
     scratch = np.zeros((threads, scratch_elems), x.dtype)
-    g_buf = np.zeros((threads, spec.out_size[0] * geo[7] * spec.out_per_group), x.dtype)
+    g_buf = np.empty((threads, spec.out_size[0] * spec.out_size[1] * spec.out_per_group), x.dtype)
     t_buf = np.empty((threads, cps * taps * spec.out_per_group), np.float64)
-    tiles = np.empty((threads, lanes * lanes), x.dtype)
-    _weight_grad_module(spec).weight_grad(x, gy, dw, scratch, g_buf, t_buf, tiles, cps)
+    _weight_grad_module(spec).weight_grad(x, gy, dw, scratch, g_buf, t_buf, cps)

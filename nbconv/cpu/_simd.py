@@ -284,17 +284,21 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
     return row
 
 
-def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int, g_pitch: int, tot_c_pitch: int):
+def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int, g_pitch: int, tot_c_pitch: int,
+                       row_len: int, x_row_pitch: int):
     """An ``@intrinsic`` ``sums(g, g0, xs, x0, n, tot, t0)``: a weight gradient's block of
-    ``n_c`` input channels x every tap x ``n_vec`` vectors of output channels (in the lanes):
+    ``n_c`` input channels x every tap x ``n_vec`` vectors of output channels (in the lanes),
+    over ``n`` output rows of ``row_len`` pixels:
 
-    ``tot[t0 + c * tot_c_pitch + t * g_pitch + o] += sum over q < n of
-    g[g0 + q * g_pitch + o] * xs[x0 + c * c_pitch + taps[t] + q]``
+    ``tot[t0 + c * tot_c_pitch + t * g_pitch + o] += sum over r < n, j < row_len of
+    g[g0 + (r * row_len + j) * g_pitch + o] * xs[x0 + c * c_pitch + taps[t] + r * x_row_pitch + j]``
 
-    for ``c < n_c`` and ``o < n_vec * lanes`` (``g``: the output gradient with channels last).
-    Each term is a fused multiply-add of a gradient vector (loaded once per ``q``) and a broadcast
-    input value; the ``n_c x len(taps) x n_vec`` vector sums stay in registers over ``q`` (in
-    order: a fixed order) and are then added to ``tot`` (float64: a float32 sum is widened first).
+    for ``c < n_c`` and ``o < n_vec * lanes`` (``g``: the output gradient with channels last,
+    its pixels dense; ``xs``: input rows ``x_row_pitch`` apart, so no padding column is summed).
+    Each term is a fused multiply-add of a gradient vector (loaded once per pixel) and a broadcast
+    input value; the ``n_c x len(taps) x n_vec`` vector sums stay in registers over the pixels
+    (in order: a fixed order) and are then added to ``tot`` (float64: a float32 sum is widened
+    first).
     """
     taps = tuple(int(t) for t in taps)
 
@@ -335,17 +339,20 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
             n_i, t0_i = _index(context, builder, n_v, t_n), _index(context, builder, t0_v, t_t0)
             blocks = [(c, t, v) for c in range(n_c) for t in range(len(taps)) for v in range(n_vec)]
             acc = {k: cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for k in blocks}
-            with cgutils.for_range(builder, n_i) as loop:
-                q = loop.index
-                gq = builder.add(g0_i, builder.mul(q, const(g_pitch)))
-                grads = [builder.load(at(g_p, builder.add(gq, const(v * lanes_n)), vec), align=size)
-                         for v in range(n_vec)]
-                xq = builder.add(x0_i, q)
-                for c in range(n_c):
-                    for t, tap in enumerate(taps):
-                        value = _splat(builder, builder.load(at(xs_p, builder.add(xq, const(c * c_pitch + tap)))), vec)
-                        for v in range(n_vec):
-                            builder.store(_fma(builder, grads[v], value, builder.load(acc[c, t, v])), acc[c, t, v])
+            with cgutils.for_range(builder, n_i) as rows:
+                g_row = builder.add(g0_i, builder.mul(rows.index, const(row_len * g_pitch)))
+                x_row = builder.add(x0_i, builder.mul(rows.index, const(x_row_pitch)))
+                with cgutils.for_range(builder, const(row_len)) as loop:
+                    q = loop.index
+                    gq = builder.add(g_row, builder.mul(q, const(g_pitch)))
+                    grads = [builder.load(at(g_p, builder.add(gq, const(v * lanes_n)), vec), align=size)
+                             for v in range(n_vec)]
+                    xq = builder.add(x_row, q)
+                    for c in range(n_c):
+                        for t, tap in enumerate(taps):
+                            value = _splat(builder, builder.load(at(xs_p, builder.add(xq, const(c * c_pitch + tap)))), vec)
+                            for v in range(n_vec):
+                                builder.store(_fma(builder, grads[v], value, builder.load(acc[c, t, v])), acc[c, t, v])
             for c, t, v in blocks:
                 total = at(tot_p, builder.add(t0_i, const(c * tot_c_pitch + t * g_pitch + v * lanes_n)), wide)
                 part = builder.load(acc[c, t, v])
