@@ -361,3 +361,22 @@ def test_sums_compile_to_broadcast_multiply_adds():
     assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*\{1to16\}, %zmm", asm)) == 18
     loop = asm[asm.index("vfmadd"):asm.rindex("vfmadd")]
     assert "%rsp" not in loop
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [8, 14, 16, 37])
+def test_copy_run(dtype, count):
+    """The packing's row copies: whole vectors, then one masked load and store; at unaligned
+    offsets, nothing past the run written (and so nothing past it read into the run)."""
+    copy = _simd.copy_run(count)
+
+    @numba.njit
+    def run(src, s0, dst, d0):
+        copy(src, s0, dst, d0)
+
+    src = np.arange(100, dtype=dtype) + 1
+    dst = np.full(80, -1, dtype)
+    run(src, 3, dst, 5)
+    want = np.full(80, -1, dtype)
+    want[5:5 + count] = src[3:3 + count]
+    np.testing.assert_array_equal(dst, want)

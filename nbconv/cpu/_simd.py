@@ -164,6 +164,59 @@ def _masked_store(builder, value, pointer, count: int, align: int):
     builder.call(fn, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
 
 
+def copy_run(count: int):
+    """An ``@intrinsic`` ``copy(src, s0, dst, d0)``: ``dst[d0 + j] = src[s0 + j]`` for
+    ``j < count``, in whole vectors and one masked load and store for the rest (a copy loop of a
+    short constant length, 14 say, is left to scalar moves or a vector of 8 and a scalar tail).
+    Unaligned; no bounds checks; ``src`` and ``dst`` must not overlap."""
+
+    @intrinsic
+    def copy(typingctx, src, s0, dst, d0):
+        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, dst)):
+            return None
+        if src.dtype != dst.dtype or src.dtype not in (types.float32, types.float64):
+            return None
+        if not all(isinstance(i, types.Integer) for i in (s0, d0)):
+            return None
+        sig = types.void(src, s0, dst, d0)
+
+        def codegen(context, builder, signature, args):
+            src_v, s0_v, dst_v, d0_v = args
+            a_src, t_s0, a_dst, t_d0 = signature.args
+            size = a_src.dtype.bitwidth // 8
+            n = VECTOR_BYTES // size
+            vec = ir.VectorType(context.get_data_type(a_src.dtype), n)
+            intp = context.get_value_type(types.intp)
+            src_p = context.make_array(a_src)(context, builder, src_v).data
+            dst_p = context.make_array(a_dst)(context, builder, dst_v).data
+            s0_i, d0_i = _index(context, builder, s0_v, t_s0), _index(context, builder, d0_v, t_d0)
+            for k in range(0, count, n):
+                lanes_k = min(n, count - k)
+                at_s = builder.bitcast(builder.gep(src_p, [builder.add(s0_i, ir.Constant(intp, k))], inbounds=True),
+                                       vec.as_pointer())
+                at_d = builder.bitcast(builder.gep(dst_p, [builder.add(d0_i, ir.Constant(intp, k))], inbounds=True),
+                                       vec.as_pointer())
+                value = builder.load(at_s, align=size) if lanes_k == n else _masked_load(builder, at_s, vec, lanes_k, size)
+                _masked_store(builder, value, at_d, lanes_k, size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return copy
+
+
+def _masked_load(builder, pointer, vec, count: int, align: int):
+    """The first ``count`` lanes of a ``vec`` at ``pointer`` (the others zero; nothing past them
+    is read)."""
+    mask_type = ir.VectorType(ir.IntType(1), vec.count)
+    name = f"v{vec.count}{vec.element.intrinsic_name}"
+    pointer_name = "p0" if llvm_binding.llvm_version_info[0] >= 15 else f"p0{name}"
+    fn = _declared(builder, f"llvm.masked.load.{name}.{pointer_name}",
+                   ir.FunctionType(vec, [pointer.type, ir.IntType(32), mask_type, vec]))
+    mask = ir.Constant(mask_type, [i < count for i in range(vec.count)])
+    return builder.call(fn, [pointer, ir.Constant(ir.IntType(32), align), mask, ir.Constant(vec, None)])
+
+
 def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: int, n_vec: int,
                       w_ci_pitch: int, w_tap_pitch: int, out_pitch: int, *, pack: int = 1,
                       pixel_taps: tuple[tuple[int, ...], ...] | None = None,
