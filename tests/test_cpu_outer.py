@@ -127,7 +127,7 @@ def test_outer_forward(case, dtype):
 #: blocks of two sizes, 1x1
 PACKED_CASES = [
     (Case(2, 16, (9, 11), 16, (3, 3), 1, 1, 1, 4), np.float32),  # 4 groups of 4 in a vector
-    (Case(1, 24, (10, 13), 16, (3, 2), 2, 1, 1, 2, False), np.float32),  # pairs of 8, stride 2
+    (Case(1, 24, (10, 13), 16, (3, 2), 1, 1, 2, 2, False), np.float32),  # pairs of 8, dilation 2
     (Case(2, 8, (7, 19), 16, (1, 1), 1, 0, 1, 4), np.float64),  # pairs of 4 (8 lanes), blocks 7 + 7 + 5
     (Case(2, 32, (6, 8), 32, (2, 3), 1, (1, 0), (2, 1), 8), np.float32),  # 8 groups: 2 vectors of 4
 ]
@@ -149,6 +149,8 @@ def test_applies_to_whole_vectors_of_outputs_per_group():
     assert _outer.group_pack(spec(8, 2, np.float64)) == 2
     assert not _outer.applies(spec(16, 8))  # 2 outputs per group: not packed
     assert not _outer.applies(spec(8, 1))  # 8 outputs, but a single group
+    strided = conv2d_spec(np.zeros((2, 16, 8, 8), np.float32), np.zeros((16, 8, 3, 3), np.float32), None, 2, 1, 1, 2)
+    assert not _outer.applies(strided)  # packed groups at stride 1 only
     assert not _outer.applies(spec(32, 2, batch=0))
 
 
@@ -260,7 +262,8 @@ def test_results_do_not_depend_on_threads():
 def test_outer_property(n, groups, cin_g, h, wd, kh, kw, sh, sw, dh, dw, pad, cout_g, dtype):
     """Whole vectors of outputs per group (8 float64) and packed groups (4 or 8 float32, 4 float64)."""
     lanes = 16 if dtype == np.float32 else 8
-    groups = max(groups, lanes // cout_g) if cout_g < lanes else groups  # enough groups to fill a vector
+    if cout_g < lanes:  # packed groups: enough of them to fill a vector, stride 1
+        groups, sh, sw = max(groups, lanes // cout_g), 1, 1
     case = Case(n, groups * cin_g, (h + (kh - 1) * dh, wd + (kw - 1) * dw), groups * cout_g, (kh, kw), (sh, sw), pad,
                 (dh, dw), groups)
     check_path_forward(_outer.applies, _outer.outer_forward, case, dtype)
