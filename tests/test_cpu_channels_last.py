@@ -1,7 +1,8 @@
 """The channels-in-lanes depthwise CPU path (``nbconv.cpu._channels_last``) and its register
 transpose (``nbconv.cpu._simd.transpose_tile``): every feature of the generated forward and
-weight-gradient kernels (a partial last block of channels, slices of the batch, planes smaller than a tile, the last pixel blocks moved up and left,
-strides, dilations, non-square kernels, cropping, float64's 8 lanes) against the reference."""
+weight-gradient kernels (a partial last block of channels, slices of the batch, planes smaller
+than a tile, the last pixel blocks moved up and left, strides, dilations, non-square kernels,
+cropping, float64's 8 lanes) against the reference."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from .._version import __version__
-from . import _generated, _simd
+from . import _generated, _scratch, _simd
 
 #: Registers for a block's sums plus one kernel row of weight vectors (of the 32 AVX-512 vector
 #: registers, a few left for the input loads): 3 x 7 sums for 3x3 kernels on 7-wide outputs.
@@ -56,10 +56,12 @@ def scratch_elems(spec) -> int:
     return sum(_plane_sizes(spec, geometry(spec)))
 
 
-def _plane_scratch(spec, geo: Geometry, dtype) -> list[np.ndarray]:
-    """Per-thread scratch (threads, elements) for each plane of :func:`_plane_sizes`."""
+def _plane_scratch(spec, geo: Geometry, dtype, op: str) -> tuple[np.ndarray, ...]:
+    """Per-thread scratch (threads, elements) for each plane of :func:`_plane_sizes`, kept for
+    the next call of ``op`` on ``spec`` (``_scratch``: the padding stays zero)."""
     threads = numba.get_num_threads()
-    return [aligned_zeros(threads, n, dtype) for n in _plane_sizes(spec, geo)]
+    return _scratch.reused(("channels_last", op, spec, threads),
+                           lambda: tuple(aligned_zeros(threads, n, dtype) for n in _plane_sizes(spec, geo)))
 
 
 def _fits(spec) -> bool:
@@ -109,6 +111,7 @@ class Geometry(NamedTuple):
     cols: tuple[int, int]
 
 
+@functools.lru_cache(maxsize=256)
 def geometry(spec) -> Geometry:
     (h, w), (oh, ow) = spec.in_size, spec.out_size
     (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
@@ -267,6 +270,8 @@ def channels_last_weights(w: np.ndarray, b: np.ndarray, lanes: int) -> tuple[np.
     lane l of block j is channel j * lanes + l, zero past the last channel."""
     c, taps = w.shape[0], w.shape[2] * w.shape[3]
     blocks = -(-c // lanes)
+    if c == blocks * lanes:  # whole blocks: one copy, the bias as it is
+        return np.ascontiguousarray(w.reshape(blocks, lanes, taps).transpose(0, 2, 1)).reshape(-1), b
     wv = np.zeros((blocks * lanes, taps), w.dtype)
     wv[:c] = w.reshape(c, taps)
     bv = np.zeros(blocks * lanes, b.dtype)
@@ -279,7 +284,7 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     kW); any stride, dilation and padding, cropping included)."""
     geo = geometry(spec)
     wv, bv = channels_last_weights(w, b, geo.lanes)
-    _module(spec).forward(x, wv, bv, out, *_plane_scratch(spec, geo, x.dtype))
+    _module(spec).forward(x, wv, bv, out, *_plane_scratch(spec, geo, x.dtype, "forward"))
 
 
 def _weight_row_source(spec, geo: Geometry) -> list[str]:
@@ -364,8 +369,8 @@ def depthwise_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec) -
     geo = geometry(spec)
     taps, slices = spec.kernel_size[0] * spec.kernel_size[1], weight_grad_slices(spec)
     part = np.empty(slices * geo.blocks * taps * geo.lanes, np.float64)
-    xs, t, g = _plane_scratch(spec, geo, x.dtype)
-    acc = aligned_zeros(numba.get_num_threads(), taps * geo.lanes, x.dtype)
+    xs, t, g = _plane_scratch(spec, geo, x.dtype, "weight_grad")
+    acc = aligned_zeros(numba.get_num_threads(), taps * geo.lanes, x.dtype)  # zeroed by each task
     _weight_module(spec).weight_grad(x, gy, part, slices, xs, t, g, acc)
     total = part.reshape(slices, geo.blocks, taps, geo.lanes).sum(axis=0)
     dw[...] = total.transpose(0, 2, 1).reshape(geo.blocks * geo.lanes, taps)[:spec.out_channels].reshape(dw.shape)

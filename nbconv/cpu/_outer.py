@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from .._version import __version__
-from . import _generated, _packed, _simd
+from . import _generated, _packed, _scratch, _simd
 
 #: Vector sums a block keeps in registers (of AVX-512's 32: a weight vector per channel vector
 #: and a few broadcast values are live besides).
@@ -219,7 +219,7 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
     threads = numba.get_num_threads()
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     pack = group_pack(spec)
-    scratch = np.zeros((threads, scratch_elems * pack), x.dtype)
+    scratch, = _scratch.reused(("outer", spec, threads), lambda: (np.zeros((threads, scratch_elems * pack), x.dtype),))
     bias = packed_bias(b, spec.groups, pack) if pack > 1 else b
     _module(spec).forward(x, packed_weight(w, spec.groups, pack), bias, out, scratch)
 
@@ -348,7 +348,7 @@ def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slice
     cps = -(-(-(-spec.in_per_group // slices)) // n_c) * n_c
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    scratch = np.zeros((threads, scratch_elems), x.dtype)
+    scratch, = _scratch.reused(("outer_wgrad", spec, threads), lambda: (np.zeros((threads, scratch_elems), x.dtype),))
     g_buf = np.empty((threads, spec.out_size[0] * spec.out_size[1] * spec.out_per_group), x.dtype)
     t_buf = np.empty((threads, cps * taps * spec.out_per_group), np.float64)
     _weight_grad_module(spec).weight_grad(x, gy, dw, scratch, g_buf, t_buf, cps)

@@ -95,7 +95,7 @@ def transform_matrices(m: int, r: int) -> tuple[tuple, tuple, tuple]:
     vm, vr, vt = _vandermonde(points, m), _vandermonde(points, r), _vandermonde(points, t)
     vt_inv = _inverse(vt)
     at = tuple(tuple(vm[k][i] for k in range(t)) for i in range(m))
-    bt = tuple(tuple(vt_inv[l][k] for l in range(t)) for k in range(t))
+    bt = tuple(tuple(vt_inv[i][k] for i in range(t)) for k in range(t))
     return at, tuple(tuple(row) for row in vr), bt
 
 
