@@ -56,12 +56,16 @@ def describe_kind(kind: str) -> str:
 
 
 def array_dtype(x: Any, kind: str) -> np.dtype:
+    if kind == NUMPY:
+        return x.dtype
     if kind == CAI:
         return np.dtype(x.__cuda_array_interface__["typestr"])
     return np.dtype(x.dtype)
 
 
 def array_shape(x: Any, kind: str) -> tuple[int, ...]:
+    if kind == NUMPY:
+        return x.shape  # already a tuple of Python ints
     if kind == CAI:
         return tuple(int(s) for s in x.__cuda_array_interface__["shape"])
     return tuple(int(s) for s in x.shape)
