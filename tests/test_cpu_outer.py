@@ -368,18 +368,26 @@ def test_sums_compile_to_broadcast_multiply_adds():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("count", [8, 14, 16, 37])
-def test_copy_run(dtype, count):
-    """The packing's row copies: whole vectors, then one masked load and store; at unaligned
-    offsets, nothing past the run written (and so nothing past it read into the run)."""
-    copy = _simd.copy_run(count)
+@pytest.mark.parametrize("step", [1, 2])
+def test_copy_run(dtype, count, step):
+    """The packing's row copies (and a stride's phase columns, step 2): whole vectors, then
+    masked loads and stores; at unaligned offsets, nothing past the run written. At the end of
+    ``src`` (no element after the last one read: a read past it would fault only by chance, so
+    the source is a view ending there and the check is on the values)."""
+    copy = _simd.copy_run(count, step)
 
     @numba.njit
     def run(src, s0, dst, d0):
         copy(src, s0, dst, d0)
 
-    src = np.arange(100, dtype=dtype) + 1
+    src = np.arange(3 + (count - 1) * step + 1, dtype=dtype) + 1
     dst = np.full(80, -1, dtype)
     run(src, 3, dst, 5)
     want = np.full(80, -1, dtype)
-    want[5:5 + count] = src[3:3 + count]
+    want[5:5 + count] = src[3::step][:count]
     np.testing.assert_array_equal(dst, want)
+
+
+def test_copy_run_rejects_other_steps():
+    with pytest.raises(ValueError, match="steps of 1 or 2"):
+        _simd.copy_run(8, 3)

@@ -19,7 +19,8 @@ from types import ModuleType
 from .. import _numba_options
 from . import _packed, _simd
 
-#: Shortest row copy of the packing done with vector loads and stores (``_simd.copy_run``).
+#: Shortest row copy of the packing done with vector loads and stores (``_simd.copy_run``: rows,
+#: and the columns of one phase at stride 2).
 MIN_VECTOR_RUN = 8
 
 #: Largest kernel (taps) the generated kernels take: their loops unroll every tap (times the rows
@@ -129,7 +130,7 @@ def pack_source(spec, stack: int = 1, interleave: int = 1) -> str:
     row_dst, runs, _ = _packed.packed_tables(spec, stack)
     in_w = spec.in_size[1]
     lane = ", lane" if interleave > 1 else ""
-    copies: set[int] = set()
+    copies: set[tuple[int, int]] = set()
     lines = ["", "", "@njit_serial", f"def _pack_plane(x_flat, s0, xs, d0{lane}):"]
     pt, lh, sh = spec.padding[0], spec.lhs_dilation[0], spec.stride[0]
     phases: dict[int, list[tuple[int, int]]] = {}  # the rows of each row phase, in order
@@ -147,14 +148,15 @@ def pack_source(spec, stack: int = 1, interleave: int = 1) -> str:
             lines += [f"    for m in range({count}):",
                       f"        d = d0 + {dst0} + m * {step[1]}", f"        s = s0 + ({iy0} + m * {step[0]}) * {in_w}"]
             for dst, dst_step, src, src_step, cnt in runs.tolist():
-                if dst_step == src_step == 1 and interleave == 1 and cnt >= MIN_VECTOR_RUN:
-                    copies.add(cnt)
-                    lines.append(f"        _copy{cnt}(x_flat, s + {src}, xs, d + {dst})")
+                if dst_step == 1 and src_step in (1, 2) and interleave == 1 and cnt >= MIN_VECTOR_RUN:
+                    copies.add((cnt, src_step))
+                    lines.append(f"        _copy{cnt}_{src_step}(x_flat, s + {src}, xs, d + {dst})")
                     continue
                 at = f"d + {dst} + j * {dst_step}"
                 at = f"({at}) * {interleave} + lane" if interleave > 1 else at
                 lines += [f"        for j in range({cnt}):",
                           f"            xs[_U({at})] = x_flat[_U(s + {src} + j * {src_step})]"]
             i = j
-    header = ["", "from nbconv.cpu._simd import copy_run", ""] + [f"_copy{c} = copy_run({c})" for c in sorted(copies)]
+    header = ["", "from nbconv.cpu._simd import copy_run", ""] + [f"_copy{c}_{st} = copy_run({c}, {st})"
+                                                                 for c, st in sorted(copies)]
     return "\n".join((header if copies else []) + lines) + "\n"

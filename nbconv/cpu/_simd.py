@@ -164,11 +164,16 @@ def _masked_store(builder, value, pointer, count: int, align: int):
     builder.call(fn, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
 
 
-def copy_run(count: int):
-    """An ``@intrinsic`` ``copy(src, s0, dst, d0)``: ``dst[d0 + j] = src[s0 + j]`` for
-    ``j < count``, in whole vectors and one masked load and store for the rest (a copy loop of a
-    short constant length, 14 say, is left to scalar moves or a vector of 8 and a scalar tail).
-    Unaligned; no bounds checks; ``src`` and ``dst`` must not overlap."""
+def copy_run(count: int, step: int = 1):
+    """An ``@intrinsic`` ``copy(src, s0, dst, d0)``: ``dst[d0 + j] = src[s0 + j * step]`` for
+    ``j < count`` (``step`` 1 or 2), in whole vectors and one masked load and store for the rest
+    (a copy loop of a short constant length, 14 say, is left to scalar moves or a vector of 8 and
+    a scalar tail; a loop at step 2 to scalar moves). At step 2 each vector of results takes two
+    vector loads and one shuffle of their even lanes (a stride-2 convolution's packing into phase
+    planes). Unaligned; nothing past the last element read is touched; no bounds checks; ``src``
+    and ``dst`` must not overlap."""
+    if step not in (1, 2):
+        raise ValueError(f"copy_run takes steps of 1 or 2, not {step}")
 
     @intrinsic
     def copy(typingctx, src, s0, dst, d0):
@@ -190,14 +195,26 @@ def copy_run(count: int):
             src_p = context.make_array(a_src)(context, builder, src_v).data
             dst_p = context.make_array(a_dst)(context, builder, dst_v).data
             s0_i, d0_i = _index(context, builder, s0_v, t_s0), _index(context, builder, d0_v, t_d0)
+
+            def at(base, start, k):
+                p = builder.gep(base, [builder.add(start, ir.Constant(intp, k))], inbounds=True)
+                return builder.bitcast(p, vec.as_pointer())
+
+            def load(k, lanes_k):  # the first lanes_k elements of src[s0 + k:]
+                if lanes_k >= n:
+                    return builder.load(at(src_p, s0_i, k), align=size)
+                return _masked_load(builder, at(src_p, s0_i, k), vec, lanes_k, size)
+
             for k in range(0, count, n):
                 lanes_k = min(n, count - k)
-                at_s = builder.bitcast(builder.gep(src_p, [builder.add(s0_i, ir.Constant(intp, k))], inbounds=True),
-                                       vec.as_pointer())
-                at_d = builder.bitcast(builder.gep(dst_p, [builder.add(d0_i, ir.Constant(intp, k))], inbounds=True),
-                                       vec.as_pointer())
-                value = builder.load(at_s, align=size) if lanes_k == n else _masked_load(builder, at_s, vec, lanes_k, size)
-                _masked_store(builder, value, at_d, lanes_k, size)
+                if step == 1:
+                    value = load(k, lanes_k)
+                else:  # the even lanes of two vectors: results k .. k + lanes_k - 1
+                    reads = 2 * lanes_k - 1  # elements from src[s0 + 2k] on
+                    lo, hi = load(2 * k, reads), load(2 * k + n, reads - n) if reads > n else ir.Constant(vec, None)
+                    value = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), n),
+                                                                       list(range(0, 2 * n, 2))))
+                _masked_store(builder, value, at(dst_p, d0_i, k), lanes_k, size)
             return context.get_dummy_value()
 
         return sig, codegen
