@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _channels_last, _grouped, _outer, _rowblock, _wgrad, _winograd
+from . import _channels_last, _grouped, _outer, _rowblock, _wgrad, _winograd, _winograd_wgrad
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -146,7 +146,13 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
     x = np.ascontiguousarray(_batched(input, spec.unbatched))
     gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
     dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
-    if worth_generating(spec) and spec.out_size[1] < _rowblock.MIN_OUT_WIDTH and _channels_last.applies_weight_grad(spec):
+    if worth_generating(spec) and _winograd_wgrad.applies(spec):
+        _winograd_wgrad.winograd_weight_grad(x, gy, dest, spec)
+        # a tile's transforms mix its values (and could overflow where the direct sums do not): a
+        # non-finite result is computed again by the direct kernels below
+        if not np.isfinite(dest).all():
+            _packed_layout_weight_grad(spec, x, gy, dest)
+    elif worth_generating(spec) and spec.out_size[1] < _rowblock.MIN_OUT_WIDTH and _channels_last.applies_weight_grad(spec):
         # sums of the true terms only (the padding's zeros meet only gradient values): no
         # non-finite handling needed
         _channels_last.depthwise_weight_grad(x, gy, dest, spec)

@@ -15,9 +15,10 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-#: Most bytes of buffers kept per Python thread (the least recently used go first); a buffer
-#: larger than this is made for its call only.
-MAX_KEPT_BYTES = 1 << 24
+#: Most bytes of buffers kept per Python thread (the least recently used go first); buffers
+#: larger than this are made for their call only. (alexnet_g2's Winograd weight gradient keeps
+#: 10 MiB: made afresh, their pages cost ~1 ms of its ~4.)
+MAX_KEPT_BYTES = 1 << 25
 
 _local = threading.local()
 
