@@ -78,7 +78,7 @@ def assert_winograd_close(got, x, gy, spec, w_shape):
     tiles = -(-spec.out_size[0] // TILE) * -(-spec.out_size[1] // TILE)
     steps = 2 * t + 2 * TILE + 2 * r + 1 + tiles + spec.batch
     tol = steps * float(np.finfo(got.dtype).eps) * winograd_magnitude(x, gy, spec)
-    args = dict(stride=spec.stride, padding=spec.padding[::2], dilation=spec.dilation, groups=spec.groups)
+    args = {"stride": spec.stride, "padding": spec.padding[::2], "dilation": spec.dilation, "groups": spec.groups}
     err = np.abs(got - conv2d_weight_reference(x, w_shape, gy, **args))
     assert (err <= tol).all(), f"worst |got - ref| / tol = {np.max(err / tol):.3g}"
 

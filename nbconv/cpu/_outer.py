@@ -345,7 +345,7 @@ def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slice
     threads = numba.get_num_threads()
     slices = weight_grad_slices(spec, threads) if slices is None else slices
     n_c = weight_grad_block(spec)[0]
-    cps = -(-(-(-spec.in_per_group // slices)) // n_c) * n_c
+    cps = _generated.channels_per_slice(spec.in_per_group, slices, n_c)
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     taps = spec.kernel_size[0] * spec.kernel_size[1]
     scratch, = _scratch.reused(("outer_wgrad", spec, threads), lambda: (np.zeros((threads, scratch_elems), x.dtype),))

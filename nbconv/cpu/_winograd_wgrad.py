@@ -31,7 +31,7 @@ import numpy as np
 
 from .._version import __version__
 from . import _generated, _scratch, _simd
-from ._winograd import _separable_lines, _vandermonde, _inverse
+from ._winograd import _inverse, _separable_lines, _vandermonde
 
 #: Gradient tile side (m): F(r x r, 3 x 3) for r-tap kernels.
 TILE = 3
