@@ -1,7 +1,9 @@
 """Time the CPU kernels with output channels in the vector lanes (``nbconv.cpu._outer``) against
 the kernels the launcher would otherwise take, interleaved (medians of 30 rounds, batch 8,
 float32, Numba's threads): the forward against ``_winograd`` / ``_rowblock`` / ``_grouped`` /
-the packed kernel, the weight gradient against ``_wgrad``.
+the packed kernel, the weight gradient against ``_wgrad``, and the transposed convolution of the
+output gradient (``conv_transpose2d``: at stride 2 ``_outer`` skips the inserted zeros) where the
+shape is marked for it. Groups of 4 or 8 float32 outputs share a vector (``group_pack``).
 
 Run: ``python docs/outer.py``.
 """
@@ -13,7 +15,7 @@ import time
 import numba
 import numpy as np
 
-from nbconv._spec import conv2d_spec
+from nbconv._spec import conv2d_spec, conv_transpose2d_spec
 from nbconv.cpu import _grouped, _launch, _outer, _packed, _rowblock, _wgrad, _winograd
 
 ROUNDS = 30
@@ -28,7 +30,13 @@ SHAPES = [
     ("dw_mult16_28", 16, 28, 256, 3, 1, 1, 16),
     ("dense_64_28", 64, 28, 64, 3, 1, 1, 1),
     ("alexnet_g2", 96, 27, 256, 5, 1, 2, 2),
+    ("resnext_g32_56", 128, 56, 128, 3, 1, 1, 32),  # 4 outputs per group: 4 groups per vector
+    ("resnext_g32_s2", 256, 56, 256, 3, 2, 1, 32),  # 8 per group: pairs (stride 1: transposed only)
+    ("g32_8_28", 256, 28, 256, 3, 1, 1, 32),
+    ("pw_g32_8_28", 256, 28, 256, 1, 1, 0, 32),
 ]
+#: shapes whose transposed convolution is timed too
+TRANSPOSED = {"resnext_g32_14", "resnext_g32_56", "resnext_g32_s2", "g32_8_28", "g16_s2_56"}
 
 
 def _other_forward(spec):
@@ -55,6 +63,16 @@ def _medians(a, b) -> tuple[float, float]:
     return float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
 
 
+def _forward_row(name, op, spec, x, w, b) -> None:
+    out, ref = np.empty(spec.output_shape, np.float32), np.empty(spec.output_shape, np.float32)
+    if not _outer.applies(spec):
+        print(f"| {name} | {op} | - | (not this path) | | |")
+        return
+    label, other = _other_forward(spec)
+    t_outer, t_other = _medians(lambda: _outer.outer_forward(x, w, b, out, spec), lambda: other(x, w, b, ref))
+    print(f"| {name} | {op} | {t_outer:.3f} | {label} | {t_other:.3f} | {t_other / t_outer:.2f} |")
+
+
 def main() -> None:
     print(f"batch 8, float32: medians of {ROUNDS} interleaved rounds (ms); ratio = other / outer")
     print("| shape | op | outer | other kernel | other | ratio |\n|---|---|---:|---|---:|---:|")
@@ -64,13 +82,16 @@ def main() -> None:
         w = rng.standard_normal((c_out, c_in // groups, k, k)).astype(np.float32)
         b = rng.standard_normal(c_out).astype(np.float32)
         spec = conv2d_spec(x, w, b, stride, pad, 1, groups)
-        out, ref = np.empty(spec.output_shape, np.float32), np.empty(spec.output_shape, np.float32)
-        label, other = _other_forward(spec)
-        t_outer, t_other = _medians(lambda: _outer.outer_forward(x, w, b, out, spec), lambda: other(x, w, b, ref))
-        print(f"| {name} | forward | {t_outer:.3f} | {label} | {t_other:.3f} | {t_other / t_outer:.2f} |")
-        if not (_outer.applies(spec) and spec.kernel_size[0] * spec.kernel_size[1] <= _outer.SUM_BUDGET):
-            continue  # (with one input channel per group the launcher keeps _wgrad: timed here too)
         gy = rng.standard_normal(spec.output_shape).astype(np.float32)
+        if _outer.applies(spec) or name not in TRANSPOSED:
+            _forward_row(name, "forward", spec, x, w, b)
+        if name in TRANSPOSED:  # conv_transpose2d(gy, w): the forward kernels on the flipped weight
+            tspec = conv_transpose2d_spec(gy, w, None, stride, pad, stride - 1, groups, 1)
+            _forward_row(name, "transposed", tspec, gy, _launch.flipped_transposed_weight(w, groups),
+                         np.zeros(tspec.out_channels, np.float32))
+        if not (_outer.applies(spec) and _outer.group_pack(spec) == 1
+                and spec.kernel_size[0] * spec.kernel_size[1] <= _outer.SUM_BUDGET):
+            continue  # (with one input channel per group the launcher keeps _wgrad: timed here too)
         dw, dw_ref = np.empty_like(w), np.empty_like(w)
         stack = _launch.choose_weight_stack(spec)
         t_outer, t_other = _medians(lambda: _outer.outer_weight_grad(x, gy, dw, spec),
