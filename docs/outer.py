@@ -91,7 +91,7 @@ def main() -> None:
                          np.zeros(tspec.out_channels, np.float32))
         if not (_outer.applies(spec) and _outer.group_pack(spec) == 1
                 and spec.kernel_size[0] * spec.kernel_size[1] <= _outer.SUM_BUDGET):
-            continue  # (with one input channel per group the launcher keeps _wgrad: timed here too)
+            continue
         dw, dw_ref = np.empty_like(w), np.empty_like(w)
         stack = _launch.choose_weight_stack(spec)
         t_outer, t_other = _medians(lambda: _outer.outer_weight_grad(x, gy, dw, spec),

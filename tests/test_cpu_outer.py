@@ -293,6 +293,7 @@ WGRAD_CASES = [
     Case(1, 8, (12, 13), 16, (3, 3), 1, 2, 2, 2),  # dilation 2
     Case(2, 64, (5, 6), 64, (1, 1), 1, 0, 1, 2),  # 1x1: blocks of 4 channels x 4 vectors (float32)
     Case(2, 6, (15, 14), 16, (4, 3), (2, 3), (0, 2), (1, 2), 2),  # mixed stride, padding, dilation
+    Case(2, 2, (9, 10), 32, (3, 3), 1, 1, 1, 2),  # one input channel per group (multiplier 16)
 ]
 
 

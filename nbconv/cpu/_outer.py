@@ -230,10 +230,10 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
 def applies_weight_grad(spec) -> bool:
     """As :func:`applies` for whole vectors of outputs per group (no packed groups), with every
     tap of one channel vector's sums in registers (``SUM_BUDGET`` taps at most: 5x5 kernels, not
-    7x7), and two or more input channels per group: with one (a channel multiplier), the channels-last copy of the gradient is as much
-    work as the sums, and ``_wgrad`` was faster (``python docs/outer.py``: dw_mult16_28)."""
+    7x7). One input channel per group (a channel multiplier of 16) too since the gradient is
+    gathered dense (``python docs/outer.py``: dw_mult16_28 0.14 ms against ``_wgrad``'s 0.21)."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    return applies(spec) and group_pack(spec) == 1 and taps <= SUM_BUDGET and spec.in_per_group > 1
+    return applies(spec) and group_pack(spec) == 1 and taps <= SUM_BUDGET
 
 
 def _largest_divisor(n: int, limit: int) -> int:
