@@ -122,6 +122,30 @@ def test_launcher_takes_the_path_for_narrow_depthwise_only(monkeypatch):
     assert len(calls) == 3  # multiplier 2
 
 
+@pytest.mark.parametrize("hw,k,stride,prefers", [
+    (28, 5, 1, True), (20, 5, 1, True), (40, 5, 1, True),
+    (32, 5, 1, False), (48, 5, 1, False), (28, 3, 1, False), (28, 7, 1, False), (56, 5, 2, False)])
+def test_five_by_five_on_partly_chunked_rows_comes_here(monkeypatch, hw, k, stride, prefers):
+    """5x5 depthwise outputs 16-47 wide that whole 16-column chunks do not cover take this path
+    before ``_rowblock``; at stride 1 the two give the same bits."""
+    calls = []
+    real = _channels_last.depthwise_forward
+    monkeypatch.setattr(_channels_last, "depthwise_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 16, hw, hw)).astype(np.float32)
+    w = rng.standard_normal((16, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    spec = conv2d_spec(x, w, b, stride, k // 2, 1, 16)
+    assert _channels_last.prefers(spec) == prefers and _rowblock.applies(spec)
+    got = nbconv.conv2d(x, w, b, stride, k // 2, groups=16)
+    assert len(calls) == int(prefers)
+    assert_conv_close(got, x, w, b, stride=stride, padding=k // 2, groups=16)
+    if prefers:
+        rows = np.empty_like(got)
+        _rowblock.depthwise_forward(x, w, b, rows, spec)
+        np.testing.assert_array_equal(got, rows)
+
+
 def test_input_gradient_with_cropping():
     """The input gradient at stride 1 is a forward convolution with padding k - 1 - p: negative
     (cropping) for p = 3 on a 3x3 kernel."""

@@ -108,7 +108,7 @@ def _generated_forward(x, w, b, dest, spec) -> bool:
         # output channels in the lanes: faster than every kernel below wherever it applies
         # (1.3-2.4x on 3x3 groups of 16-64 channels, 14x on 1x1: ``docs/performance.md``)
         _outer.outer_forward(x, w, b, dest, spec)
-    elif _rowblock.applies(spec):
+    elif _rowblock.applies(spec) and not _channels_last.prefers(spec):
         _rowblock.depthwise_forward(x, w, b, dest, spec)
     elif _channels_last.applies(spec):
         _channels_last.depthwise_forward(x, w, b, dest, spec)
