@@ -12,7 +12,7 @@ from reference import assert_conv_close, conv2d_weight_reference
 
 import nbconv
 from nbconv._spec import conv2d_spec
-from nbconv.cpu import _channels_last, _outer, _rowblock, _scratch
+from nbconv.cpu import _channels_last, _grouped, _outer, _rowblock, _scratch, _winograd, _winograd_wgrad
 
 #: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
 pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
@@ -48,12 +48,13 @@ def test_kept_bytes_are_bounded(monkeypatch):
 
 
 #: (case, path's applies): channels-last depthwise, row-blocked depthwise, output channels in
-#: lanes (whole vectors, and packed groups of 8)
+#: lanes (whole vectors, and packed groups of 8), columns in lanes (``_grouped``)
 PATHS = [
     (Case(2, 16, (7, 7), 16, (3, 3), 1, 1, 1, 16), _channels_last.applies),
     (Case(2, 4, (9, 40), 4, (3, 3), 1, 1, 1, 4), _rowblock.applies),
     (Case(2, 32, (6, 9), 32, (3, 3), 1, 1, 1, 2), _outer.applies),
     (Case(1, 32, (6, 9), 32, (3, 3), 1, 1, 1, 4), _outer.applies),
+    (Case(2, 4, (6, 9), 6, (3, 3), 1, 1, 1, 2), _grouped.applies),
 ]
 
 
@@ -67,10 +68,29 @@ def test_a_call_after_a_nan_call(case, applies):
     assert_conv_close(nbconv.conv2d(x, w, b, **case.conv_args()), x, w, b, **case.conv_args())
 
 
-@pytest.mark.parametrize("case", [PATHS[0][0], PATHS[2][0]], ids=str)
+@pytest.mark.parametrize("case", [PATHS[0][0], PATHS[2][0], PATHS[4][0]], ids=str)  # + _wgrad's
 def test_weight_grad_after_a_nan_call(case):
     x, w, _ = random_arrays(case, np.float64)
     gy = np.random.default_rng(3).standard_normal(nbconv.conv2d(x, w, None, **case.conv_args()).shape)
     assert np.isnan(nbconv.grad.conv2d_weight(np.full_like(x, np.nan), w.shape, gy, **case.conv_args())).all()
     got = nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args())
     np.testing.assert_allclose(got, conv2d_weight_reference(x, w.shape, gy, **case.conv_args()), rtol=1e-11, atol=1e-11)
+
+
+def test_winograd_calls_after_a_nan_call(monkeypatch):
+    """The same for both Winograd kernels (their per-call buffers are kept too)."""
+    monkeypatch.setattr(_winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(_winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(_winograd_wgrad, "MIN_CHANNELS", 1)
+    case = Case(2, 8, (9, 10), 16, (3, 3), 1, 1, 1, 1)
+    x, w, b = random_arrays(case, np.float32)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    assert _winograd.applies(spec) and _winograd_wgrad.applies(spec)
+    nan = np.full_like(x, np.nan)
+    nbconv.conv2d(nan, w, b, **case.conv_args())
+    assert_conv_close(nbconv.conv2d(x, w, b, **case.conv_args()), x, w, b, **case.conv_args())
+    gy = np.random.default_rng(3).standard_normal(spec.output_shape).astype(np.float32)
+    nbconv.grad.conv2d_weight(nan, w.shape, gy, **case.conv_args())
+    got = nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args())
+    want = conv2d_weight_reference(x, w.shape, gy, **case.conv_args())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from .._version import __version__
-from . import _generated, _packed
+from . import _generated, _packed, _scratch
 
 #: Vector registers a block may keep busy: its sums (output channels x rows) and its weights
 #: (output channels x taps), with a few of the 32 (AVX-512) left for the input loads. Past
@@ -216,6 +216,7 @@ def grouped_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray
     rows, n_blocks, pw = _blocking(spec, stack)
     # slack: the dropped rows and columns of the last channel read past its planes
     slack = (n_blocks * rows - (stack - 1) * geo[6] - spec.out_size[0] + 1) * geo[7] + pw
-    scratch = np.zeros((threads, scratch_elems + slack), x.dtype)
-    acc = np.empty((threads, choose_block(spec)[0] * n_blocks * rows * pw), x.dtype)
+    scratch, acc = _scratch.reused(("grouped", spec, stack, threads), lambda: (
+        np.zeros((threads, scratch_elems + slack), x.dtype),
+        np.empty((threads, choose_block(spec)[0] * n_blocks * rows * pw), x.dtype)))
     _module(spec, slices, stack).forward(x, w, b, out, scratch, acc)

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from .._version import __version__
-from . import _generated, _packed
+from . import _generated, _packed, _scratch
 
 #: Most vector sums one pass keeps in registers (AVX-512 has 32; a gradient vector and an input
 #: vector are live besides): a 5x5 kernel of one output channel fits in one pass.
@@ -207,7 +207,9 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, stack: int,
     _, scratch_elems, _ = _packed.packed_geometry(spec, stack)
     ob = choose_passes(spec)[0]
     ocs = _generated.channels_per_slice(spec.out_per_group, slices, ob)
-    scratch = np.zeros((threads, scratch_elems), x.dtype)
-    gy_buf = np.empty((threads, ob * _grad_pitch(spec, stack)), x.dtype)
-    tot = np.empty((threads, ocs * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
+    # the padding of scratch stays zero; each task zeroes its gy_buf and tot rows
+    scratch, gy_buf, tot = _scratch.reused(("wgrad", spec, stack, threads, ocs), lambda: (
+        np.zeros((threads, scratch_elems), x.dtype),
+        np.empty((threads, ob * _grad_pitch(spec, stack)), x.dtype),
+        np.empty((threads, ocs * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)))
     _module(spec, stack).weight_grad(x, gy, dw, scratch, gy_buf, tot, ocs, x.dtype.type(0))

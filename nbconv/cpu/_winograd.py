@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from .._version import __version__
-from . import _generated
+from . import _generated, _scratch
 
 #: Outputs per tile side (m) for each kernel side (r), and the interpolation points of F(m, r)
 #: (plus the point at infinity). The points with halves keep the transforms' rounding lowest
@@ -344,11 +344,17 @@ def winograd_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarra
     Non-finite pixels or weights make the tiles that hold them non-finite: the launcher checks."""
     mod, geo = _module(spec), geometry(spec)
     threads, p_n, ob = numba.get_num_threads(), geo.positions, blocking(spec)[1]
-    u = np.empty(p_n * spec.in_per_group * spec.out_channels, x.dtype)
+
+    def make():
+        return (np.empty(p_n * spec.in_per_group * spec.out_channels, x.dtype),
+                np.empty(spec.batch * spec.groups * geo.hp * geo.wp * spec.in_per_group, x.dtype),
+                np.zeros((threads, TB * p_n * spec.in_per_group), x.dtype),
+                np.empty((threads, p_n * TB * ob), x.dtype),
+                np.empty((threads, TB * geo.mh * geo.mw * ob), x.dtype))
+
+    # every element of u and xp is written per call (xp's padding too); v, m, y are per-task
+    # scratch: kept between calls (``_scratch``), their pages are not faulted in again each call
+    u, xp, v, m, y = _scratch.reused(("winograd", spec, threads), make)
     mod.transform_weight(w.reshape(-1), u)
-    xp = np.empty(spec.batch * spec.groups * geo.hp * geo.wp * spec.in_per_group, x.dtype)
     mod.pack(x, xp)
-    v = np.zeros((threads, TB * p_n * spec.in_per_group), x.dtype)
-    m = np.empty((threads, p_n * TB * ob), x.dtype)
-    y = np.empty((threads, TB * geo.mh * geo.mw * ob), x.dtype)
     mod.forward(xp, u, b, out, v, m, y)
