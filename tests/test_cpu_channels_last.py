@@ -123,8 +123,7 @@ def test_launcher_takes_the_path_for_narrow_depthwise_only(monkeypatch):
 
 
 @pytest.mark.parametrize("hw,k,stride,prefers", [
-    (28, 5, 1, True), (20, 5, 1, True), (40, 5, 1, True),
-    (32, 5, 1, False), (48, 5, 1, False), (28, 3, 1, False), (28, 7, 1, False), (56, 5, 2, False)])
+    (28, 5, 1, True), (20, 5, 1, True), (32, 5, 1, False), (28, 3, 1, False), (56, 5, 2, False)])
 def test_five_by_five_on_partly_chunked_rows_comes_here(monkeypatch, hw, k, stride, prefers):
     """5x5 depthwise outputs 16-47 wide that whole 16-column chunks do not cover take this path
     before ``_rowblock``; at stride 1 the two give the same bits."""
@@ -144,6 +143,16 @@ def test_five_by_five_on_partly_chunked_rows_comes_here(monkeypatch, hw, k, stri
         rows = np.empty_like(got)
         _rowblock.depthwise_forward(x, w, b, rows, spec)
         np.testing.assert_array_equal(got, rows)
+
+
+def test_five_by_five_bounds():
+    """:func:`_channels_last.prefers` without running a kernel: 40 wide yes (whole chunks cover 32
+    of it), 48 (three whole chunks) and 7x7 no."""
+    def spec(hw, k):
+        x = np.zeros((1, 16, hw, hw), np.float32)
+        return conv2d_spec(x, np.zeros((16, 1, k, k), np.float32), None, 1, k // 2, 1, 16)
+    assert _channels_last.prefers(spec(40, 5))
+    assert not _channels_last.prefers(spec(48, 5)) and not _channels_last.prefers(spec(28, 7))
 
 
 def test_input_gradient_with_cropping():
