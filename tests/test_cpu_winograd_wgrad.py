@@ -124,6 +124,10 @@ def test_applies(monkeypatch):
     assert not _winograd_wgrad.applies(spec(stride=2)) and not _winograd_wgrad.applies(spec(dilation=2))
     assert not _winograd_wgrad.applies(spec(groups=4))  # 24 input channels per group
     assert not _winograd_wgrad.applies(spec(c_out=200))  # 100 outputs per group: not whole vectors
+    big = conv2d_spec(np.zeros((1, 512, 8, 8), np.float32), np.zeros((512, 512, 3, 3), np.float32), None, 1, 1)
+    assert not _winograd_wgrad.applies(big)  # 25 x 512 x 512 float64 totals: over MAX_TOTALS
+    half = conv2d_spec(np.zeros((1, 256, 8, 8), np.float32), np.zeros((256, 256, 3, 3), np.float32), None, 1, 1)
+    assert _winograd_wgrad.applies(half)
 
 
 def _direct(monkeypatch, fn):

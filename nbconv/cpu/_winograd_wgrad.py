@@ -44,6 +44,10 @@ POINTS = {
 #: products save (against ``_outer`` at batch 8, 3x3: 16 -> 16 on 14x14 0.63x, 32 -> 32 on 28x28
 #: 0.78x and on 56x56 0.95x; 64 -> 64 on 14x14 1.25x, on 28x28 1.6x; alexnet_g2 1.6-2.3x).
 MIN_CHANNELS = 48
+#: Most float64 totals (positions x input channels per group x output channels): 32 MiB. A
+#: bigger layer (dense 3x3 from 512 channels on: 6.6M) takes the direct kernels rather than that
+#: much memory.
+MAX_TOTALS = 1 << 22
 #: Most input channels x output vectors per register block (24 sums).
 MAX_BLOCK_CHANNELS, MAX_BLOCK_VECTORS = 6, 4
 
@@ -65,11 +69,14 @@ def transform_matrices(r: int) -> tuple[tuple, tuple, tuple]:
 def applies(spec) -> bool:
     """A forward spec at stride 1 with no dilation, square kernels of a side in ``POINTS``, at
     least ``MIN_CHANNELS`` input and output channels per group, output channels a whole number of
-    vectors."""
+    vectors, at most ``MAX_TOTALS`` totals."""
     (kh, kw), lanes = spec.kernel_size, _simd.lanes(spec.dtype)
-    return (spec.batch > 0 and spec.stride == (1, 1) and spec.dilation == (1, 1) and spec.lhs_dilation == (1, 1)
+    if not (spec.batch > 0 and spec.stride == (1, 1) and spec.dilation == (1, 1) and spec.lhs_dilation == (1, 1)
             and kh == kw and kh in POINTS and min(spec.in_per_group, spec.out_per_group) >= MIN_CHANNELS
-            and spec.out_per_group % lanes == 0)
+            and spec.out_per_group % lanes == 0):
+        return False
+    positions = (kh + TILE - 1) ** 2
+    return positions * spec.in_per_group * spec.out_channels <= MAX_TOTALS
 
 
 def _divisor_at_most(n: int, most: int) -> int:
