@@ -299,17 +299,81 @@ WGRAD_CASES = [
 
 @pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in WGRAD_CASES] + [(WGRAD_CASES[4], np.float32)],
                          ids=str)
-@pytest.mark.parametrize("slices", [None, 2])
-def test_outer_weight_grad(case, dtype, slices):
+@pytest.mark.parametrize("slices,direct", [(None, None), (2, None), (None, False)])
+def test_outer_weight_grad(case, dtype, slices, direct):
+    """Both ways: the input read where it lies without the padding's terms, and packed planes
+    with every term (``direct=False``, the way back from a non-finite total)."""
     x, w, _ = random_arrays(case, dtype)
     spec = conv2d_spec(x, w, None, **case.conv_args())
     assert _outer.applies_weight_grad(spec)
     gy = np.random.default_rng(1).standard_normal(spec.output_shape).astype(dtype)
     dw = np.full(w.shape, np.nan, dtype)
-    _outer.outer_weight_grad(x, gy, dw, spec, slices)
+    _outer.outer_weight_grad(x, gy, dw, spec, slices, direct)
     want = conv2d_weight_reference(x.astype(np.float64), w.shape, gy.astype(np.float64), **case.conv_args())
     tol = 1e-12 if dtype == np.float64 else 2e-5
     np.testing.assert_allclose(dw, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def _reads_input(spec, oy, ox, kh, kw):
+    (sh, sw), (dh, dw), (h, w) = spec.stride, spec.dilation, spec.in_size
+    iy, ix = oy * sh + kh * dh - spec.padding[0], ox * sw + kw * dw - spec.padding[2]
+    return 0 <= iy < h and 0 <= ix < w
+
+
+@pytest.mark.parametrize("hw,k,stride,padding,dilation", [
+    ((14, 14), (3, 3), 1, 1, 1), ((9, 11), (5, 3), 1, (2, 1), 1), ((13, 11), (3, 3), 2, 1, 1),
+    ((12, 13), (3, 3), 1, 2, 2), ((10, 9), (4, 3), (2, 3), (0, 2), (1, 2)), ((7, 7), (1, 1), 1, 0, 1),
+    ((8, 8), (3, 3), 1, "same", 3), ((6, 20), (7, 5), (1, 3), (3, 2), 1), ((5, 5), (3, 3), 1, 3, 1),
+])
+def test_valid_tap_regions_are_the_taps_that_read_input(hw, k, stride, padding, dilation):
+    """The regions tile the output once, and a region's taps are exactly those that read an
+    input pixel (not padding) at each of its pixels; None where some pixel reads padding only."""
+    x = np.zeros((1, 2) + hw)
+    spec = conv2d_spec(x, np.zeros((2, 2) + k), None, stride, padding, dilation, 1)
+    (oh, ow), (kh_n, kw_n) = spec.out_size, spec.kernel_size
+    regions = _outer.valid_tap_regions(spec)
+    reads = {(oy, ox): {kh * kw_n + kw for kh in range(kh_n) for kw in range(kw_n) if _reads_input(spec, oy, ox, kh, kw)}
+             for oy in range(oh) for ox in range(ow)}
+    if regions is None:
+        assert any(not taps for taps in reads.values())
+        return
+    seen = {}
+    for r0, r1, c0, c1, taps in regions:
+        for pixel in ((oy, ox) for oy in range(r0, r1) for ox in range(c0, c1)):
+            assert pixel not in seen
+            seen[pixel] = set(taps)
+    assert seen == reads
+
+
+def test_valid_tap_regions_of_resnext_g32_14():
+    """3x3, padding 1, 14 x 14: nine rectangles; the padding's terms are 9% of all (196 x 9)."""
+    spec = conv2d_spec(np.zeros((1, 32, 14, 14)), np.zeros((32, 16, 3, 3)), None, 1, 1, 1, 2)
+    regions = _outer.valid_tap_regions(spec)
+    assert [(r0, r1, c0, c1) for r0, r1, c0, c1, _ in regions] == [
+        (r0, r1, c0, c1) for r0, r1 in ((0, 1), (1, 13), (13, 14)) for c0, c1 in ((0, 1), (1, 13), (13, 14))]
+    assert regions[4][4] == tuple(range(9)) and regions[0][4] == (4, 5, 7, 8)
+    assert sum((r1 - r0) * (c1 - c0) * len(taps) for r0, r1, c0, c1, taps in regions) == 40 * 40
+
+
+@pytest.mark.parametrize("where", [(0, 0), (0, 5), (6, 6), (3, 3)])
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_weight_grad_non_finite_gradient_meets_the_padding(where, value):
+    """A non-finite gradient value next to the padding: the reference's 0 x inf there is NaN, so
+    the sums without the padding's terms are done again with them (and in the middle: not)."""
+    case = Case(2, 32, (7, 7), 32, (3, 3), 1, 1, 1, 2)
+    x, w, _ = random_arrays(case, np.float64)
+    spec = conv2d_spec(x, w, None, **case.conv_args())
+    gy = np.random.default_rng(1).standard_normal(spec.output_shape)
+    gy[1, 20][where] = value
+    dw = np.empty(w.shape)
+    _outer.outer_weight_grad(x, gy, dw, spec)
+    with np.errstate(invalid="ignore"):
+        want = conv2d_weight_reference(x, w.shape, gy, **case.conv_args())
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(want))
+    assert np.isnan(want).any() or where == (3, 3)  # (3, 3): an inf meets no padding
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(dw[finite], want[finite], rtol=1e-12, atol=1e-11)
 
 
 def test_weight_grad_block_choice():
@@ -365,6 +429,34 @@ def test_sums_compile_to_broadcast_multiply_adds():
     assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*\{1to16\}, %zmm", asm)) == 18
     loop = asm[asm.index("vfmadd"):asm.rindex("vfmadd")]
     assert "%rsp" not in loop
+
+
+def test_sums_by_region_keep_their_sums_in_registers():
+    """resnext_g32_14's nine regions of taps (the input read where it lies): the interior's loop
+    is the 18 FMAs of a 2-channel 3x3 block, no innermost loop touches the stack, and no vector
+    sum is spilled between regions."""
+    from llvmlite import binding as llvm
+
+    if not llvm.get_host_cpu_features().get("avx512f"):
+        pytest.skip("the host has no AVX-512 registers")
+    spec = conv2d_spec(np.zeros((1, 32, 14, 14)), np.zeros((32, 16, 3, 3)), None, 1, 1, 1, 2)
+    regions = _outer.valid_tap_regions(spec)
+    taps = tuple((kh - 1) * 14 + kw - 1 for kh in range(3) for kw in range(3))
+    sums = _simd.outer_product_sums(2, 196, taps, 1, 16, 144, 14, 14, regions, 1)
+
+    @numba.njit
+    def run(g, g0, xs, x0, n, tot, t0):
+        sums(g, g0, xs, x0, n, tot, t0)
+
+    f32, i64 = numba.types.float32[::1], numba.types.int64
+    run.compile((f32, i64, f32, i64, i64, numba.types.float64[::1], i64))
+    asm = run.inspect_asm(run.signatures[-1])
+    fma = r"vfmadd\w*ps\s+[^\n]*%zmm"
+    innermost = [body for _, body in re.findall(r"^(\.LBB\w+):\n((?:(?!^\.LBB).)*?)^\s+j\w+\s+\1$", asm, re.S | re.M)]
+    assert len(innermost) >= 5 and not any("%rsp" in body for body in innermost)
+    assert 18 in [len(re.findall(fma, body)) for body in innermost]  # the interior (others may be unrolled)
+    assert len(re.findall(fma, asm)) >= 2 * sum(len(r[4]) for r in regions)
+    assert not re.search(r"vmov\w+\s+%zmm\d+, [-\d]*\(%rsp\)", asm)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

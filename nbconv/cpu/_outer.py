@@ -255,6 +255,37 @@ def weight_grad_slices(spec, threads: int) -> int:
     return max(1, min(blocks, -(-4 * threads // spec.groups)))
 
 
+def _valid_intervals(n_out: int, n_in: int, stride: int, dilation: int, pad: int, k_n: int) -> list[tuple[int, int, tuple[int, ...]]]:
+    """The output positions ``0 .. n_out`` split where the set of kernel positions that read an
+    input pixel (not padding) changes: ``[(lo, hi, kernel positions), ...]``."""
+    valid = []
+    for k in range(k_n):
+        lo = max(0, -(-(pad - k * dilation) // stride))
+        hi = min(n_out, (n_in - 1 + pad - k * dilation) // stride + 1)
+        valid.append((lo, max(lo, hi)))
+    cuts = sorted({0, n_out} | {min(max(e, 0), n_out) for interval in valid for e in interval})
+    return [(a, b, tuple(k for k, (lo, hi) in enumerate(valid) if lo <= a and b <= hi)) for a, b in zip(cuts, cuts[1:])]
+
+
+def valid_tap_regions(spec) -> tuple[tuple[int, int, int, int, tuple[int, ...]], ...] | None:
+    """The output pixels in rectangles by which taps read input pixels there, not padding:
+    ``((row_lo, row_hi, col_lo, col_hi, tap indices), ...)`` (taps numbered ``kh * kW + kw``), for
+    a weight gradient that leaves out the padding's terms (0 x gradient: 9% of resnext_g32_14's).
+    One region of every tap where no padding is read; None where some output pixel reads padding
+    only (its gradient would then meet no input pixel, so a non-finite value there would not show
+    in the result), or the input is dilated."""
+    if spec.lhs_dilation != (1, 1):
+        return None
+    (sh, sw), (dh, dw), (kh_n, kw_n) = spec.stride, spec.dilation, spec.kernel_size
+    pt, _, pl, _ = spec.padding
+    rows = _valid_intervals(spec.out_size[0], spec.in_size[0], sh, dh, pt, kh_n)
+    cols = _valid_intervals(spec.out_size[1], spec.in_size[1], sw, dw, pl, kw_n)
+    if any(not ks for _, _, ks in rows + cols):
+        return None
+    return tuple((r0, r1, c0, c1, tuple(kh * kw_n + kw for kh in khs for kw in kws))
+                 for r0, r1, khs in rows for c0, c1, kws in cols)
+
+
 def _gather_grad_source(spec) -> list[str]:
     """``gt[(oy * OW + ox) * C_out/groups + o] = gy_flat[s0 + o * OH * OW + oy * OW + ox]``: one
     image's output gradient of a group, channels last, pixels dense. Tiles of one vector of
@@ -290,6 +321,7 @@ def weight_grad(x, gy, dw, scratch, g_buf, t_buf, cps):
     n_img = x.shape[0]
     x_flat, gy_flat, dw_flat = x.reshape(-1), gy.reshape(-1), dw.reshape(-1)
     slices = ({cin_g} + cps - 1) // cps
+    nonfinite = 0
     for task in numba.prange({groups} * slices):
         tid = numba.get_thread_id()
         xs = scratch[tid]
@@ -300,55 +332,83 @@ def weight_grad(x, gy, dw, scratch, g_buf, t_buf, cps):
         c_hi = min(c_lo + cps, {cin_g})
         tot[:] = 0.0
         for n in range(n_img):
-            for c in range(c_lo, c_hi):
-                _pack_plane(x_flat, (n * {c_in} + g * {cin_g} + c) * {in_plane}, xs, (c - c_lo) * {chan})
-            _gather_grad(gy_flat, (n * {c_out} + g * {cout_g}) * {ohw}, gt)
+{pack}            _gather_grad(gy_flat, (n * {c_out} + g * {cout_g}) * {ohw}, gt)
             for c in range(c_lo, c_hi, {n_c}):
                 for vb in range({n_vblocks}):
-                    _sums(gt, vb * {block_channels}, xs, (c - c_lo) * {chan}, {oh}, tot,
-                          (c - c_lo) * {tot_c} + vb * {block_channels})
+                    _sums(gt, vb * {block_channels}, {x_at}, {oh}, tot, (c - c_lo) * {tot_c} + vb * {block_channels})
         for c in range(c_lo, c_hi):
             for t in range({n_taps}):
                 for o in range({cout_g}):
                     total = tot[(c - c_lo) * {tot_c} + t * {cout_g} + o]
                     dw_flat[((g * {cout_g} + o) * {cin_g} + c) * {n_taps} + t] = total
+                    nonfinite += not math.isfinite(total)
+    return nonfinite
 '''
 
 
-def weight_grad_source(spec) -> str:
-    """The generated weight-gradient module for ``spec`` (a forward spec)."""
-    taps, wc, chan = _packed_layout(spec)
-    (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
+def weight_grad_source(spec, direct: bool = True) -> str:
+    """The generated weight-gradient module for ``spec`` (a forward spec). ``direct`` (where
+    :func:`valid_tap_regions` allows): the sums leave out the padding's terms and read the input
+    where it lies; else each image's planes are packed (``_packed``'s layout, zeros around them)
+    and every term is summed."""
+    regions = valid_tap_regions(spec) if direct else None
+    (oh, ow), (h, w), cin_g, cout_g = spec.out_size, spec.in_size, spec.in_per_group, spec.out_per_group
     lanes = _simd.lanes(spec.dtype)
     n_c, n_vec = weight_grad_block(spec)
+    if regions is None:
+        taps, wc, chan = _packed_layout(spec)
+        layout = f"packed planes (pitch {wc}), taps {taps}"
+        sums = f"{n_c}, {chan}, {taps}, {n_vec}, {cout_g}, {len(taps) * cout_g}, {ow}, {wc}"
+        pack = (f"            for c in range(c_lo, c_hi):\n"
+                f"                _pack_plane(x_flat, (n * {spec.in_channels} + g * {cin_g} + c) * {h * w}, xs, (c - c_lo) * {chan})\n")
+        x_at = f"xs, (c - c_lo) * {chan}"
+    else:
+        (sh, sw), (dh, dw), pt, pl = spec.stride, spec.dilation, spec.padding[0], spec.padding[2]
+        taps = tuple((kh * dh - pt) * w + kw * dw - pl for kh in range(spec.kernel_size[0]) for kw in range(spec.kernel_size[1]))
+        layout = f"the input where it lies, taps {taps}, the padding's terms left out: regions {regions}"
+        sums = f"{n_c}, {h * w}, {taps}, {n_vec}, {cout_g}, {len(taps) * cout_g}, {ow}, {sh * w}, {regions}, {sw}"
+        pack, x_at = "", f"x_flat, (n * {spec.in_channels} + g * {cin_g} + c) * {h * w}"
     what = (f"grouped conv weight gradient, output channels in lanes, {cin_g} -> {cout_g} channels per group, "
-            f"taps {taps}, packed pitch {wc}, blocks of {n_c} input channels x {n_vec} channel vectors")
-    lines = [_generated.HEADER.format(generator=__name__, version=__version__, what=what),
-             "from nbconv.cpu._simd import outer_product_sums, transpose_tile", "", _generated.pack_source(spec, 1)]
+            f"blocks of {n_c} input channels x {n_vec} channel vectors, reading {layout}")
+    lines = [_generated.HEADER.format(generator=__name__, version=__version__, what=what), "import math",
+             "from nbconv.cpu._simd import outer_product_sums, transpose_tile", "",
+             _generated.pack_source(spec, 1) if regions is None else ""]
     lines += _gather_grad_source(spec)
-    lines += ["", f"_sums = outer_product_sums({n_c}, {chan}, {taps}, {n_vec}, {cout_g}, {len(taps) * cout_g}, {ow}, {wc})"]
+    lines += ["", f"_sums = outer_product_sums({sums})"]
     return "\n".join(lines) + "\n" + _WGRAD_DRIVER.format(
-        ohw=oh * ow, chan=chan, n_c=n_c, n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes,
-        tot_c=len(taps) * cout_g, **_sizes(spec, taps))
+        ohw=oh * ow, n_c=n_c, n_vblocks=cout_g // (n_vec * lanes), block_channels=n_vec * lanes,
+        tot_c=len(taps) * cout_g, pack=pack, x_at=x_at, **_sizes(spec, taps))
 
 
 @functools.lru_cache(maxsize=128)
-def _weight_grad_module(spec):
-    return _generated.load(weight_grad_source(spec), "nbconv_outer_wgrad")
+def _weight_grad_module(spec, direct: bool = True):
+    return _generated.load(weight_grad_source(spec, direct), "nbconv_outer_wgrad")
 
 
-def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slices: int | None = None) -> None:
+def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slices: int | None = None,
+                      direct: bool | None = None) -> None:
     """``dw`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays; the sums
     are the true terms and the padding's zeros times gradient values), each group's input
     channels in ``slices`` tasks (default :func:`weight_grad_slices`). Every weight is summed by
-    one task, over the images in order: bit-identical whatever the thread count."""
+    one task, over the images in order: bit-identical whatever the thread count.
+
+    The padding's terms are first left out (:func:`valid_tap_regions`): with a finite gradient
+    they are zeros, and dropping them changes no sum. A non-finite gradient value meets an input
+    pixel too (``valid_tap_regions`` makes sure of it), so it leaves a non-finite total; only then
+    are the sums computed again with the padding's terms (0 x inf is NaN there, as in the
+    reference). ``direct=False`` (tests) takes that second way only."""
     threads = numba.get_num_threads()
     slices = weight_grad_slices(spec, threads) if slices is None else slices
     n_c = weight_grad_block(spec)[0]
     cps = _generated.channels_per_slice(spec.in_per_group, slices, n_c)
-    _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    scratch, = _scratch.reused(("outer_wgrad", spec, threads), lambda: (np.zeros((threads, scratch_elems), x.dtype),))
     g_buf = np.empty((threads, spec.out_size[0] * spec.out_size[1] * spec.out_per_group), x.dtype)
     t_buf = np.empty((threads, cps * taps * spec.out_per_group), np.float64)
-    _weight_grad_module(spec).weight_grad(x, gy, dw, scratch, g_buf, t_buf, cps)
+    regions = valid_tap_regions(spec) if direct is not False else None
+    if regions is not None:
+        nonfinite = _weight_grad_module(spec, True).weight_grad(x, gy, dw, np.empty((threads, 0), x.dtype), g_buf, t_buf, cps)
+        if not nonfinite or all(len(r[4]) == taps for r in regions):
+            return
+    _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
+    scratch, = _scratch.reused(("outer_wgrad", spec, threads), lambda: (np.zeros((threads, scratch_elems), x.dtype),))
+    _weight_grad_module(spec, False).weight_grad(x, gy, dw, scratch, g_buf, t_buf, cps)

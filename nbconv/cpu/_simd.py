@@ -355,13 +355,14 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
 
 
 def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int, g_pitch: int, tot_c_pitch: int,
-                       row_len: int, x_row_pitch: int):
+                       row_len: int, x_row_pitch: int, regions: tuple[tuple[int, int, int, int, tuple[int, ...]], ...] | None = None,
+                       x_col_step: int = 1):
     """An ``@intrinsic`` ``sums(g, g0, xs, x0, n, tot, t0)``: a weight gradient's block of
     ``n_c`` input channels x every tap x ``n_vec`` vectors of output channels (in the lanes),
     over ``n`` output rows of ``row_len`` pixels:
 
     ``tot[t0 + c * tot_c_pitch + t * g_pitch + o] += sum over r < n, j < row_len of
-    g[g0 + (r * row_len + j) * g_pitch + o] * xs[x0 + c * c_pitch + taps[t] + r * x_row_pitch + j]``
+    g[g0 + (r * row_len + j) * g_pitch + o] * xs[x0 + c * c_pitch + taps[t] + r * x_row_pitch + j * x_col_step]``
 
     for ``c < n_c`` and ``o < n_vec * lanes`` (``g``: the output gradient with channels last,
     its pixels dense; ``xs``: input rows ``x_row_pitch`` apart, so no padding column is summed).
@@ -369,8 +370,18 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
     input value; the ``n_c x len(taps) x n_vec`` vector sums stay in registers over the pixels
     (in order: a fixed order) and are then added to ``tot`` (float64: a float32 sum is widened
     first).
+
+    ``regions``, ``((row_lo, row_hi, col_lo, col_hi, tap indices), ...)``, sums instead only the
+    listed taps of each region's pixels (rows ``row_lo <= r < min(row_hi, n)``, columns
+    ``col_lo <= j < col_hi``), the regions in order: a weight gradient that leaves out the terms
+    of padding pixels (:func:`nbconv.cpu._outer.valid_tap_regions`), and so can read its input
+    where it lies (``taps`` negative offsets, ``x_col_step`` the stride).
     """
     taps = tuple(int(t) for t in taps)
+    if regions is None:
+        regions = ((0, None, 0, row_len, tuple(range(len(taps)))),)
+    regions = tuple((int(r0), r1 if r1 is None else int(r1), int(j0), int(j1), tuple(int(t) for t in ts))
+                    for r0, r1, j0, j1, ts in regions)
 
     @intrinsic
     def sums(typingctx, g, g0, xs, x0, n, tot, t0):
@@ -409,20 +420,26 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
             n_i, t0_i = _index(context, builder, n_v, t_n), _index(context, builder, t0_v, t_t0)
             blocks = [(c, t, v) for c in range(n_c) for t in range(len(taps)) for v in range(n_vec)]
             acc = {k: cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for k in blocks}
-            with cgutils.for_range(builder, n_i) as rows:
-                g_row = builder.add(g0_i, builder.mul(rows.index, const(row_len * g_pitch)))
-                x_row = builder.add(x0_i, builder.mul(rows.index, const(x_row_pitch)))
-                with cgutils.for_range(builder, const(row_len)) as loop:
-                    q = loop.index
-                    gq = builder.add(g_row, builder.mul(q, const(g_pitch)))
-                    grads = [builder.load(at(g_p, builder.add(gq, const(v * lanes_n)), vec), align=size)
-                             for v in range(n_vec)]
-                    xq = builder.add(x_row, q)
-                    for c in range(n_c):
-                        for t, tap in enumerate(taps):
-                            value = _splat(builder, builder.load(at(xs_p, builder.add(xq, const(c * c_pitch + tap)))), vec)
-                            for v in range(n_vec):
-                                builder.store(_fma(builder, grads[v], value, builder.load(acc[c, t, v])), acc[c, t, v])
+            for r0, r1, j0, j1, region_taps in regions:
+                if j1 <= j0 or not region_taps:
+                    continue
+                r_end = n_i if r1 is None else builder.select(builder.icmp_signed("<", n_i, const(r1)), n_i, const(r1))
+                with cgutils.for_range(builder, builder.sub(r_end, const(r0))) as rows:
+                    r = builder.add(rows.index, const(r0))
+                    g_row = builder.add(g0_i, builder.mul(r, const(row_len * g_pitch)))
+                    x_row = builder.add(x0_i, builder.mul(r, const(x_row_pitch)))
+                    with cgutils.for_range(builder, const(j1 - j0)) as loop:
+                        q = builder.add(loop.index, const(j0))
+                        gq = builder.add(g_row, builder.mul(q, const(g_pitch)))
+                        grads = [builder.load(at(g_p, builder.add(gq, const(v * lanes_n)), vec), align=size)
+                                 for v in range(n_vec)]
+                        xq = builder.add(x_row, builder.mul(q, const(x_col_step)))
+                        for c in range(n_c):
+                            for t in region_taps:
+                                x_at = builder.add(xq, const(c * c_pitch + taps[t]))
+                                value = _splat(builder, builder.load(at(xs_p, x_at)), vec)
+                                for v in range(n_vec):
+                                    builder.store(_fma(builder, grads[v], value, builder.load(acc[c, t, v])), acc[c, t, v])
             for c, t, v in blocks:
                 total = at(tot_p, builder.add(t0_i, const(c * tot_c_pitch + t * g_pitch + v * lanes_n)), wide)
                 part = builder.load(acc[c, t, v])
