@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from reference import (
     assert_conv_close,
     conv2d_input_reference,
+    conv2d_reference,
     conv2d_weight_reference,
     conv_transpose2d_reference,
 )
@@ -120,7 +121,36 @@ CASES = [
 
 @pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in CASES] + [(CASES[1], np.float32)], ids=str)
 def test_outer_forward(case, dtype):
+    """The input read where it lies, padding's terms left out (where ``direct_applies``)."""
+    x, w, _ = random_arrays(case, dtype)
+    assert _outer.direct_applies(conv2d_spec(x, w, None, **case.conv_args()))
     check_path_forward(_outer.applies, _outer.outer_forward, case, dtype)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5]], ids=str)
+def test_outer_forward_packed_planes(case):
+    """The packed planes with every term: the way for non-finite weights."""
+    check_path_forward(_outer.applies, lambda *a: _outer.outer_forward(*a, direct=False), case, np.float64)
+
+
+@pytest.mark.parametrize("tap", [(0, 0), (1, 1), (2, 1)])
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_non_finite_weight_meets_the_padding(tap, value):
+    """A non-finite weight makes NaN (0 x inf) where its tap reads padding, as in the
+    reference: such weights take the packed planes."""
+    case = Case(2, 32, (7, 9), 32, (3, 3), 1, 1, 1, 2)
+    x, w, b = random_arrays(case, np.float64)
+    w[(5, 3) + tap] = value
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    out = np.full(spec.output_shape, 0.5)
+    _outer.outer_forward(x, w, b, out, spec)
+    with np.errstate(invalid="ignore"):
+        want = conv2d_reference(x, w, b, **case.conv_args())
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
+    assert np.isnan(want).any() or (tap == (1, 1) and value == np.inf)
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(out[finite], want[finite], rtol=1e-12, atol=1e-12)
 
 
 #: groups of 4 or 8 outputs share a vector (``group_pack``): strides, input dilation, widths in

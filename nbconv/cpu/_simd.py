@@ -237,14 +237,14 @@ def _masked_load(builder, pointer, vec, count: int, align: int):
 def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: int, n_vec: int,
                       w_ci_pitch: int, w_tap_pitch: int, out_pitch: int, *, pack: int = 1,
                       pixel_taps: tuple[tuple[int, ...], ...] | None = None,
-                      lane_channels: tuple[int, ...] | None = None):
+                      lane_channels: tuple[int, ...] | None = None, x_pixel_step: int = 1):
     """An ``@intrinsic`` ``row(xs, x0, w, w0, b, b0, out, o0)`` for one block of a convolution's
     output: ``n_pix`` consecutive output pixels x ``n_vec`` vectors of output channels (channels
     in the lanes, as oneDNN's direct convolution has them):
 
     ``out[o0 + lane_channels[c] * out_pitch + p] = b[b0 + c] + sum over ci < n_ci, t in
     pixel_taps[p] of w[w0 + ci * w_ci_pitch + t * w_tap_pitch + c] *
-    xs[x0 + ci * ci_pitch + (taps[t] + p) * pack + c % pack]``
+    xs[x0 + ci * ci_pitch + (taps[t] + p * x_pixel_step) * pack + c % pack]``
 
     for lanes ``c < n_vec * lanes`` and ``p < n_pix <= lanes``. Each term is one multiply-add of a
     weight vector (loaded once per tap, used for every pixel) and one broadcast input value; the
@@ -259,7 +259,8 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
     a run is broadcast whole (``vbroadcastsd`` for pairs of float32), and lane ``c`` computes group
     ``c % pack``'s channel ``c // pack`` (``lane_channels`` says which output row it goes to; by
     default lane ``c``'s). ``pixel_taps[p]``: the taps pixel ``p`` sums (default all), so that a
-    transposed convolution skips the zeros between its input pixels.
+    transposed convolution skips the zeros between its input pixels, and a convolution that reads
+    its input where it lies (``x_pixel_step`` its column stride) skips the padding.
     """
     taps = tuple(int(t) for t in taps)
     if pixel_taps is None:
@@ -332,7 +333,7 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
                     weights = [builder.load(at(w_p, builder.add(wb, const(t * w_tap_pitch + v * n)), vec), align=size)
                                for v in range(n_vec)]
                     for p in users:
-                        value = broadcast(builder.add(xb, const((tap + p) * pack)))
+                        value = broadcast(builder.add(xb, const((tap + p * x_pixel_step) * pack)))
                         for v in range(n_vec):
                             builder.store(_fma(builder, weights[v], value, builder.load(sums[p][v])), sums[p][v])
             mask_type = ir.VectorType(ir.IntType(32), n)
