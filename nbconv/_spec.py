@@ -9,8 +9,9 @@ name and show the numbers, e.g. ``conv2d: in_channels (5) is not divisible by gr
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -115,6 +116,8 @@ class ConvSpec:
 
 
 def _int(op: str, name: str, value: Any) -> int:
+    if type(value) is int:  # the common case, first (bool is a subclass, not int itself)
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{op}: {name} must be an int, got bool ({value!r})")
     try:
@@ -125,6 +128,10 @@ def _int(op: str, name: str, value: Any) -> int:
 
 def _pair(op: str, name: str, value: Any) -> tuple[int, int]:
     """An int or a sequence of two ints -> a pair of Python ints."""
+    if type(value) is int:
+        return (value, value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) and not isinstance(value, np.ndarray):
         try:
             v = _int(op, name, value)

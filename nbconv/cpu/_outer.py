@@ -26,6 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
+from ._valid import valid_intervals, valid_tap_regions
 
 #: Vector sums a block keeps in registers (of AVX-512's 32: a weight vector per channel vector
 #: and a few broadcast values are live besides).
@@ -196,8 +197,8 @@ def _direct_row_lines(spec, blocks) -> tuple[list[str], list[str]]:
     (kh_n, kw_n), pt, pl = spec.kernel_size, spec.padding[0], spec.padding[2]
     (oh, ow), cout_g = spec.out_size, spec.out_per_group
     taps = tuple((kh * dh - pt) * w + kw * dw - pl for kh in range(kh_n) for kw in range(kw_n))
-    rows = _valid_intervals(oh, h, sh, dh, pt, kh_n)
-    col_taps = [kws for c0, c1, kws in _valid_intervals(ow, w, sw, dw, pl, kw_n) for _ in range(c0, c1)]
+    rows = valid_intervals(oh, h, sh, dh, pt, kh_n)
+    col_taps = [kws for c0, c1, kws in valid_intervals(ow, w, sw, dw, pl, kw_n) for _ in range(c0, c1)]
     _, n_vec = choose_block(spec)
     defs, lines = {}, []
     for r0, r1, khs in rows:
@@ -304,37 +305,6 @@ def weight_grad_slices(spec, threads: int) -> int:
     few groups to give every thread 4 tasks."""
     blocks = spec.in_per_group // weight_grad_block(spec)[0]
     return max(1, min(blocks, -(-4 * threads // spec.groups)))
-
-
-def _valid_intervals(n_out: int, n_in: int, stride: int, dilation: int, pad: int, k_n: int) -> list[tuple[int, int, tuple[int, ...]]]:
-    """The output positions ``0 .. n_out`` split where the set of kernel positions that read an
-    input pixel (not padding) changes: ``[(lo, hi, kernel positions), ...]``."""
-    valid = []
-    for k in range(k_n):
-        lo = max(0, -(-(pad - k * dilation) // stride))
-        hi = min(n_out, (n_in - 1 + pad - k * dilation) // stride + 1)
-        valid.append((lo, max(lo, hi)))
-    cuts = sorted({0, n_out} | {min(max(e, 0), n_out) for interval in valid for e in interval})
-    return [(a, b, tuple(k for k, (lo, hi) in enumerate(valid) if lo <= a and b <= hi)) for a, b in zip(cuts, cuts[1:])]
-
-
-def valid_tap_regions(spec) -> tuple[tuple[int, int, int, int, tuple[int, ...]], ...] | None:
-    """The output pixels in rectangles by which taps read input pixels there, not padding:
-    ``((row_lo, row_hi, col_lo, col_hi, tap indices), ...)`` (taps numbered ``kh * kW + kw``), for
-    a weight gradient that leaves out the padding's terms (0 x gradient: 9% of resnext_g32_14's).
-    One region of every tap where no padding is read; None where some output pixel reads padding
-    only (its gradient would then meet no input pixel, so a non-finite value there would not show
-    in the result), or the input is dilated."""
-    if spec.lhs_dilation != (1, 1):
-        return None
-    (sh, sw), (dh, dw), (kh_n, kw_n) = spec.stride, spec.dilation, spec.kernel_size
-    pt, _, pl, _ = spec.padding
-    rows = _valid_intervals(spec.out_size[0], spec.in_size[0], sh, dh, pt, kh_n)
-    cols = _valid_intervals(spec.out_size[1], spec.in_size[1], sw, dw, pl, kw_n)
-    if any(not ks for _, _, ks in rows + cols):
-        return None
-    return tuple((r0, r1, c0, c1, tuple(kh * kw_n + kw for kh in khs for kw in kws))
-                 for r0, r1, khs in rows for c0, c1, kws in cols)
 
 
 def _gather_grad_source(spec) -> list[str]:

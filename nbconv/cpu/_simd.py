@@ -375,7 +375,7 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
     ``regions``, ``((row_lo, row_hi, col_lo, col_hi, tap indices), ...)``, sums instead only the
     listed taps of each region's pixels (rows ``row_lo <= r < min(row_hi, n)``, columns
     ``col_lo <= j < col_hi``), the regions in order: a weight gradient that leaves out the terms
-    of padding pixels (:func:`nbconv.cpu._outer.valid_tap_regions`), and so can read its input
+    of padding pixels (:func:`nbconv.cpu._valid.valid_tap_regions`), and so can read its input
     where it lies (``taps`` negative offsets, ``x_col_step`` the stride).
     """
     taps = tuple(int(t) for t in taps)
