@@ -26,7 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
-from ._valid import valid_intervals, valid_tap_regions
+from ._valid import reads_padding, valid_intervals, valid_tap_regions
 
 #: Vector sums a block keeps in registers (of AVX-512's 32: a weight vector per channel vector
 #: and a few broadcast values are live besides).
@@ -428,7 +428,7 @@ def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slice
     regions = valid_tap_regions(spec) if direct is not False else None
     if regions is not None:
         nonfinite = _weight_grad_module(spec, True).weight_grad(x, gy, dw, np.empty((threads, 0), x.dtype), g_buf, t_buf, cps)
-        if not nonfinite or all(len(r[4]) == taps for r in regions):
+        if not nonfinite or not reads_padding(regions, taps):
             return
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     scratch, = _scratch.reused(("outer_wgrad", spec, threads), lambda: (np.zeros((threads, scratch_elems), x.dtype),))

@@ -10,6 +10,8 @@ sure every output pixel reads one).
 
 from __future__ import annotations
 
+import functools
+
 
 def valid_intervals(n_out: int, n_in: int, stride: int, dilation: int, pad: int,
                     k_n: int) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -24,6 +26,7 @@ def valid_intervals(n_out: int, n_in: int, stride: int, dilation: int, pad: int,
     return [(a, b, tuple(k for k, (lo, hi) in enumerate(valid) if lo <= a and b <= hi)) for a, b in zip(cuts, cuts[1:])]
 
 
+@functools.lru_cache(maxsize=256)
 def valid_tap_regions(spec) -> tuple[tuple[int, int, int, int, tuple[int, ...]], ...] | None:
     """The output pixels in rectangles by which taps read input pixels there, not padding:
     ``((row_lo, row_hi, col_lo, col_hi, tap indices), ...)`` (taps numbered ``kh * kW + kw``): 9% of
@@ -40,3 +43,9 @@ def valid_tap_regions(spec) -> tuple[tuple[int, int, int, int, tuple[int, ...]],
         return None
     return tuple((r0, r1, c0, c1, tuple(kh * kw_n + kw for kh in khs for kw in kws))
                  for r0, r1, khs in rows for c0, c1, kws in cols)
+
+
+def reads_padding(regions, n_taps: int) -> bool:
+    """Whether some output pixel of :func:`valid_tap_regions`' ``regions`` has a tap on padding
+    (so a kernel that leaves those terms out may differ where values are non-finite)."""
+    return any(len(taps) < n_taps for *_, taps in regions)
