@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _channels_last, _grouped, _outer, _rowblock, _wgrad, _winograd, _winograd_wgrad
+from . import _channels_last, _flat, _grouped, _outer, _rowblock, _wgrad, _winograd, _winograd_wgrad
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -152,6 +152,9 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
         # non-finite result is computed again by the direct kernels below
         if not np.isfinite(dest).all():
             _packed_layout_weight_grad(spec, x, gy, dest)
+    elif worth_generating(spec) and spec.out_size[1] < _rowblock.MIN_OUT_WIDTH and _flat.applies_weight_grad(spec):
+        # the padding's zeros are the masked lanes: the reference's terms, 0 x inf included
+        _flat.flat_weight_grad(x, gy, dest, spec)
     elif worth_generating(spec) and spec.out_size[1] < _rowblock.MIN_OUT_WIDTH and _channels_last.applies_weight_grad(spec):
         # sums of the true terms only (the padding's zeros meet only gradient values): no
         # non-finite handling needed

@@ -222,16 +222,86 @@ def copy_run(count: int, step: int = 1):
     return copy
 
 
-def _masked_load(builder, pointer, vec, count: int, align: int):
-    """The first ``count`` lanes of a ``vec`` at ``pointer`` (the others zero; nothing past them
-    is read)."""
+def _masked_load(builder, pointer, vec, count: int, align: int, lanes_on: tuple[bool, ...] | None = None):
+    """The first ``count`` lanes of a ``vec`` at ``pointer`` (or the lanes ``lanes_on``), the
+    others zero; nothing in the others is read."""
     mask_type = ir.VectorType(ir.IntType(1), vec.count)
     name = f"v{vec.count}{vec.element.intrinsic_name}"
     pointer_name = "p0" if llvm_binding.llvm_version_info[0] >= 15 else f"p0{name}"
     fn = _declared(builder, f"llvm.masked.load.{name}.{pointer_name}",
                    ir.FunctionType(vec, [pointer.type, ir.IntType(32), mask_type, vec]))
-    mask = ir.Constant(mask_type, [i < count for i in range(vec.count)])
+    mask = ir.Constant(mask_type, list(lanes_on) if lanes_on is not None else [i < count for i in range(vec.count)])
     return builder.call(fn, [pointer, ir.Constant(ir.IntType(32), align), mask, ir.Constant(vec, None)])
+
+
+def flat_plane_sums(n_pix: int, offsets: tuple[int, ...], valid: tuple[tuple[bool, ...], ...]):
+    """An ``@intrinsic`` ``sums(g, g0, x, x0, acc, a0)`` for a depthwise weight gradient on a plane
+    kept flat (pixels in the lanes, ``lanes`` at a time):
+
+    ``acc[a0 + t * lanes + l] += sum over vectors v of g[g0 + p] * (x[x0 + p + offsets[t]] if
+    valid[t][p] else 0)``, ``p = v * lanes + l < n_pix``
+
+    (``valid[t][p]``: tap ``t`` at output pixel ``p`` reads an input pixel, not padding). Each
+    term is a fused multiply-add of a gradient vector (one load per vector of pixels) and a
+    vector of inputs read with the tap's mask (``vmovups`` with a mask: nothing is read in the
+    padding's lanes, whose zeros meet the gradient as the padding's do). The ``len(offsets)``
+    sums stay in registers over the vectors, in order."""
+    offsets = tuple(int(o) for o in offsets)
+    valid = tuple(tuple(bool(b) for b in row) for row in valid)
+    if len(valid) != len(offsets) or any(len(row) != n_pix for row in valid):
+        raise ValueError("valid must have one row of n_pix flags per offset")
+
+    @intrinsic
+    def sums(typingctx, g, g0, x, x0, acc, a0):
+        arrays = (g, x, acc)
+        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
+            return None
+        if len({a.dtype for a in arrays}) != 1 or g.dtype not in (types.float32, types.float64):
+            return None
+        if not all(isinstance(i, types.Integer) for i in (g0, x0, a0)):
+            return None
+        sig = types.void(g, g0, x, x0, acc, a0)
+
+        def codegen(context, builder, signature, args):
+            g_v, g0_v, x_v, x0_v, acc_v, a0_v = args
+            a_g, t_g0, a_x, t_x0, a_acc, t_a0 = signature.args
+            size = a_g.dtype.bitwidth // 8
+            n = VECTOR_BYTES // size
+            vec = ir.VectorType(context.get_data_type(a_g.dtype), n)
+            intp = context.get_value_type(types.intp)
+
+            def data(array_value, array_type):
+                return context.make_array(array_type)(context, builder, array_value).data
+
+            def at(base, index):  # not inbounds: a masked tap's lanes may lie outside the array
+                return builder.bitcast(builder.gep(base, [index]), vec.as_pointer())
+
+            g_p, x_p, acc_p = data(g_v, a_g), data(x_v, a_x), data(acc_v, a_acc)
+            g0_i, x0_i = _index(context, builder, g0_v, t_g0), _index(context, builder, x0_v, t_x0)
+            a0_i = _index(context, builder, a0_v, t_a0)
+            acc_ptrs = [at(acc_p, builder.add(a0_i, ir.Constant(intp, t * n))) for t in range(len(offsets))]
+            accs = [builder.load(p, align=size) for p in acc_ptrs]
+            for v in range(-(-n_pix // n)):
+                count = min(n, n_pix - v * n)
+                g_at = at(g_p, builder.add(g0_i, ir.Constant(intp, v * n)))
+                grad = builder.load(g_at, align=size) if count == n else _masked_load(builder, g_at, vec, count, size)
+                for t, off in enumerate(offsets):
+                    lanes_on = tuple(valid[t][v * n + i] if i < count else False for i in range(n))
+                    x_at = at(x_p, builder.add(x0_i, ir.Constant(intp, v * n + off)))
+                    if not any(lanes_on):  # all padding: its zeros still meet the gradient (0 x inf is NaN)
+                        value = ir.Constant(vec, None)
+                    elif all(lanes_on):
+                        value = builder.load(x_at, align=size)
+                    else:
+                        value = _masked_load(builder, x_at, vec, n, size, lanes_on)
+                    accs[t] = _fma(builder, grad, value, accs[t])
+            for p, value in zip(acc_ptrs, accs):
+                builder.store(value, p, align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return sums
 
 
 def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: int, n_vec: int,
