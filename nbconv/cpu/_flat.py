@@ -32,10 +32,10 @@ from . import _generated, _scratch, _simd
 #: of float32.
 MAX_VECTORS = 16
 #: Most taps: each tap's inputs are a vector load of their own (unaligned: two cache lines), which
-#: the channels-last kernel shares between the taps of a kernel row. Batch 8, 2 threads, time
-#: here / there (``_channels_last.depthwise_weight_grad``): 3x3 on 7x7 (mbv2_dw_7) 0.08 / 0.095 ms,
-#: on 14x14 (576 channels) 0.12 / 0.15, float64 on 7x7 0.10 / 0.32; but 5x5 on 14x14
-#: (effnet_dw5_14) 0.42 / 0.34, on 7x7 (1152 channels) 0.22 / 0.18.
+#: the channels-last kernel shares between the taps of a kernel row. ``python
+#: docs/padding_terms.py`` (batch 8, 2 threads), time here / there: 3x3 on 7x7 (mbv2_dw_7) 0.85,
+#: on 14x14 (576 channels) 0.84-0.88, float64 on 7x7 0.31-0.34; but 5x5 on 14x14 (effnet_dw5_14)
+#: 0.89-1.29 from one process to the next, on 7x7 (1152 channels) 0.94-1.2.
 MAX_TAPS = 9
 #: Most terms one lane's sum in the input dtype takes before it is added to the float64 totals.
 MAX_CHAIN = 64
