@@ -400,14 +400,12 @@ def test_weight_grad_through_the_launcher_with_an_inf_pixel(monkeypatch):
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-11, atol=1e-11)
 
 
-def test_sums_compile_to_broadcast_multiply_adds():
-    """The loop of a 2-channel 3x3 block: 18 FMAs with a broadcast memory operand, and no stack
-    access between them (the widening to float64 after the loop may spill)."""
+def _float32_sums_asm(sums) -> str:
+    """The host's asm of an ``outer_product_sums`` intrinsic on float32 (skips without AVX-512)."""
     from llvmlite import binding as llvm
 
     if not llvm.get_host_cpu_features().get("avx512f"):
         pytest.skip("the host has no AVX-512 registers")
-    sums = _simd.outer_product_sums(2, 256, (0, 1, 2, 15, 16, 17, 30, 31, 32), 1, 16, 144, 14, 15)
 
     @numba.njit
     def run(g, g0, xs, x0, n, tot, t0):
@@ -415,7 +413,13 @@ def test_sums_compile_to_broadcast_multiply_adds():
 
     f32, i64 = numba.types.float32[::1], numba.types.int64
     run.compile((f32, i64, f32, i64, i64, numba.types.float64[::1], i64))
-    asm = run.inspect_asm(run.signatures[-1])
+    return run.inspect_asm(run.signatures[-1])
+
+
+def test_sums_compile_to_broadcast_multiply_adds():
+    """The loop of a 2-channel 3x3 block: 18 FMAs with a broadcast memory operand, and no stack
+    access between them (the widening to float64 after the loop may spill)."""
+    asm = _float32_sums_asm(_simd.outer_product_sums(2, 256, (0, 1, 2, 15, 16, 17, 30, 31, 32), 1, 16, 144, 14, 15))
     assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*\{1to16\}, %zmm", asm)) == 18
     loop = asm[asm.index("vfmadd"):asm.rindex("vfmadd")]
     assert "%rsp" not in loop
@@ -425,22 +429,10 @@ def test_sums_by_region_keep_their_sums_in_registers():
     """resnext_g32_14's nine regions of taps (the input read where it lies): the interior's loop
     is the 18 FMAs of a 2-channel 3x3 block, no innermost loop touches the stack, and no vector
     sum is spilled between regions."""
-    from llvmlite import binding as llvm
-
-    if not llvm.get_host_cpu_features().get("avx512f"):
-        pytest.skip("the host has no AVX-512 registers")
     spec = conv2d_spec(np.zeros((1, 32, 14, 14)), np.zeros((32, 16, 3, 3)), None, 1, 1, 1, 2)
     regions = valid_tap_regions(spec)
     taps = tuple((kh - 1) * 14 + kw - 1 for kh in range(3) for kw in range(3))
-    sums = _simd.outer_product_sums(2, 196, taps, 1, 16, 144, 14, 14, regions, 1)
-
-    @numba.njit
-    def run(g, g0, xs, x0, n, tot, t0):
-        sums(g, g0, xs, x0, n, tot, t0)
-
-    f32, i64 = numba.types.float32[::1], numba.types.int64
-    run.compile((f32, i64, f32, i64, i64, numba.types.float64[::1], i64))
-    asm = run.inspect_asm(run.signatures[-1])
+    asm = _float32_sums_asm(_simd.outer_product_sums(2, 196, taps, 1, 16, 144, 14, 14, regions, 1))
     fma = r"vfmadd\w*ps\s+[^\n]*%zmm"
     innermost = [body for _, body in re.findall(r"^(\.LBB\w+):\n((?:(?!^\.LBB).)*?)^\s+j\w+\s+\1$", asm, re.S | re.M)]
     assert len(innermost) >= 5 and not any("%rsp" in body for body in innermost)

@@ -14,6 +14,8 @@ nor the masked stores.
 
 from __future__ import annotations
 
+import functools
+
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
@@ -82,6 +84,29 @@ def _index(context, builder, value, ty):
     return context.cast(builder, value, ty, types.intp)
 
 
+def _vector_of(context, dtype) -> tuple[int, int, ir.VectorType, ir.Type]:
+    """(bytes per element, lanes, the vector register's type, intp's type) for ``dtype``."""
+    size = dtype.bitwidth // 8
+    n = VECTOR_BYTES // size
+    return size, n, ir.VectorType(context.get_data_type(dtype), n), context.get_value_type(types.intp)
+
+
+def _data(context, builder, array_value, array_type):
+    """The data pointer of a Numba array value."""
+    return context.make_array(array_type)(context, builder, array_value).data
+
+
+def _takes(arrays, offsets, float64_arrays=()) -> bool:
+    """Whether an intrinsic's arguments are what it compiles for: 1-D C-contiguous ``arrays`` of
+    one dtype, float32 or float64 (``float64_arrays`` likewise, always float64), and integer
+    ``offsets``."""
+    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays + float64_arrays):
+        return False
+    if len({a.dtype for a in arrays}) != 1 or arrays[0].dtype not in (types.float32, types.float64):
+        return False
+    return all(a.dtype == types.float64 for a in float64_arrays) and all(isinstance(i, types.Integer) for i in offsets)
+
+
 @intrinsic
 def transpose_tile(typingctx, src, s0, s_pitch, dst, d0, d_pitch):
     """``dst[d0 + j * d_pitch + i] = src[s0 + i * s_pitch + j]`` for ``i, j < lanes(dtype)``.
@@ -89,25 +114,17 @@ def transpose_tile(typingctx, src, s0, s_pitch, dst, d0, d_pitch):
     ``src`` and ``dst``: 1-D contiguous float32 or float64 arrays of the same dtype; offsets and
     pitches in elements, any integer type. One vector load per source row and one store per
     destination row, unaligned; no bounds checks (the caller's offsets must be in range)."""
-    arrays = (src, dst)
-    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
-        return None
-    if src.dtype != dst.dtype or src.dtype not in (types.float32, types.float64):
-        return None
-    if not all(isinstance(i, types.Integer) for i in (s0, s_pitch, d0, d_pitch)):
+    if not _takes((src, dst), (s0, s_pitch, d0, d_pitch)):
         return None
     sig = types.void(src, s0, s_pitch, dst, d0, d_pitch)
 
     def codegen(context, builder, signature, args):
         src_v, s0_v, sp_v, dst_v, d0_v, dp_v = args
         a_src, t_s0, t_sp, a_dst, t_d0, t_dp = signature.args
-        size = a_src.dtype.bitwidth // 8
-        n = VECTOR_BYTES // size
-        vec = ir.VectorType(context.get_data_type(a_src.dtype), n)
-        intp = context.get_value_type(types.intp)
+        size, n, vec, intp = _vector_of(context, a_src.dtype)
 
         def row_pointers(array_value, array_type, start, pitch):
-            data = context.make_array(array_type)(context, builder, array_value).data
+            data = _data(context, builder, array_value, array_type)
             for i in range(n):
                 index = builder.add(start, builder.mul(pitch, ir.Constant(intp, i)))
                 yield builder.bitcast(builder.gep(data, [index], inbounds=True), vec.as_pointer())
@@ -177,21 +194,14 @@ def copy_run(count: int, step: int = 1):
 
     @intrinsic
     def copy(typingctx, src, s0, dst, d0):
-        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, dst)):
-            return None
-        if src.dtype != dst.dtype or src.dtype not in (types.float32, types.float64):
-            return None
-        if not all(isinstance(i, types.Integer) for i in (s0, d0)):
+        if not _takes((src, dst), (s0, d0)):
             return None
         sig = types.void(src, s0, dst, d0)
 
         def codegen(context, builder, signature, args):
             src_v, s0_v, dst_v, d0_v = args
             a_src, t_s0, a_dst, t_d0 = signature.args
-            size = a_src.dtype.bitwidth // 8
-            n = VECTOR_BYTES // size
-            vec = ir.VectorType(context.get_data_type(a_src.dtype), n)
-            intp = context.get_value_type(types.intp)
+            size, n, vec, intp = _vector_of(context, a_src.dtype)
             src_p = context.make_array(a_src)(context, builder, src_v).data
             dst_p = context.make_array(a_dst)(context, builder, dst_v).data
             s0_i, d0_i = _index(context, builder, s0_v, t_s0), _index(context, builder, d0_v, t_d0)
@@ -253,30 +263,18 @@ def flat_plane_sums(n_pix: int, offsets: tuple[int, ...], valid: tuple[tuple[boo
 
     @intrinsic
     def sums(typingctx, g, g0, x, x0, acc, a0):
-        arrays = (g, x, acc)
-        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
-            return None
-        if len({a.dtype for a in arrays}) != 1 or g.dtype not in (types.float32, types.float64):
-            return None
-        if not all(isinstance(i, types.Integer) for i in (g0, x0, a0)):
+        if not _takes((g, x, acc), (g0, x0, a0)):
             return None
         sig = types.void(g, g0, x, x0, acc, a0)
 
         def codegen(context, builder, signature, args):
             g_v, g0_v, x_v, x0_v, acc_v, a0_v = args
             a_g, t_g0, a_x, t_x0, a_acc, t_a0 = signature.args
-            size = a_g.dtype.bitwidth // 8
-            n = VECTOR_BYTES // size
-            vec = ir.VectorType(context.get_data_type(a_g.dtype), n)
-            intp = context.get_value_type(types.intp)
-
-            def data(array_value, array_type):
-                return context.make_array(array_type)(context, builder, array_value).data
-
+            size, n, vec, intp = _vector_of(context, a_g.dtype)
             def at(base, index):  # not inbounds: a masked tap's lanes may lie outside the array
                 return builder.bitcast(builder.gep(base, [index]), vec.as_pointer())
 
-            g_p, x_p, acc_p = data(g_v, a_g), data(x_v, a_x), data(acc_v, a_acc)
+            g_p, x_p, acc_p = (_data(context, builder, v, t) for v, t in ((g_v, a_g), (x_v, a_x), (acc_v, a_acc)))
             g0_i, x0_i = _index(context, builder, g0_v, t_g0), _index(context, builder, x0_v, t_x0)
             a0_i = _index(context, builder, a0_v, t_a0)
             acc_ptrs = [at(acc_p, builder.add(a0_i, ir.Constant(intp, t * n))) for t in range(len(offsets))]
@@ -340,12 +338,7 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
 
     @intrinsic
     def row(typingctx, xs, x0, w, w0, b, b0, out, o0):
-        arrays = (xs, w, b, out)
-        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
-            return None
-        if len({a.dtype for a in arrays}) != 1 or xs.dtype not in (types.float32, types.float64):
-            return None
-        if not all(isinstance(i, types.Integer) for i in (x0, w0, b0, o0)):
+        if not _takes((xs, w, b, out), (x0, w0, b0, o0)):
             return None
         sig = types.void(xs, x0, w, w0, b, b0, out, o0)
 
@@ -366,8 +359,7 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
             run = ir.VectorType(scalar, pack)
             intp = context.get_value_type(types.intp)
 
-            def data(array_value, array_type):
-                return context.make_array(array_type)(context, builder, array_value).data
+            data = functools.partial(_data, context, builder)
 
             def at(base, index, vector_type=None):
                 p = builder.gep(base, [index], inbounds=True)
@@ -456,12 +448,7 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
 
     @intrinsic
     def sums(typingctx, g, g0, xs, x0, n, tot, t0):
-        arrays = (g, xs, tot)
-        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
-            return None
-        if g.dtype != xs.dtype or g.dtype not in (types.float32, types.float64) or tot.dtype != types.float64:
-            return None
-        if not all(isinstance(i, types.Integer) for i in (g0, x0, n, t0)):
+        if not _takes((g, xs), (g0, x0, n, t0), (tot,)):
             return None
         sig = types.void(g, g0, xs, x0, n, tot, t0)
 
@@ -470,14 +457,10 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
 
             g_v, g0_v, xs_v, x0_v, n_v, tot_v, t0_v = args
             a_g, t_g0, a_xs, t_x0, t_n, a_tot, t_t0 = signature.args
-            size = a_g.dtype.bitwidth // 8
-            lanes_n = VECTOR_BYTES // size
-            vec = ir.VectorType(context.get_data_type(a_g.dtype), lanes_n)
+            size, lanes_n, vec, intp = _vector_of(context, a_g.dtype)
             wide = ir.VectorType(ir.DoubleType(), lanes_n)
-            intp = context.get_value_type(types.intp)
 
-            def data(array_value, array_type):
-                return context.make_array(array_type)(context, builder, array_value).data
+            data = functools.partial(_data, context, builder)
 
             def at(base, index, vector_type=None):
                 p = builder.gep(base, [index], inbounds=True)
