@@ -10,10 +10,9 @@ Run: ``python docs/outer.py``.
 
 from __future__ import annotations
 
-import time
-
 import numba
 import numpy as np
+from _timing import interleaved_medians
 
 from nbconv._spec import conv2d_spec, conv_transpose2d_spec
 from nbconv.cpu import _grouped, _launch, _outer, _packed, _rowblock, _wgrad, _winograd
@@ -53,14 +52,8 @@ def _other_forward(spec):
 
 
 def _medians(a, b) -> tuple[float, float]:
-    a(), b()
-    ta, tb = [], []
-    for _ in range(ROUNDS):
-        for f, ts in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-    return float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3
+    t_a, t_b = interleaved_medians(a, b, rounds=ROUNDS)
+    return t_a, t_b
 
 
 def _forward_row(name, op, spec, x, w, b) -> None:

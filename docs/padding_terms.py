@@ -13,9 +13,8 @@ Run: ``python docs/padding_terms.py``.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+from _timing import interleaved_medians
 
 from nbconv._spec import conv2d_spec, conv2d_weight_spec
 from nbconv.cpu import _channels_last, _flat, _outer
@@ -39,15 +38,7 @@ FLAT_SHAPES = [
 
 
 def _medians(*fns) -> list[float]:
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(ROUNDS):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [float(np.median(ts)) * 1e3 for ts in times]
+    return interleaved_medians(*fns, rounds=ROUNDS)
 
 
 def main() -> None:

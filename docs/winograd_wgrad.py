@@ -9,9 +9,8 @@ Run: ``python docs/winograd_wgrad.py``.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+from _timing import interleaved_medians
 
 from nbconv._spec import conv2d_spec
 from nbconv.cpu import _launch, _outer, _wgrad, _winograd_wgrad
@@ -72,17 +71,10 @@ def main() -> None:
         def other():
             direct(x, gy, dw_ref)
 
-        wino(), other()
-        tw, to = [], []
-        for _ in range(ROUNDS):
-            for f, ts in ((wino, tw), (other, to)):
-                t0 = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t0)
+        t_w, t_o = interleaved_medians(wino, other, rounds=ROUNDS)
         exact = _exact(x, gy, spec, w_shape)
         scale = np.abs(exact).max()
         errors = f"{np.abs(dw - exact).max() / scale:.1e} / {np.abs(dw_ref - exact).max() / scale:.1e}"
-        t_w, t_o = float(np.median(tw)) * 1e3, float(np.median(to)) * 1e3
         print(f"| {name} | {c_in // groups} -> {c_out // groups} | {t_w:.3f} | {label} | {t_o:.3f} | "
               f"{t_o / t_w:.2f} | {errors} |")
     _winograd_wgrad.MIN_CHANNELS = saved
