@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 
 from .._version import __version__
 from . import _generated, _scratch, _simd
+from ._valid import flat_tap_offsets
 
 #: Most vectors of pixels per plane (the code is unrolled over them and the taps): 16 x 16 planes
 #: of float32.
 MAX_VECTORS = 16
 #: Most taps: each tap's inputs are a vector load of their own (unaligned: two cache lines), which
 #: the channels-last kernel shares between the taps of a kernel row. ``python
-#: docs/padding_terms.py`` (batch 8, 2 threads), time here / there: 3x3 on 7x7 (mbv2_dw_7) 0.85,
-#: on 14x14 (576 channels) 0.84-0.88, float64 on 7x7 0.31-0.34; but 5x5 on 14x14 (effnet_dw5_14)
-#: 0.89-1.29 from one process to the next, on 7x7 (1152 channels) 0.94-1.2.
+#: docs/padding_terms.py`` (batch 8, 2 threads, three runs), time here / there: 3x3 on 7x7
+#: (mbv2_dw_7) 0.79-0.85, on 14x14 (576 channels) 0.84-0.88, float64 on 7x7 0.27-0.34; but 5x5 on
+#: 14x14 (effnet_dw5_14) 0.53-1.29 from one process to the next, on 7x7 (1152 channels) 0.94-1.24.
 MAX_TAPS = 9
 #: Most terms one lane's sum in the input dtype takes before it is added to the float64 totals.
 MAX_CHAIN = 64
@@ -43,31 +45,31 @@ MAX_CHAIN = 64
 BLOCK = 16
 
 
+def _vectors(spec) -> int:
+    """Vectors of pixels per input plane."""
+    return -(-spec.in_size[0] * spec.in_size[1] // _simd.lanes(spec.dtype))
+
+
 def applies_weight_grad(spec) -> bool:
     """Depthwise (one input channel per group, any multiplier), stride 1, output planes the size
     of the input planes, within ``MAX_VECTORS`` and ``MAX_TAPS``."""
-    (h, w), taps = spec.in_size, spec.kernel_size[0] * spec.kernel_size[1]
-    n_vec = -(-h * w // _simd.lanes(spec.dtype))
     return (spec.batch > 0 and spec.in_per_group == 1 and spec.stride == (1, 1) and spec.lhs_dilation == (1, 1)
-            and spec.out_size == spec.in_size and n_vec <= MAX_VECTORS and taps <= MAX_TAPS)
+            and spec.out_size == spec.in_size and _vectors(spec) <= MAX_VECTORS
+            and spec.kernel_size[0] * spec.kernel_size[1] <= MAX_TAPS)
 
 
 def tap_masks(spec) -> tuple[tuple[int, ...], tuple[tuple[bool, ...], ...]]:
     """(flat offset of each tap, for each tap and output pixel whether it reads an input pixel)."""
     (h, w), (kh_n, kw_n), (dh, dw) = spec.in_size, spec.kernel_size, spec.dilation
     pt, pl = spec.padding[0], spec.padding[2]
-    offsets, valid = [], []
-    for kh in range(kh_n):
-        for kw in range(kw_n):
-            dy, dx = kh * dh - pt, kw * dw - pl
-            offsets.append(dy * w + dx)
-            valid.append(tuple(0 <= y + dy < h and 0 <= x + dx < w for y in range(h) for x in range(w)))
-    return tuple(offsets), tuple(valid)
+    valid = tuple(tuple(0 <= y + kh * dh - pt < h and 0 <= x + kw * dw - pl < w for y in range(h) for x in range(w))
+                  for kh in range(kh_n) for kw in range(kw_n))
+    return flat_tap_offsets(spec), valid
 
 
 def images_per_chunk(spec) -> int:
     """Images whose sums are kept in the input dtype before the float64 totals take them."""
-    return max(1, MAX_CHAIN // -(-spec.in_size[0] * spec.in_size[1] // _simd.lanes(spec.dtype)))
+    return max(1, MAX_CHAIN // _vectors(spec))
 
 
 _DRIVER = '''
@@ -133,8 +135,6 @@ def _module(spec):
 def flat_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec) -> None:
     """``dw`` (C_out, 1, kH, kW) = the weight gradient of the depthwise convolution ``spec``
     (C-contiguous arrays; where :func:`applies_weight_grad`)."""
-    import numba
-
     threads = numba.get_num_threads()
     n = BLOCK * spec.kernel_size[0] * spec.kernel_size[1] * _simd.lanes(spec.dtype)
     acc, tot = _scratch.reused(("flat_wgrad", n, x.dtype.str, threads),

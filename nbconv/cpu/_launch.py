@@ -146,18 +146,19 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
     x = np.ascontiguousarray(_batched(input, spec.unbatched))
     gy = np.ascontiguousarray(_batched(grad_output, spec.unbatched))
     dest = out if out.flags.c_contiguous else np.empty(out.shape, spec.dtype)
+    narrow = worth_generating(spec) and spec.out_size[1] < _rowblock.MIN_OUT_WIDTH
     if worth_generating(spec) and _winograd_wgrad.applies(spec):
         _winograd_wgrad.winograd_weight_grad(x, gy, dest, spec)
         # a tile's transforms mix its values (and could overflow where the direct sums do not): a
         # non-finite result is computed again by the direct kernels below
         if not np.isfinite(dest).all():
             _packed_layout_weight_grad(spec, x, gy, dest)
-    elif worth_generating(spec) and spec.out_size[1] < _rowblock.MIN_OUT_WIDTH and _flat.applies_weight_grad(spec):
+    elif narrow and _flat.applies_weight_grad(spec):
         # the padding's zeros are the masked lanes: the reference's terms, 0 x inf included
         _flat.flat_weight_grad(x, gy, dest, spec)
-    elif worth_generating(spec) and spec.out_size[1] < _rowblock.MIN_OUT_WIDTH and _channels_last.applies_weight_grad(spec):
-        # sums of the true terms only (the padding's zeros meet only gradient values): no
-        # non-finite handling needed
+    elif narrow and _channels_last.applies_weight_grad(spec):
+        # the padding's zeros meet the gradient values as in the reference: no non-finite
+        # handling needed
         _channels_last.depthwise_weight_grad(x, gy, dest, spec)
     else:
         _packed_layout_weight_grad(spec, x, gy, dest)

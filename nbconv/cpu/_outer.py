@@ -26,7 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
-from ._valid import reads_padding, valid_intervals, valid_tap_regions
+from ._valid import flat_tap_offsets, reads_padding, valid_intervals, valid_tap_regions
 
 #: Vector sums a block keeps in registers (of AVX-512's 32: a weight vector per channel vector
 #: and a few broadcast values are live besides).
@@ -196,11 +196,11 @@ def _direct_row_lines(spec, blocks) -> tuple[list[str], list[str]]:
     (sh, sw), (dh, dw), (h, w) = spec.stride, spec.dilation, spec.in_size
     (kh_n, kw_n), pt, pl = spec.kernel_size, spec.padding[0], spec.padding[2]
     (oh, ow), cout_g = spec.out_size, spec.out_per_group
-    taps = tuple((kh * dh - pt) * w + kw * dw - pl for kh in range(kh_n) for kw in range(kw_n))
+    taps = flat_tap_offsets(spec)
     rows = valid_intervals(oh, h, sh, dh, pt, kh_n)
     col_taps = [kws for c0, c1, kws in valid_intervals(ow, w, sw, dw, pl, kw_n) for _ in range(c0, c1)]
     _, n_vec = choose_block(spec)
-    defs, lines = {}, []
+    defs, lines = {}, []  # (width, pixel taps) -> (name, definition)
     for r0, r1, khs in rows:
         lines += [" " * 12 + f"for oy in range({r0}, {r1}):",
                   " " * 16 + f"o0 = ((n * {spec.out_channels} + c0) * {oh} + oy) * {ow}",
@@ -209,12 +209,13 @@ def _direct_row_lines(spec, blocks) -> tuple[list[str], list[str]]:
             pixel_taps = tuple(tuple(kh * kw_n + kw for kh in khs for kw in col_taps[p0 + p]) for p in range(width))
             key = (width, pixel_taps)
             if key not in defs:
-                defs[key] = (f"_row{len(defs)} = outer_product_row({spec.in_per_group}, {h * w}, {taps}, {width}, "
-                             f"{n_vec}, {len(taps) * cout_g}, {cout_g}, {oh * ow}, pixel_taps={pixel_taps}, "
-                             f"x_pixel_step={sw})")
-            name = defs[key].split(" ", 1)[0]
+                name = f"_row{len(defs)}"
+                defs[key] = (name, f"{name} = outer_product_row({spec.in_per_group}, {h * w}, {taps}, {width}, "
+                                   f"{n_vec}, {len(taps) * cout_g}, {cout_g}, {oh * ow}, pixel_taps={pixel_taps}, "
+                                   f"x_pixel_step={sw})")
+            name = defs[key][0]
             lines.append(" " * 16 + f"{name}(x_flat, xr + {p0 * sw}, wv, w0, b, c0, out_flat, o0 + {p0})")
-    return list(defs.values()), lines
+    return [definition for _, definition in defs.values()], lines
 
 
 def module_source(spec, direct: bool = False) -> str:
@@ -384,8 +385,8 @@ def weight_grad_source(spec, direct: bool = True) -> str:
                 f"                _pack_plane(x_flat, (n * {spec.in_channels} + g * {cin_g} + c) * {h * w}, xs, (c - c_lo) * {chan})\n")
         x_at = f"xs, (c - c_lo) * {chan}"
     else:
-        (sh, sw), (dh, dw), pt, pl = spec.stride, spec.dilation, spec.padding[0], spec.padding[2]
-        taps = tuple((kh * dh - pt) * w + kw * dw - pl for kh in range(spec.kernel_size[0]) for kw in range(spec.kernel_size[1]))
+        sh, sw = spec.stride
+        taps = flat_tap_offsets(spec)
         layout = f"the input where it lies, taps {taps}, the padding's terms left out: regions {regions}"
         sums = f"{n_c}, {h * w}, {taps}, {n_vec}, {cout_g}, {len(taps) * cout_g}, {ow}, {sh * w}, {regions}, {sw}"
         pack, x_at = "", f"x_flat, (n * {spec.in_channels} + g * {cin_g} + c) * {h * w}"
@@ -407,7 +408,7 @@ def _weight_grad_module(spec, direct: bool = True):
 
 
 def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slices: int | None = None,
-                      direct: bool | None = None) -> None:
+                      direct: bool = True) -> None:
     """``dw`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays; the sums
     are the true terms and the padding's zeros times gradient values), each group's input
     channels in ``slices`` tasks (default :func:`weight_grad_slices`). Every weight is summed by
@@ -425,7 +426,7 @@ def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slice
     taps = spec.kernel_size[0] * spec.kernel_size[1]
     g_buf = np.empty((threads, spec.out_size[0] * spec.out_size[1] * spec.out_per_group), x.dtype)
     t_buf = np.empty((threads, cps * taps * spec.out_per_group), np.float64)
-    regions = valid_tap_regions(spec) if direct is not False else None
+    regions = valid_tap_regions(spec) if direct else None
     if regions is not None:
         nonfinite = _weight_grad_module(spec, True).weight_grad(x, gy, dw, np.empty((threads, 0), x.dtype), g_buf, t_buf, cps)
         if not nonfinite or not reads_padding(regions, taps):

@@ -26,6 +26,15 @@ def valid_intervals(n_out: int, n_in: int, stride: int, dilation: int, pad: int,
     return [(a, b, tuple(k for k, (lo, hi) in enumerate(valid) if lo <= a and b <= hi)) for a, b in zip(cuts, cuts[1:])]
 
 
+def flat_tap_offsets(spec) -> tuple[int, ...]:
+    """Per tap (``kh * kW + kw``), the offset from an output pixel's first input pixel
+    (``oy * sH * W + ox * sW``) to the input pixel the tap reads, in the unpadded plane: negative
+    above and left of it. Valid only where the tap reads an input pixel."""
+    (dh, dw), (kh_n, kw_n), w = spec.dilation, spec.kernel_size, spec.in_size[1]
+    pt, pl = spec.padding[0], spec.padding[2]
+    return tuple((kh * dh - pt) * w + kw * dw - pl for kh in range(kh_n) for kw in range(kw_n))
+
+
 @functools.lru_cache(maxsize=256)
 def valid_tap_regions(spec) -> tuple[tuple[int, int, int, int, tuple[int, ...]], ...] | None:
     """The output pixels in rectangles by which taps read input pixels there, not padding:
