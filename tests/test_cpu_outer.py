@@ -10,6 +10,7 @@ import re
 import numba
 import numpy as np
 import pytest
+from asm import assert_explicit_vectors
 from cases import Case, at_each_thread_count, check_non_finite_forward, check_path_forward, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ import nbconv
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv_transpose2d_spec
 from nbconv.cpu import _grouped, _outer, _simd
 from nbconv.cpu._launch import conv2d_forward
+from nbconv.cpu._target import target
 from nbconv.cpu._valid import valid_tap_regions
 
 #: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
@@ -68,18 +70,26 @@ def test_outer_product_row(dtype, n_pix, n_vec):
     assert (out == -7).sum() == (want == -7).sum()
 
 
-def test_packed_row_formula_and_code():
-    """Two groups per vector (pack 2): input runs of two broadcast whole (one ``vbroadcastsd``
-    each), per-pixel taps, lanes to their output rows; nothing else of ``out`` is written."""
-    pixel_taps = tuple(TAPS_SETS[p % 3] for p in range(7))
+PACKED_PIXEL_TAPS = tuple(TAPS_SETS[p % 3] for p in range(7))
+
+
+def _packed_row_kernel():
+    """Two groups per vector (pack 2): per-pixel taps, lanes to their output rows."""
     lane_channels = tuple((c % 2) * 8 + c // 2 for c in range(16))
     row = _simd.outer_product_row(3, 140, TAPS, 7, 1, len(TAPS) * 16, 16, 50, pack=2,
-                                  pixel_taps=pixel_taps, lane_channels=lane_channels)
+                                  pixel_taps=PACKED_PIXEL_TAPS, lane_channels=lane_channels)
 
     @numba.njit
     def run(xs, x0, w, w0, b, b0, out, o0):
         row(xs, x0, w, w0, b, b0, out, o0)
 
+    return run, lane_channels
+
+
+def test_packed_row_formula():
+    """Two groups per vector: the formula at unaligned offsets; nothing else of ``out`` is written."""
+    run, lane_channels = _packed_row_kernel()
+    pixel_taps = PACKED_PIXEL_TAPS
     rng = np.random.default_rng(1)
     xs, w = rng.standard_normal(600).astype(np.float32), rng.standard_normal(400).astype(np.float32)
     b = rng.standard_normal(40).astype(np.float32)
@@ -94,14 +104,20 @@ def test_packed_row_formula_and_code():
             want[o0 + lane_channels[c] * 50 + p] = b[b0 + c] + np.sum(np.array(terms, np.float64))
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     assert (out == -7).sum() == (want == -7).sum()
-    from llvmlite import binding as llvm
-    if llvm.get_host_cpu_features().get("avx512f"):
-        asm = run.inspect_asm(run.signatures[-1])
-        fmas = 3 * sum(len(t) for t in pixel_taps)
-        assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*%zmm", asm)) >= fmas
-        runs = 3 * len({TAPS[t] + p for p in range(7) for t in pixel_taps[p]})  # distinct runs read
+
+
+@pytest.mark.asm
+def test_packed_row_code():
+    """Input runs of two (float32) broadcast whole, one ``vbroadcastsd`` each with AVX-512, and
+    one FMA per tap and vector (explicit 16-lane vectors: ``tests/asm.py``)."""
+    run, _ = _packed_row_kernel()
+    f32, i64 = numba.types.float32[::1], numba.types.int64
+    run.compile((f32, i64, f32, i64, f32, i64, f32, i64))
+    asm = run.inspect_asm(run.signatures[-1])
+    assert_explicit_vectors(asm, 3 * sum(len(t) for t in PACKED_PIXEL_TAPS))
+    if target().vector_bits == 512:
+        runs = 3 * len({TAPS[t] + p for p in range(7) for t in PACKED_PIXEL_TAPS[p]})  # distinct runs read
         assert len(re.findall(r"vbroadcastsd\s+[^\n]*%zmm", asm)) >= runs
-        assert not re.search(r"vmov\w+\s+%zmm\d+, [-\d]*\(%rsp\)", asm)
 
 
 def test_outer_product_row_rejects_blocks_wider_than_a_vector():
@@ -300,21 +316,15 @@ def test_outer_property(n, groups, cin_g, h, wd, kh, kw, sh, sw, dh, dw, pad, co
     check_path_forward(_outer.applies, _outer.outer_forward, case, dtype)
 
 
+@pytest.mark.asm
 def test_row_compiles_to_vector_multiply_adds():
     """One packed FMA per multiply-add of a block (3 input channels x 6 taps of 8 pixels x 2
-    vectors: 96 in the loop body, broadcast operands), and no vector register spilled to the
-    stack (a silent 2-5x slowdown)."""
-    from llvmlite import binding as llvm
-
-    features = llvm.get_host_cpu_features()
-    if not features.get("avx512f"):
-        pytest.skip("the host has no AVX-512 registers")
+    vectors: 96 in the loop body, broadcast operands), and with AVX-512 no vector register
+    spilled to the stack (a silent 2-5x slowdown)."""
     run = _row_kernel(8, 2)
     f32, i64 = numba.types.float32[::1], numba.types.int64
     run.compile((f32, i64, f32, i64, f32, i64, f32, i64))
-    asm = run.inspect_asm(run.signatures[-1])
-    assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*%zmm", asm)) >= 8 * 2 * len(TAPS)
-    assert not re.search(r"vmov\w+\s+%zmm\d+, [-\d]*\(%rsp\)", asm)
+    assert_explicit_vectors(run.inspect_asm(run.signatures[-1]), 8 * 2 * len(TAPS))
 
 
 WGRAD_CASES = [
@@ -401,11 +411,7 @@ def test_weight_grad_through_the_launcher_with_an_inf_pixel(monkeypatch):
 
 
 def _float32_sums_asm(sums) -> str:
-    """The host's asm of an ``outer_product_sums`` intrinsic on float32 (skips without AVX-512)."""
-    from llvmlite import binding as llvm
-
-    if not llvm.get_host_cpu_features().get("avx512f"):
-        pytest.skip("the host has no AVX-512 registers")
+    """The target's asm of an ``outer_product_sums`` intrinsic on float32."""
 
     @numba.njit
     def run(g, g0, xs, x0, n, tot, t0):
@@ -416,29 +422,34 @@ def _float32_sums_asm(sums) -> str:
     return run.inspect_asm(run.signatures[-1])
 
 
+@pytest.mark.asm
 def test_sums_compile_to_broadcast_multiply_adds():
-    """The loop of a 2-channel 3x3 block: 18 FMAs with a broadcast memory operand, and no stack
-    access between them (the widening to float64 after the loop may spill)."""
+    """The loop of a 2-channel 3x3 block: 18 FMAs (with a broadcast memory operand on AVX-512),
+    and no stack access between them (the widening to float64 after the loop may spill)."""
     asm = _float32_sums_asm(_simd.outer_product_sums(2, 256, (0, 1, 2, 15, 16, 17, 30, 31, 32), 1, 16, 144, 14, 15))
-    assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*\{1to16\}, %zmm", asm)) == 18
-    loop = asm[asm.index("vfmadd"):asm.rindex("vfmadd")]
-    assert "%rsp" not in loop
+    assert_explicit_vectors(asm, 18, exact=True, no_spills=False)
+    if target().vector_bits == 512:
+        assert len(re.findall(r"vfmadd\w*ps\s+[^\n]*\{1to16\}, %zmm", asm)) == 18
+        loop = asm[asm.index("vfmadd"):asm.rindex("vfmadd")]
+        assert "%rsp" not in loop
 
 
+@pytest.mark.asm
 def test_sums_by_region_keep_their_sums_in_registers():
-    """resnext_g32_14's nine regions of taps (the input read where it lies): the interior's loop
-    is the 18 FMAs of a 2-channel 3x3 block, no innermost loop touches the stack, and no vector
-    sum is spilled between regions."""
+    """resnext_g32_14's nine regions of taps (the input read where it lies): one FMA per tap of
+    each region's vectors; with AVX-512's 32 registers, the interior's loop is the 18 FMAs of a
+    2-channel 3x3 block, no innermost loop touches the stack, and no vector sum is spilled
+    between regions."""
     spec = conv2d_spec(np.zeros((1, 32, 14, 14)), np.zeros((32, 16, 3, 3)), None, 1, 1, 1, 2)
     regions = valid_tap_regions(spec)
     taps = tuple((kh - 1) * 14 + kw - 1 for kh in range(3) for kw in range(3))
     asm = _float32_sums_asm(_simd.outer_product_sums(2, 196, taps, 1, 16, 144, 14, 14, regions, 1))
-    fma = r"vfmadd\w*ps\s+[^\n]*%zmm"
-    innermost = [body for _, body in re.findall(r"^(\.LBB\w+):\n((?:(?!^\.LBB).)*?)^\s+j\w+\s+\1$", asm, re.S | re.M)]
-    assert len(innermost) >= 5 and not any("%rsp" in body for body in innermost)
-    assert 18 in [len(re.findall(fma, body)) for body in innermost]  # the interior (others may be unrolled)
-    assert len(re.findall(fma, asm)) >= 2 * sum(len(r[4]) for r in regions)
-    assert not re.search(r"vmov\w+\s+%zmm\d+, [-\d]*\(%rsp\)", asm)
+    assert_explicit_vectors(asm, 2 * sum(len(r[4]) for r in regions))
+    if target().vector_bits == 512:
+        fma = r"vfmadd\w*ps\s+[^\n]*%zmm"
+        innermost = [body for _, body in re.findall(r"^(\.LBB\w+):\n((?:(?!^\.LBB).)*?)^\s+j\w+\s+\1$", asm, re.S | re.M)]
+        assert len(innermost) >= 5 and not any("%rsp" in body for body in innermost)
+        assert 18 in [len(re.findall(fma, body)) for body in innermost]  # the interior (others may be unrolled)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
