@@ -1,4 +1,6 @@
-"""Classify array arguments by where they live, without importing CuPy or Numba's CUDA target.
+"""Classify array arguments by where they live, without importing CuPy, PyTorch or Numba's CUDA
+target, and view the foreign kinds (PyTorch tensors, other DLPack objects) as the arrays the
+backends take.
 
 Follows array-api-compat's habit: a class is looked up through ``sys.modules``, so asking
 "is this a CuPy array?" never imports CuPy (if CuPy was never imported, nothing can be one).
@@ -16,8 +18,17 @@ NUMPY = "numpy"
 CUPY = "cupy"
 NUMBA = "numba"  # a Numba CUDA device array (real or simulated)
 CAI = "cuda_array_interface"  # any other object exposing __cuda_array_interface__
+TORCH_CPU = "torch_cpu"  # a torch.Tensor in host memory: computed on the CPU, given back as a tensor
+TORCH_CUDA = "torch_cuda"  # a torch.Tensor on a CUDA device
+DLPACK_CPU = "dlpack_cpu"  # any other object with __dlpack__, in host memory: given back as NumPy
+DLPACK_CUDA = "dlpack_cuda"  # ... on a CUDA device: given back as CuPy (needs CuPy)
 
-DEVICE_KINDS = (CUPY, NUMBA, CAI)
+HOST_KINDS = (NUMPY, TORCH_CPU, DLPACK_CPU)
+DEVICE_KINDS = (CUPY, NUMBA, CAI, TORCH_CUDA, DLPACK_CUDA)
+TORCH_KINDS = (TORCH_CPU, TORCH_CUDA)
+
+#: DLPack's device types (``__dlpack_device__()[0]``) nbconv computes on.
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2
 
 
 def is_cupy_array(x: Any) -> bool:
@@ -32,17 +43,66 @@ def is_numba_device_array(x: Any) -> bool:
     return bool(numba_cuda.devicearray.is_cuda_ndarray(x))
 
 
+def is_torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _dlpack_kind(x: Any) -> str | None:
+    try:
+        device_type = int(x.__dlpack_device__()[0])
+    except Exception:
+        return None
+    return {_DLPACK_CPU: DLPACK_CPU, _DLPACK_CUDA: DLPACK_CUDA}.get(device_type)
+
+
 def array_kind(x: Any) -> str | None:
     """Return the kind of ``x`` (one of the module constants) or None for a non-array."""
     if isinstance(x, np.ndarray):
         return NUMPY
     if is_cupy_array(x):
         return CUPY
+    if is_torch_tensor(x):
+        return TORCH_CUDA if x.device.type == "cuda" else TORCH_CPU if x.device.type == "cpu" else None
     if is_numba_device_array(x):
         return NUMBA
     if hasattr(x, "__cuda_array_interface__"):
         return CAI
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        return _dlpack_kind(x)
     return None
+
+
+def result_kind(kind: str) -> str:
+    """Kind of the arrays an op returns for inputs of ``kind``: the same, but for other
+    ``__cuda_array_interface__`` objects (a Numba device array) and other DLPack objects
+    (a NumPy array in host memory, a CuPy array on a CUDA device)."""
+    return {CAI: NUMBA, DLPACK_CPU: NUMPY, DLPACK_CUDA: CUPY}.get(kind, kind)
+
+
+def native_kind(kind: str) -> str:
+    """Kind of :func:`native`'s view of an array of ``kind``."""
+    return {TORCH_CPU: NUMPY, TORCH_CUDA: NUMBA, DLPACK_CPU: NUMPY, DLPACK_CUDA: CUPY}.get(kind, kind)
+
+
+def native(x: Any, kind: str) -> Any:
+    """``x`` as an array a backend takes (NumPy, CuPy, a Numba device array or a CAI object),
+    sharing its memory: torch tensors (detached from autograd) and DLPack objects are viewed."""
+    if kind == TORCH_CPU:
+        return x.detach().numpy()
+    if kind == TORCH_CUDA:
+        from numba import cuda
+
+        return cuda.as_cuda_array(x.detach(), sync=False)
+    if kind == DLPACK_CPU:
+        return np.from_dlpack(x)
+    if kind == DLPACK_CUDA:
+        try:
+            import cupy
+        except ImportError:
+            raise TypeError("a CUDA DLPack array other than a torch.Tensor needs CuPy: pip install \"nbconv[cuda13]\"")
+        return cupy.from_dlpack(x)
+    return x
 
 
 def describe_kind(kind: str) -> str:
@@ -52,14 +112,27 @@ def describe_kind(kind: str) -> str:
         CUPY: "a cupy.ndarray (CUDA device memory)",
         NUMBA: "a Numba CUDA device array (device memory)",
         CAI: "a __cuda_array_interface__ object (CUDA device memory)",
+        TORCH_CPU: "a torch.Tensor (host memory)",
+        TORCH_CUDA: "a torch.Tensor (CUDA device memory)",
+        DLPACK_CPU: "a DLPack array (host memory)",
+        DLPACK_CUDA: "a DLPack array (CUDA device memory)",
     }[kind]
 
 
 def array_dtype(x: Any, kind: str) -> np.dtype:
+    """The dtype of ``x``; a torch dtype NumPy has no name for (bfloat16) comes back as
+    ``np.dtype(object)``, which no backend supports."""
     if kind == NUMPY:
         return x.dtype
     if kind == CAI:
         return np.dtype(x.__cuda_array_interface__["typestr"])
+    if kind in TORCH_KINDS:
+        try:
+            return np.dtype(str(x.dtype).removeprefix("torch."))
+        except TypeError:
+            return np.dtype(object)
+    if kind in (DLPACK_CPU, DLPACK_CUDA):
+        return array_dtype(native(x, kind), result_kind(kind))
     return np.dtype(x.dtype)
 
 
@@ -68,4 +141,6 @@ def array_shape(x: Any, kind: str) -> tuple[int, ...]:
         return x.shape  # already a tuple of Python ints
     if kind == CAI:
         return tuple(int(s) for s in x.__cuda_array_interface__["shape"])
+    if kind in (DLPACK_CPU, DLPACK_CUDA):
+        return array_shape(native(x, kind), result_kind(kind))
     return tuple(int(s) for s in x.shape)

@@ -1,6 +1,8 @@
 """Array kind -> backend: output allocation of the input's kind, ``out=`` checks, the call.
 
 Backends are imported lazily, so ``import nbconv`` touches neither CuPy nor the CUDA driver.
+Torch tensors and DLPack objects reach the backends as views of the kinds they take
+(:func:`nbconv._arrays.native`); a torch result is allocated by torch on the input's device.
 """
 
 from __future__ import annotations
@@ -14,19 +16,24 @@ from . import _arrays
 from ._spec import ConvSpec
 
 
-def _result_kind(kind: str) -> str:
-    """Kind of the arrays an op returns: CAI objects come back as Numba device arrays."""
-    return _arrays.NUMBA if kind == _arrays.CAI else kind
-
-
-def _allocate(kind: str, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+def _allocate(kind: str, shape: tuple[int, ...], dtype: np.dtype, like: Any) -> Any:
     if kind == _arrays.NUMPY:
         return np.empty(shape, dtype)
     if kind == _arrays.CUPY:
         return sys.modules["cupy"].empty(shape, dtype)
+    if kind in _arrays.TORCH_KINDS:
+        torch = sys.modules["torch"]
+        return torch.empty(shape, dtype=getattr(torch, dtype.name), device=like.device)
     from numba import cuda
 
     return cuda.device_array(shape, dtype)
+
+
+def _native(a: Any) -> Any:
+    """``a`` (or None) as its backend takes it (NumPy arrays as they are: the CPU's hot path)."""
+    if a is None or type(a) is np.ndarray:
+        return a
+    return _arrays.native(a, _arrays.array_kind(a))
 
 
 def _extent(a: Any, kind: str) -> tuple[int, int] | None:
@@ -58,7 +65,7 @@ def _overlaps(a: Any, b: Any, kind: str) -> bool:
 def check_out(spec: ConvSpec, out: Any, inputs: dict[str, Any]) -> None:
     """Raise ValueError unless ``out`` can receive the result of ``spec``."""
     op = spec.op
-    want_kind = _result_kind(spec.kind)
+    want_kind = _arrays.result_kind(spec.kind)
     kind = _arrays.array_kind(out)
     if kind != want_kind:
         got = _arrays.describe_kind(kind) if kind else type(out).__name__
@@ -69,6 +76,7 @@ def check_out(spec: ConvSpec, out: Any, inputs: dict[str, Any]) -> None:
     dtype = _arrays.array_dtype(out, kind)
     if dtype != spec.dtype:
         raise ValueError(f"{op}: out has dtype {dtype}, expected {spec.dtype}")
+    out, kind = _native(out), _arrays.native_kind(kind)
     if kind == _arrays.NUMPY and not out.flags.writeable:
         raise ValueError(f"{op}: out is read-only")
     for name, a in inputs.items():
@@ -76,15 +84,26 @@ def check_out(spec: ConvSpec, out: Any, inputs: dict[str, Any]) -> None:
             raise ValueError(f"{op}: out overlaps {name} in memory; pass a separate output array")
 
 
-def _output(spec: ConvSpec, out: Any, inputs: dict[str, Any]) -> Any:
+def _call(spec: ConvSpec, out: Any, arrays: dict[str, Any], run, sums: bool) -> Any:
+    """Check or allocate the result, then ``run(backend, *native arrays, native out)``. An
+    empty batch runs nothing: the result is left as it is, or zeroed where it is a sum over the
+    batch (``sums``)."""
+    natives = {name: _native(a) for name, a in arrays.items()}
     if out is None:
-        return _allocate(_result_kind(spec.kind), spec.output_shape, spec.dtype)
-    check_out(spec, out, inputs)
+        like = next(a for a in arrays.values() if a is not None)
+        out = _allocate(_arrays.result_kind(spec.kind), spec.output_shape, spec.dtype, like)
+    else:
+        check_out(spec, out, natives)
+    native_out = _native(out)
+    if spec.batch:
+        run(_backend(spec.kind), *natives.values(), native_out)
+    elif sums:
+        _zeros(native_out, _arrays.native_kind(_arrays.result_kind(spec.kind)))
     return out
 
 
 def _backend(kind: str):
-    if kind == _arrays.NUMPY:
+    if kind in _arrays.HOST_KINDS:
         from . import cpu
 
         return cpu
@@ -105,23 +124,17 @@ def _zeros(out: Any, kind: str) -> Any:
 def conv2d_forward(spec: ConvSpec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     """Run the convolution of a validated ``spec`` (``conv2d``, ``conv_transpose2d`` or
     ``grad.conv2d_input``) on the backend of its arrays."""
-    out = _output(spec, out, {"input": input, "weight": weight, "bias": bias})
-    if spec.batch == 0:
-        return out
-    return _backend(spec.kind).conv2d_forward(spec, input, weight, bias, out)
+    return _call(spec, out, {"input": input, "weight": weight, "bias": bias},
+                 lambda backend, x, w, b, o: backend.conv2d_forward(spec, x, w, b, o), sums=False)
 
 
 def conv2d_weight(spec: ConvSpec, input: Any, grad_output: Any, out: Any) -> Any:
     """Run ``grad.conv2d_weight`` of a validated ``spec`` on the backend of its arrays."""
-    out = _output(spec, out, {"input": input, "grad_output": grad_output})
-    if spec.batch == 0:
-        return _zeros(out, _result_kind(spec.kind))
-    return _backend(spec.kind).conv2d_weight(spec, input, grad_output, out)
+    return _call(spec, out, {"input": input, "grad_output": grad_output},
+                 lambda backend, x, gy, o: backend.conv2d_weight(spec, x, gy, o), sums=True)
 
 
 def conv2d_bias(spec: ConvSpec, grad_output: Any, out: Any) -> Any:
     """Run ``grad.conv2d_bias`` of a validated ``spec`` on the backend of its array."""
-    out = _output(spec, out, {"grad_output": grad_output})
-    if spec.batch == 0:
-        return _zeros(out, _result_kind(spec.kind))
-    return _backend(spec.kind).conv2d_bias(spec, grad_output, out)
+    return _call(spec, out, {"grad_output": grad_output}, lambda backend, gy, o: backend.conv2d_bias(spec, gy, o),
+                 sums=True)

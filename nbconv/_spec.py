@@ -180,9 +180,10 @@ def _padding(
 def classify(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias",)) -> str:
     """Kind of the arrays in ``arrays`` (name -> array or None); all must live on one side.
 
-    Raises TypeError for a non-array, and for host arrays mixed with device arrays (naming which
-    argument lives where). Device arrays of different libraries may be mixed; the first one
-    given (``input``) decides the kind of the result.
+    Raises TypeError for a non-array, for host arrays mixed with device arrays (naming which
+    argument lives where), and for torch tensors mixed with other kinds (the result is a tensor
+    only when every argument is). Device arrays of other libraries may be mixed; the first one
+    given decides the kind of the result.
     """
     kinds = {}
     for name, x in arrays.items():
@@ -191,23 +192,29 @@ def classify(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias
         kind = _arrays.array_kind(x)
         if kind is None:
             raise TypeError(
-                f"{op}: {name} must be a numpy.ndarray, a cupy.ndarray or a CUDA device array "
-                f"(__cuda_array_interface__), got {type(x).__module__}.{type(x).__qualname__}"
+                f"{op}: {name} must be a numpy.ndarray, a cupy.ndarray, a torch.Tensor, a CUDA device array "
+                f"(__cuda_array_interface__) or a DLPack array, got {type(x).__module__}.{type(x).__qualname__}"
             )
         kinds[name] = kind
     first_name, first_kind = next(iter(kinds.items()))
-    on_host = first_kind == _arrays.NUMPY
+    on_host = first_kind in _arrays.HOST_KINDS
+    torch = first_kind in _arrays.TORCH_KINDS
     for name, kind in kinds.items():
-        if (kind == _arrays.NUMPY) != on_host:
+        if (kind in _arrays.HOST_KINDS) != on_host:
             raise TypeError(
                 f"{op}: {first_name} is {_arrays.describe_kind(first_kind)} but {name} is "
                 f"{_arrays.describe_kind(kind)}; all arrays must live on the same device"
+            )
+        if (kind in _arrays.TORCH_KINDS) != torch:
+            raise TypeError(
+                f"{op}: {first_name} is {_arrays.describe_kind(first_kind)} but {name} is "
+                f"{_arrays.describe_kind(kind)}; pass torch tensors for all arrays or for none"
             )
     return first_kind
 
 
 def _check_dtypes(op: str, kind: str, dtypes: dict[str, np.dtype]) -> np.dtype:
-    supported = CPU_DTYPES if kind == _arrays.NUMPY else CUDA_DTYPES
+    supported = CPU_DTYPES if kind in _arrays.HOST_KINDS else CUDA_DTYPES
     for name, dt in dtypes.items():
         if dt not in supported:
             if dt == np.float16:

@@ -154,6 +154,24 @@ def to_backend(a, backend: str):
     return cuda.to_device(np.ascontiguousarray(a)) if not a.flags.c_contiguous else cuda.to_device(a)
 
 
+def every_other_column(a):
+    """The view of every other element of the last axis, as a user builds it of any array kind
+    (Numba's device arrays take slices but not ``...``)."""
+    return a[(slice(None),) * (a.ndim - 1) + (slice(None, None, 2),)]
+
+
+def permuted(a, axes, backend: str):
+    """``a.transpose(axes)``; a Numba device array transposes only in 2-D, so an N-d permuted
+    view is built as users build one: a ``DeviceNDArray`` over the same memory with permuted
+    shape and strides."""
+    if backend != "cuda" or SIMULATOR:
+        return a.transpose(axes)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    return DeviceNDArray(shape=tuple(a.shape[i] for i in axes), strides=tuple(a.strides[i] for i in axes),
+                         dtype=a.dtype, gpu_data=a.gpu_data)
+
+
 def to_host(a) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a

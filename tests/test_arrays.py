@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nbconv
-from cases import BACKENDS, Case, random_arrays, to_backend, to_host
+from cases import BACKENDS, Case, every_other_column, permuted, random_arrays, to_backend, to_host
 from reference import assert_conv_close
 
 CASE = Case(2, 4, (9, 8), 6, (3, 2), (1, 2), 1, 1, 2)
@@ -16,7 +16,7 @@ def _strided_view(a, backend):
     """A non-contiguous view holding the same values as ``a`` (every other column of a wider array)."""
     wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
     wide[..., ::2] = a
-    return to_backend(wide, backend)[..., ::2]
+    return every_other_column(to_backend(wide, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -29,7 +29,7 @@ def test_any_layout(backend, layout):
         xd, wd = _strided_view(x, backend), _strided_view(w, backend)
     else:  # weight stored as (C_out, kW, kH, C_in/g) and viewed back with transpose
         stored = to_backend(np.ascontiguousarray(w.transpose(0, 3, 2, 1)), backend)
-        xd, wd = to_backend(x, backend), stored.transpose((0, 3, 2, 1))
+        xd, wd = to_backend(x, backend), permuted(stored, (0, 3, 2, 1), backend)
     got = nbconv.conv2d(xd, wd, to_backend(b, backend), **CASE.conv_args())
     assert_conv_close(to_host(got), x, w, b, **CASE.conv_args())
 
@@ -83,7 +83,7 @@ def test_out_is_written_and_returned(backend, unbatched):
 def test_out_non_contiguous(backend):
     x, w, b = random_arrays(CASE, np.float64)
     big = to_backend(np.full((2, 6, 9, 10), np.nan), backend)
-    out = big[..., ::2]
+    out = every_other_column(big)
     nbconv.conv2d(to_backend(x, backend), to_backend(w, backend), to_backend(b, backend), **CASE.conv_args(), out=out)
     host = to_host(big)
     assert_conv_close(host[..., ::2], x, w, b, **CASE.conv_args())

@@ -13,10 +13,10 @@ import nbconv
 from nbconv import _arrays
 
 
-def test_import_touches_neither_cupy_nor_cuda():
+def test_import_touches_neither_cupy_nor_torch_nor_cuda():
     code = (
         "import sys, nbconv; "
-        "bad = [m for m in ('cupy', 'numba.cuda', 'cuda', 'numba_cuda') if m in sys.modules]; "
+        "bad = [m for m in ('cupy', 'torch', 'numba.cuda', 'cuda', 'numba_cuda') if m in sys.modules]; "
         "assert not bad, bad; print(nbconv.__version__)"
     )
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numba import config, cuda
 
-from .._arrays import CUPY
+from .._arrays import CUPY, TORCH_CUDA
 
 
 def as_batched_device_array(a: Any, unbatched: bool):
@@ -41,11 +41,17 @@ def _external_stream(ptr: int):
 
 
 def launch_stream(kind: str):
-    """CuPy's current stream for CuPy arrays, else Numba's default stream."""
-    if kind == CUPY and not config.ENABLE_CUDASIM:
+    """CuPy's current stream for CuPy arrays, PyTorch's for torch tensors, else Numba's default
+    stream."""
+    if config.ENABLE_CUDASIM:
+        return cuda.default_stream()
+    if kind == CUPY:
         ptr = sys.modules["cupy"].cuda.get_current_stream().ptr
-        return _external_stream(ptr) if ptr else cuda.default_stream()
-    return cuda.default_stream()
+    elif kind == TORCH_CUDA:
+        ptr = sys.modules["torch"].cuda.current_stream().cuda_stream
+    else:
+        ptr = 0
+    return _external_stream(ptr) if ptr else cuda.default_stream()
 
 
 def device_scratch(kind: str, shape: tuple[int, ...], dtype) -> Any:
