@@ -34,8 +34,9 @@ def conv2d(
     Parameters
     ----------
     input : array, shape (N, C_in, H, W) or (C_in, H, W)
-        NumPy array (computed on the CPU), CuPy array or Numba CUDA device array (computed on
-        the GPU). float32 or float64; float16 too on the GPU (accumulated in float32).
+        NumPy array or CPU torch tensor (computed on the CPU), CuPy array, Numba CUDA device
+        array or CUDA torch tensor (computed on the GPU); other ``__cuda_array_interface__`` and
+        DLPack arrays too. float32 or float64; float16 too on the GPU (accumulated in float32).
     weight : array, shape (C_out, C_in / groups, kH, kW)
         Same kind and dtype as ``input``.
     bias : array, shape (C_out,), optional
@@ -55,9 +56,10 @@ def conv2d(
     -------
     array, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
         Of the input's kind (a Numba device array for other ``__cuda_array_interface__``
-        objects) and dtype, with ``H_out = (H + pad_top + pad_bottom - dH * (kH - 1) - 1) // sH + 1``
-        and likewise for W. On the GPU the kernel is launched asynchronously on CuPy's current
-        stream (Numba's default stream for Numba arrays).
+        objects, NumPy or CuPy for other DLPack arrays; torch tensors on the input's device) and
+        dtype, with ``H_out = (H + pad_top + pad_bottom - dH * (kH - 1) - 1) // sH + 1``
+        and likewise for W. On the GPU the kernel is launched asynchronously on CuPy's (for
+        torch tensors PyTorch's) current stream; Numba's default stream for Numba arrays.
 
     Raises
     ------

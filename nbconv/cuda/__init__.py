@@ -4,6 +4,10 @@ Importing this package imports ``numba.cuda`` but neither CuPy nor the CUDA driv
 is touched on the first launch. ``nbconv`` itself imports this package lazily.
 """
 
-from ._launch import conv2d_bias, conv2d_forward, conv2d_weight
+from ._versions import check_installed
+
+check_installed()
+
+from ._launch import conv2d_bias, conv2d_forward, conv2d_weight  # noqa: E402
 
 __all__ = ["conv2d_forward", "conv2d_weight", "conv2d_bias"]
