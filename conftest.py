@@ -23,3 +23,17 @@ def _cuda_gpu_present() -> bool:
 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0" if _cuda_gpu_present() else "1"
+
+
+#: Test files that spend minutes in one test (subprocesses, full-size shapes, ASV): run first, so
+#: that with ``-n 2 --dist loadfile`` one worker takes them while the other takes the rest,
+#: instead of one of them starting last.
+SLOW_FIRST = ("test_cuda_compile.py", "test_asv_suite.py", "test_conv2d.py", "test_cpu_targets.py", "test_install.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the others is kept

@@ -90,7 +90,8 @@ def test_float16_is_cuda_only():
 def test_non_array_argument(name, position, convert):
     args = list(arrays(b_shape=(6,)))
     args[position] = convert(args[position])
-    with pytest.raises(TypeError, match=rf"^conv2d: {name} must be a numpy.ndarray, a cupy.ndarray or a CUDA device array"):
+    with pytest.raises(TypeError, match=rf"^conv2d: {name} must be a numpy.ndarray, a cupy.ndarray, a torch.Tensor, a CUDA device array "
+                                        r"\(__cuda_array_interface__\) or a DLPack array, got "):
         nbconv.conv2d(*args, groups=2)
 
 
