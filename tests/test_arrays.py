@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cases import (
+    BACKENDS,
+    Case,
+    every_other_column,
+    permuted,
+    random_arrays,
+    to_backend,
+    to_host,
+)
+from reference import assert_conv_close
 
 import nbconv
-from cases import BACKENDS, Case, every_other_column, permuted, random_arrays, to_backend, to_host
-from reference import assert_conv_close
 
 CASE = Case(2, 4, (9, 8), 6, (3, 2), (1, 2), 1, 1, 2)
 

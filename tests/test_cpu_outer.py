@@ -11,7 +11,13 @@ import numba
 import numpy as np
 import pytest
 from asm import assert_explicit_vectors
-from cases import Case, at_each_thread_count, check_non_finite_forward, check_path_forward, random_arrays
+from cases import (
+    Case,
+    at_each_thread_count,
+    check_non_finite_forward,
+    check_path_forward,
+    random_arrays,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (

@@ -5,22 +5,20 @@ against the reference, through the path itself and through the public ops that r
 
 from __future__ import annotations
 
-import re
-
 import numba
 import numpy as np
 import pytest
+from asm import assert_loop_vectorised, fresh_asm
+from cases import Case, check_path_forward, random_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import assert_conv_close, conv2d_input_reference
 
 import nbconv
 import nbconv.cpu._launch as launch
-from asm import assert_loop_vectorised, fresh_asm
-from cases import Case, check_path_forward, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec
 from nbconv.cpu import _generated, _rowblock
 from nbconv.cpu._launch import conv2d_forward
-from reference import assert_conv_close, conv2d_input_reference
 
 #: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
 pytestmark = pytest.mark.usefixtures("generated_for_small_calls")

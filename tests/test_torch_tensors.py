@@ -79,7 +79,7 @@ def test_out_is_written_in_place():
 
 @pytest.mark.parametrize("mix", ["numpy weight", "numpy bias", "numpy out"])
 def test_tensors_mixed_with_other_kinds(mix):
-    (x, w, b), (tx, tw, tb) = _tensors()
+    (x, w, _), (tx, tw, tb) = _tensors()
     if mix == "numpy weight":
         with pytest.raises(TypeError, match=r"^conv2d: input is a torch.Tensor \(host memory\) but weight is a "
                                             r"numpy.ndarray .*torch tensors for all arrays or for none"):

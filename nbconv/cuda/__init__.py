@@ -8,6 +8,6 @@ from ._versions import check_installed
 
 check_installed()
 
-from ._launch import conv2d_bias, conv2d_forward, conv2d_weight  # noqa: E402
+from ._launch import conv2d_bias, conv2d_forward, conv2d_weight
 
 __all__ = ["conv2d_forward", "conv2d_weight", "conv2d_bias"]
