@@ -8,12 +8,17 @@ once to a cache folder, named after its text, and imported from there.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
+import threading
+import warnings
 from types import ModuleType
 
 from .. import _numba_options
@@ -43,7 +48,8 @@ _U = numba.uint64
 def source_dir() -> str:
     """Where generated modules are written: ``$NBCONV_CACHE_DIR``, else ``nbconv-generated/`` in
     ``$NUMBA_CACHE_DIR``, else ``~/.cache/nbconv/generated`` (``$XDG_CACHE_HOME``); a fresh
-    temporary folder when none of them can be written (then nothing is kept between processes)."""
+    temporary folder when none of them can be written (then nothing is kept between processes,
+    which is said once in a warning, and the folder is removed when the process exits)."""
     home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     numba_dir = os.environ.get("NUMBA_CACHE_DIR")
     candidates = [os.environ.get("NBCONV_CACHE_DIR"),
@@ -56,7 +62,12 @@ def source_dir() -> str:
             continue
         if os.access(path, os.W_OK):
             return path
-    return tempfile.mkdtemp(prefix="nbconv-generated-")
+    path = tempfile.mkdtemp(prefix="nbconv-generated-")
+    atexit.register(shutil.rmtree, path, True)
+    warnings.warn(f"nbconv: no writable cache folder (tried {', '.join(filter(None, candidates))}); generated "
+                  "kernels are compiled again in every process. Set NBCONV_CACHE_DIR to keep them.",
+                  RuntimeWarning, stacklevel=2)
+    return path
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,22 +82,50 @@ def _options_stamp() -> str:
     return digest.hexdigest()
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of a name no other thread or process
+    uses, renamed into place: a reader sees the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache folder's files private
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _holds(path: str, source: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read() == source
+    except OSError:
+        return False
+
+
 @functools.lru_cache(maxsize=256)
 def load(source: str, prefix: str) -> ModuleType:
-    """The module of ``source``, written to ``source_dir()`` once (never rewritten: that would
-    change the stamp Numba's cache goes by) and imported from there."""
+    """The module of ``source``, written to ``source_dir()`` and imported from there.
+
+    The file is named after a digest of its text, so it is written once and then left alone (a
+    rewrite would change the stamp Numba's cache goes by), unless what is on disk is not that
+    text (a truncated or foreign file): then it is written again. Writes are atomic, and loads
+    in one process take turns, so threads and processes may load the same module at once."""
     digest = hashlib.sha256((source + _options_stamp()).encode()).hexdigest()[:20]
     name = f"{prefix}_{digest}"
     path = os.path.join(source_dir(), name + ".py")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    with _LOAD_LOCK:
+        if not _holds(path, source):
+            _write_atomically(path, source)
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
     return module
 
 

@@ -1,0 +1,103 @@
+"""The folder of generated kernel modules is safe to share: threads and processes loading the
+same new module at once, a truncated file left by a crash, and no writable folder at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from nbconv.cpu import _generated
+
+SOURCE = _generated.HEADER.format(generator="tests", version="0", what="a cache test") + textwrap.dedent('''
+
+    @njit_serial
+    def twice(x):
+        return 2 * x
+    ''') + "\n# padding so that a write is not one syscall\n" * 2000
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(_generated, "source_dir", lambda: str(tmp_path))
+    return tmp_path
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+def test_threads_load_one_new_module_at_once(folder):
+    """Each round a new module, loaded by 8 threads released together."""
+    rounds, n_threads = 20, 8
+    barrier = threading.Barrier(n_threads)
+    errors, modules = [], []
+
+    def worker():
+        for r in range(rounds):
+            barrier.wait()
+            try:
+                modules.append(_generated.load.__wrapped__(SOURCE + f"# round {r}\n", "nbconv_cache_test"))
+            except Exception as exc:  # noqa: BLE001 (any failure is the finding)
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(modules) == rounds * n_threads and all(m.twice.py_func(3) == 6 for m in modules)
+    files = _files(folder)  # one file a round, whole, and no temporary file left behind
+    assert len(files) == rounds and all(f.endswith(".py") for f in files)
+    assert sorted((folder / f).read_text() for f in files) == sorted(SOURCE + f"# round {r}\n" for r in range(rounds))
+
+
+def test_a_truncated_file_is_written_again(folder):
+    first = _generated.load.__wrapped__(SOURCE, "nbconv_cache_test")
+    path = folder / (first.__name__ + ".py")
+    path.write_text(SOURCE[: len(SOURCE) // 3])
+    again = _generated.load.__wrapped__(SOURCE, "nbconv_cache_test")
+    assert again.twice.py_func(4) == 8 and path.read_text() == SOURCE
+    stamp = path.stat().st_mtime_ns
+    _generated.load.__wrapped__(SOURCE, "nbconv_cache_test")
+    assert path.stat().st_mtime_ns == stamp  # a good file is not rewritten
+
+
+def test_processes_load_one_new_module_at_once(tmp_path):
+    code = ("import sys; from nbconv.cpu import _generated; "
+            "m = _generated.load(sys.stdin.read(), 'nbconv_cache_test'); assert m.twice.py_func(5) == 10")
+    env = dict(os.environ, NBCONV_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(3)]
+    for run in runs:
+        run.stdin.write(SOURCE)
+        run.stdin.close()
+    results = [(run.wait(timeout=120), run.stderr.read()) for run in runs]
+    assert all(rc == 0 for rc, _ in results), results
+    (name,) = _files(tmp_path)
+    assert (tmp_path / name).read_text() == SOURCE
+
+
+def test_no_writable_folder_warns_once_and_leaves_nothing_behind(tmp_path):
+    """Every candidate folder lies under a regular file (so none can be made, even as root): the
+    modules go to a temporary folder, with one warning, and that folder is gone at exit."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR",)}
+    env.update(NBCONV_CACHE_DIR=str(blocker / "x"), XDG_CACHE_HOME=str(blocker / "y"), HOME=str(blocker / "z"),
+               TMPDIR=str(scratch))
+    code = ("import warnings, sys; warnings.simplefilter('always'); from nbconv.cpu import _generated; "
+            "m = _generated.load(sys.stdin.read(), 'nbconv_cache_test'); assert m.twice.py_func(1) == 2; "
+            "_generated.load.__wrapped__(_generated.HEADER, 'nbconv_cache_test2')")
+    run = subprocess.run([sys.executable, "-c", code], env=env, input=SOURCE, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("no writable cache folder") == 1, run.stderr
+    assert list(scratch.iterdir()) == []
