@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numba
+
+
+def disk_cache_usable(py_file: str) -> bool:
+    """Whether Numba can keep compiled functions of ``py_file`` on disk: one of its cache
+    locators (``NUMBA_CACHE_DIR``, ``__pycache__`` beside the file, the user's cache folder)
+    can write. On a read-only install with a read-only home and no ``NUMBA_CACHE_DIR`` none can,
+    and ``cache=True`` would raise at the first compile."""
+    try:
+        from numba.core.caching import CacheImpl
+    except ImportError:  # a Numba that moved it: let Numba decide
+        return True
+
+    def probe():
+        pass
+
+    for locator in CacheImpl._locator_classes:
+        try:
+            if locator.from_function(probe, py_file) is not None:
+                return True
+        except Exception:  # noqa: BLE001 (a locator that cannot tell is one that cannot write)
+            continue
+    return False
+
+
+#: Compiled kernels are kept on disk where Numba can write (said once in a warning where not).
+CACHE = disk_cache_usable(__file__)
+if not CACHE:
+    warnings.warn("nbconv: Numba cannot write its on-disk cache here (read-only install and home); kernels are "
+                  "compiled again in every process. Set NUMBA_CACHE_DIR to a writable folder to keep them.",
+                  RuntimeWarning, stacklevel=2)
 
 #: ``error_model="numpy"``: no ZeroDivisionError checks in the loops, so LLVM can vectorise them.
 #: ``fastmath={"contract"}`` lets LLVM fuse a * b + c into one FMA (as oneDNN and cuDNN do) but
 #: not reassociate sums: a result does not depend on the vector width.
-_COMMON = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+_COMMON = dict(cache=CACHE, nogil=True, error_model="numpy", fastmath={"contract"})
 CPU_PARALLEL = dict(parallel=True, **_COMMON)
 CPU_SERIAL = dict(**_COMMON)
 #: Dot products (the weight gradient's): ``reassoc`` lets LLVM keep vector partial sums in
 #: registers, which is 2-3.5x faster than partial sums in memory. The order of the additions is
 #: fixed by the compiled code (the vector width and interleave LLVM picks for the host CPU), so a
 #: result is bit-identical run after run and whatever the thread count, on one machine and build.
-CPU_REDUCTION = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "reassoc"})
+CPU_REDUCTION = dict(cache=CACHE, nogil=True, error_model="numpy", fastmath={"contract", "reassoc"})
 
 
 def njit_parallel(fn):

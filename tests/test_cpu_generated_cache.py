@@ -101,3 +101,46 @@ def test_no_writable_folder_warns_once_and_leaves_nothing_behind(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("no writable cache folder") == 1, run.stderr
     assert list(scratch.iterdir()) == []
+
+
+def test_a_read_only_install_computes_without_a_disk_cache(tmp_path):
+    """nbconv imported from a folder where no ``__pycache__`` can be made (one is a regular file
+    in every package folder: a stand-in for a read-only install that works as root too), with
+    the home and cache folders unwritable and no NUMBA_CACHE_DIR: the ops still compute, Numba's
+    disk cache is off, and each of the two caches says so once."""
+    import shutil
+
+    import nbconv
+
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(nbconv.__file__), site / "nbconv",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in [site / "nbconv", *[p for p in (site / "nbconv").rglob("*") if p.is_dir()]]:
+        (folder / "__pycache__").write_text("")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NBCONV_CACHE_DIR")}
+    env.update(PYTHONPATH=str(site), HOME=str(blocker / "home"), XDG_CACHE_HOME=str(blocker / "cache"),
+               TMPDIR=str(scratch))
+    code = textwrap.dedent("""
+        import warnings; warnings.simplefilter("always")
+        import numpy as np, nbconv
+        from nbconv import _numba_options
+        assert nbconv.__file__.startswith(sys.argv[1]) and not _numba_options.CACHE
+        x = np.ones((2, 32, 20, 20), np.float32); w = np.ones((32, 1, 3, 3), np.float32)
+        assert float(nbconv.conv2d(x, w, padding=1, groups=32)[0, 0, 5, 5]) == 9.0
+        """)
+    run = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(site)], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("Numba cannot write its on-disk cache") == 1, run.stderr[-3000:]
+    assert list(scratch.iterdir()) == []
+    assert _numba_options_usable_here()
+
+
+def _numba_options_usable_here() -> bool:
+    from nbconv import _numba_options
+
+    return _numba_options.disk_cache_usable(_numba_options.__file__) and _numba_options.CACHE
