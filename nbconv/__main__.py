@@ -1,4 +1,4 @@
-"""Command line: ``nbconv bench`` (also ``python -m nbconv bench``)."""
+"""Command line: ``nbconv bench`` and ``nbconv cache info|clear`` (also ``python -m nbconv ...``)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,31 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--extra", action="store_true", help="also the extra shapes (odd sizes, 1x1, dense, ...)")
     b.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per shape")
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    c = sub.add_parser("cache", help="where the generated CPU kernels and their compiled code are kept; clear them",
+                       description="The CPU kernels generated per geometry are Python modules kept in one folder "
+                       "($NBCONV_CACHE_DIR, else $NUMBA_CACHE_DIR/nbconv-generated, else ~/.cache/nbconv/generated), "
+                       "with Numba's compiled code beside them. 'clear' deletes both; they are made again when needed.")
+    c.add_argument("action", choices=["info", "clear"])
     return p
+
+
+def cache(args: argparse.Namespace) -> int:
+    import os
+
+    from . import _numba_options
+    from .cpu import _generated
+
+    if args.action == "clear":
+        print(f"deleted {_generated.clear_cache()} files from {_generated.source_dir()}")
+        return 0
+    files = _generated.cache_files()
+    modules = [f for f in files if f.endswith(".py")]
+    size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    print(f"generated kernels: {_generated.source_dir()}")
+    print(f"  {len(modules)} modules, {len(files) - len(modules)} files of compiled code, {size / 2**20:.1f} MiB")
+    print(f"Numba's on-disk cache: {'on' if _numba_options.CACHE else 'off (no writable cache folder)'}"
+          + (f", NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}" if os.environ.get("NUMBA_CACHE_DIR") else ""))
+    return 0
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -80,6 +104,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench":
         return bench(args)
+    if args.command == "cache":
+        return cache(args)
     return 2
 
 

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numba
 
 
-def disk_cache_usable(py_file: str) -> bool:
-    """Whether Numba can keep compiled functions of ``py_file`` on disk: one of its cache
-    locators (``NUMBA_CACHE_DIR``, ``__pycache__`` beside the file, the user's cache folder)
-    can write. On a read-only install with a read-only home and no ``NUMBA_CACHE_DIR`` none can,
-    and ``cache=True`` would raise at the first compile."""
+def disk_cache_folder(py_file: str) -> str | None:
+    """The folder where Numba keeps compiled functions of ``py_file`` (the first of its cache
+    locators that can write: ``NUMBA_CACHE_DIR``, ``__pycache__`` beside the file, the user's
+    cache folder), or None where none can: on a read-only install with a read-only home and no
+    ``NUMBA_CACHE_DIR``, where ``cache=True`` would raise at the first compile."""
     try:
         from numba.core.caching import CacheImpl
     except ImportError:  # a Numba that moved it: let Numba decide
-        return True
+        return os.path.join(os.path.dirname(py_file), "__pycache__")
 
     def probe():
         pass
 
     for locator in CacheImpl._locator_classes:
         try:
-            if locator.from_function(probe, py_file) is not None:
-                return True
+            found = locator.from_function(probe, py_file)
         except Exception:  # noqa: BLE001 (a locator that cannot tell is one that cannot write)
             continue
-    return False
+        if found is not None:
+            return found.get_cache_path()
+    return None
+
+
+def disk_cache_usable(py_file: str) -> bool:
+    """Whether Numba can keep compiled functions of ``py_file`` on disk."""
+    return disk_cache_folder(py_file) is not None
 
 
 #: Compiled kernels are kept on disk where Numba can write (said once in a warning where not).

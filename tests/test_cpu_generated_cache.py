@@ -144,3 +144,21 @@ def _numba_options_usable_here() -> bool:
     from nbconv import _numba_options
 
     return _numba_options.disk_cache_usable(_numba_options.__file__) and _numba_options.CACHE
+
+
+def test_cache_info_and_clear_on_the_command_line(folder, monkeypatch, capsys):
+    from nbconv import __main__, _numba_options
+
+    compiled = folder / "__pycache__"
+    compiled.mkdir()
+    monkeypatch.setattr(_numba_options, "disk_cache_folder", lambda py_file: str(compiled))
+    (folder / "nbconv_rowblock_0123.py").write_text("x = 1\n")
+    (folder / "notes.txt").write_text("not ours")
+    for name in ("nbconv_rowblock_0123.forward-10.py311.nbi", "nbconv_rowblock_0123.forward-10.py311.1.nbc"):
+        (compiled / name).write_bytes(b"0" * 1000)
+    assert __main__.main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert str(folder) in out and "1 modules, 2 files of compiled code" in out
+    assert __main__.main(["cache", "clear"]) == 0
+    assert "deleted 3 files" in capsys.readouterr().out
+    assert _files(folder) == ["notes.txt"] and list(compiled.iterdir()) == []

@@ -129,6 +129,26 @@ def load(source: str, prefix: str) -> ModuleType:
     return module
 
 
+def cache_files() -> list[str]:
+    """The generated modules in ``source_dir()`` and Numba's compiled code for them, as paths."""
+    folder = source_dir()
+    modules = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("nbconv_"))
+    compiled = _numba_options.disk_cache_folder(modules[0]) if modules else None
+    if compiled and os.path.isdir(compiled) and os.path.realpath(compiled) != os.path.realpath(folder):
+        modules += sorted(os.path.join(compiled, n) for n in os.listdir(compiled) if n.startswith("nbconv_"))
+    return modules
+
+
+def clear_cache() -> int:
+    """Delete :func:`cache_files` (they are written again when needed); the count deleted."""
+    count = 0
+    for path in cache_files():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            count += 1
+    return count
+
+
 def channels_per_slice(channels: int, slices: int, block: int) -> int:
     """Channels per task when ``channels`` go to ``slices`` tasks in whole blocks of ``block``
     (which channels share a block must not depend on the slicing, so results do not either)."""
