@@ -56,6 +56,11 @@ CPU_SERIAL = dict(**_COMMON)
 CPU_REDUCTION = dict(cache=CACHE, nogil=True, error_model="numpy", fastmath={"contract", "reassoc"})
 
 
+#: Each product rounded, then added, as NumPy does (no FMA contraction): for a fix-up whose sums
+#: must be those an unfused reference computes.
+CPU_PARALLEL_UNFUSED = dict(parallel=True, cache=CACHE, nogil=True, error_model="numpy")
+
+
 def njit_parallel(fn):
     return numba.njit(**CPU_PARALLEL)(fn)
 

@@ -83,3 +83,77 @@ def test_pass_choice():
     assert _wgrad.choose_passes(spec(8, 8, 7, 8)) == (1, (25, 24))
     assert _wgrad.choose_passes(spec(96, 256, 5, 2))[0] >= 2  # input loads shared by output channels
     assert _wgrad.applies(spec(8, 8, 7, 8)) and not _wgrad.applies(spec(8, 8, 9, 8))
+
+
+def _pixel_terms_by_loop(dw, pixels, x, gy, spec):
+    """The non-finite pixels' own terms as a literal loop (what the kernel replaces)."""
+    (sh, sw), (dh, dwl) = spec.stride, spec.dilation
+    pt, _, pl, _ = spec.padding
+    cin_g, cout_g = spec.in_per_group, spec.out_per_group
+    for n, ci, iy, ix in pixels:
+        g, c = divmod(int(ci), cin_g)
+        for kh in range(spec.kernel_size[0]):
+            oy, ry = divmod(int(iy) + pt - kh * dh, sh)
+            if ry or not 0 <= oy < spec.out_size[0]:
+                continue
+            for kw in range(spec.kernel_size[1]):
+                ox, rx = divmod(int(ix) + pl - kw * dwl, sw)
+                if rx or not 0 <= ox < spec.out_size[1]:
+                    continue
+                outs = slice(g * cout_g, (g + 1) * cout_g)
+                dw[outs, c, kh, kw] += gy[n, outs, oy, ox] * x[n, ci, iy, ix]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [Case(3, 6, (11, 10), 9, (3, 2), (2, 1), (2, 1), (1, 2), 3),
+                                  Case(2, 4, (7, 7), 4, (3, 3), 1, 1, 1, 4)], ids=str)
+def test_pixel_terms_kernel_is_the_loop_bit_for_bit(case, dtype):
+    from nbconv.cpu import _launch
+
+    rng = np.random.default_rng(5)
+    x, w, _ = random_arrays(case, dtype)
+    spec = conv2d_spec(x, w, None, **case.conv_args())
+    gy = rng.standard_normal(spec.output_shape).astype(dtype)
+    pixels = np.argwhere(rng.random(x.shape) < 0.3)
+    want, got = (rng.standard_normal(w.shape).astype(dtype) for _ in range(2))
+    got[...] = want
+    _pixel_terms_by_loop(want, pixels, x, gy, spec)
+    _launch._add_pixel_terms(got, pixels, x, gy, spec)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_an_all_nan_input_gives_the_reference_pattern():
+    """Every input pixel non-finite (a diverged step): the fix-up covers every pixel, fast."""
+    case = Case(2, 8, (9, 9), 8, (3, 3), 2, 1, 1, 2)
+    x, w, _ = random_arrays(case, np.float32)
+    x[...] = np.nan
+    x[0, :, 0, 0] = np.inf
+    gy = np.random.default_rng(1).standard_normal(nbconv.conv2d(np.zeros_like(x), w, **case.conv_args()).shape)
+    got = nbconv.grad.conv2d_weight(x, w.shape, gy.astype(np.float32), **case.conv_args())
+    with np.errstate(invalid="ignore"):
+        want = conv2d_weight_reference(x.astype(np.float64), w.shape, gy, **case.conv_args())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+@pytest.mark.parametrize("case", [Case(3, 6, (11, 10), 9, (3, 2), (2, 1), (2, 1), (1, 2), 3),
+                                  Case(2, 4, (7, 7), 4, (3, 3), 1, 1, 1, 4)], ids=str)
+def test_many_non_finite_pixels_by_products_match_the_loop(case, share):
+    """Above ``DENSE_FIXUP_FRACTION`` the pixels' terms are matrix products: the same inf / NaN
+    pattern and the same finite values as the pixel-by-pixel loop."""
+    from nbconv.cpu import _launch
+
+    rng = np.random.default_rng(6)
+    x, w, _ = random_arrays(case, np.float32)
+    spec = conv2d_spec(x, w, None, **case.conv_args())
+    gy = rng.standard_normal(spec.output_shape).astype(np.float32)
+    bad = rng.random(x.shape) < share
+    x[bad] = rng.choice(np.array([np.inf, -np.inf, np.nan], np.float32), size=int(bad.sum()))
+    base = rng.standard_normal(w.shape).astype(np.float32)
+    want, got = base.copy(), base.copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        _pixel_terms_by_loop(want, np.argwhere(bad), x, gy, spec)
+        _launch._add_nonfinite_terms_by_products(got, np.where(bad, x, np.float32(0)), gy, spec)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~np.isnan(want)], want[~np.isnan(want)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .._numba_options import CPU_PARALLEL_UNFUSED
 from . import _channels_last, _flat, _grouped, _outer, _rowblock, _wgrad, _winograd, _winograd_wgrad
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
@@ -183,7 +184,33 @@ def _packed_layout_weight_grad(spec, x: np.ndarray, gy: np.ndarray, dest: np.nda
         return  # the sums themselves overflowed, or the gradient holds inf / NaN
     _weight_grad_kernel(spec, np.where(nonfinite, np.zeros((), x.dtype), x), gy, dest)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN here as in the sums
-        _add_pixel_terms(dest, np.argwhere(nonfinite), x, gy, spec)
+        if nonfinite.mean() > DENSE_FIXUP_FRACTION and np.isfinite(gy).all():
+            _add_nonfinite_terms_by_products(dest, np.where(nonfinite, x, np.zeros((), x.dtype)), gy, spec)
+        else:
+            _add_pixel_terms(dest, np.argwhere(nonfinite), x, gy, spec)
+
+
+#: Above this share of non-finite input pixels their terms are added as matrix products (BLAS)
+#: rather than pixel by pixel: an all-NaN input (a diverged step) then costs a few times a finite
+#: call instead of a hundred.
+DENSE_FIXUP_FRACTION = 0.02
+
+
+def _add_nonfinite_terms_by_products(dw: np.ndarray, x_nf: np.ndarray, gy: np.ndarray, spec) -> None:
+    """dw += the weight gradient of ``x_nf``, the input with its finite pixels zeroed, for a
+    finite ``gy``: every term is then exactly 0 or non-finite, so any summation order (a BLAS
+    product per tap and group) gives the reference's sum: 0, or its inf / NaN."""
+    (sh, sw), (dh, dwl), (kh_n, kw_n), (oh, ow) = spec.stride, spec.dilation, spec.kernel_size, spec.out_size
+    pt, pb, pl, pr = spec.padding
+    g, cin_g, cout_g = spec.groups, spec.in_per_group, spec.out_per_group
+    # channels first, so that each tap's (group, channel, image x pixel) matrix is one strided copy
+    xp = np.pad(x_nf.transpose(1, 0, 2, 3), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    a = np.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(g, cout_g, -1)
+    for kh in range(kh_n):
+        for kw in range(kw_n):
+            tap = xp[:, :, kh * dh: kh * dh + (oh - 1) * sh + 1: sh, kw * dwl: kw * dwl + (ow - 1) * sw + 1: sw]
+            b = np.ascontiguousarray(tap).reshape(g, cin_g, -1)
+            dw[:, :, kh, kw] += np.matmul(a, b.transpose(0, 2, 1)).reshape(spec.out_channels, cin_g)
 
 
 def _weight_grad_kernel(spec, x: np.ndarray, gy: np.ndarray, dest: np.ndarray) -> None:
@@ -202,23 +229,34 @@ def _weight_grad_kernel(spec, x: np.ndarray, gy: np.ndarray, dest: np.ndarray) -
 
 def _add_pixel_terms(dw: np.ndarray, pixels: np.ndarray, x: np.ndarray, gy: np.ndarray, spec) -> None:
     """dw[o, c, kh, kw] += gy[n, o, oy, ox] * x[n, ci, iy, ix] for the listed input pixels
-    (n, ci, iy, ix) and every (tap, output position) that reads them (a forward spec)."""
-    (sh, sw), (dh, dwl) = spec.stride, spec.dilation
-    pt, _, pl, _ = spec.padding
-    (kh_n, kw_n), (oh, ow) = spec.kernel_size, spec.out_size
-    cin_g, cout_g = spec.in_per_group, spec.out_per_group
-    for n, ci, iy, ix in pixels:
-        g, c = divmod(int(ci), cin_g)
-        for kh in range(kh_n):
-            oy, ry = divmod(int(iy) + pt - kh * dh, sh)
-            if ry or not 0 <= oy < oh:
-                continue
-            for kw in range(kw_n):
-                ox, rx = divmod(int(ix) + pl - kw * dwl, sw)
-                if rx or not 0 <= ox < ow:
+    (n, ci, iy, ix) and every (tap, output position) that reads them (a forward spec), each sum
+    in the pixels' order."""
+    by_group = pixels[np.argsort(pixels[:, 1] // spec.in_per_group, kind="stable")]
+    starts = np.searchsorted(by_group[:, 1] // spec.in_per_group, np.arange(spec.groups + 1))
+    (sh, sw), (dh, dwl), (kh_n, kw_n), (oh, ow) = spec.stride, spec.dilation, spec.kernel_size, spec.out_size
+    pixel_terms(dw, by_group, starts, x, gy, spec.padding[0], spec.padding[2], sh, sw, dh, dwl, kh_n, kw_n, oh, ow)
+
+
+@numba.njit(**CPU_PARALLEL_UNFUSED)
+def pixel_terms(dw, pixels, starts, x, gy, pt, pl, sh, sw, dh, dwl, kh_n, kw_n, oh, ow):
+    """One task per output channel, over its group's pixels (``starts[g]:starts[g + 1]``)."""
+    cout_g = dw.shape[0] // (starts.shape[0] - 1)
+    cin_g = dw.shape[1]
+    for o in numba.prange(dw.shape[0]):
+        g = o // cout_g
+        for p in range(starts[g], starts[g + 1]):
+            n, ci, iy, ix = pixels[p, 0], pixels[p, 1], pixels[p, 2], pixels[p, 3]
+            v = x[n, ci, iy, ix]
+            c = ci - g * cin_g
+            for kh in range(kh_n):
+                ty = iy + pt - kh * dh
+                if ty < 0 or ty % sh != 0 or ty // sh >= oh:
                     continue
-                outs = slice(g * cout_g, (g + 1) * cout_g)
-                dw[outs, c, kh, kw] += gy[n, outs, oy, ox] * x[n, ci, iy, ix]
+                for kw in range(kw_n):
+                    tx = ix + pl - kw * dwl
+                    if tx < 0 or tx % sw != 0 or tx // sw >= ow:
+                        continue
+                    dw[o, c, kh, kw] += gy[n, o, ty // sh, tx // sw] * v
 
 
 def conv2d_bias(spec, grad_output: np.ndarray, out: np.ndarray) -> np.ndarray:
