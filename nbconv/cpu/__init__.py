@@ -1,5 +1,10 @@
 """CPU backend: Numba ``@njit(parallel=True)`` kernels and their launchers (NumPy arrays only)."""
 
-from ._launch import conv2d_bias, conv2d_forward, conv2d_weight
+from . import _launch
+from ._threads import taking_turns
+
+conv2d_forward = taking_turns(_launch.conv2d_forward)
+conv2d_weight = taking_turns(_launch.conv2d_weight)
+conv2d_bias = taking_turns(_launch.conv2d_bias)
 
 __all__ = ["conv2d_forward", "conv2d_weight", "conv2d_bias"]
