@@ -31,6 +31,13 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ:
 SLOW_FIRST = ("test_cuda_compile.py", "test_asv_suite.py", "test_conv2d.py", "test_cpu_targets.py", "test_install.py")
 
 
+def pytest_configure(config):
+    # pytest-xdist's loadfile hands out the files with the most tests first unless told not to;
+    # keep the order below instead
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     def rank(item):
         name = item.path.name
