@@ -71,9 +71,9 @@ def ptxas_report(ptx: str, cc: str = "90") -> list[dict]:
         ops = Counter(op.split(".")[0] for op in _INSTRUCTION.findall(body))
         total = sum(ops.values())
         fma = ops["FFMA"] + ops["HFMA2"] + ops["DFMA"]
-        out.append(dict(registers=regs[i], spill_stores=stores[i], spill_loads=loads[i], smem=smem[i],
-                        instructions=total, fma=fma, fma_share=fma / max(total, 1), ldg=ops["LDG"] + ops["LD"],
-                        lds=ops["LDS"], calls=ops["CALL"], top=ops.most_common(6)))
+        out.append({"registers": regs[i], "spill_stores": stores[i], "spill_loads": loads[i], "smem": smem[i],
+                    "instructions": total, "fma": fma, "fma_share": fma / max(total, 1), "ldg": ops["LDG"] + ops["LD"],
+                    "lds": ops["LDS"], "calls": ops["CALL"], "top": ops.most_common(6)})
     return out
 
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         ptxs = compile_reduce(key, dtype, (9, 0)) if isinstance(key, ReduceKey) else [compile_forward(key, dtype, (9, 0))]
         for part, ptx in enumerate(ptxs):
             for fn in ptxas_report(ptx):
-                rows.append(dict(kernel=_describe(key, dtype) + (f" pass {part + 1}" if len(ptxs) > 1 else ""), **fn))
+                rows.append({"kernel": _describe(key, dtype) + (f" pass {part + 1}" if len(ptxs) > 1 else ""), **fn})
     print("| kernel | regs | spill st/ld (B) | SASS instr | FMA | FMA share | LDG+LD | LDS | CALL | most frequent |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:

@@ -19,7 +19,7 @@ class _Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         ctx.save_for_backward(x, weight)
-        ctx.args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        ctx.args = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
         return nbconv.conv2d(x, weight, bias, **ctx.args)
 
     @staticmethod

@@ -51,7 +51,7 @@ def is_torch_tensor(x: Any) -> bool:
 def _dlpack_kind(x: Any) -> str | None:
     try:
         device_type = int(x.__dlpack_device__()[0])
-    except Exception:
+    except Exception:  # noqa: BLE001 (an object whose device cannot be read is not an array we take)
         return None
     return {_DLPACK_CPU: DLPACK_CPU, _DLPACK_CUDA: DLPACK_CUDA}.get(device_type)
 

@@ -24,7 +24,7 @@ def disk_cache_folder(py_file: str) -> str | None:
     for locator in CacheImpl._locator_classes:
         try:
             found = locator.from_function(probe, py_file)
-        except Exception:  # noqa: BLE001 (a locator that cannot tell is one that cannot write)
+        except Exception:  # noqa: BLE001, S112 (a locator that cannot tell is one that cannot write)
             continue
         if found is not None:
             return found.get_cache_path()
@@ -58,7 +58,7 @@ CPU_REDUCTION = dict(cache=CACHE, nogil=True, error_model="numpy", fastmath={"co
 
 #: Each product rounded, then added, as NumPy does (no FMA contraction): for a fix-up whose sums
 #: must be those an unfused reference computes.
-CPU_PARALLEL_UNFUSED = dict(parallel=True, cache=CACHE, nogil=True, error_model="numpy")
+CPU_PARALLEL_UNFUSED = {"parallel": True, "cache": CACHE, "nogil": True, "error_model": "numpy"}
 
 
 def njit_parallel(fn):

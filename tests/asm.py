@@ -38,7 +38,7 @@ def fresh_asm(fn, sig, options) -> str:
 
 def packed_fmas(asm: str, bits: int, precision: str = "ps") -> int:
     """Packed fused multiply-adds (``vfmadd...ps`` or ``pd``) that write a ``bits``-wide register."""
-    return len(re.findall(rf"vfn?m(?:add|sub)\w*{precision}\s+[^\n]*%{REGISTER[bits]}\d+\s*$", asm, re.M))
+    return len(re.findall(rf"vfn?m(?:add|sub)\w*{precision}\s+[^\n]*%{REGISTER[bits]}\d+\s*$", asm, re.MULTILINE))
 
 
 def spills(asm: str, bits: int) -> list[str]:
@@ -65,7 +65,7 @@ def _loop_bits(reduction: bool) -> int:
         asm = fresh_asm(_dot, (f32, f32, types.int64), CPU_REDUCTION)
     else:
         asm = fresh_asm(_axpy, (f32, f32, f32, types.int64), CPU_SERIAL)
-    fmas = re.findall(r"vfmadd\w*ps\s+[^\n]*$", asm, re.M)
+    fmas = re.findall(r"vfmadd\w*ps\s+[^\n]*$", asm, re.MULTILINE)
     return max((widest_register_bits(line) for line in fmas), default=0)
 
 

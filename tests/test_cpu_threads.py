@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
 def test_threads_under_each_layer(layer):
     env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
-    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600, check=False)
     if run.returncode and "No threading layer could be loaded" in run.stderr:
         pytest.skip(f"Numba's {layer} layer is not installed here")
     assert run.returncode == 0, run.stderr[-3000:]
