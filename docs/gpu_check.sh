@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One-shot GPU check: everything a CUDA measurement needs, in one go (aim: under 8 minutes on an
+# H100/H200). Run from the repository root on a machine with an NVIDIA GPU, numba-cuda, CuPy and
+# (for the comparison) PyTorch:
+#
+#     bash docs/gpu_check.sh [RESULTS_DIR]      # default: $OUT if set, else docs/gpu-results
+#
+# NumPy 2.5 breaks numba-cuda 0.30.4 (np.row_stack): with a folder .whl/ of wheels (a NumPy 2.4
+# wheel for the machine's Python) they are installed to /tmp/site first and put on PYTHONPATH.
+# Writes into RESULTS_DIR: the machine and commit (machine.txt), the GPU tests' summary
+# (tests.txt), the PTX compile of every specialisation (ptx.txt), the CUDA bench tables and JSON
+# per op and dtype (bench-*.txt / .json) and the launch-path timings (launch_paths.txt).
+set -u
+cd "$(dirname "$0")/.."
+results="${1:-${OUT:-docs/gpu-results}}"
+mkdir -p "$results"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # nbconv from this checkout, without installing it
+export NUMBA_ENABLE_CUDASIM=0
+
+{
+    echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+    python3 -c "import sys, numpy, numba, numba_cuda; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', numba_cuda.__version__)"
+    python3 -c "import cupy; print('cupy', cupy.__version__)" 2>&1
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" 2>&1
+} > "$results/machine.txt"
+cat "$results/machine.txt"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output, say how it ended
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$results/$name.txt" 2>&1
+    echo "$name: exit $? in $((SECONDS - t0)) s (tail of $results/$name.txt below)"
+    tail -3 "$results/$name.txt"
+}
+
+# 1. the CUDA tests at full size, through Numba arrays, CuPy and torch CUDA tensors
+step tests 240 python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda tests
+# 2. every kernel specialisation compiled for sm_90 (CI compiles a covering subset only)
+step ptx 150 python3 tests/compile_kernels.py 9.0
+# 3. the bench: forward, input and weight gradients, float32 and float16, against PyTorch
+for dtype in float32 float16; do
+    for op in forward input_grad weight_grad; do
+        step "bench-$op-$dtype" 90 python3 -m nbconv bench --backend cuda --op "$op" --dtype "$dtype" --rounds 10 \
+            --json "$results/bench-$op-$dtype.json"
+    done
+done
+# 4. the host cost of one launch by each launch path
+step launch_paths 60 python3 docs/launch_paths.py
+echo "results in $results"
