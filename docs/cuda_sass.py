@@ -20,69 +20,27 @@ the most frequent instructions.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
-from collections import Counter
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
-
-
-def cuda_tool(name: str) -> str | None:
-    """Path of a CUDA command-line tool from the ``nvidia-cuda-*`` wheels, else from PATH."""
-    try:
-        import nvidia
-
-        for root in nvidia.__path__:
-            found = glob.glob(os.path.join(root, "cu*", "bin", name)) + glob.glob(os.path.join(root, "*", "bin", name))
-            if found:
-                return found[0]
-    except ImportError:
-        pass
-    from shutil import which
-
-    return which(name)
-
-
-def ptxas_report(ptx: str, cc: str = "90") -> list[dict]:
-    """Per entry function of ``ptx``: registers, spill bytes, shared memory and the SASS mix."""
-    ptxas, cuobjdump = cuda_tool("ptxas"), cuda_tool("cuobjdump")
-    with tempfile.TemporaryDirectory() as tmp:
-        src, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-        with open(src, "w") as f:
-            f.write(ptx)
-        info = subprocess.run([ptxas, f"-arch=sm_{cc}", "-v", "-o", cubin, src], capture_output=True, text=True,
-                              check=True).stderr
-        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
-    regs = [int(r) for r in re.findall(r"Used (\d+) registers", info)]
-    stores = [int(s) for s in re.findall(r"(\d+) bytes spill stores", info)]
-    loads = [int(s) for s in re.findall(r"(\d+) bytes spill loads", info)]
-    smem = [int(s) for s in re.findall(r"(\d+) bytes smem", info)] or [0] * len(regs)
-    bodies = re.split(r"\n\s+Function : ", sass)[1:]
-    out = []
-    for i, body in enumerate(bodies):
-        ops = Counter(op.split(".")[0] for op in _INSTRUCTION.findall(body))
-        total = sum(ops.values())
-        fma = ops["FFMA"] + ops["HFMA2"] + ops["DFMA"]
-        out.append({"registers": regs[i], "spill_stores": stores[i], "spill_loads": loads[i], "smem": smem[i],
-                    "instructions": total, "fma": fma, "fma_share": fma / max(total, 1), "ldg": ops["LDG"] + ops["LD"],
-                    "lds": ops["LDS"], "calls": ops["CALL"], "top": ops.most_common(6)})
-    return out
+from sass import cuda_tool, ptxas_report  # noqa: E402 (after the path insert)
 
 
 def _describe(key, dtype) -> str:
+    from nbconv.cuda._depthwise import DepthwiseKey
     from nbconv.cuda._reduce import ReduceKey
 
     if isinstance(key, ReduceKey):
         what = "bias grad" if key.bias_only else f"weight grad {key.kernel_size[0]}x{key.kernel_size[1]}"
         return f"{what} s{key.stride[0]} d{key.dilation[0]} {dtype.name}"
+    if isinstance(key, DepthwiseKey):
+        return (f"depthwise {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]}{key.stride[1]} "
+                f"d{key.dilation[0]}{key.dilation[1]} block{'x'.join(map(str, key.block))} r{key.rows_per_thread} "
+                f"{dtype.name}")
     kind = "input grad" if key.transposed_weight else "forward"
     return (f"{kind} {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]}{key.stride[1]} "
             f"d{key.dilation[0]}{key.dilation[1]} tile{key.tile[0]}x{key.tile[1]} oc{key.oc_block} {dtype.name}")

@@ -7,9 +7,11 @@ the keys. Prints one line per compute capability and exits non-zero on the first
 
     python tests/compile_kernels.py 8.0 9.0          # every specialisation
     python tests/compile_kernels.py --cover 9.0      # a covering subset (the test suite's)
+    python tests/compile_kernels.py --no-spill 9.0   # also run ptxas: fail on a local-memory spill
 
 ``--cover`` keeps, per kernel type and dtype, specialisations until every value of every key
-field (numbers clipped to 1, 2, 3+: the code paths they select) has been compiled once: the
+field (numbers clipped to 1, 2, 3+: the code paths they select; the depthwise kernel's exact
+kernel size too, since its registers grow with it) has been compiled once: the
 code the simulator cannot check is the code those values select, and the CI machine's time is
 short. The full set runs on a GPU machine and with no option.
 """
@@ -48,7 +50,7 @@ def problems():
         for bias in (True, False):
             yield s.input_shape(2), s.weight_shape(), bias, s.conv_args()
     # tests/test_cuda_launch.py: the global-read variant
-    yield (1, 2, 50, 230), (2, 1, 5, 31), False, dict(dilation=(12, 7), padding=(0, 50), groups=2)
+    yield (1, 2, 50, 230), (2, 2, 5, 31), False, dict(dilation=(12, 7), padding=(0, 50))
 
 
 def specialisations():
@@ -84,7 +86,10 @@ def _field_values(key) -> set:
             return v
         return min(v, 3) if isinstance(v, int) else tuple(clip(i) for i in v)
 
-    return {(name, clip(v)) for name, v in key._asdict().items()}
+    values = {(name, clip(v)) for name, v in key._asdict().items()}
+    if type(key).__name__ == "DepthwiseKey":  # registers per thread grow with the kernel size
+        values.add(("taps", key.kernel_size, key.stride))
+    return values
 
 
 def covering(items):
@@ -102,8 +107,14 @@ def main(argv):
     from nbconv.cuda._compile import compile_forward, compile_reduce
     from nbconv.cuda._reduce import ReduceKey
 
-    cover = "--cover" in argv
-    argv = [a for a in argv if a != "--cover"]
+    cover, no_spill = "--cover" in argv, "--no-spill" in argv
+    argv = [a for a in argv if a not in ("--cover", "--no-spill")]
+    if no_spill:
+        from sass import cuda_tool, ptxas_resources
+
+        if not cuda_tool("ptxas"):
+            print("--no-spill needs ptxas: pip install nvidia-cuda-nvcc")
+            return 2
     ccs = [tuple(int(p) for p in a.split(".")) for a in argv] or [(8, 0), (9, 0)]
     items = list(specialisations())
     items = covering(items) if cover else items
@@ -117,11 +128,17 @@ def main(argv):
                 return 1
             for ptx in ptxs:
                 assert ".entry" in ptx and f"sm_{cc[0]}{cc[1]}" in ptx, "not a PTX kernel for this target"
+                if no_spill:
+                    for fn in ptxas_resources(ptx, f"{cc[0]}{cc[1]}"):
+                        if fn["spill_stores"] or fn["spill_loads"]:
+                            print(f"SPILLS cc={cc} dtype={dtype} {key}: {fn}")
+                            return 1
         # one strided-layout build per dtype: the kernels also take non-contiguous arrays
         for dtype in (np.float16, np.float32, np.float64):
             compile_forward(items[0][0], np.dtype(dtype), cc, layout="A")
         print(f"compiled {len(items) + 3} kernel specialisations{' (covering subset)' if cover else ''} "
-              f"(forward, input-gradient, weight/bias-gradient) for cc {cc[0]}.{cc[1]} "
+              f"(forward, input-gradient, weight/bias-gradient) for cc {cc[0]}.{cc[1]}"
+              f"{', no local-memory spill (ptxas)' if no_spill else ''} "
               f"in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -42,10 +42,10 @@ def test_choose_tile():
     ],
 )
 def test_grid_covers_every_output_once(x_shape, w_shape, kw):
-    from nbconv.cuda._launch import forward_launch_config
+    from nbconv.cuda._launch import tile_launch_config
 
     spec = spec_for(x_shape, w_shape, **kw)
-    cfg = forward_launch_config(spec)
+    cfg = tile_launch_config(spec)
     tw, th = cfg.block
     assert cfg.key.tile == (th, tw)
     assert cfg.tiles == (math.ceil(spec.out_size[0] / th), math.ceil(spec.out_size[1] / tw))
@@ -68,24 +68,130 @@ def test_halo_tile_and_shared_memory():
 def test_huge_dilated_kernel_falls_back_to_global_reads():
     from nbconv.cuda._launch import SHARED_LIMIT_BYTES, forward_launch_config
 
-    small = forward_launch_config(spec_for((1, 2, 64, 64), (2, 1, 3, 3), groups=2))
+    small = forward_launch_config(spec_for((1, 2, 64, 64), (2, 2, 3, 3)))
     assert small.key.stage_input and small.key.shared_bytes <= SHARED_LIMIT_BYTES
-    huge = forward_launch_config(spec_for((1, 2, 200, 200), (2, 1, 31, 31), np.float64, dilation=4, groups=2))
+    huge = forward_launch_config(spec_for((1, 2, 200, 200), (2, 2, 31, 31), np.float64, dilation=4))
     assert not huge.key.stage_input
+
+
+def test_huge_dilated_depthwise_kernel_falls_back_to_the_tiled_kernel():
+    from nbconv.cuda._launch import DepthwiseLaunch, LaunchConfig, forward_launch_config
+
+    small = forward_launch_config(spec_for((1, 2, 64, 64), (2, 1, 3, 3), groups=2))
+    assert isinstance(small, DepthwiseLaunch)
+    huge = forward_launch_config(spec_for((1, 2, 200, 200), (2, 1, 31, 31), np.float64, dilation=4, groups=2))
+    assert isinstance(huge, LaunchConfig) and not huge.key.stage_input
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 def test_huge_dilated_kernel_is_correct(dtype):
     """The global-read variant computes the same numbers (runs on the simulator too)."""
-    import nbconv
     from cases import to_backend, to_host
-    from nbconv.cuda._launch import forward_launch_config
     from reference import assert_conv_close
+
+    import nbconv
+    from nbconv.cuda._launch import forward_launch_config
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 2, 50, 230)).astype(dtype)
-    w = rng.standard_normal((2, 1, 5, 31)).astype(dtype)
-    args = dict(dilation=(12, 7), padding=(0, 50), groups=2)
+    w = rng.standard_normal((2, 2, 5, 31)).astype(dtype)
+    args = dict(dilation=(12, 7), padding=(0, 50))
     assert not forward_launch_config(spec_for(x.shape, w.shape, dtype, **args)).key.stage_input
     got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), **args)
     assert_conv_close(to_host(got), x, w, **args)
+
+
+@pytest.mark.parametrize(
+    "out_size, threads, expected",
+    [
+        ((112, 112), 256, ((16, 16, 1), 4)),  # 16 columns divide 112; 16 strips of 4 rows
+        ((56, 56), 256, ((8, 16, 2), 4)),  # only 8 divides 56 (16 and 32 pad 8 columns)
+        ((7, 7), 256, ((8, 2, 16), 4)),  # a small plane: 16 planes per block
+        ((28, 28), 256, ((32, 8, 1), 4)),  # every width pads 4: the widest
+        ((1, 5), 64, ((8, 1, 8), 1)),  # one row: one output per thread
+    ],
+)
+def test_choose_depthwise_block(out_size, threads, expected):
+    from nbconv.cuda._launch import choose_depthwise_block
+
+    assert choose_depthwise_block(out_size, threads) == expected
+
+
+DEPTHWISE_SHAPES = [
+    ((32, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32)),
+    ((32, 96, 112, 112), (96, 1, 3, 3), dict(stride=2, padding=1, groups=96)),
+    ((32, 960, 7, 7), (960, 1, 3, 3), dict(padding=1, groups=960)),
+    ((32, 128, 56, 56), (128, 1, 7, 7), dict(padding=3, groups=128)),
+    ((8, 16, 30, 30), (48, 1, 5, 5), dict(dilation=2, padding="same", groups=16)),
+    ((4096, 64, 9, 9), (64, 1, 3, 3), dict(groups=64)),  # more plane blocks than grid.z takes
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", DEPTHWISE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_depthwise_grid_covers_every_output_and_fits(x_shape, w_shape, kw, dtype):
+    from nbconv.cuda._depthwise import REGISTERS_PER_SM, launch_bounds
+    from nbconv.cuda._launch import (
+        MAX_GRID_YZ,
+        SHARED_LIMIT_BYTES,
+        DepthwiseLaunch,
+        forward_launch_config,
+    )
+
+    spec = spec_for(x_shape, w_shape, dtype, **kw)
+    cfg = forward_launch_config(spec)
+    assert isinstance(cfg, DepthwiseLaunch)
+    key = cfg.key
+    (th, tw), (bx, by, bz) = key.out_tile, key.block
+    assert cfg.block == key.block and (th, tw) == (by * key.rows_per_thread, bx)
+    # tiles along W and H: enough, and none wholly outside the output
+    for tiles, tile, size in ((cfg.grid[0], tw, spec.out_size[1]), (cfg.grid[1], th, spec.out_size[0])):
+        assert tiles * tile >= size > (tiles - 1) * tile
+    planes = spec.batch * spec.in_channels
+    assert cfg.grid[2] == min(MAX_GRID_YZ, math.ceil(planes / bz))
+    assert key.threads <= 1024 and key.shared_bytes <= SHARED_LIMIT_BYTES
+    # the halo tile holds every input a strip reads: the last output row/column's last tap
+    rows, cols = key.halo_tile
+    assert (th - 1) * spec.stride[0] + (spec.kernel_size[0] - 1) * spec.dilation[0] == rows - 1
+    assert (tw - 1) * spec.stride[1] + (spec.kernel_size[1] - 1) * spec.dilation[1] == cols - 1
+    assert key.shared_columns % spec.stride[1] == 0 and key.shared_columns >= cols
+    threads, blocks = launch_bounds(key)
+    assert threads == key.threads and blocks >= 1
+    assert REGISTERS_PER_SM // (threads * blocks) >= 64  # room for the weights of a 3x3 at least
+
+
+def test_only_plain_depthwise_problems_take_the_depthwise_kernel():
+    from nbconv._spec import conv2d_input_spec
+    from nbconv.cuda._launch import depthwise_launch_config
+
+    assert depthwise_launch_config(spec_for((2, 4, 9, 9), (4, 1, 3, 3), groups=4)) is not None
+    assert depthwise_launch_config(spec_for((2, 4, 9, 9), (8, 1, 3, 3), groups=4)) is not None  # multiplier 2
+    assert depthwise_launch_config(spec_for((2, 4, 9, 9), (4, 2, 3, 3), groups=2)) is None  # 2 inputs per group
+    from numba import cuda
+
+    w = cuda.device_array((4, 1, 3, 3), np.float32)
+    gy = cuda.device_array((2, 4, 4, 4), np.float32)
+    assert depthwise_launch_config(conv2d_input_spec((2, 4, 9, 9), w, gy, stride=2, groups=4)) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_depthwise_grid_stride_loop_over_plane_blocks(monkeypatch, dtype):
+    """With grid.z capped below the plane blocks (a huge batch), each block loops over several."""
+    from cases import to_backend, to_host
+    from reference import assert_conv_close
+
+    import nbconv
+    from nbconv.cuda import _launch
+
+    monkeypatch.setattr(_launch, "MAX_GRID_YZ", 2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 6, 7)).astype(dtype)
+    w = rng.standard_normal((10, 1, 3, 3)).astype(dtype)
+    b = rng.standard_normal(10).astype(dtype)
+    args = dict(padding=1, groups=5)
+    spec = spec_for(x.shape, w.shape, dtype, **args)
+    cfg = _launch.forward_launch_config(spec)
+    assert isinstance(cfg, _launch.DepthwiseLaunch) and cfg.grid[2] == 2
+    assert math.ceil(15 / cfg.key.block[2]) > 2, "the loop must run more than once"
+    got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), to_backend(b, "cuda"), **args)
+    assert_conv_close(to_host(got), x, w, b, **args)

@@ -9,6 +9,7 @@ import numpy as np
 from numba import config
 
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
+from ._depthwise import DepthwiseKey, depthwise_kernel
 from ._forward import ForwardKey, forward_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
 
@@ -19,6 +20,12 @@ MAX_OC_BLOCK = 4
 #: Under Numba's simulator (every thread a Python thread) the blocks are made smaller.
 REDUCE_THREADS = 32 if config.ENABLE_CUDASIM else 256
 REDUCE_TARGET_BLOCKS = 1024
+#: Threads per block of the depthwise kernel (fewer under the simulator, where each is a thread).
+DEPTHWISE_THREADS = 64 if config.ENABLE_CUDASIM else 256
+#: Outputs per thread down a column in the depthwise kernel (the reuse of each staged load).
+DEPTHWISE_ROWS = 4
+#: The largest grid.y and grid.z CUDA allows; plane blocks beyond it are looped over.
+MAX_GRID_YZ = 65535
 
 
 class LaunchConfig(NamedTuple):
@@ -39,7 +46,62 @@ def choose_oc_block(out_per_group: int) -> int:
     return min(MAX_OC_BLOCK, 1 << (out_per_group - 1).bit_length())
 
 
-def forward_launch_config(spec) -> LaunchConfig:
+class DepthwiseLaunch(NamedTuple):
+    key: DepthwiseKey
+    grid: tuple[int, int, int]  # (tiles along W, tiles along H, plane blocks <= MAX_GRID_YZ)
+    block: tuple[int, int, int]  # key.block
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def choose_depthwise_block(out_size: tuple[int, int], threads: int = DEPTHWISE_THREADS,
+                           rows: int = DEPTHWISE_ROWS) -> tuple[tuple[int, int, int], int]:
+    """((BX, BY, BZ), R) of the depthwise kernel for an output plane of ``out_size``.
+
+    BX (columns, a warp's width at most) is the one of 32, 16, 8 that pads the width least
+    (ties: the widest); R outputs per thread down a column (fewer for short planes); BY strips
+    cover the height up to the thread budget; BZ planes share a block when one plane is small.
+    """
+    out_h, out_w = out_size
+    bx = min((32, 16, 8), key=lambda b: (math.ceil(out_w / b) * b - out_w, -b))
+    bx = min(bx, threads)
+    r = min(rows, _pow2_at_least(out_h))
+    by = max(1, min(threads // bx, _pow2_at_least(math.ceil(out_h / r))))
+    bz = max(1, threads // (bx * by))
+    return (bx, by, bz), r
+
+
+def depthwise_launch_config(spec, threads: int = DEPTHWISE_THREADS) -> DepthwiseLaunch | None:
+    """The depthwise kernel's key and grid for ``spec``, or None when it does not apply (not
+    depthwise, a transposed index map, or a halo tile too large for shared memory)."""
+    if spec.in_per_group != 1 or spec.transposed_weight or spec.lhs_dilation != (1, 1):
+        return None
+    (bx, by, bz), r = choose_depthwise_block(spec.out_size, threads)
+    key = DepthwiseKey(spec.kernel_size, spec.stride, spec.dilation, (bx, by, bz), r,
+                       spec.dtype == np.float64, spec.has_bias)
+    while key.shared_bytes > SHARED_LIMIT_BYTES and key.block != (bx, 1, 1):
+        bx, by, bz = key.block  # halve the planes, then the strips, until it fits
+        key = key._replace(block=(bx, by, bz // 2) if bz > 1 else (bx, by // 2, 1))
+    if key.shared_bytes > SHARED_LIMIT_BYTES:
+        return None
+    th, tw = key.out_tile
+    planes = spec.batch * spec.in_channels
+    plane_blocks = min(MAX_GRID_YZ, max(1, math.ceil(planes / key.block[2])))
+    tiles = (math.ceil(spec.out_size[1] / tw), math.ceil(spec.out_size[0] / th))
+    if tiles[1] > MAX_GRID_YZ:
+        return None
+    return DepthwiseLaunch(key, (tiles[0], tiles[1], plane_blocks), key.block)
+
+
+def forward_launch_config(spec) -> DepthwiseLaunch | LaunchConfig:
+    """The launch of ``spec``'s convolution: the depthwise kernel where it applies, else the
+    general tiled kernel."""
+    return depthwise_launch_config(spec) or tile_launch_config(spec)
+
+
+def tile_launch_config(spec) -> LaunchConfig:
     tile = choose_tile(spec.out_size)
     oc_block = choose_oc_block(spec.out_per_group)
     acc_double = spec.dtype == np.float64
@@ -71,6 +133,12 @@ def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     w = as_batched_device_array(weight, False)
     o = as_batched_device_array(out, spec.unbatched)
     b = as_batched_device_array(bias, False) if bias is not None else w
+    if isinstance(cfg, DepthwiseLaunch):
+        depthwise_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
+            x, w, b, o, spec.padding[0], spec.padding[2], spec.in_channels, spec.batch * spec.in_channels,
+            spec.out_per_group,
+        )
+        return out
     kernel = forward_kernel(cfg.key)
     kernel[cfg.grid, cfg.block, launch_stream(spec.kind)](
         x, w, b, o, spec.padding[0], spec.padding[2], spec.groups, cfg.n_oc_blocks, cfg.tiles[0], cfg.tiles[1]
