@@ -9,6 +9,8 @@ them) goes through ``ptxas -v`` (registers, spill bytes, shared memory) and ``cu
     python docs/cuda_sass.py                 # a table of every specialisation
     python docs/cuda_sass.py --json FILE     # also the figures as JSON
     python docs/cuda_sass.py --limit 20      # the first 20 only
+    python docs/cuda_sass.py --standard      # per standard shape (batch 32, float32): the kernel
+                                             # launched against the general tiled kernel
 
 Exits 1 if any kernel spills to local memory (the test suite runs it that way when ptxas is there).
 Columns: registers per thread, spill stores/loads (bytes), SASS instructions, FFMA (and HFMA2 /
@@ -46,14 +48,67 @@ def _describe(key, dtype) -> str:
             f"d{key.dilation[0]}{key.dilation[1]} tile{key.tile[0]}x{key.tile[1]} oc{key.oc_block} {dtype.name}")
 
 
+def resident_threads(registers: int, threads: int, smem: int) -> int:
+    """Threads an sm_90 SM keeps resident: 64K registers (8 per thread at a time), 228 KB shared
+    memory (1 KB reserved per block), 2048 threads and 32 blocks at most."""
+    regs = -(-max(registers, 1) // 8) * 8
+    blocks = min(32, 2048 // threads, 65536 // (regs * threads), (228 * 1024) // (smem + 1024))
+    return blocks * threads
+
+
+def standard_table() -> list[dict]:
+    """Forward and input gradient of every standard shape (batch 32, float32): the kernel the
+    launcher picks and the general tiled kernel, as ptxas compiles them for sm_90."""
+    import numpy as np
+    from compile_kernels import DeviceStandIn
+
+    from nbconv._shapes import STANDARD_SHAPES
+    from nbconv._spec import conv2d_input_spec, conv2d_spec
+    from nbconv.cuda._compile import compile_forward
+    from nbconv.cuda._launch import DepthwiseLaunch, forward_launch_config, tile_launch_config
+
+    dt = np.dtype(np.float32)
+    rows = []
+    for shape in STANDARD_SHAPES:
+        x, w = DeviceStandIn(shape.input_shape(32), dt), DeviceStandIn(shape.weight_shape(), dt)
+        fwd = conv2d_spec(x, w, None, **shape.conv_args())
+        gy = DeviceStandIn(fwd.output_shape, dt)
+        for op, spec in (("forward", fwd), ("input grad", conv2d_input_spec(shape.input_shape(32), w, gy,
+                                                                               **shape.conv_args()))):
+            chosen = forward_launch_config(spec)
+            configs = [chosen] + ([tile_launch_config(spec)] if isinstance(chosen, DepthwiseLaunch) else [])
+            for cfg in configs:
+                fn = ptxas_report(compile_forward(cfg.key, dt, (9, 0)))[0]
+                threads = int(np.prod(cfg.block))
+                per_thread = cfg.key.rows_per_thread if isinstance(cfg, DepthwiseLaunch) else cfg.key.oc_block
+                rows.append({"shape": shape.name, "op": op, "kernel": _describe(cfg.key, dt),
+                             "launched": cfg is chosen, "threads": threads, "outputs_per_thread": per_thread,
+                             "resident": resident_threads(fn["registers"], threads, fn["smem"]), **fn})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--standard", action="store_true")
     args = parser.parse_args(argv)
     if not (cuda_tool("ptxas") and cuda_tool("cuobjdump")):
         print("needs ptxas and cuobjdump: pip install nvidia-cuda-nvcc nvidia-cuda-cuobjdump")
         return 2
+    if args.standard:
+        rows = standard_table()
+        print("| shape | op | kernel | launched | regs | resident threads/SM | outputs/thread | SASS instr | FFMA "
+              "| LDS | LDG | CALL |")
+        print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['shape']} | {r['op']} | {r['kernel']} | {'yes' if r['launched'] else 'no'} | "
+                  f"{r['registers']} | {r['resident']} | {r['outputs_per_thread']} | {r['instructions']} | "
+                  f"{r['fma']} | {r['lds']} | {r['ldg']} | {r['calls']} |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 1 if any(r["spill_stores"] or r["spill_loads"] for r in rows) else 0
     from compile_kernels import specialisations
 
     from nbconv.cuda._compile import compile_forward, compile_reduce

@@ -82,3 +82,58 @@ def test_first_call_latency_of_each_op(op):
 
     cold, warm = first_call_latency(SHAPES_BY_NAME["mbv2_dw_7"], 1, "float32", "cpu", op)
     assert 0 < warm < cold
+
+
+class _FakeCupy:
+    """The parts of CuPy that the GPU timing uses, timed with the host clock (no GPU)."""
+
+    def __init__(self):
+        import time
+        import types
+
+        self.log = []
+        fake = self
+
+        class Stream:
+            ptr = 0
+
+            def synchronize(self):
+                fake.log.append("sync")
+
+        class Event:
+            def record(self, stream):
+                self.t = time.perf_counter()
+                fake.log.append("record")
+
+            def synchronize(self):
+                pass
+
+        self.cuda = types.SimpleNamespace(get_current_stream=Stream, Event=Event,
+                                          get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
+
+
+def test_cuda_kernel_time_queues_busy_work_then_cycles_through_the_copies():
+    import time
+
+    from nbconv.bench._timing import cuda_kernel_time
+
+    cupy, seen, busy = _FakeCupy(), [], []
+    calls = [lambda i=i: (seen.append(i), time.sleep(0.001)) for i in range(3)]
+    t = cuda_kernel_time(calls, 7, host_s=0.004, cupy=cupy, launch_busy=lambda ms, ptr: busy.append(ms))
+    assert seen == [0] + [0, 1, 2, 0, 1, 2, 0]  # one untimed call, then the copies in turn
+    assert busy == [56]  # twice what the host needs to queue the 7 calls (4 ms each), in ms
+    assert cupy.log == ["sync", "record", "record"]  # the busy kernel goes between sync and start
+    assert 0.001 <= t < 0.01
+
+
+def test_busy_kernel_compiles_for_sm90():
+    import os
+    import subprocess
+    import sys
+
+    code = ("from numba import cuda, types\nfrom nbconv.bench._timing import busy_gpu_function\n"
+            "ptx, _ = cuda.compile_ptx(busy_gpu_function(), (types.int64,), cc=(9, 0))\n"
+            "assert 'nanosleep' in ptx, ptx\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), timeout=300)
+    assert res.returncode == 0, res.stderr

@@ -172,6 +172,12 @@ def test_only_plain_depthwise_problems_take_the_depthwise_kernel():
     w = cuda.device_array((4, 1, 3, 3), np.float32)
     gy = cuda.device_array((2, 4, 4, 4), np.float32)
     assert depthwise_launch_config(conv2d_input_spec((2, 4, 9, 9), w, gy, stride=2, groups=4)) is None
+    gy = cuda.device_array((2, 4, 7, 7), np.float32)
+    stride_1 = depthwise_launch_config(conv2d_input_spec((2, 4, 9, 9), w, gy, groups=4))
+    assert stride_1 is not None and stride_1.key.flipped  # the adjoint of a stride-1 depthwise conv
+    w2 = cuda.device_array((8, 1, 3, 3), np.float32)  # multiplier 2: its adjoint sums 2 inputs per group
+    gy2 = cuda.device_array((2, 8, 7, 7), np.float32)
+    assert depthwise_launch_config(conv2d_input_spec((2, 4, 9, 9), w2, gy2, groups=4)) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)

@@ -13,9 +13,13 @@ import numpy as np
 from .._shapes import Shape
 from ._check import max_scaled_error
 from ._ops import host_arrays, op_call
-from ._timing import first_call_latency, interleaved, warm_allocator
+from ._timing import first_call_latency, interleaved, interleaved_kernel_times, warm_allocator
 
 TOLERANCE = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-10}
+#: GPU timing cycles through copies of the arrays until they span this many bytes (twice the
+#: 50-60 MB L2 of an H100/H200), so that a kernel does not find its input in L2.
+ROTATE_BYTES = 128 << 20
+MAX_COPIES = 8
 
 
 @dataclass
@@ -31,6 +35,11 @@ class BenchResult:
     torch_time_s: Optional[float] = None
     speedup: Optional[float] = None  # median over interleaved pairs of torch time / nbconv time
     op: str = "forward"
+    # CUDA only: GPU time per call (host cost hidden, inputs rotated), as above
+    kernel_time_s: Optional[float] = None
+    kernel_gbps: Optional[float] = None
+    torch_kernel_time_s: Optional[float] = None
+    kernel_speedup: Optional[float] = None
 
 
 def _torch(backend: str):
@@ -54,13 +63,23 @@ def bench_shape(shape: Shape, batch: int, dtype: str, backend: str, rounds: int,
         sync = cupy.cuda.Device().synchronize
     else:
         to_device, to_host = (lambda a: a), np.asarray
-    call = op_call(op, shape, host_arrays(shape, batch, dtype), to_device, torch, backend)
+    host = host_arrays(shape, batch, dtype)
+    call = op_call(op, shape, host, to_device, torch, backend)
     err = max_scaled_error(to_host(call.ours()), call.want)
     if not err <= TOLERANCE[dtype]:
         raise AssertionError(f"{shape.name} {op}: nbconv differs from the NumPy check by {err:.3g} (scaled)")
     if call.theirs is not None:
         call.theirs()
     t_ours, t_theirs, ratio = interleaved(call.ours, call.theirs, rounds, sync)
+    kernel = {}
+    if backend == "cuda":
+        copies = max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / max(call.min_bytes, 1))))
+        more = [op_call(op, shape, host, to_device, torch, backend, check=False) for _ in range(copies - 1)]
+        ours = [call.ours] + [c.ours for c in more]
+        theirs = [call.theirs] + [c.theirs for c in more] if call.theirs is not None else None
+        k_ours, k_theirs, k_ratio = interleaved_kernel_times(ours, theirs, rounds, t_ours, t_theirs, cupy)
+        kernel = dict(kernel_time_s=k_ours, kernel_gbps=call.min_bytes / k_ours / 1e9,
+                      torch_kernel_time_s=k_theirs, kernel_speedup=k_ratio)
     return BenchResult(
         name=shape.name,
         backend=backend,
@@ -73,6 +92,7 @@ def bench_shape(shape: Shape, batch: int, dtype: str, backend: str, rounds: int,
         torch_time_s=t_theirs,
         speedup=ratio,
         op=op,
+        **kernel,
     )
 
 
@@ -128,6 +148,10 @@ def run_bench(
         import numba
 
         torch.set_num_threads(numba.get_num_threads())  # same number of threads on both sides
+    if torch is not None and backend == "cuda":
+        torch.backends.cudnn.benchmark = True  # cuDNN's fastest algorithm per shape
+        torch.backends.cudnn.allow_tf32 = False  # FP32 on both sides: Numba has no tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = False
     warm_allocator()
     results = []
     for i, shape in enumerate(shapes, 1):
@@ -138,16 +162,28 @@ def run_bench(
 
 def format_table(results: Sequence[BenchResult]) -> str:
     has_torch = any(r.speedup is not None for r in results)
+    has_kernel = any(r.kernel_time_s is not None for r in results)
     head = "| shape | time (ms) | GFLOP/s | GB/s |" + (" torch (ms) | speedup |" if has_torch else "")
     rule = "|---|---:|---:|---:|" + ("---:|---:|" if has_torch else "")
+    if has_kernel:
+        head += " kernel (us) | kernel GB/s |" + (" torch kernel (us) | kernel speedup |" if has_torch else "")
+        rule += "---:|---:|" + ("---:|---:|" if has_torch else "")
     rows = [head, rule]
     for r in results:
         row = f"| {r.name} | {r.time_s * 1e3:.3f} | {r.gflops:.1f} | {r.gbps:.1f} |"
         if has_torch:
             row += f" {r.torch_time_s * 1e3:.3f} | {r.speedup:.2f}x |" if r.speedup else " - | - |"
+        if has_kernel:
+            row += f" {r.kernel_time_s * 1e6:.1f} | {r.kernel_gbps:.0f} |" if r.kernel_time_s else " - | - |"
+            if has_torch:
+                row += (f" {r.torch_kernel_time_s * 1e6:.1f} | {r.kernel_speedup:.2f}x |" if r.kernel_speedup
+                        else " - | - |")
         rows.append(row)
     if has_torch:
-        rows.append(f"| **geometric mean** | | | | | **{geomean([r.speedup for r in results if r.speedup]):.2f}x** |")
+        tail = f"| **geometric mean** | | | | | **{geomean([r.speedup for r in results if r.speedup]):.2f}x** |"
+        if has_kernel:
+            tail += f" | | | **{geomean([r.kernel_speedup for r in results if r.kernel_speedup]):.2f}x** |"
+        rows.append(tail)
     return "\n".join(rows)
 
 

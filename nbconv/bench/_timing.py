@@ -75,6 +75,71 @@ def interleaved(a, b, rounds: int, sync=None) -> tuple[float, Optional[float], O
     return med(ta), (med(tb) if b else None), (med(ratios) if b else None)
 
 
+def busy_gpu_function():
+    """``busy(ms)``, to compile for the GPU: keeps it busy for about ``ms`` milliseconds (one
+    thread, ``ms`` naps of 1 ms)."""
+    from numba import cuda
+
+    def busy(ms):
+        for _ in range(ms):
+            cuda.nanosleep(1000000)  # at most 1 ms per call
+
+    return busy
+
+
+def _launch_busy(ms: int, stream_ptr: int) -> None:
+    from numba import cuda
+
+    kernel = _BUSY.get("kernel") or _BUSY.setdefault("kernel", cuda.jit(busy_gpu_function()))
+    kernel[1, 1, cuda.external_stream(stream_ptr) if stream_ptr else cuda.default_stream()](ms)
+
+
+_BUSY: dict = {}
+
+
+def cuda_kernel_time(calls: list, reps: int, host_s: float, cupy, launch_busy=_launch_busy) -> float:
+    """Seconds of GPU time per call of ``calls`` (cycled: distinct buffers, so the data does not
+    stay in L2), with the host's cost hidden.
+
+    A busy kernel queued first keeps the GPU occupied while the host queues ``reps`` calls
+    (``host_s`` each, as measured with a synchronisation); CUDA events around the calls then
+    time the kernels back to back. If the busy kernel ended early the host's gaps count too,
+    so the figure errs high, never low.
+    """
+    stream = cupy.cuda.get_current_stream()
+    ms = int(min(2000, max(5, 2e3 * reps * host_s)))
+    calls[0]()
+    stream.synchronize()
+    launch_busy(ms, stream.ptr)
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record(stream)
+    for i in range(reps):
+        calls[i % len(calls)]()
+    end.record(stream)
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) * 1e-3 / reps
+
+
+def interleaved_kernel_times(a: list, b: Optional[list], rounds: int, host_a: float, host_b: Optional[float],
+                             cupy, reps: int = 20) -> tuple[float, Optional[float], Optional[float]]:
+    """Median GPU time per call of ``a``, of ``b``, and the median of the paired ratios b / a,
+    alternating who goes first (see :func:`cuda_kernel_time`)."""
+    ta, tb, ratios = [], [], []
+    for i in range(rounds):
+        pair = {}
+        for who in ((0, 1) if i % 2 == 0 else (1, 0)):
+            if who == 0:
+                pair[0] = cuda_kernel_time(a, reps, host_a, cupy)
+            elif b:
+                pair[1] = cuda_kernel_time(b, reps, host_b, cupy)
+        ta.append(pair[0])
+        if b:
+            tb.append(pair[1])
+            ratios.append(pair[1] / pair[0])
+    med = statistics.median
+    return med(ta), (med(tb) if b else None), (med(ratios) if b else None)
+
+
 _FIRST_CALL = """
 import time, numpy as np
 t0 = time.perf_counter()

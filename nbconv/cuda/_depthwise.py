@@ -44,6 +44,9 @@ class DepthwiseKey(NamedTuple):
     rows_per_thread: int  # R: outputs per thread, down a column
     acc_double: bool  # accumulate in float64 (float64 data) or float32 (float16/float32 data)
     has_bias: bool
+    #: conv_transpose2d / grad.conv2d_input at stride 1: the weight is (C, mult, KH, KW), read
+    #: flipped (the transposed convolution of a stride-1 depthwise layer is a depthwise convolution)
+    flipped: bool = False
 
     @property
     def out_tile(self) -> tuple[int, int]:
@@ -100,7 +103,8 @@ def launch_bounds(key: DepthwiseKey) -> tuple[int, int]:
 def depthwise_kernel(key: DepthwiseKey):
     """The ``@cuda.jit`` kernel for ``key`` (built once per key; Numba compiles per argument types).
 
-    Arguments: ``x`` (N, C, H, W), ``w`` (C * mult, 1, KH, KW), ``b`` (C * mult,) (any array when
+    Arguments: ``x`` (N, C, H, W), ``w`` (C * mult, 1, KH, KW) (``(C, mult, KH, KW)`` read flipped
+    when ``key.flipped``), ``b`` (C * mult,) (any array when
     there is no bias), ``out`` (N, C * mult, H_out, W_out), ``pad_h``, ``pad_w``, ``channels``
     (C), ``planes`` (N * C) and ``mult``. Launch with ``grid = (tiles_w, tiles_h, plane_blocks)``
     and ``block = key.block``.
@@ -118,6 +122,7 @@ def depthwise_kernel(key: DepthwiseKey):
     NTAPS = KH * KW
     ACC = float64 if key.acc_double else float32
     HAS_BIAS = key.has_bias
+    FLIPPED = key.flipped
 
     options = {} if config.ENABLE_CUDASIM else {"launch_bounds": launch_bounds(key)}
 
@@ -164,7 +169,10 @@ def depthwise_kernel(key: DepthwiseKey):
                 for j in range(mult):
                     oc = c * mult + j
                     for k in range(NTAPS):
-                        wr[k] = ACC(w[oc, 0, k // KW, k % KW])
+                        if FLIPPED:
+                            wr[k] = ACC(w[c, j, KH - 1 - k // KW, KW - 1 - k % KW])
+                        else:
+                            wr[k] = ACC(w[oc, 0, k // KW, k % KW])
                     for r in range(R):
                         acc[r] = 0
                     for kw in range(KW):

@@ -75,12 +75,14 @@ def choose_depthwise_block(out_size: tuple[int, int], threads: int = DEPTHWISE_T
 
 def depthwise_launch_config(spec, threads: int = DEPTHWISE_THREADS) -> DepthwiseLaunch | None:
     """The depthwise kernel's key and grid for ``spec``, or None when it does not apply (not
-    depthwise, a transposed index map, or a halo tile too large for shared memory)."""
-    if spec.in_per_group != 1 or spec.transposed_weight or spec.lhs_dilation != (1, 1):
+    depthwise, a transposed convolution with a stride, or a halo tile too large for shared
+    memory). A stride-1 transposed depthwise convolution (the input gradient of a stride-1
+    depthwise layer) is a depthwise convolution with the weight flipped."""
+    if spec.in_per_group != 1 or spec.lhs_dilation != (1, 1):
         return None
     (bx, by, bz), r = choose_depthwise_block(spec.out_size, threads)
     key = DepthwiseKey(spec.kernel_size, spec.stride, spec.dilation, (bx, by, bz), r,
-                       spec.dtype == np.float64, spec.has_bias)
+                       spec.dtype == np.float64, spec.has_bias, spec.transposed_weight)
     while key.shared_bytes > SHARED_LIMIT_BYTES and key.block != (bx, 1, 1):
         bx, by, bz = key.block  # halve the planes, then the strips, until it fits
         key = key._replace(block=(bx, by, bz // 2) if bz > 1 else (bx, by // 2, 1))
