@@ -33,16 +33,17 @@ from sass import cuda_tool, ptxas_report  # noqa: E402 (after the path insert)
 
 
 def _describe(key, dtype) -> str:
-    from nbconv.cuda._depthwise import DepthwiseKey
+    from nbconv.cuda._planes import PlaneKey
     from nbconv.cuda._reduce import ReduceKey
 
     if isinstance(key, ReduceKey):
         what = "bias grad" if key.bias_only else f"weight grad {key.kernel_size[0]}x{key.kernel_size[1]}"
         return f"{what} s{key.stride[0]} d{key.dilation[0]} {dtype.name}"
-    if isinstance(key, DepthwiseKey):
-        return (f"depthwise {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]}{key.stride[1]} "
+    if isinstance(key, PlaneKey):
+        kind = "planes, transposed" if key.transposed_weight else "planes"
+        return (f"{kind} {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]}{key.stride[1]} "
                 f"d{key.dilation[0]}{key.dilation[1]} block{'x'.join(map(str, key.block))} r{key.rows_per_thread} "
-                f"{dtype.name}")
+                f"oc{key.oc_block} {dtype.name}")
     kind = "input grad" if key.transposed_weight else "forward"
     return (f"{kind} {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]}{key.stride[1]} "
             f"d{key.dilation[0]}{key.dilation[1]} tile{key.tile[0]}x{key.tile[1]} oc{key.oc_block} {dtype.name}")
@@ -65,7 +66,7 @@ def standard_table() -> list[dict]:
     from nbconv._shapes import STANDARD_SHAPES
     from nbconv._spec import conv2d_input_spec, conv2d_spec
     from nbconv.cuda._compile import compile_forward
-    from nbconv.cuda._launch import DepthwiseLaunch, forward_launch_config, tile_launch_config
+    from nbconv.cuda._launch import PlaneLaunch, forward_launch_config, tile_launch_config
 
     dt = np.dtype(np.float32)
     rows = []
@@ -76,11 +77,11 @@ def standard_table() -> list[dict]:
         for op, spec in (("forward", fwd), ("input grad", conv2d_input_spec(shape.input_shape(32), w, gy,
                                                                                **shape.conv_args()))):
             chosen = forward_launch_config(spec)
-            configs = [chosen] + ([tile_launch_config(spec)] if isinstance(chosen, DepthwiseLaunch) else [])
+            configs = [chosen] + ([tile_launch_config(spec)] if isinstance(chosen, PlaneLaunch) else [])
             for cfg in configs:
                 fn = ptxas_report(compile_forward(cfg.key, dt, (9, 0)))[0]
                 threads = int(np.prod(cfg.block))
-                per_thread = cfg.key.rows_per_thread if isinstance(cfg, DepthwiseLaunch) else cfg.key.oc_block
+                per_thread = cfg.key.oc_block * (cfg.key.rows_per_thread if isinstance(cfg, PlaneLaunch) else 1)
                 rows.append({"shape": shape.name, "op": op, "kernel": _describe(cfg.key, dt),
                              "launched": cfg is chosen, "threads": threads, "outputs_per_thread": per_thread,
                              "resident": resident_threads(fn["registers"], threads, fn["smem"]), **fn})

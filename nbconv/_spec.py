@@ -234,9 +234,9 @@ def _check_dtypes(op: str, kind: str, dtypes: dict[str, np.dtype]) -> np.dtype:
 
 
 def _array_shapes_dtype(op: str, kind: str, arrays: dict[str, Any]) -> tuple[dict[str, tuple], np.dtype]:
-    given = {n: a for n, a in arrays.items() if a is not None}
-    shapes = {n: _arrays.array_shape(a, _arrays.array_kind(a)) for n, a in given.items()}
-    dtype = _check_dtypes(op, kind, {n: _arrays.array_dtype(a, _arrays.array_kind(a)) for n, a in given.items()})
+    kinds = {n: _arrays.array_kind(a) for n, a in arrays.items() if a is not None}
+    shapes = {n: _arrays.array_shape(arrays[n], k) for n, k in kinds.items()}
+    dtype = _check_dtypes(op, kind, {n: _arrays.array_dtype(arrays[n], k) for n, k in kinds.items()})
     return shapes, dtype
 
 
@@ -354,11 +354,40 @@ def conv2d_spec(
     arrays = {"input": input, "weight": weight, "bias": bias}
     kind = classify(op, arrays)
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
-    geo = _forward_geometry(op, shapes["input"], shapes["weight"], stride, padding, dilation, groups)
+    meta = (op, kind, dtype, shapes["input"], shapes["weight"], shapes.get("bias"), stride, padding, dilation, groups)
+    try:  # a network calls each layer's geometry over and over: validate it once
+        key = (meta[:6], _typed_key(stride), _typed_key(padding), _typed_key(dilation), _typed_key(groups))
+        hash(key)
+    except TypeError:  # an unhashable argument (a NumPy array): validated the same way, not cached
+        return _conv2d_spec_from(*meta)
+    spec = _SPEC_CACHE.get(key)
+    if spec is None:
+        spec = _conv2d_spec_from(*meta)
+        if len(_SPEC_CACHE) >= _SPEC_CACHE_SIZE:
+            _SPEC_CACHE.clear()
+        _SPEC_CACHE[key] = spec
+    return spec
+
+
+#: Specs are immutable, so equal arguments share one. Keys carry the argument types (1, 1.0 and
+#: True are equal keys otherwise, and only one of them is valid).
+_SPEC_CACHE: dict = {}
+_SPEC_CACHE_SIZE = 1024
+
+
+def _typed_key(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_typed_key(v) for v in value))
+    return (type(value), value)
+
+
+def _conv2d_spec_from(op, kind, dtype, in_shape, w_shape, b_shape, stride, padding, dilation, groups) -> ConvSpec:
+    geo = _forward_geometry(op, in_shape, w_shape, stride, padding, dilation, groups)
     c_out = geo["out_channels"]
-    if bias is not None and shapes["bias"] != (c_out,):
-        raise ValueError(f"{op}: bias must have shape (out_channels,) = ({c_out},), got {shapes['bias']}")
-    return ConvSpec(op=op, dtype=dtype, has_bias=bias is not None, kind=kind, **geo)
+    if b_shape is not None and b_shape != (c_out,):
+        raise ValueError(f"{op}: bias must have shape (out_channels,) = ({c_out},), got {b_shape}")
+    return ConvSpec(op=op, dtype=dtype, has_bias=b_shape is not None, kind=kind, **geo)
+
 
 
 def conv2d_input_spec(

@@ -12,6 +12,17 @@ from nbconv._spec import conv2d_spec
 pytestmark = pytest.mark.cuda
 
 
+@pytest.fixture
+def fresh_launch_cache():
+    """Launch configs are cached per spec: a test that patches how they are made starts and
+    ends with an empty cache, so no patched config outlives it."""
+    from nbconv.cuda import _launch
+
+    _launch.forward_launch_config.cache_clear()
+    yield
+    _launch.forward_launch_config.cache_clear()
+
+
 def spec_for(x_shape, w_shape, dtype=np.float32, **kw):
     from numba import cuda
 
@@ -66,32 +77,36 @@ def test_halo_tile_and_shared_memory():
 
 
 def test_huge_dilated_kernel_falls_back_to_global_reads():
-    from nbconv.cuda._launch import SHARED_LIMIT_BYTES, forward_launch_config
+    from nbconv.cuda._launch import SHARED_LIMIT_BYTES, forward_launch_config, tile_launch_config
 
-    small = forward_launch_config(spec_for((1, 2, 64, 64), (2, 2, 3, 3)))
+    small = tile_launch_config(spec_for((1, 2, 64, 64), (2, 2, 3, 3)))
     assert small.key.stage_input and small.key.shared_bytes <= SHARED_LIMIT_BYTES
     huge = forward_launch_config(spec_for((1, 2, 200, 200), (2, 2, 31, 31), np.float64, dilation=4))
     assert not huge.key.stage_input
 
 
-def test_huge_dilated_depthwise_kernel_falls_back_to_the_tiled_kernel():
-    from nbconv.cuda._launch import DepthwiseLaunch, LaunchConfig, forward_launch_config
+@pytest.mark.parametrize("w_shape, groups", [((2, 1, 31, 31), 2), ((2, 2, 31, 31), 1)])
+def test_huge_dilated_kernel_falls_back_from_the_plane_kernel(w_shape, groups):
+    from nbconv.cuda._launch import LaunchConfig, PlaneLaunch, forward_launch_config
 
-    small = forward_launch_config(spec_for((1, 2, 64, 64), (2, 1, 3, 3), groups=2))
-    assert isinstance(small, DepthwiseLaunch)
-    huge = forward_launch_config(spec_for((1, 2, 200, 200), (2, 1, 31, 31), np.float64, dilation=4, groups=2))
+    small = forward_launch_config(spec_for((1, 2, 64, 64), w_shape[:2] + (3, 3), groups=groups))
+    assert isinstance(small, PlaneLaunch)
+    huge = forward_launch_config(spec_for((1, 2, 200, 200), w_shape, np.float64, dilation=4, groups=groups))
     assert isinstance(huge, LaunchConfig) and not huge.key.stage_input
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-def test_huge_dilated_kernel_is_correct(dtype):
-    """The global-read variant computes the same numbers (runs on the simulator too)."""
+def test_huge_dilated_kernel_is_correct(dtype, monkeypatch, fresh_launch_cache):
+    """The tiled kernel's global-read variant computes the same numbers (runs on the simulator
+    too); the plane kernel, which would take this problem in float32, is turned off."""
     from cases import to_backend, to_host
     from reference import assert_conv_close
 
     import nbconv
+    from nbconv.cuda import _launch
     from nbconv.cuda._launch import forward_launch_config
 
+    monkeypatch.setattr(_launch, "plane_launch_config", lambda spec, threads=0: None)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 2, 50, 230)).astype(dtype)
     w = rng.standard_normal((2, 2, 5, 31)).astype(dtype)
@@ -111,44 +126,63 @@ def test_huge_dilated_kernel_is_correct(dtype):
         ((1, 5), 64, ((8, 1, 8), 1)),  # one row: one output per thread
     ],
 )
-def test_choose_depthwise_block(out_size, threads, expected):
-    from nbconv.cuda._launch import choose_depthwise_block
+def test_choose_plane_block(out_size, threads, expected):
+    from nbconv.cuda._launch import choose_plane_block
 
-    assert choose_depthwise_block(out_size, threads) == expected
+    assert choose_plane_block(out_size, threads) == expected
 
 
-DEPTHWISE_SHAPES = [
+def test_plane_oc_block_fits_the_registers():
+    from nbconv.cuda._launch import PLANE_MAX_REGISTERS, choose_plane_oc_block
+    from nbconv.cuda._planes import registers_needed
+
+    for w_shape, dtype, expected in [((256, 48, 5, 5), np.float32, 1), ((128, 4, 3, 3), np.float32, 2),
+                                     ((64, 1, 7, 7), np.float32, 1), ((128, 4, 3, 3), np.float64, 1),
+                                     ((96, 1, 3, 3), np.float32, 1), ((192, 1, 3, 3), np.float32, 2)]:
+        groups = 2 if w_shape[1] == 48 else 32 if w_shape[1] == 4 else w_shape[0] // (1 + (w_shape[0] == 192))
+        c_in = w_shape[1] * groups
+        spec = spec_for((2, c_in, 20, 20), w_shape, dtype, groups=groups)
+        ocb = choose_plane_oc_block(spec, 4)
+        assert ocb == expected, (w_shape, dtype)
+        def fits(o):
+            return registers_needed(spec.kernel_size, spec.stride, spec.dilation, 4, o,
+                                    dtype == np.float64) <= PLANE_MAX_REGISTERS
+
+        assert ocb == 1 or fits(ocb)
+        assert ocb == min(4, w_shape[0] // groups) or not fits(2 * ocb)  # the largest that fits
+
+
+PLANE_SHAPES = [
     ((32, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32)),
     ((32, 96, 112, 112), (96, 1, 3, 3), dict(stride=2, padding=1, groups=96)),
     ((32, 960, 7, 7), (960, 1, 3, 3), dict(padding=1, groups=960)),
     ((32, 128, 56, 56), (128, 1, 7, 7), dict(padding=3, groups=128)),
     ((8, 16, 30, 30), (48, 1, 5, 5), dict(dilation=2, padding="same", groups=16)),
     ((4096, 64, 9, 9), (64, 1, 3, 3), dict(groups=64)),  # more plane blocks than grid.z takes
+    ((32, 128, 56, 56), (128, 4, 3, 3), dict(padding=1, groups=32)),  # ResNeXt g32
+    ((32, 96, 27, 27), (256, 48, 5, 5), dict(padding=2, groups=2)),  # AlexNet g2
+    ((2, 6, 20, 33), (9, 2, 3, 2), dict(stride=(2, 3), groups=3)),  # 3 outputs per group
 ]
 
 
-@pytest.mark.parametrize("x_shape, w_shape, kw", DEPTHWISE_SHAPES)
+@pytest.mark.parametrize("x_shape, w_shape, kw", PLANE_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_depthwise_grid_covers_every_output_and_fits(x_shape, w_shape, kw, dtype):
-    from nbconv.cuda._depthwise import REGISTERS_PER_SM, launch_bounds
-    from nbconv.cuda._launch import (
-        MAX_GRID_YZ,
-        SHARED_LIMIT_BYTES,
-        DepthwiseLaunch,
-        forward_launch_config,
-    )
+def test_plane_grid_covers_every_output_and_fits(x_shape, w_shape, kw, dtype):
+    from nbconv.cuda._launch import MAX_GRID_YZ, SHARED_LIMIT_BYTES, PlaneLaunch, forward_launch_config
+    from nbconv.cuda._planes import REGISTERS_PER_SM, launch_bounds
 
     spec = spec_for(x_shape, w_shape, dtype, **kw)
     cfg = forward_launch_config(spec)
-    assert isinstance(cfg, DepthwiseLaunch)
+    assert isinstance(cfg, PlaneLaunch)
+    assert cfg.n_oc_blocks * cfg.key.oc_block >= spec.out_per_group > (cfg.n_oc_blocks - 1) * cfg.key.oc_block
     key = cfg.key
     (th, tw), (bx, by, bz) = key.out_tile, key.block
     assert cfg.block == key.block and (th, tw) == (by * key.rows_per_thread, bx)
     # tiles along W and H: enough, and none wholly outside the output
     for tiles, tile, size in ((cfg.grid[0], tw, spec.out_size[1]), (cfg.grid[1], th, spec.out_size[0])):
         assert tiles * tile >= size > (tiles - 1) * tile
-    planes = spec.batch * spec.in_channels
-    assert cfg.grid[2] == min(MAX_GRID_YZ, math.ceil(planes / bz))
+    planes = spec.batch * spec.groups * cfg.n_oc_blocks
+    assert cfg.planes == planes and cfg.grid[2] == min(MAX_GRID_YZ, math.ceil(planes / bz))
     assert key.threads <= 1024 and key.shared_bytes <= SHARED_LIMIT_BYTES
     # the halo tile holds every input a strip reads: the last output row/column's last tap
     rows, cols = key.halo_tile
@@ -160,28 +194,25 @@ def test_depthwise_grid_covers_every_output_and_fits(x_shape, w_shape, kw, dtype
     assert REGISTERS_PER_SM // (threads * blocks) >= 64  # room for the weights of a 3x3 at least
 
 
-def test_only_plain_depthwise_problems_take_the_depthwise_kernel():
+def test_only_strided_transposed_convolutions_skip_the_plane_kernel():
     from nbconv._spec import conv2d_input_spec
-    from nbconv.cuda._launch import depthwise_launch_config
+    from nbconv.cuda._launch import plane_launch_config
 
-    assert depthwise_launch_config(spec_for((2, 4, 9, 9), (4, 1, 3, 3), groups=4)) is not None
-    assert depthwise_launch_config(spec_for((2, 4, 9, 9), (8, 1, 3, 3), groups=4)) is not None  # multiplier 2
-    assert depthwise_launch_config(spec_for((2, 4, 9, 9), (4, 2, 3, 3), groups=2)) is None  # 2 inputs per group
+    assert plane_launch_config(spec_for((2, 4, 9, 9), (4, 1, 3, 3), groups=4)) is not None
+    assert plane_launch_config(spec_for((2, 4, 9, 9), (8, 1, 3, 3), groups=4)) is not None  # multiplier 2
+    assert plane_launch_config(spec_for((2, 4, 9, 9), (4, 2, 3, 3), groups=2)) is not None  # 2 inputs per group
     from numba import cuda
 
     w = cuda.device_array((4, 1, 3, 3), np.float32)
     gy = cuda.device_array((2, 4, 4, 4), np.float32)
-    assert depthwise_launch_config(conv2d_input_spec((2, 4, 9, 9), w, gy, stride=2, groups=4)) is None
+    assert plane_launch_config(conv2d_input_spec((2, 4, 9, 9), w, gy, stride=2, groups=4)) is None
     gy = cuda.device_array((2, 4, 7, 7), np.float32)
-    stride_1 = depthwise_launch_config(conv2d_input_spec((2, 4, 9, 9), w, gy, groups=4))
-    assert stride_1 is not None and stride_1.key.flipped  # the adjoint of a stride-1 depthwise conv
-    w2 = cuda.device_array((8, 1, 3, 3), np.float32)  # multiplier 2: its adjoint sums 2 inputs per group
-    gy2 = cuda.device_array((2, 8, 7, 7), np.float32)
-    assert depthwise_launch_config(conv2d_input_spec((2, 4, 9, 9), w2, gy2, groups=4)) is None
+    stride_1 = plane_launch_config(conv2d_input_spec((2, 4, 9, 9), w, gy, groups=4))
+    assert stride_1 is not None and stride_1.key.transposed_weight  # the adjoint of a stride-1 conv
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-def test_depthwise_grid_stride_loop_over_plane_blocks(monkeypatch, dtype):
+def test_plane_grid_stride_loop_over_plane_blocks(monkeypatch, dtype, fresh_launch_cache):
     """With grid.z capped below the plane blocks (a huge batch), each block loops over several."""
     from cases import to_backend, to_host
     from reference import assert_conv_close
@@ -197,7 +228,7 @@ def test_depthwise_grid_stride_loop_over_plane_blocks(monkeypatch, dtype):
     args = dict(padding=1, groups=5)
     spec = spec_for(x.shape, w.shape, dtype, **args)
     cfg = _launch.forward_launch_config(spec)
-    assert isinstance(cfg, _launch.DepthwiseLaunch) and cfg.grid[2] == 2
+    assert isinstance(cfg, _launch.PlaneLaunch) and cfg.grid[2] == 2
     assert math.ceil(15 / cfg.key.block[2]) > 2, "the loop must run more than once"
     got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), to_backend(b, "cuda"), **args)
     assert_conv_close(to_host(got), x, w, b, **args)

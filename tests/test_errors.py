@@ -114,3 +114,21 @@ def test_validation_runs_before_dispatch():
     x, w, _ = arrays((0, 5, 8, 8), (6, 2, 3, 3))
     with pytest.raises(ValueError, match=r"^conv2d: in_channels \(5\)"):
         nbconv.conv2d(x, w, groups=2)
+
+
+@pytest.mark.parametrize("stride", [True, 1.0, (1, 1.0), (1, np.float64(1))])
+def test_a_cached_spec_does_not_let_an_equal_but_invalid_argument_through(stride):
+    """Specs are cached per geometry; 1, 1.0 and True are equal keys, only 1 is valid."""
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((2, 1, 3, 3), np.float32)
+    assert nbconv.conv2d(x, w, stride=1, groups=2).shape == (1, 2, 3, 3)  # the valid one, cached
+    with pytest.raises(TypeError, match="stride must be an int or a pair of ints"):
+        nbconv.conv2d(x, w, stride=stride, groups=2)
+
+
+def test_spec_cache_returns_the_same_spec_and_takes_unhashable_arguments():
+    from nbconv._spec import conv2d_spec
+
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((2, 1, 3, 3), np.float32)
+    assert conv2d_spec(x, w, padding=1, groups=2) is conv2d_spec(x, w, padding=1, groups=2)
+    assert conv2d_spec(x, w, padding=np.array([1, 1]), groups=2) == conv2d_spec(x, w, padding=1, groups=2)
+    assert conv2d_spec(x, w, padding=[1, 1], groups=2) == conv2d_spec(x, w, padding=(1, 1), groups=2)

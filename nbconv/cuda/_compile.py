@@ -10,23 +10,23 @@ from __future__ import annotations
 from numba import cuda, types
 
 from .._numba_types import NUMBA_FLOAT
-from ._depthwise import DepthwiseKey, depthwise_kernel, launch_bounds
+from ._planes import PlaneKey, launch_bounds, plane_kernel
 from ._forward import ForwardKey, forward_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
 
 
-def forward_signature(key: ForwardKey | DepthwiseKey, dtype, layout: str = "C"):
-    """Argument types of the forward (or depthwise) kernel as the launcher passes them."""
+def forward_signature(key: ForwardKey | PlaneKey, dtype, layout: str = "C"):
+    """Argument types of the forward (tiled or plane) kernel as the launcher passes them."""
     arr4 = types.Array(NUMBA_FLOAT[dtype], 4, layout)
     bias = types.Array(NUMBA_FLOAT[dtype], 1, layout) if key.has_bias else arr4
-    n_ints = 5 if isinstance(key, DepthwiseKey) else 6
+    n_ints = 7 if isinstance(key, PlaneKey) else 6
     return (arr4, arr4, bias, arr4) + (types.int64,) * n_ints
 
 
-def compile_forward(key: ForwardKey | DepthwiseKey, dtype, cc: tuple[int, int], layout: str = "C") -> str:
-    """PTX of the forward (or depthwise) kernel for ``key`` and ``dtype`` on compute capability ``cc``."""
-    if isinstance(key, DepthwiseKey):
-        kernel, options = depthwise_kernel(key), {"launch_bounds": launch_bounds(key)}
+def compile_forward(key: ForwardKey | PlaneKey, dtype, cc: tuple[int, int], layout: str = "C") -> str:
+    """PTX of the forward (tiled or plane) kernel for ``key`` and ``dtype`` on compute capability ``cc``."""
+    if isinstance(key, PlaneKey):
+        kernel, options = plane_kernel(key), {"launch_bounds": launch_bounds(key)}
     else:
         kernel, options = forward_kernel(key), {}
     ptx, _ = cuda.compile_ptx(kernel.py_func, forward_signature(key, dtype, layout), cc=cc, **options)

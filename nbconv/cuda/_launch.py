@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -9,7 +10,7 @@ import numpy as np
 from numba import config
 
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
-from ._depthwise import DepthwiseKey, depthwise_kernel
+from ._planes import MAX_REGISTERS, PlaneKey, plane_kernel, registers_needed
 from ._forward import ForwardKey, forward_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
 
@@ -20,10 +21,13 @@ MAX_OC_BLOCK = 4
 #: Under Numba's simulator (every thread a Python thread) the blocks are made smaller.
 REDUCE_THREADS = 32 if config.ENABLE_CUDASIM else 256
 REDUCE_TARGET_BLOCKS = 1024
-#: Threads per block of the depthwise kernel (fewer under the simulator, where each is a thread).
-DEPTHWISE_THREADS = 64 if config.ENABLE_CUDASIM else 256
-#: Outputs per thread down a column in the depthwise kernel (the reuse of each staged load).
-DEPTHWISE_ROWS = 4
+#: Threads per block of the plane kernel (fewer under the simulator, where each is a thread).
+PLANE_THREADS = 64 if config.ENABLE_CUDASIM else 256
+#: Outputs per thread down a column in the plane kernel (the reuse of each staged load).
+PLANE_ROWS = 4
+#: Registers per thread the plane kernel's output-channel block may need (2 blocks of 256
+#: threads per SM); a larger block is halved.
+PLANE_MAX_REGISTERS = 128
 #: The largest grid.y and grid.z CUDA allows; plane blocks beyond it are looped over.
 MAX_GRID_YZ = 65535
 
@@ -46,19 +50,21 @@ def choose_oc_block(out_per_group: int) -> int:
     return min(MAX_OC_BLOCK, 1 << (out_per_group - 1).bit_length())
 
 
-class DepthwiseLaunch(NamedTuple):
-    key: DepthwiseKey
+class PlaneLaunch(NamedTuple):
+    key: PlaneKey
     grid: tuple[int, int, int]  # (tiles along W, tiles along H, plane blocks <= MAX_GRID_YZ)
     block: tuple[int, int, int]  # key.block
+    n_oc_blocks: int  # output-channel blocks per group
+    planes: int  # N * groups * n_oc_blocks
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def choose_depthwise_block(out_size: tuple[int, int], threads: int = DEPTHWISE_THREADS,
-                           rows: int = DEPTHWISE_ROWS) -> tuple[tuple[int, int, int], int]:
-    """((BX, BY, BZ), R) of the depthwise kernel for an output plane of ``out_size``.
+def choose_plane_block(out_size: tuple[int, int], threads: int = PLANE_THREADS,
+                       rows: int = PLANE_ROWS) -> tuple[tuple[int, int, int], int]:
+    """((BX, BY, BZ), R) of the plane kernel for an output plane of ``out_size``.
 
     BX (columns, a warp's width at most) is the one of 32, 16, 8 that pads the width least
     (ties: the widest); R outputs per thread down a column (fewer for short planes); BY strips
@@ -73,34 +79,53 @@ def choose_depthwise_block(out_size: tuple[int, int], threads: int = DEPTHWISE_T
     return (bx, by, bz), r
 
 
-def depthwise_launch_config(spec, threads: int = DEPTHWISE_THREADS) -> DepthwiseLaunch | None:
-    """The depthwise kernel's key and grid for ``spec``, or None when it does not apply (not
-    depthwise, a transposed convolution with a stride, or a halo tile too large for shared
-    memory). A stride-1 transposed depthwise convolution (the input gradient of a stride-1
-    depthwise layer) is a depthwise convolution with the weight flipped."""
-    if spec.in_per_group != 1 or spec.lhs_dilation != (1, 1):
+def choose_plane_oc_block(spec, rows: int) -> int:
+    """Output channels per thread in the plane kernel: :func:`choose_oc_block`, halved while a
+    thread's weights and accumulators would not fit in PLANE_MAX_REGISTERS (a 7x7 kernel: 1)."""
+    ocb = choose_oc_block(spec.out_per_group)
+    acc_double = spec.dtype == np.float64
+    while ocb > 1 and registers_needed(spec.kernel_size, spec.stride, spec.dilation, rows, ocb, acc_double,
+                                       spec.dtype == np.float16) > PLANE_MAX_REGISTERS:
+        ocb //= 2
+    return ocb
+
+
+def plane_launch_config(spec, threads: int = PLANE_THREADS) -> PlaneLaunch | None:
+    """The plane kernel's key and grid for ``spec``, or None when it does not apply (a
+    transposed convolution with a stride, whose zeros between input pixels it does not skip,
+    a kernel whose weights do not fit in registers, or a halo tile too large for shared
+    memory). A stride-1 transposed convolution (the input
+    gradient of a stride-1 layer) is a convolution with the weight flipped."""
+    if spec.lhs_dilation != (1, 1):
         return None
-    (bx, by, bz), r = choose_depthwise_block(spec.out_size, threads)
-    key = DepthwiseKey(spec.kernel_size, spec.stride, spec.dilation, (bx, by, bz), r,
-                       spec.dtype == np.float64, spec.has_bias, spec.transposed_weight)
+    (bx, by, bz), r = choose_plane_block(spec.out_size, threads)
+    ocb = choose_plane_oc_block(spec, r)
+    if registers_needed(spec.kernel_size, spec.stride, spec.dilation, r, ocb, spec.dtype == np.float64,
+                        spec.dtype == np.float16) > MAX_REGISTERS:
+        return None  # a huge kernel's weights do not fit in registers
+    key = PlaneKey(spec.kernel_size, spec.stride, spec.dilation, (bx, by, bz), r, ocb,
+                   spec.dtype == np.float64, spec.has_bias, spec.transposed_weight, spec.dtype == np.float16)
     while key.shared_bytes > SHARED_LIMIT_BYTES and key.block != (bx, 1, 1):
         bx, by, bz = key.block  # halve the planes, then the strips, until it fits
         key = key._replace(block=(bx, by, bz // 2) if bz > 1 else (bx, by // 2, 1))
     if key.shared_bytes > SHARED_LIMIT_BYTES:
         return None
     th, tw = key.out_tile
-    planes = spec.batch * spec.in_channels
+    n_oc_blocks = math.ceil(spec.out_per_group / ocb)
+    planes = spec.batch * spec.groups * n_oc_blocks
     plane_blocks = min(MAX_GRID_YZ, max(1, math.ceil(planes / key.block[2])))
     tiles = (math.ceil(spec.out_size[1] / tw), math.ceil(spec.out_size[0] / th))
-    if tiles[1] > MAX_GRID_YZ:
+    if tiles[1] > MAX_GRID_YZ or planes >= 2**31:  # the kernel decodes planes in 32 bits
         return None
-    return DepthwiseLaunch(key, (tiles[0], tiles[1], plane_blocks), key.block)
+    return PlaneLaunch(key, (tiles[0], tiles[1], plane_blocks), key.block, n_oc_blocks, planes)
 
 
-def forward_launch_config(spec) -> DepthwiseLaunch | LaunchConfig:
-    """The launch of ``spec``'s convolution: the depthwise kernel where it applies, else the
-    general tiled kernel."""
-    return depthwise_launch_config(spec) or tile_launch_config(spec)
+@functools.lru_cache(maxsize=1024)
+def forward_launch_config(spec) -> PlaneLaunch | LaunchConfig:
+    """The launch of ``spec``'s convolution: the plane kernel where it applies, else the
+    general tiled kernel (strided transposed convolutions, huge dilated kernels). Cached per
+    spec (specs are frozen): a network's layers are launched over and over."""
+    return plane_launch_config(spec) or tile_launch_config(spec)
 
 
 def tile_launch_config(spec) -> LaunchConfig:
@@ -135,10 +160,10 @@ def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     w = as_batched_device_array(weight, False)
     o = as_batched_device_array(out, spec.unbatched)
     b = as_batched_device_array(bias, False) if bias is not None else w
-    if isinstance(cfg, DepthwiseLaunch):
-        depthwise_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
-            x, w, b, o, spec.padding[0], spec.padding[2], spec.in_channels, spec.batch * spec.in_channels,
-            spec.out_per_group,
+    if isinstance(cfg, PlaneLaunch):
+        plane_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
+            x, w, b, o, spec.padding[0], spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group,
+            cfg.n_oc_blocks, cfg.planes,
         )
         return out
     kernel = forward_kernel(cfg.key)
