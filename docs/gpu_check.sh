@@ -9,7 +9,8 @@
 # wheel for the machine's Python) they are installed to /tmp/site first and put on PYTHONPATH.
 # Writes into RESULTS_DIR: the machine and commit (machine.txt), the GPU tests' summary
 # (tests.txt), the PTX compile of every specialisation (ptx.txt), the CUDA bench tables and JSON
-# per op and dtype (bench-*.txt / .json) and the launch-path timings (launch_paths.txt).
+# per op and dtype (bench-*.txt / .json), the launch-path timings (launch_paths.txt) and the host
+# cost of one nbconv call by launch path (host_cost.txt).
 set -u
 cd "$(dirname "$0")/.."
 results="${1:-${OUT:-docs/gpu-results}}"
@@ -39,8 +40,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
     tail -3 "$results/$name.txt"
 }
 
-# 1. the CUDA tests at full size, through Numba arrays, CuPy and torch CUDA tensors
+# 1. the CUDA tests at full size, through Numba arrays, CuPy and torch CUDA tensors; then the
+#    CuPy-array tests again through the raw launch path (the plane kernel loaded by CuPy)
 step tests 240 python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda tests
+step tests_raw_launch 120 env NBCONV_CUDA_LAUNCH=raw python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda \
+    tests/test_conv2d.py tests/test_grad.py
 # 2. every kernel specialisation compiled for sm_90 (CI compiles a covering subset only)
 step ptx 150 python3 tests/compile_kernels.py 9.0
 # 3. the bench: forward, input and weight gradients, float32 and float16, against PyTorch
@@ -50,6 +54,7 @@ for dtype in float32 float16; do
             --json "$results/bench-$op-$dtype.json"
     done
 done
-# 4. the host cost of one launch by each launch path
+# 4. the host cost of one launch by each launch path, and of one nbconv call by each
 step launch_paths 60 python3 docs/launch_paths.py
+step host_cost 60 python3 docs/host_cost.py
 echo "results in $results"

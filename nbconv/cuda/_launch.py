@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import config
 
+from . import _raw
+from .._arrays import CUPY
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
 from ._planes import MAX_REGISTERS, PlaneKey, plane_kernel, registers_needed
 from ._forward import ForwardKey, forward_kernel
@@ -156,6 +158,9 @@ def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     """Launch the convolution kernel of ``spec`` (``conv2d``, ``conv_transpose2d`` or
     ``grad.conv2d_input``) writing into ``out``; no host synchronisation."""
     cfg = forward_launch_config(spec)
+    if _raw.ENABLED and spec.kind == CUPY and isinstance(cfg, PlaneLaunch) and not config.ENABLE_CUDASIM:
+        _raw.launch_plane(spec, cfg, input, weight, bias, out)  # without numba-cuda's dispatcher
+        return out
     x = as_batched_device_array(input, spec.unbatched)
     w = as_batched_device_array(weight, False)
     o = as_batched_device_array(out, spec.unbatched)
