@@ -66,7 +66,7 @@ def standard_table() -> list[dict]:
     from nbconv._shapes import STANDARD_SHAPES
     from nbconv._spec import conv2d_input_spec, conv2d_spec
     from nbconv.cuda._compile import compile_forward
-    from nbconv.cuda._launch import PlaneLaunch, forward_launch_config, tile_launch_config
+    from nbconv.cuda._launch import PlaneLaunch, launch_configs, tile_launch_config
 
     dt = np.dtype(np.float32)
     rows = []
@@ -76,14 +76,14 @@ def standard_table() -> list[dict]:
         gy = DeviceStandIn(fwd.output_shape, dt)
         for op, spec in (("forward", fwd), ("input grad", conv2d_input_spec(shape.input_shape(32), w, gy,
                                                                                **shape.conv_args()))):
-            chosen = forward_launch_config(spec)
-            configs = [chosen] + ([tile_launch_config(spec)] if isinstance(chosen, PlaneLaunch) else [])
+            launched = launch_configs(spec)  # one, or one per output phase
+            configs = launched + ([tile_launch_config(spec)] if isinstance(launched[0], PlaneLaunch) else [])
             for cfg in configs:
                 fn = ptxas_report(compile_forward(cfg.key, dt, (9, 0)))[0]
                 threads = int(np.prod(cfg.block))
                 per_thread = cfg.key.oc_block * (cfg.key.rows_per_thread if isinstance(cfg, PlaneLaunch) else 1)
                 rows.append({"shape": shape.name, "op": op, "kernel": _describe(cfg.key, dt),
-                             "launched": cfg is chosen, "threads": threads, "outputs_per_thread": per_thread,
+                             "launched": any(cfg is c for c in launched), "threads": threads, "outputs_per_thread": per_thread,
                              "resident": resident_threads(fn["registers"], threads, fn["smem"]), **fn})
     return rows
 

@@ -57,7 +57,7 @@ def specialisations():
     """(forward key, dtype) of conv2d and of its input gradient, and (reduce key, dtype) of the
     weight and bias gradients, for every problem."""
     from nbconv._spec import conv2d_input_spec, conv2d_spec
-    from nbconv.cuda._launch import REDUCE_THREADS, forward_launch_config
+    from nbconv.cuda._launch import REDUCE_THREADS, launch_configs
     from nbconv.cuda._reduce import ReduceKey
 
     seen = set()
@@ -66,9 +66,9 @@ def specialisations():
             b = DeviceStandIn((w_shape[0],), dtype) if bias else None
             w = DeviceStandIn(w_shape, dtype)
             spec = conv2d_spec(DeviceStandIn(x_shape, dtype), w, b, **kwargs)
-            items = [(forward_launch_config(spec).key, np.dtype(dtype))]
+            items = [(cfg.key, np.dtype(dtype)) for cfg in launch_configs(spec)]
             gy = DeviceStandIn(spec.output_shape, dtype)
-            items.append((forward_launch_config(conv2d_input_spec(x_shape, w, gy, **kwargs)).key, np.dtype(dtype)))
+            items += [(cfg.key, np.dtype(dtype)) for cfg in launch_configs(conv2d_input_spec(x_shape, w, gy, **kwargs))]
             for bias_only in (False, True):
                 key = ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS,
                                 dtype == np.float64, bias_only)

@@ -232,3 +232,69 @@ def test_plane_grid_stride_loop_over_plane_blocks(monkeypatch, dtype, fresh_laun
     assert math.ceil(15 / cfg.key.block[2]) > 2, "the loop must run more than once"
     got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), to_backend(b, "cuda"), **args)
     assert_conv_close(to_host(got), x, w, b, **args)
+
+
+def _transposed_1d(x, w, out_len, pad, dilation, stride):
+    """out[o] = sum_k xd[o - pad + k * dilation] * w[K - 1 - k], xd = x dilated by stride."""
+    xd = np.zeros((len(x) - 1) * stride + 1)
+    xd[::stride] = x
+    return np.array([sum(xd[o - pad + k * dilation] * w[len(w) - 1 - k] for k in range(len(w))
+                         if 0 <= o - pad + k * dilation < len(xd)) for o in range(out_len)])
+
+
+def test_axis_phases_reproduce_the_dilated_convolution():
+    """Every phase split of one axis (kernel, dilation, stride, padding, length) sums exactly the
+    taps the dilated form sums; splits that cannot apply say so."""
+    from nbconv.cuda._phases import axis_phases
+
+    rng = np.random.default_rng(0)
+    split = 0
+    for k, d, s, pad, n in np.ndindex(5, 3, 2, 8, 5):
+        k, d, s, pad, n = k + 1, d + 1, s + 2, pad - 3, n + 1
+        out_len = (n - 1) * s + 1 + 2 * pad - d * (k - 1)
+        if out_len <= 0:
+            continue
+        x, w = rng.standard_normal(n), rng.standard_normal(k)
+        phases = axis_phases(out_len, k, pad, d, s)
+        if phases is None:  # some phase meets no tap: the caller keeps the dilated form
+            assert any(all((p - pad + kh * d) % s for kh in range(k)) for p in range(min(s, out_len)))
+            continue
+        split += 1
+        got = np.zeros(out_len)
+        for ph in phases:
+            sub = w[ph.weight_start::ph.weight_step][:ph.taps]
+            assert len(sub) == ph.taps
+            for m in range(ph.out_len):
+                got[ph.phase + m * s] = sum(x[m - ph.pad + t * ph.dilation] * sub[ph.taps - 1 - t]
+                                            for t in range(ph.taps) if 0 <= m - ph.pad + t * ph.dilation < n)
+        np.testing.assert_allclose(got, _transposed_1d(x, w, out_len, pad, d, s), atol=1e-12)
+    assert split > 200
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((2, 4, 9, 9), (4, 1, 3, 3), dict(stride=2, padding=1, groups=4)),  # MobileNet's stride-2 depthwise
+    ((1, 6, 11, 10), (6, 2, 4, 3), dict(stride=(2, 3), padding=(1, 0), groups=3)),
+    ((1, 3, 7, 8), (6, 3, 3, 3), dict(stride=3, padding=2)),  # 3x3 stride 3: one tap per phase
+])
+def test_strided_input_gradient_runs_one_stride_1_launch_per_phase(x_shape, w_shape, kw, dtype):
+    from cases import to_backend, to_host
+    from numba import cuda
+    from reference import conv2d_input_reference, conv2d_reference
+
+    import nbconv
+    from nbconv._spec import conv2d_input_spec
+    from nbconv.cuda._launch import PlaneLaunch, launch_configs, phase_launches
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    gy = rng.standard_normal(conv2d_reference(x, w, **kw).shape).astype(dtype)
+    spec = conv2d_input_spec(x_shape, cuda.device_array(w_shape, dtype), cuda.device_array(gy.shape, dtype), **kw)
+    split = phase_launches(spec)
+    assert split is not None and len(split) == spec.lhs_dilation[0] * spec.lhs_dilation[1]
+    assert all(isinstance(c, PlaneLaunch) and c.key.kernel_size <= spec.kernel_size for c in launch_configs(spec))
+    got = to_host(nbconv.grad.conv2d_input(x_shape, to_backend(w, "cuda"), to_backend(gy, "cuda"), **kw))
+    want = conv2d_input_reference(x_shape, w.astype(np.float64), gy.astype(np.float64), **kw)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

@@ -12,6 +12,7 @@ from numba import config
 from . import _raw
 from .._arrays import CUPY
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
+from ._phases import Phase, phases
 from ._planes import MAX_REGISTERS, PlaneKey, plane_kernel, registers_needed
 from ._forward import ForwardKey, forward_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
@@ -130,6 +131,23 @@ def forward_launch_config(spec) -> PlaneLaunch | LaunchConfig:
     return plane_launch_config(spec) or tile_launch_config(spec)
 
 
+@functools.lru_cache(maxsize=1024)
+def phase_launches(spec) -> tuple[tuple[Phase, PlaneLaunch], ...] | None:
+    """A strided transposed convolution as one plane-kernel launch per output phase (see
+    :mod:`nbconv.cuda._phases`), or None where the split or the plane kernel does not apply."""
+    split = phases(spec)
+    if split is None:
+        return None
+    launches = tuple((ph, plane_launch_config(ph.spec)) for ph in split)
+    return None if any(cfg is None for _, cfg in launches) else launches
+
+
+def launch_configs(spec) -> list[PlaneLaunch | LaunchConfig]:
+    """Every kernel launch ``conv2d_forward`` makes for ``spec`` (one, or one per phase)."""
+    split = phase_launches(spec)
+    return [cfg for _, cfg in split] if split else [forward_launch_config(spec)]
+
+
 def tile_launch_config(spec) -> LaunchConfig:
     tile = choose_tile(spec.out_size)
     oc_block = choose_oc_block(spec.out_per_group)
@@ -165,6 +183,15 @@ def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     w = as_batched_device_array(weight, False)
     o = as_batched_device_array(out, spec.unbatched)
     b = as_batched_device_array(bias, False) if bias is not None else w
+    split = phase_launches(spec) if spec.lhs_dilation != (1, 1) else None
+    if split:  # a strided transposed convolution: one stride-1 launch per output phase, no zeros
+        stream = launch_stream(spec.kind)
+        for ph, pcfg in split:
+            plane_kernel(pcfg.key)[pcfg.grid, pcfg.block, stream](
+                x, w[:, :, ph.rows, ph.cols], b, o[:, :, ph.out_rows, ph.out_cols], ph.spec.padding[0],
+                ph.spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group, pcfg.n_oc_blocks, pcfg.planes,
+            )
+        return out
     if isinstance(cfg, PlaneLaunch):
         plane_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
             x, w, b, o, spec.padding[0], spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group,
