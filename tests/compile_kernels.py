@@ -42,6 +42,7 @@ class DeviceStandIn:
 def problems():
     """(input shape, weight shape, has bias, conv kwargs) of every test case and bench shape."""
     from cases import CASES
+
     from nbconv._shapes import EXTRA_SHAPES, STANDARD_SHAPES
 
     for c in CASES:

@@ -77,7 +77,11 @@ def test_halo_tile_and_shared_memory():
 
 
 def test_huge_dilated_kernel_falls_back_to_global_reads():
-    from nbconv.cuda._launch import SHARED_LIMIT_BYTES, forward_launch_config, tile_launch_config
+    from nbconv.cuda._launch import (
+        SHARED_LIMIT_BYTES,
+        forward_launch_config,
+        tile_launch_config,
+    )
 
     small = tile_launch_config(spec_for((1, 2, 64, 64), (2, 2, 3, 3)))
     assert small.key.stage_input and small.key.shared_bytes <= SHARED_LIMIT_BYTES
@@ -144,7 +148,7 @@ def test_plane_oc_block_fits_the_registers():
         spec = spec_for((2, c_in, 20, 20), w_shape, dtype, groups=groups)
         ocb = choose_plane_oc_block(spec, 4)
         assert ocb == expected, (w_shape, dtype)
-        def fits(o):
+        def fits(o, spec=spec, dtype=dtype):
             return registers_needed(spec.kernel_size, spec.stride, spec.dilation, 4, o,
                                     dtype == np.float64) <= PLANE_MAX_REGISTERS
 
@@ -168,7 +172,12 @@ PLANE_SHAPES = [
 @pytest.mark.parametrize("x_shape, w_shape, kw", PLANE_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_plane_grid_covers_every_output_and_fits(x_shape, w_shape, kw, dtype):
-    from nbconv.cuda._launch import MAX_GRID_YZ, SHARED_LIMIT_BYTES, PlaneLaunch, forward_launch_config
+    from nbconv.cuda._launch import (
+        MAX_GRID_YZ,
+        SHARED_LIMIT_BYTES,
+        PlaneLaunch,
+        forward_launch_config,
+    )
     from nbconv.cuda._planes import REGISTERS_PER_SM, launch_bounds
 
     spec = spec_for(x_shape, w_shape, dtype, **kw)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from numba import cuda, types
 
 from .._numba_types import NUMBA_FLOAT
-from ._planes import PlaneKey, launch_bounds, plane_kernel
 from ._forward import ForwardKey, forward_kernel
+from ._planes import PlaneKey, launch_bounds, plane_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
 
 

@@ -9,12 +9,12 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import config
 
-from . import _raw
 from .._arrays import CUPY
+from . import _raw
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
+from ._forward import ForwardKey, forward_kernel
 from ._phases import Phase, phases
 from ._planes import MAX_REGISTERS, PlaneKey, plane_kernel, registers_needed
-from ._forward import ForwardKey, forward_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
 
 #: Static shared memory a block may use without opting in (all GPUs since Kepler).
