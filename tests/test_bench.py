@@ -137,3 +137,18 @@ def test_busy_kernel_compiles_for_sm90():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_alternating_takes_turns_going_first_and_pairs_the_ratios():
+    from nbconv.bench._timing import alternating
+
+    order, times = [], {"a": iter([1.0, 2.0, 4.0]), "b": iter([3.0, 2.0, 2.0])}
+
+    def timer(name):
+        return lambda: order.append(name) or next(times[name])
+
+    ta, tb, ratio = alternating(timer("a"), timer("b"), 3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert (ta, tb, ratio) == (2.0, 2.0, 1.0)  # medians of 1,2,4 / 3,2,2 / 3,1,0.5
+    times["a"] = iter([5.0])
+    assert alternating(timer("a"), None, 1) == (5.0, None, None)  # nothing to compare with

@@ -58,21 +58,27 @@ def interleaved(a, b, rounds: int, sync=None) -> tuple[float, Optional[float], O
     """
     ra = calls_per_sample(a)
     rb = calls_per_sample(b) if b else 0
+    return alternating(lambda: sample(a, ra, sync), (lambda: sample(b, rb, sync)) if b else None, rounds)
+
+
+def alternating(time_a: Callable[[], float], time_b: Optional[Callable[[], float]],
+                rounds: int) -> tuple[float, Optional[float], Optional[float]]:
+    """Medians of ``rounds`` timings of ``time_a`` and of ``time_b`` (None: ``a`` alone) and of
+    their paired ratios b / a, alternating which of the two goes first."""
     ta, tb, ratios = [], [], []
     for i in range(rounds):
-        order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate who goes first
         pair = {}
-        for who in order:
+        for who in ((0, 1) if i % 2 == 0 else (1, 0)):
             if who == 0:
-                pair[0] = sample(a, ra, sync)
-            elif b:
-                pair[1] = sample(b, rb, sync)
+                pair[0] = time_a()
+            elif time_b:
+                pair[1] = time_b()
         ta.append(pair[0])
-        if b:
+        if time_b:
             tb.append(pair[1])
             ratios.append(pair[1] / pair[0])
     med = statistics.median
-    return med(ta), (med(tb) if b else None), (med(ratios) if b else None)
+    return med(ta), (med(tb) if time_b else None), (med(ratios) if time_b else None)
 
 
 def busy_gpu_function():
@@ -124,20 +130,8 @@ def interleaved_kernel_times(a: list, b: Optional[list], rounds: int, host_a: fl
                              cupy, reps: int = 20) -> tuple[float, Optional[float], Optional[float]]:
     """Median GPU time per call of ``a``, of ``b``, and the median of the paired ratios b / a,
     alternating who goes first (see :func:`cuda_kernel_time`)."""
-    ta, tb, ratios = [], [], []
-    for i in range(rounds):
-        pair = {}
-        for who in ((0, 1) if i % 2 == 0 else (1, 0)):
-            if who == 0:
-                pair[0] = cuda_kernel_time(a, reps, host_a, cupy)
-            elif b:
-                pair[1] = cuda_kernel_time(b, reps, host_b, cupy)
-        ta.append(pair[0])
-        if b:
-            tb.append(pair[1])
-            ratios.append(pair[1] / pair[0])
-    med = statistics.median
-    return med(ta), (med(tb) if b else None), (med(ratios) if b else None)
+    return alternating(lambda: cuda_kernel_time(a, reps, host_a, cupy),
+                       (lambda: cuda_kernel_time(b, reps, host_b, cupy)) if b else None, rounds)
 
 
 _FIRST_CALL = """
