@@ -58,9 +58,7 @@ def specialisations():
     """(forward key, dtype) of conv2d and of its input gradient, and (reduce key, dtype) of the
     weight and bias gradients, for every problem."""
     from nbconv._spec import conv2d_input_spec, conv2d_spec
-    from nbconv.cuda._launch import REDUCE_THREADS, launch_configs
-    from nbconv.cuda._reduce import ReduceKey
-
+    from nbconv.cuda._launch import launch_configs, reduce_key
     seen = set()
     for x_shape, w_shape, bias, kwargs in problems():
         for dtype in (np.float16, np.float32, np.float64):
@@ -71,8 +69,7 @@ def specialisations():
             gy = DeviceStandIn(spec.output_shape, dtype)
             items += [(cfg.key, np.dtype(dtype)) for cfg in launch_configs(conv2d_input_spec(x_shape, w, gy, **kwargs))]
             for bias_only in (False, True):
-                key = ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS,
-                                dtype == np.float64, bias_only)
+                key = reduce_key(spec, bias_only)
                 items.append((key, np.dtype(dtype)))
             for item in items:
                 if item not in seen:
@@ -135,10 +132,13 @@ def main(argv):
                         if fn["spill_stores"] or fn["spill_loads"]:
                             print(f"SPILLS cc={cc} dtype={dtype} {key}: {fn}")
                             spills += 1
-        # one strided-layout build per dtype: the kernels also take non-contiguous arrays
+        # one strided-layout build per dtype: the kernels also take non-contiguous arrays; and
+        # the 64-bit-index reduction (sizes past 2**32, which no test problem reaches)
         for dtype in (np.float16, np.float32, np.float64):
             compile_forward(items[0][0], np.dtype(dtype), cc, layout="A")
-        print(f"compiled {len(items) + 3} kernel specialisations{' (covering subset)' if cover else ''} "
+        wide = next(k for k, _ in items if isinstance(k, ReduceKey))._replace(wide_index=True)
+        compile_reduce(wide, np.dtype(np.float32), cc)
+        print(f"compiled {len(items) + 4} kernel specialisations{' (covering subset)' if cover else ''} "
               f"(forward, input-gradient, weight/bias-gradient) for cc {cc[0]}.{cc[1]}"
               f"{', checked for local-memory spills (ptxas)' if no_spill else ''} "
               f"in {time.perf_counter() - t0:.1f} s")

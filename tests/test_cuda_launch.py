@@ -307,3 +307,19 @@ def test_strided_input_gradient_runs_one_stride_1_launch_per_phase(x_shape, w_sh
     want = conv2d_input_reference(x_shape, w.astype(np.float64), gy.astype(np.float64), **kw)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_reductions_decode_positions_in_32_bits_unless_they_reach_2_to_the_32():
+    from compile_kernels import DeviceStandIn
+
+    from nbconv._spec import conv2d_spec
+    from nbconv.cuda._launch import REDUCE_THREADS, reduce_key
+
+    def key(n, hw):
+        x = DeviceStandIn((n, 2, hw, hw), np.float32)
+        return reduce_key(conv2d_spec(x, DeviceStandIn((2, 1, 1, 1), np.float32), groups=2), bias_only=False)
+
+    assert not key(4, 64).wide_index
+    hw = 65536  # 65536 x 65536 positions per image
+    assert not key(1, hw - 1).wide_index and (hw - 1) ** 2 + REDUCE_THREADS < 2**32
+    assert key(1, hw).wide_index  # exactly 2**32 positions

@@ -216,12 +216,22 @@ def choose_partials(pairs: int, positions: int, threads: int = REDUCE_THREADS,
     return -(-positions // chunk), chunk
 
 
+def reduce_key(spec, bias_only: bool) -> ReduceKey:
+    """The weight (or bias) gradient's pass-1 key: 32-bit index arithmetic unless the positions
+    (plus a block's stride past the end) or the weight pairs reach 2**32."""
+    n_pairs = spec.out_channels * (1 if bias_only else spec.in_per_group)
+    positions = spec.batch * spec.out_size[0] * spec.out_size[1]
+    wide = max(positions + REDUCE_THREADS, n_pairs) >= 2**32
+    return ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS, spec.dtype == np.float64,
+                     bias_only, wide)
+
+
 def _reduce(spec, x, gy, out, bias_only: bool) -> None:
     n_pairs = spec.out_channels * (1 if bias_only else spec.in_per_group)
     kh, kw = (1, 1) if bias_only else spec.kernel_size
     n_part, chunk = choose_partials(n_pairs, spec.batch * spec.out_size[0] * spec.out_size[1])
-    acc_double = spec.dtype == np.float64
-    key = ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS, acc_double, bias_only)
+    key = reduce_key(spec, bias_only)
+    acc_double = key.acc_double
     cin_g = 1 if bias_only else spec.in_per_group
     partial = device_scratch(spec.kind, (n_part, spec.out_channels, cin_g, kh, kw),
                              np.float64 if acc_double else np.float32)

@@ -2,7 +2,8 @@
 
 Pass 1 (``partial_kernel``): block ``(pair, p)`` sums, for one (output channel, input channel)
 pair of the weight, the ``kH x kW`` taps over the ``p``-th chunk of the (n, y, x) positions of
-``grad_output``. Each thread keeps the taps in registers, then the block adds its threads'
+``grad_output`` (decoded with 32-bit divisions unless the sizes need 64 bits: a 64-bit
+division is a call to a software routine on the GPU). Each thread keeps the taps in registers, then the block adds its threads'
 values with a fixed shared-memory tree and writes ``partial[p, o, c, i, j]``. Pass 2
 (``finish_kernel``) adds the partials over ``p`` in order. No atomics, so the result is
 bit-identical run after run. The bias gradient is the same pass with one tap and no input.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from numba import cuda, float32, float64
+from numba import cuda, float32, float64, uint32
 
 
 class ReduceKey(NamedTuple):
@@ -23,6 +24,8 @@ class ReduceKey(NamedTuple):
     threads: int  # threads per block, a power of two
     acc_double: bool
     bias_only: bool  # grad_output summed alone (the bias gradient): one tap, no input
+    #: positions (N * H_out * W_out) or weight pairs beyond 32 bits: decode indices in 64 bits
+    wide_index: bool = False
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,6 +38,7 @@ def partial_kernel(key: ReduceKey):
     NTAPS = KH * KW
     ACC = float64 if key.acc_double else float32
     BIAS_ONLY = key.bias_only
+    WIDE = key.wide_index
 
     @cuda.jit
     def _partial(x, gy, partial, pad_h, pad_w, groups, chunk):
@@ -44,20 +48,24 @@ def partial_kernel(key: ReduceKey):
         pair = cuda.blockIdx.x
         p = cuda.blockIdx.y
         tid = cuda.threadIdx.x
-        oc = pair // cin_g
-        ci = pair % cin_g
-        c = (oc // (c_out // groups)) * cin_g + ci
+        # 32-bit unsigned divisions (a few instructions) unless the sizes need 64 bits (a call)
+        oc = pair // cin_g if WIDE else uint32(pair) // uint32(cin_g)
+        ci = pair - oc * cin_g
+        cout_g = c_out // groups if WIDE else uint32(c_out) // uint32(groups)
+        c = (oc // cout_g if WIDE else uint32(oc) // uint32(cout_g)) * cin_g + ci
 
         acc = cuda.local.array(NTAPS, ACC)
         for t in range(NTAPS):
             acc[t] = 0
         total = n_img * out_h * out_w
         end = min(total, (p + 1) * chunk)
-        for idx in range(p * chunk + tid, end, NT):
-            ox = idx % out_w
-            rest = idx // out_w
-            oy = rest % out_h
-            n = rest // out_h
+        idx = p * chunk + tid
+        while idx < end:
+            q = idx // out_w if WIDE else uint32(idx) // uint32(out_w)  # (n, oy) row of the position
+            ox = idx - q * out_w
+            n = q // out_h if WIDE else uint32(q) // uint32(out_h)
+            oy = q - n * out_h
+            idx += NT
             gv = ACC(gy[n, oc, oy, ox])
             if BIAS_ONLY:
                 acc[0] += gv
