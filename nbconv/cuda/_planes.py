@@ -82,19 +82,16 @@ class PlaneKey(NamedTuple):
         return self.block[0] * self.block[1] * self.block[2]
 
 
-#: Threads an SM should keep resident for this kernel (half of an sm_80/sm_90 SM's 2048: the
-#: kernel waits on memory and needs warps to hide it) ...
-RESIDENT_THREADS = 1024
-#: ... as far as the registers a thread needs allow: an SM has 64K 32-bit registers, and a
-#: thread holds its weights, its input strip and its accumulators plus about this many more
-#: for addresses and loop state (all twice over in float64, as measured with ptxas).
+#: An sm_80/sm_90 SM: 64K 32-bit registers, at most 255 a thread and 32 blocks.
 REGISTERS_PER_SM = 65536
-#: The most registers a thread may have, and blocks an SM may hold (sm_80 / sm_90).
 MAX_REGISTERS = 255
 MAX_BLOCKS_PER_SM = 32
+#: Threads an SM should keep resident for this kernel (half of the 2048 an SM can hold: the
+#: kernel waits on memory and needs warps to hide it), as far as the registers a thread needs
+#: allow. A thread holds its weights, its input strip and its accumulators, plus about this
+#: many more for addresses and loop state (all twice over in float64, as measured with ptxas) ...
+RESIDENT_THREADS = 1024
 OVERHEAD_REGISTERS = 44
-
-
 #: ... and float16 data this many more (conversions) ...
 HALF_REGISTERS = 4
 #: ... and each output channel of a thread's block after the first this many more; plus a
