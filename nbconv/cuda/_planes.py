@@ -34,7 +34,7 @@ import functools
 import math
 from typing import NamedTuple
 
-from numba import config, cuda, float32, float64, uint32
+from numba import config, cuda, float32, float64, int64, uint32
 
 
 class PlaneKey(NamedTuple):
@@ -175,9 +175,9 @@ def plane_kernel(key: PlaneKey):
             p = first + tz
             live = p < planes
             # plane -> (image, group, output-channel block); 32-bit divisions, no 64-bit routine
-            q = uint32(p) // uint32(n_oc_blocks)
+            q = int64(uint32(p) // uint32(n_oc_blocks))
             ocb = p - q * n_oc_blocks
-            n = uint32(q) // uint32(groups)
+            n = int64(uint32(q) // uint32(groups))
             g = q - n * groups
             o0 = ocb * OCB  # first output channel of the block, within the group
             for i in range(NACC):

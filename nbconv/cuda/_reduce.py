@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from numba import cuda, float32, float64, uint32
+from numba import cuda, float32, float64, int64, uint32
 
 
 class ReduceKey(NamedTuple):
@@ -48,11 +48,12 @@ def partial_kernel(key: ReduceKey):
         pair = cuda.blockIdx.x
         p = cuda.blockIdx.y
         tid = cuda.threadIdx.x
-        # 32-bit unsigned divisions (a few instructions) unless the sizes need 64 bits (a call)
-        oc = pair // cin_g if WIDE else uint32(pair) // uint32(cin_g)
+        # 32-bit unsigned divisions (a few instructions) unless the sizes need 64 bits (a call),
+        # the quotients back in int64: signed index arithmetic follows (offsets may be negative)
+        oc = pair // cin_g if WIDE else int64(uint32(pair) // uint32(cin_g))
         ci = pair - oc * cin_g
-        cout_g = c_out // groups if WIDE else uint32(c_out) // uint32(groups)
-        c = (oc // cout_g if WIDE else uint32(oc) // uint32(cout_g)) * cin_g + ci
+        cout_g = c_out // groups if WIDE else int64(uint32(c_out) // uint32(groups))
+        c = (oc // cout_g if WIDE else int64(uint32(oc) // uint32(cout_g))) * cin_g + ci
 
         acc = cuda.local.array(NTAPS, ACC)
         for t in range(NTAPS):
@@ -61,9 +62,9 @@ def partial_kernel(key: ReduceKey):
         end = min(total, (p + 1) * chunk)
         idx = p * chunk + tid
         while idx < end:
-            q = idx // out_w if WIDE else uint32(idx) // uint32(out_w)  # (n, oy) row of the position
+            q = idx // out_w if WIDE else int64(uint32(idx) // uint32(out_w))  # (n, oy) row of the position
             ox = idx - q * out_w
-            n = q // out_h if WIDE else uint32(q) // uint32(out_h)
+            n = q // out_h if WIDE else int64(uint32(q) // uint32(out_h))
             oy = q - n * out_h
             idx += NT
             gv = ACC(gy[n, oc, oy, ox])
