@@ -389,7 +389,6 @@ def _conv2d_spec_from(op, kind, dtype, in_shape, w_shape, b_shape, stride, paddi
     return ConvSpec(op=op, dtype=dtype, has_bias=b_shape is not None, kind=kind, **geo)
 
 
-
 def conv2d_input_spec(
     input_size: Any, weight: Any, grad_output: Any, stride: IntPair = 1, padding: Padding = 0,
     dilation: IntPair = 1, groups: int = 1,
