@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from .._numba_options import CPU_PARALLEL_UNFUSED
-from . import _channels_last, _flat, _grouped, _outer, _rowblock, _wgrad, _winograd, _winograd_wgrad
+from . import _channels_last, _flat, _grouped, _outer, _pointwise, _rowblock, _wgrad, _winograd, _winograd_wgrad
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -95,29 +95,57 @@ def worth_generating(spec) -> bool:
     return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw >= MIN_GENERATED_MACS
 
 
-def _generated_forward(x, w, b, dest, spec) -> bool:
-    """Compute the convolution with the generated kernel that takes ``spec``, if one does (False
-    when none does)."""
-    if _winograd.applies(spec):
-        _winograd.winograd_forward(x, w, b, dest, spec)
-        # A tile's transform mixes its pixels (and could overflow where the direct sums do not):
-        # a non-finite result is computed again by the direct kernels, whose non-finite outputs
-        # are exactly those the sums make. (The check: 0.1 ms on alexnet_g2 at batch 8.)
-        if np.isfinite(dest).all():
-            return True
+#: The forward kernels, in the order :func:`forward_kernel` tries them.
+FORWARD_KERNELS = ("winograd", "pointwise", "outer", "rowblock", "channels_last", "grouped", "packed")
+
+
+def forward_kernel(spec) -> str:
+    """The name of the kernel that computes the forward of ``spec`` (a pure function of the spec
+    and the thread-independent constants of the kernel modules: which kernel runs, and so the
+    order of each sum, never depends on the thread count). ``"winograd"`` falls back to the
+    direct kernel :func:`direct_forward_kernel` names when its result is not finite."""
+    if worth_generating(spec) and _winograd.applies(spec):
+        return "winograd"
+    return direct_forward_kernel(spec)
+
+
+def direct_forward_kernel(spec) -> str:
+    """The kernel that computes ``spec`` term by term (not by Winograd's transforms)."""
+    if _pointwise.applies(spec):
+        # every size a run-time value: one compile for every 1x1 layer (2-3x ``_outer`` on AVX2)
+        return "pointwise"
+    if not worth_generating(spec):
+        return "packed"
     if _outer.applies(spec):
         # output channels in the lanes: faster than every kernel below wherever it applies
         # (1.3-2.4x on 3x3 groups of 16-64 channels, 14x on 1x1: ``docs/performance.md``)
+        return "outer"
+    if _rowblock.applies(spec) and not _channels_last.prefers(spec):
+        return "rowblock"
+    if _channels_last.applies(spec):
+        return "channels_last"
+    if _grouped.applies(spec):
+        return "grouped"
+    return "packed"
+
+
+def _run_forward(kernel: str, x, w, b, dest, spec) -> None:
+    if kernel == "winograd":
+        _winograd.winograd_forward(x, w, b, dest, spec)
+    elif kernel == "pointwise":
+        _pointwise.pointwise_forward(x, w, b, dest, spec)
+    elif kernel == "outer":
         _outer.outer_forward(x, w, b, dest, spec)
-    elif _rowblock.applies(spec) and not _channels_last.prefers(spec):
+    elif kernel == "rowblock":
         _rowblock.depthwise_forward(x, w, b, dest, spec)
-    elif _channels_last.applies(spec):
+    elif kernel == "channels_last":
         _channels_last.depthwise_forward(x, w, b, dest, spec)
-    elif _grouped.applies(spec):
+    elif kernel == "grouped":
         _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
     else:
-        return False
-    return True
+        stack = choose_stack(spec)
+        oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
+        forward_packed(x, w, b, dest, spec, oc_block, stack)
 
 
 def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -133,10 +161,18 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
-    if not (worth_generating(spec) and _generated_forward(x, w, b, dest, spec)):
-        stack = choose_stack(spec)
-        oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
-        forward_packed(x, w, b, dest, spec, oc_block, stack)
+    kernel = forward_kernel(spec)
+    if kernel == "winograd":
+        _run_forward(kernel, x, w, b, dest, spec)
+        # A tile's transform mixes its pixels (and could overflow where the direct sums do not):
+        # a non-finite result is computed again by the direct kernels, whose non-finite outputs
+        # are exactly those the sums make. (The check: 0.1 ms on alexnet_g2 at batch 8.)
+        if np.isfinite(dest).all():
+            kernel = None
+        else:
+            kernel = direct_forward_kernel(spec)
+    if kernel is not None:
+        _run_forward(kernel, x, w, b, dest, spec)
     if dest is not target:
         target[...] = dest
     return out

@@ -1,0 +1,190 @@
+"""Pointwise (1x1, stride 1, no padding) convolution on the CPU, compiled once per dtype and target.
+
+A 1x1 convolution is a matrix product per image and group: ``out[o, p] = b[o] + sum_c w[o, c] *
+x[c, p]`` over the plane's ``H * W`` pixels ``p``. Here a block of ``O_BLOCK`` output channels x
+``PIXEL_VECTORS`` vectors of pixels (pixels in the lanes, read and written where they lie in NCHW)
+keeps its sums in registers over the group's input channels: per channel, one vector load per
+pixel vector, one broadcast weight per output channel, ``O_BLOCK * PIXEL_VECTORS`` fused
+multiply-adds (:func:`pointwise_block`, LLVM IR as in ``_simd``). Every size is a run-time value,
+so one compiled kernel serves every 1x1 layer of a network (``_outer``, generated per geometry,
+cost MobileNetV2's first forward about 2 s of compilation per 1x1 layer: ``python
+docs/first_forward.py``).
+
+The sum of an output is ``bias``, then the input channels in order, each multiply-add fused: the
+same bits whatever the blocking, the thread count or the plane size. A block past the last output
+channel moves back to end at it (a few channels computed twice, to the same bits); the last pixel
+vectors of a plane are masked.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .._numba_options import CPU_PARALLEL
+from ._simd import _data, _declared, _fma, _index, _splat
+from ._target import target
+
+#: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
+O_BLOCK = 6
+
+
+def pixel_vectors() -> int:
+    """Pixel vectors per block: with 32 vector registers 4 (24 sums, 4 inputs, 1 broadcast),
+    with 16 (AVX2) 2."""
+    return 4 if target().vector_registers >= 32 else 2
+
+
+def vector_lanes(dtype) -> int:
+    """Elements of ``dtype`` per vector register of the target."""
+    return target().vector_bits // 8 // np.dtype(dtype).itemsize
+
+
+def applies(spec) -> bool:
+    """1x1 kernel, stride 1, no padding, no input dilation, at least one image, and at least
+    ``O_BLOCK`` output channels per group (a block moves back within its group)."""
+    return (spec.kernel_size == (1, 1) and spec.stride == (1, 1) and spec.lhs_dilation == (1, 1)
+            and not any(spec.padding) and spec.batch > 0 and spec.out_per_group >= O_BLOCK
+            and spec.in_size[0] * spec.in_size[1] > 0)
+
+
+def pointwise_block(n_o: int, n_pv: int, bits: int):
+    """An ``@intrinsic`` ``block(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch,
+    n_pix)``:
+
+    ``out[o0 + o * out_pitch + p] = b[b0 + o] + sum_{c < n_c} w[w0 + o * w_pitch + c] *
+    x[x0 + c * x_pitch + p]``
+
+    for ``o < n_o`` and ``p < min(n_pix, n_pv * lanes)``, ``lanes`` the elements of a ``bits``
+    vector. All but ``n_o``, ``n_pv`` and the width are run-time values. Full blocks use plain
+    vector loads and stores; a short one (``n_pix`` under the block's width) masks them: nothing
+    past ``n_pix`` is read or written. No bounds checks."""
+
+    @intrinsic
+    def block(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix):
+        arrays, ints = (x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix)
+        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
+                and len({a.dtype for a in arrays}) == 1 and x.dtype in (types.float32, types.float64)
+                and all(isinstance(i, types.Integer) for i in ints)):
+            return None
+        sig = types.void(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            a_x, _, _, _, a_w, _, _, a_b, _, a_out, _, _, _ = signature.args
+            scalar = context.get_data_type(a_x.dtype)
+            size = a_x.dtype.bitwidth // 8
+            lanes = bits // 8 // size
+            vec = ir.VectorType(scalar, lanes)
+            intp = context.get_value_type(types.intp)
+            i32 = ir.IntType(32)
+            (x_p, w_p, b_p, out_p) = (_data(context, builder, args[i], signature.args[i]) for i in (0, 4, 7, 9))
+            x0_i, x_pitch_i, n_c_i, w0_i, w_pitch_i, b0_i, o0_i, out_pitch_i, n_pix_i = (
+                _index(context, builder, args[i], signature.args[i]) for i in (1, 2, 3, 5, 6, 8, 10, 11, 12))
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            def at(base, index, as_vector=True):
+                p = builder.gep(base, [index], inbounds=True)
+                return builder.bitcast(p, vec.as_pointer()) if as_vector else p
+
+            mask_type = ir.VectorType(ir.IntType(1), lanes)
+            suffix = f"v{lanes}{vec.element.intrinsic_name}.p0"
+            masked_load = _declared(builder, f"llvm.masked.load.{suffix}",
+                                    ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]))
+            masked_store = _declared(builder, f"llvm.masked.store.{suffix}",
+                                     ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_type]))
+
+            def body(masks):
+                """The block; ``masks`` None (full vectors) or one lane mask per pixel vector."""
+                sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_pv)] for _ in range(n_o)]
+                for o in range(n_o):
+                    bias = _splat(builder, builder.load(at(b_p, builder.add(b0_i, const(o)), False)), vec)
+                    for v in range(n_pv):
+                        builder.store(bias, sums[o][v])
+                with cgutils.for_range(builder, n_c_i) as loop:
+                    xc = builder.add(x0_i, builder.mul(loop.index, x_pitch_i))
+                    values = []
+                    for v in range(n_pv):
+                        pointer = at(x_p, builder.add(xc, const(v * lanes)))
+                        values.append(builder.load(pointer, align=size) if masks is None else builder.call(
+                            masked_load, [pointer, ir.Constant(i32, size), masks[v], ir.Constant(vec, None)]))
+                    for o in range(n_o):
+                        w_at = builder.add(builder.add(w0_i, builder.mul(const(o), w_pitch_i)), loop.index)
+                        weight = _splat(builder, builder.load(at(w_p, w_at, False)), vec)
+                        for v in range(n_pv):
+                            builder.store(_fma(builder, weight, values[v], builder.load(sums[o][v])), sums[o][v])
+                for o in range(n_o):
+                    row = builder.add(o0_i, builder.mul(const(o), out_pitch_i))
+                    for v in range(n_pv):
+                        pointer = at(out_p, builder.add(row, const(v * lanes)))
+                        if masks is None:
+                            builder.store(builder.load(sums[o][v]), pointer, align=size)
+                        else:
+                            builder.call(masked_store, [builder.load(sums[o][v]), pointer, ir.Constant(i32, size), masks[v]])
+
+            full = builder.icmp_signed(">=", n_pix_i, const(n_pv * lanes))
+            with builder.if_else(full) as (then, otherwise):
+                with then:
+                    body(None)
+                with otherwise:
+                    lane_ids = ir.Constant(ir.VectorType(intp, lanes), list(range(lanes)))
+                    masks = [builder.icmp_signed("<", lane_ids, _splat(builder, builder.sub(n_pix_i, const(v * lanes)),
+                                                                      ir.VectorType(intp, lanes)))
+                             for v in range(n_pv)]
+                    body(masks)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+#: The target's block, fixed per process (Numba's disk cache keeps a compiled kernel per target).
+_N_O, _N_PV, _BITS = O_BLOCK, pixel_vectors(), target().vector_bits
+_block = pointwise_block(_N_O, _N_PV, _BITS)
+
+
+@numba.njit(**CPU_PARALLEL)
+def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block):
+    """out (N, groups * cout_g, hw) = x (N, groups * cin_g, hw) by w (groups * cout_g, cin_g) + b,
+    all flat: tasks of (image, group, pixel block, chunk of output-channel blocks)."""
+    c_in, c_out = groups * cin_g, groups * cout_g
+    n_img = x.shape[0] // (c_in * hw)
+    p_blocks = (hw + pix_block - 1) // pix_block
+    o_blocks = (cout_g + _N_O - 1) // _N_O
+    per_chunk = (o_blocks + o_chunks - 1) // o_chunks
+    for task in numba.prange(n_img * groups * p_blocks * o_chunks):
+        chunk = task % o_chunks
+        rest = task // o_chunks
+        pb = rest % p_blocks
+        rest //= p_blocks
+        g = rest % groups
+        n = rest // groups
+        p0 = pb * pix_block
+        n_pix = min(pix_block, hw - p0)
+        x0 = (n * c_in + g * cin_g) * hw + p0
+        for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
+            oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
+            _block(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw, n_pix)
+
+
+def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
+    """``out`` = the 1x1 convolution of ``spec`` (C-contiguous arrays, ``w`` (C_out, C_in/groups,
+    1, 1), where :func:`applies`)."""
+    lanes = vector_lanes(x.dtype)
+    pix_block = pixel_vectors() * lanes
+    hw = spec.in_size[0] * spec.in_size[1]
+    p_blocks = -(-hw // pix_block)
+    o_blocks = -(-spec.out_per_group // O_BLOCK)
+    tasks = spec.batch * spec.groups * p_blocks
+    # Output-channel blocks split across tasks only as far as at least 4 tasks per thread need:
+    # each chunk reads its pixel block's inputs again.
+    o_chunks = max(1, min(o_blocks, -(-4 * numba.get_num_threads() // tasks)))
+    _forward(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups, spec.in_per_group,
+              spec.out_per_group, hw, o_chunks, pix_block)
