@@ -76,8 +76,9 @@ def _options_stamp() -> str:
     compiler options and on the intrinsics they call, so their names carry a hash of the modules
     that hold them."""
     digest = hashlib.sha256()
-    for module in (_numba_options, _simd):
-        with open(module.__file__, "rb") as f:
+    here = os.path.dirname(__file__)
+    for path in (_numba_options.__file__, _simd.__file__, os.path.join(here, "_depthwise.py")):
+        with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
 

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from .._numba_options import CPU_PARALLEL_UNFUSED
-from . import _channels_last, _flat, _grouped, _outer, _pointwise, _rowblock, _wgrad, _winograd, _winograd_wgrad
+from . import _channels_last, _depthwise, _flat, _grouped, _outer, _pointwise, _rowblock, _wgrad, _winograd, _winograd_wgrad
 from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
 
 
@@ -95,8 +95,15 @@ def worth_generating(spec) -> bool:
     return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw >= MIN_GENERATED_MACS
 
 
+#: Fewest terms per output (input channels per group x taps) for ``_outer``: below, a stem
+#: such as MobileNetV2's 3 -> 32 3x3 at stride 2 on 224 x 224 (27 terms) runs as fast in the
+#: packed kernel, compiled once for all geometries (batch 2: 1.46 against 1.48 ms, batch 8: 5.6
+#: against 9.3 ms on a 2-core Zen 3), where ``_outer`` compiles 12 s for its geometry.
+MIN_OUTER_TERMS = 32
+
+
 #: The forward kernels, in the order :func:`forward_kernel` tries them.
-FORWARD_KERNELS = ("winograd", "pointwise", "outer", "rowblock", "channels_last", "grouped", "packed")
+FORWARD_KERNELS = ("winograd", "pointwise", "depthwise", "outer", "rowblock", "channels_last", "grouped", "packed")
 
 
 def forward_kernel(spec) -> str:
@@ -116,9 +123,14 @@ def direct_forward_kernel(spec) -> str:
         return "pointwise"
     if not worth_generating(spec):
         return "packed"
-    if _outer.applies(spec):
+    if _depthwise.applies(spec):
+        # sizes at run time: one compile per kernel size, stride and dilation, where ``_rowblock``
+        # and ``_channels_last`` compile per geometry (as fast or faster on most depthwise shapes,
+        # 0.7x ``_channels_last`` on 7x7 planes: ``docs/performance.md``)
+        return "depthwise"
+    if _outer.applies(spec) and spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1] >= MIN_OUTER_TERMS:
         # output channels in the lanes: faster than every kernel below wherever it applies
-        # (1.3-2.4x on 3x3 groups of 16-64 channels, 14x on 1x1: ``docs/performance.md``)
+        # (1.3-2.4x on 3x3 groups of 16-64 channels: ``docs/performance.md``)
         return "outer"
     if _rowblock.applies(spec) and not _channels_last.prefers(spec):
         return "rowblock"
@@ -134,6 +146,8 @@ def _run_forward(kernel: str, x, w, b, dest, spec) -> None:
         _winograd.winograd_forward(x, w, b, dest, spec)
     elif kernel == "pointwise":
         _pointwise.pointwise_forward(x, w, b, dest, spec)
+    elif kernel == "depthwise":
+        _depthwise.depthwise_forward(x, w, b, dest, spec)
     elif kernel == "outer":
         _outer.outer_forward(x, w, b, dest, spec)
     elif kernel == "rowblock":

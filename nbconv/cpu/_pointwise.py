@@ -25,7 +25,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL
-from ._simd import _data, _declared, _fma, _index, _splat
+from ._simd import _data, _declared, _fma, _index, _splat, lanes_below
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -133,10 +133,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int):
                 with then:
                     body(None)
                 with otherwise:
-                    lane_ids = ir.Constant(ir.VectorType(intp, lanes), list(range(lanes)))
-                    masks = [builder.icmp_signed("<", lane_ids, _splat(builder, builder.sub(n_pix_i, const(v * lanes)),
-                                                                      ir.VectorType(intp, lanes)))
-                             for v in range(n_pv)]
+                    masks = [lanes_below(builder, builder.sub(n_pix_i, const(v * lanes)), lanes) for v in range(n_pv)]
                     body(masks)
             return context.get_dummy_value()
 

@@ -232,6 +232,19 @@ def copy_run(count: int, step: int = 1):
     return copy
 
 
+def lanes_below(builder, count, lanes: int):
+    """The mask of the lanes ``j < count`` of a ``lanes``-wide vector, for a run-time integer
+    ``count`` (any value: clamped to ``[0, lanes]``, then compared as 32-bit integers, one
+    ``vpcmpgtd`` on AVX2 where 64-bit lanes take four instructions)."""
+    wide = count.type
+    clamped = builder.select(builder.icmp_signed("<", count, ir.Constant(wide, 0)), ir.Constant(wide, 0), count)
+    clamped = builder.select(builder.icmp_signed(">", clamped, ir.Constant(wide, lanes)), ir.Constant(wide, lanes), clamped)
+    i32 = ir.IntType(32)
+    narrow = builder.trunc(clamped, i32) if wide.width > 32 else clamped
+    ids = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
+    return builder.icmp_signed("<", ids, _splat(builder, narrow, ir.VectorType(i32, lanes)))
+
+
 def _masked_load(builder, pointer, vec, count: int, align: int, lanes_on: tuple[bool, ...] | None = None):
     """The first ``count`` lanes of a ``vec`` at ``pointer`` (or the lanes ``lanes_on``), the
     others zero; nothing in the others is read."""

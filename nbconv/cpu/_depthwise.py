@@ -1,0 +1,351 @@
+"""Depthwise convolution on the CPU compiled once per kernel size, stride, dilation, dtype and target.
+
+One input channel per group, any channel multiplier, any padding of zeros (not cropping), no
+input dilation. Every size (batch, channels, image, padding) is a run-time value, so a network's
+depthwise layers of one kind (MobileNetV2's 3x3 at stride 1 on 112, 56, 28, 14 and 7 pixels) share
+one compiled kernel, where ``_rowblock`` and ``_channels_last`` compile one per geometry (about 4
+and 10 s each on a 2-core Zen 3: ``python docs/first_forward.py``).
+
+A task (image, input channel) packs the channel's plane once into a zero-padded plane split into
+``sH x sW`` phase planes (padded pixel ``(r, c)`` goes to phase ``(r % sH, c % sW)`` at ``(r // sH,
+c // sW)``), so that every tap of every stride reads a run of consecutive elements. Then, for each
+of the channel's output channels, :func:`depthwise_rows` computes ``R`` output rows x one vector
+of columns at a time (output columns in the lanes, read and written with plain vector loads and
+stores; the last vector of a row moves left to end at the row's end, or is masked on a row
+narrower than a vector). Each input vector is loaded once per block and feeds every sum whose
+tap reads it; the weights are broadcast once per call when they fit in registers.
+
+An output is ``bias`` plus its taps in kernel order (row by row), each multiply-add fused: the
+order of the reference, fixed by the kernel size, so results are the same whatever the thread
+count, the image size or the blocking (columns computed twice get the same bits).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .._numba_options import njit_serial
+from .._version import __version__
+from . import _generated, _scratch
+from ._simd import _data, _declared, _fma, _index, _splat, lanes_below
+from ._target import target
+
+#: Output rows per block (sums in registers beside the weights and the loaded input vectors).
+ROWS = 4
+
+
+def vector_lanes(dtype) -> int:
+    """Elements of ``dtype`` per vector register of the target."""
+    return target().vector_bits // 8 // np.dtype(dtype).itemsize
+
+
+def applies(spec) -> bool:
+    """Depthwise (one input channel per group), at least one image, no input dilation, no
+    negative padding (cropping), at most ``_generated.MAX_TAPS`` taps."""
+    kh, kw = spec.kernel_size
+    return (spec.in_per_group == 1 and spec.batch > 0 and spec.lhs_dilation == (1, 1)
+            and min(spec.padding) >= 0 and kh * kw <= _generated.MAX_TAPS
+            and min(spec.out_size) > 0)
+
+
+def tap_reads(kernel_size, stride, dilation) -> tuple[tuple[int, int, int], ...]:
+    """For each tap in kernel order, (phase plane, row offset, column offset) of what output pixel
+    (0, 0) reads in the phase planes (output ``(oy, ox)`` reads ``(oy + row, ox + column)``)."""
+    (kh_n, kw_n), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    return tuple(((kh * dh % sh) * sw + kw * dw % sw, kh * dh // sh, kw * dw // sw)
+                 for kh in range(kh_n) for kw in range(kw_n))
+
+
+def plane_geometry(spec) -> tuple[int, int]:
+    """(rows, columns) of one phase plane: the padded input, or what the outputs read if more,
+    over the stride."""
+    (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel_size
+    (h, w), (oh, ow) = spec.in_size, spec.out_size
+    pt, pb, pl, pr = spec.padding
+    hp = max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1)
+    return -(-hp // sh), -(-wp // sw)
+
+
+def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int, keep_weights: bool):
+    """An ``@intrinsic`` ``block(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow)``:
+
+    ``out[o0 + r * out_pitch + p] = bias + sum_t w[w0 + t] * xs[x0 + plane_t * plane + (r + row_t)
+    * pitch + column_t + p]``
+
+    for ``r < rows`` and ``p < ow``, ``(plane_t, row_t, column_t) = taps[t]``, the terms in tap
+    order, fused. Columns go a vector of the target (``bits``) at a time. With ``ow`` under one
+    vector the loads read up to a vector past a row (the packed planes end with that much slack),
+    and each row's store writes that far into the next row, which is stored after it (rows
+    ``out_pitch`` apart in increasing order; ``out_pitch`` at least ``ow``): only the last row's
+    store is masked. ``keep_weights``: broadcast each weight once per call (else once per
+    vector of columns, folded into the multiply-adds' memory operand)."""
+
+    @intrinsic
+    def block(typingctx, xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow):
+        arrays, ints = (xs, w, out), (x0, pitch, plane, w0, o0, out_pitch, ow)
+        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
+                and len({a.dtype for a in arrays}) == 1 and xs.dtype in (types.float32, types.float64)
+                and all(isinstance(i, types.Integer) for i in ints) and isinstance(bias, types.Float)):
+            return None
+        sig = types.void(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            a_xs = signature.args[0]
+            scalar = context.get_data_type(a_xs.dtype)
+            size = a_xs.dtype.bitwidth // 8
+            lanes = bits // 8 // size
+            vec = ir.VectorType(scalar, lanes)
+            intp = context.get_value_type(types.intp)
+            i32 = ir.IntType(32)
+            xs_p, w_p, out_p = (_data(context, builder, args[i], signature.args[i]) for i in (0, 4, 7))
+            x0_i, pitch_i, plane_i, w0_i, o0_i, out_pitch_i, ow_i = (
+                _index(context, builder, args[i], signature.args[i]) for i in (1, 2, 3, 5, 8, 9, 10))
+            bias_v = context.cast(builder, args[6], signature.args[6], a_xs.dtype)
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            def at(base, index, as_vector=True):
+                p = builder.gep(base, [index], inbounds=True)
+                return builder.bitcast(p, vec.as_pointer()) if as_vector else p
+
+            def weight(t):
+                return _splat(builder, builder.load(at(w_p, builder.add(w0_i, const(t)), False)), vec)
+
+            mask_type = ir.VectorType(ir.IntType(1), lanes)
+            masked_store = _declared(builder, f"llvm.masked.store.v{lanes}{vec.element.intrinsic_name}.p0",
+                                     ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_type]))
+            kept = [weight(t) for t in range(len(taps))] if keep_weights else None
+            bias_vec = _splat(builder, bias_v, vec)
+            # the row and phase offsets of every (plane, row) the block reads, at run time
+            row_base = {}
+            for plane_t, row_t, _ in taps:
+                for r in range(rows):
+                    key = (plane_t, row_t + r)
+                    if key not in row_base:
+                        row_base[key] = builder.add(builder.mul(const(plane_t), plane_i),
+                                                    builder.mul(const(row_t + r), pitch_i))
+
+            def columns(p0, mask):
+                """The block's ``rows`` x one vector of columns from column ``p0`` on."""
+                xb = builder.add(x0_i, p0)
+                weights = kept or [weight(t) for t in range(len(taps))]
+                loaded, sums = {}, [bias_vec] * rows
+                for t, (plane_t, row_t, col_t) in enumerate(taps):
+                    for r in range(rows):
+                        key = (plane_t, row_t + r, col_t)
+                        if key not in loaded:
+                            index = builder.add(xb, builder.add(row_base[key[:2]], const(col_t)))
+                            loaded[key] = builder.load(at(xs_p, index), align=size)
+                        sums[r] = _fma(builder, weights[t], loaded[key], sums[r])
+                for r in range(rows):
+                    target_p = at(out_p, builder.add(builder.add(o0_i, p0), builder.mul(const(r), out_pitch_i)))
+                    if mask is None or r < rows - 1:  # a narrow row's excess lands on the next, stored after it
+                        builder.store(sums[r], target_p, align=size)
+                    else:
+                        builder.call(masked_store, [sums[r], target_p, ir.Constant(i32, size), mask])
+
+            wide = builder.icmp_signed(">=", ow_i, const(lanes))
+            with builder.if_else(wide) as (then, otherwise):
+                with then:  # whole vectors, the last one moved left to end at the row's end
+                    n_chunks = builder.sdiv(builder.add(ow_i, const(lanes - 1)), const(lanes))
+                    last = builder.sub(ow_i, const(lanes))
+                    with cgutils.for_range(builder, n_chunks) as loop:
+                        p0 = builder.mul(loop.index, const(lanes))
+                        columns(builder.select(builder.icmp_signed("<", p0, last), p0, last), None)
+                with otherwise:
+                    columns(const(0), lanes_below(builder, ow_i, lanes))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return block
+
+
+def copy_span(step: int):
+    """An ``@intrinsic`` ``copy(src, s0, dst, d0, n)``: ``dst[d0 + j] = src[s0 + j * step]`` for
+    ``j < n`` (``step`` 1 or 2, ``n`` a run-time count), in whole vectors of the target, the last
+    one loaded with a mask (nothing past the last element is read) and stored whole with zeros in
+    the lanes past ``n``: up to a vector minus one of zeros land past ``dst[d0 + n - 1]`` (a
+    masked store is microcoded and slow on AMD's AVX2). At step 2 each vector of results is the
+    even lanes of two loads. No bounds checks; ``src`` and ``dst`` must not overlap."""
+    if step not in (1, 2):
+        raise ValueError(f"copy_span takes steps of 1 or 2, not {step}")
+
+    @intrinsic
+    def copy(typingctx, src, s0, dst, d0, n):
+        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, dst))
+                and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)
+                and all(isinstance(i, types.Integer) for i in (s0, d0, n))):
+            return None
+        sig = types.void(src, s0, dst, d0, n)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            a_src = signature.args[0]
+            size = a_src.dtype.bitwidth // 8
+            lanes = target().vector_bits // 8 // size
+            vec = ir.VectorType(context.get_data_type(a_src.dtype), lanes)
+            intp = context.get_value_type(types.intp)
+            i32 = ir.IntType(32)
+            src_p, dst_p = _data(context, builder, args[0], a_src), _data(context, builder, args[2], signature.args[2])
+            s0_i, d0_i, n_i = (_index(context, builder, args[i], signature.args[i]) for i in (1, 3, 4))
+            mask_type = ir.VectorType(ir.IntType(1), lanes)
+            suffix = f"v{lanes}{vec.element.intrinsic_name}.p0"
+            masked_load = _declared(builder, f"llvm.masked.load.{suffix}",
+                                    ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]))
+            evens = ir.Constant(ir.VectorType(i32, lanes), list(range(0, 2 * lanes, 2)))
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            def at(base, index):
+                return builder.bitcast(builder.gep(base, [index], inbounds=True), vec.as_pointer())
+
+            def below(count):  # the lanes under a run-time count
+                return lanes_below(builder, count, lanes)
+
+            def load(index, count=None):
+                if count is None:
+                    return builder.load(at(src_p, index), align=size)
+                return builder.call(masked_load, [at(src_p, index), ir.Constant(i32, size), below(count),
+                                                  ir.Constant(vec, None)])
+
+            def results(k, count=None):  # results k .. k + lanes - 1 (the first ``count`` of them)
+                if step == 1:
+                    return load(builder.add(s0_i, k), count)
+                first = builder.add(s0_i, builder.mul(k, const(2)))
+                if count is None:
+                    lo, hi = load(first), load(builder.add(first, const(lanes)))
+                else:
+                    reads = builder.sub(builder.mul(count, const(2)), const(1))
+                    lo, hi = load(first, reads), load(builder.add(first, const(lanes)), builder.sub(reads, const(lanes)))
+                return builder.shuffle_vector(lo, hi, evens)
+
+            full = builder.sdiv(n_i, const(lanes))
+            with cgutils.for_range(builder, full) as loop:
+                k = builder.mul(loop.index, const(lanes))
+                builder.store(results(k), at(dst_p, builder.add(d0_i, k)), align=size)
+            k = builder.mul(full, const(lanes))
+            rest = builder.sub(n_i, k)
+            with builder.if_then(builder.icmp_signed(">", rest, const(0))):
+                builder.store(results(k, rest), at(dst_p, builder.add(d0_i, k)), align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return copy
+
+
+_copy1, _copy2 = copy_span(1), copy_span(2)
+
+
+@njit_serial
+def pack_plane(x_flat, s0, h, w, xs, sh, sw, pt, pl, hc, wc, plane):
+    """The input plane ``x_flat[s0:s0 + h * w]`` (h x w), padded by ``pt`` rows above and ``pl``
+    columns left, into ``xs``'s phase planes: padded pixel (r, c) at ``((r % sh) * sw + c % sw) *
+    plane + (r // sh) * wc + c // sw``, ``plane`` at least ``hc * wc`` plus a vector. Only pixels
+    are written, row after row of each phase plane, each followed by zeros up to a vector's end
+    (:func:`copy_span`): padding, or the next row's pixels, written after them. The padding's
+    zeros are those of the zeroed scratch, which every call of one geometry leaves as they are.
+    Column strides over 2 are copied element by element."""
+    for px in range(sw):
+        # columns j whose input column ix = j * sw + px - pl is in [0, w): no division per row
+        lo = min(wc, max(0, (pl - px + sw - 1) // sw))
+        count = min(wc, max(lo, (w - 1 + pl - px) // sw + 1)) - lo
+        src = s0 + lo * sw + px - pl
+        i, py = pt // sh, pt % sh  # padded row pt + iy is row i of phase py
+        for iy in range(h):
+            if i >= hc:
+                break
+            d = (py * sw + px) * plane + i * wc + lo
+            if sw == 1:
+                _copy1(x_flat, src + iy * w, xs, d, count)
+            elif sw == 2:
+                _copy2(x_flat, src + iy * w, xs, d, count)
+            else:
+                for j in range(count):
+                    xs[d + j] = x_flat[src + iy * w + j * sw]
+            py += 1
+            if py == sh:
+                py, i = 0, i + 1
+
+
+_DRIVER = '''
+from nbconv.cpu._depthwise import depthwise_rows, pack_plane
+
+_rows = depthwise_rows({taps}, {rows}, {bits}, {keep})
+_row1 = depthwise_rows({taps}, 1, {bits}, {keep})
+
+
+@njit_parallel
+def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc):
+    """out (N, C_out, OH, OW) = the depthwise convolution of x (N, C_in, H, W) by w (C_out, 1,
+    {kh}, {kw}) + b at stride ({sh}, {sw}) and dilation {dilation}: tasks of (image, input channel)."""
+    n_img, c_in, h, wi = x.shape
+    c_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    mult = c_out // c_in
+    x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
+    plane = hc * wc + {slack}  # a vector of slack after each phase plane (see pack_plane)
+    for task in numba.prange(n_img * c_in):
+        xs = scratch[numba.get_thread_id()]
+        n = task // c_in
+        c = task - n * c_in
+        pack_plane(x_flat, task * h * wi, h, wi, xs, sh, sw, pt, pl, hc, wc, plane)
+        for oc in range(c * mult, (c + 1) * mult):
+            o_plane = (n * c_out + oc) * oh * ow
+            w0 = oc * {n_taps}
+            if oh < {rows}:
+                for oy in range(oh):
+                    _row1(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow)
+            else:
+                for blk in range(0, oh, {rows}):
+                    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice
+                    _rows(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow)
+'''
+
+
+def keeps_weights(taps: int, rows: int) -> bool:
+    """Whether the weights stay in registers beside the ``rows`` sums and a few loaded vectors."""
+    return taps + rows + 4 <= target().vector_registers
+
+
+def module_source(kernel_size, stride, dilation) -> str:
+    """The generated module for one kernel size, stride and dilation (every size at run time)."""
+    taps = tap_reads(kernel_size, stride, dilation)
+    bits = target().vector_bits
+    what = f"depthwise {kernel_size[0]}x{kernel_size[1]}, stride {stride}, dilation {dilation}, {bits}-bit vectors"
+    return _generated.HEADER.format(generator=__name__, version=__version__, what=what) + _DRIVER.format(
+        taps=taps, rows=ROWS, bits=bits, slack=bits // 32, keep=keeps_weights(len(taps), ROWS), kh=kernel_size[0],
+        kw=kernel_size[1], sh=stride[0], sw=stride[1], dilation=dilation, n_taps=len(taps))
+
+
+@functools.lru_cache(maxsize=64)
+def _module(kernel_size, stride, dilation):
+    return _generated.load(module_source(kernel_size, stride, dilation), "nbconv_depthwise")
+
+
+def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
+    """``out`` = the depthwise convolution of ``spec`` (C-contiguous arrays, ``w`` (C_out, 1, kH,
+    kW), where :func:`applies`)."""
+    hc, wc = plane_geometry(spec)
+    (sh, sw), slack = spec.stride, target().vector_bits // 32
+    # a vector (of float32, so of either dtype) of slack after each phase plane, as the driver's
+    # plane pitch has: narrow rows are read and written a whole vector at a time
+    elems = sh * sw * (hc * wc + slack) + slack
+    threads = numba.get_num_threads()
+    # zeros where no pixel goes, kept as they are by every call of this layout
+    key = ("depthwise", x.dtype.str, spec.in_size, spec.stride, spec.padding[0], spec.padding[2], hc, wc, threads)
+    scratch, = _scratch.reused(key, lambda: (np.zeros((threads, elems), x.dtype),))
+    _module(spec.kernel_size, spec.stride, spec.dilation).forward(
+        x, w, b, out, scratch, sh, sw, spec.padding[0], spec.padding[2], hc, wc)
