@@ -11,8 +11,9 @@ Each case runs in a fresh process, in this order, sharing one pair of cache fold
 
 For each it prints the first pass (every layer's first call: compilation, loading and the
 computation), the steady pass after it (the median of ``--repeat`` passes), and in the cold
-case the first-call seconds summed per kernel (``nbconv.cpu._launch.forward_kernel``) with how
-many distinct layer geometries each kernel met. Needs only NumPy and nbconv::
+and new-size cases the first-call seconds summed per kernel
+(``nbconv.cpu._launch.forward_kernel``) with how many distinct layer geometries each kernel met.
+Needs only NumPy and nbconv::
 
     python docs/first_forward.py [--batch 2] [--new-batch 7] [--new-size 192] [--json FILE]
 """
@@ -80,7 +81,7 @@ def _child(batch: int, size: int, dtype: str, repeat: int) -> dict:
         x = rng.standard_normal((batch, c_in, side, side)).astype(dtype)
         w = rng.standard_normal((c_out, c_in // g, k, k)).astype(dtype)
         spec = conv2d_spec(x, w, None, s, k // 2, 1, g)
-        calls.append((x, w, dict(stride=s, padding=k // 2, groups=g), forward_kernel(spec),
+        calls.append((x, w, {"stride": s, "padding": k // 2, "groups": g}, forward_kernel(spec),
                       (c_in, c_out, k, s, g, side)))
     first, per_kernel, geometries = [], {}, {}
     t0 = time.perf_counter()
@@ -98,10 +99,10 @@ def _child(batch: int, size: int, dtype: str, repeat: int) -> dict:
         for x, w, kw, _, _ in calls:
             nbconv.conv2d(x, w, **kw)
         steady.append(time.perf_counter() - t)
-    return dict(batch=batch, size=size, dtype=dtype, import_s=import_s, first_pass_s=first_pass,
-                steady_pass_s=float(np.median(steady)), per_kernel_s=per_kernel,
-                geometries={k: len(v) for k, v in geometries.items()}, slowest_first_calls=sorted(
-                    ((dt, c[3], list(c[4])) for dt, c in zip(first, calls)), reverse=True)[:5])
+    slowest = sorted(((dt, c[3], list(c[4])) for dt, c in zip(first, calls)), reverse=True)[:5]
+    return {"batch": batch, "size": size, "dtype": dtype, "import_s": import_s, "first_pass_s": first_pass,
+            "steady_pass_s": float(np.median(steady)), "per_kernel_s": per_kernel,
+            "geometries": {k: len(v) for k, v in geometries.items()}, "slowest_first_calls": slowest}
 
 
 def _run_case(env: dict, batch: int, size: int, dtype: str, repeat: int) -> dict:
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
             print(f"{case.strip():>9}: batch {batch}, {size}x{size}: first pass {r['first_pass_s']:7.2f} s, "
                   f"steady pass {r['steady_pass_s']:6.3f} s, import {r['import_s']:.2f} s, "
                   f"process {r['process_s']:.1f} s", flush=True)
-            if case.strip() == "cold":
+            if case.strip() in ("cold", "new size"):
                 for kernel, s in sorted(r["per_kernel_s"].items(), key=lambda kv: -kv[1]):
                     print(f"           {kernel:>13}: {s:6.2f} s over {r['geometries'][kernel]} geometries")
     finally:
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     print(f"machine: {machine}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(machine=machine, results=results), f, indent=1)
+            json.dump({"machine": machine, "results": results}, f, indent=1)
     return 0
 
 

@@ -41,6 +41,13 @@ def packed_fmas(asm: str, bits: int, precision: str = "ps") -> int:
     return len(re.findall(rf"vfn?m(?:add|sub)\w*{precision}\s+[^\n]*%{REGISTER[bits]}\d+\s*$", asm, re.MULTILINE))
 
 
+def compiled_body(asm: str) -> str:
+    """``asm`` without the functions Numba wraps a kernel in (the CPython wrapper and the cfunc,
+    whose copies of array structs are vector stores to the stack that are not spills)."""
+    parts = re.split(r"^(?=\s*\.globl\s)", asm, flags=re.MULTILINE)
+    return "".join(p for p in parts if not re.match(r"\s*\.globl\s+(cfunc\.|_ZN7cpython)", p))
+
+
 def spills(asm: str, bits: int) -> list[str]:
     """Stores of a ``bits``-wide vector register to the stack."""
     return re.findall(rf"vmov\w+\s+%{REGISTER[bits]}\d+, [-\d]*\(%rsp\)", asm)

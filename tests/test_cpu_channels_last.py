@@ -20,14 +20,14 @@ from cases import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
-    assert_conv_close,
     conv2d_input_reference,
     conv2d_weight_reference,
 )
 
 import nbconv
+import nbconv.cpu._launch as launch
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv2d_weight_spec
-from nbconv.cpu import _channels_last, _rowblock, _simd
+from nbconv.cpu import _channels_last, _simd
 from nbconv.cpu._launch import conv2d_forward
 
 #: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
@@ -104,52 +104,19 @@ def test_huge_strided_planes_take_other_kernels():
     assert not _channels_last.applies(spec) and not _channels_last.applies_weight_grad(spec)
 
 
-def test_launcher_takes_the_path_for_narrow_depthwise_only(monkeypatch):
-    """Narrow depthwise outputs (under 16 columns) come here; wider ones go to ``_rowblock``;
-    channel multipliers and grouped convolutions elsewhere."""
-    calls = []
-    real = _channels_last.depthwise_forward
-    monkeypatch.setattr(_channels_last, "depthwise_forward", lambda *a: calls.append(a[-1]) or real(*a))
+def test_the_launcher_gives_depthwise_forwards_to_the_size_generic_kernel():
+    """Narrow, 5x5 and wide depthwise forwards all go to ``_depthwise`` (compiled once per kernel
+    kind, where this path compiles per geometry); this path's forward is kept for comparison
+    (``python docs/first_forward.py``; ``docs/performance.md``), and gives the same bits."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 6, 7, 7)).astype(np.float32)
-    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
-    xs = np.asfortranarray(x)
-    xs.flags.writeable = False
-    assert_conv_close(nbconv.conv2d(xs, w, None, padding=1, groups=6), x, w, None, padding=1, groups=6)
-    assert len(calls) == 1
-    readonly = x.copy()
-    readonly.flags.writeable = False  # C-contiguous: reaches the kernel (and the intrinsic) as it is
-    np.testing.assert_array_equal(nbconv.conv2d(readonly, w, None, padding=1, groups=6),
-                                  nbconv.conv2d(x, w, None, padding=1, groups=6))
-    assert len(calls) == 3
-    wide = rng.standard_normal((1, 6, 20, 20)).astype(np.float32)
-    nbconv.conv2d(wide, w, None, padding=1, groups=6)
-    assert _rowblock.applies(conv2d_spec(wide, w, None, 1, 1, 1, 6)) and len(calls) == 3
-    nbconv.conv2d(x, rng.standard_normal((12, 1, 3, 3)).astype(np.float32), None, padding=1, groups=6)
-    assert len(calls) == 3  # multiplier 2
-
-
-@pytest.mark.parametrize("hw,k,stride,prefers", [
-    (28, 5, 1, True), (20, 5, 1, True), (32, 5, 1, False), (28, 3, 1, False), (56, 5, 2, False)])
-def test_five_by_five_on_partly_chunked_rows_comes_here(monkeypatch, hw, k, stride, prefers):
-    """5x5 depthwise outputs 16-47 wide that whole 16-column chunks do not cover take this path
-    before ``_rowblock``; at stride 1 the two give the same bits."""
-    calls = []
-    real = _channels_last.depthwise_forward
-    monkeypatch.setattr(_channels_last, "depthwise_forward", lambda *a: calls.append(a[-1]) or real(*a))
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 16, hw, hw)).astype(np.float32)
-    w = rng.standard_normal((16, 1, k, k)).astype(np.float32)
-    b = rng.standard_normal(16).astype(np.float32)
-    spec = conv2d_spec(x, w, b, stride, k // 2, 1, 16)
-    assert _channels_last.prefers(spec) == prefers and _rowblock.applies(spec)
-    got = nbconv.conv2d(x, w, b, stride, k // 2, groups=16)
-    assert len(calls) == int(prefers)
-    assert_conv_close(got, x, w, b, stride=stride, padding=k // 2, groups=16)
-    if prefers:
-        rows = np.empty_like(got)
-        _rowblock.depthwise_forward(x, w, b, rows, spec)
-        np.testing.assert_array_equal(got, rows)
+    for hw, k in ((7, 3), (28, 5), (20, 3)):
+        x = rng.standard_normal((2, 6, hw, hw)).astype(np.float32)
+        w = rng.standard_normal((6, 1, k, k)).astype(np.float32)
+        spec = conv2d_spec(x, w, None, 1, k // 2, 1, 6)
+        assert launch.forward_kernel(spec) == "depthwise" and _channels_last.applies(spec)
+        mine = np.empty(spec.output_shape, np.float32)
+        _channels_last.depthwise_forward(x, w, np.zeros(6, np.float32), mine, spec)
+        np.testing.assert_array_equal(nbconv.conv2d(x, w, None, padding=k // 2, groups=6), mine)
 
 
 def test_five_by_five_bounds():

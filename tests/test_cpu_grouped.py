@@ -61,7 +61,8 @@ def test_group_slices(slices):
     out = np.full(spec.output_shape, np.nan)
     _grouped.grouped_forward(x, w, b, out, spec, 1, slices)
     assert_conv_close(out, x, w, b, **case.conv_args())
-    assert _grouped.oc_slices(spec, 1, 1) == 2 and _grouped.oc_slices(spec, 64, 1) == 6  # at most one per block
+    # at most one per block (6 here), a power of two: 4 slices for 64 threads
+    assert _grouped.oc_slices(spec, 1, 1) == 2 and _grouped.oc_slices(spec, 64, 1) == 4
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])

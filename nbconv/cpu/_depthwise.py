@@ -1,7 +1,7 @@
 """Depthwise convolution on the CPU compiled once per kernel size, stride, dilation, dtype and target.
 
-One input channel per group, any channel multiplier, any padding of zeros (not cropping), no
-input dilation. Every size (batch, channels, image, padding) is a run-time value, so a network's
+One input channel per group, any channel multiplier, any padding (negative: cropped), no input
+dilation. Every size (batch, channels, image, padding) is a run-time value, so a network's
 depthwise layers of one kind (MobileNetV2's 3x3 at stride 1 on 112, 56, 28, 14 and 7 pixels) share
 one compiled kernel, where ``_rowblock`` and ``_channels_last`` compile one per geometry (about 4
 and 10 s each on a 2-core Zen 3: ``python docs/first_forward.py``).
@@ -46,12 +46,11 @@ def vector_lanes(dtype) -> int:
 
 
 def applies(spec) -> bool:
-    """Depthwise (one input channel per group), at least one image, no input dilation, no
-    negative padding (cropping), at most ``_generated.MAX_TAPS`` taps."""
+    """Depthwise (one input channel per group), at least one image and one output, no input
+    dilation (a transposed convolution's stride), at most ``_generated.MAX_TAPS`` taps."""
     kh, kw = spec.kernel_size
     return (spec.in_per_group == 1 and spec.batch > 0 and spec.lhs_dilation == (1, 1)
-            and min(spec.padding) >= 0 and kh * kw <= _generated.MAX_TAPS
-            and min(spec.out_size) > 0)
+            and kh * kw <= _generated.MAX_TAPS and min(spec.out_size) > 0)
 
 
 def tap_reads(kernel_size, stride, dilation) -> tuple[tuple[int, int, int], ...]:
@@ -82,9 +81,9 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
     for ``r < rows`` and ``p < ow``, ``(plane_t, row_t, column_t) = taps[t]``, the terms in tap
     order, fused. Columns go a vector of the target (``bits``) at a time. With ``ow`` under one
     vector the loads read up to a vector past a row (the packed planes end with that much slack),
-    and each row's store writes that far into the next row, which is stored after it (rows
-    ``out_pitch`` apart in increasing order; ``out_pitch`` at least ``ow``): only the last row's
-    store is masked. ``keep_weights``: broadcast each weight once per call (else once per
+    and a row's store is whole where its excess lands on the block's next rows, stored after it
+    (rows ``out_pitch`` apart in increasing order, ``out_pitch`` at least ``ow``), else masked:
+    nothing past the block's last row is written. ``keep_weights``: broadcast each weight once per call (else once per
     vector of columns, folded into the multiply-adds' memory operand)."""
 
     @intrinsic
@@ -149,10 +148,17 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
                         sums[r] = _fma(builder, weights[t], loaded[key], sums[r])
                 for r in range(rows):
                     target_p = at(out_p, builder.add(builder.add(o0_i, p0), builder.mul(const(r), out_pitch_i)))
-                    if mask is None or r < rows - 1:  # a narrow row's excess lands on the next, stored after it
+                    if mask is None:
                         builder.store(sums[r], target_p, align=size)
-                    else:
-                        builder.call(masked_store, [sums[r], target_p, ir.Constant(i32, size), mask])
+                        continue
+                    # a narrow row's excess may land on the block's next rows, stored after it
+                    # (only where it stays within the block: (rows - r) * out_pitch >= lanes)
+                    room = builder.icmp_signed(">=", builder.mul(const(rows - r), out_pitch_i), const(lanes))
+                    with builder.if_else(room) as (whole, masked):
+                        with whole:
+                            builder.store(sums[r], target_p, align=size)
+                        with masked:
+                            builder.call(masked_store, [sums[r], target_p, ir.Constant(i32, size), mask])
 
             wide = builder.icmp_signed(">=", ow_i, const(lanes))
             with builder.if_else(wide) as (then, otherwise):
@@ -253,7 +259,7 @@ _copy1, _copy2 = copy_span(1), copy_span(2)
 @njit_serial
 def pack_plane(x_flat, s0, h, w, xs, sh, sw, pt, pl, hc, wc, plane):
     """The input plane ``x_flat[s0:s0 + h * w]`` (h x w), padded by ``pt`` rows above and ``pl``
-    columns left, into ``xs``'s phase planes: padded pixel (r, c) at ``((r % sh) * sw + c % sw) *
+    columns left (negative: cropped), into ``xs``'s phase planes: padded pixel (r, c) at ``((r % sh) * sw + c % sw) *
     plane + (r // sh) * wc + c // sw``, ``plane`` at least ``hc * wc`` plus a vector. Only pixels
     are written, row after row of each phase plane, each followed by zeros up to a vector's end
     (:func:`copy_span`): padding, or the next row's pixels, written after them. The padding's
@@ -264,8 +270,9 @@ def pack_plane(x_flat, s0, h, w, xs, sh, sw, pt, pl, hc, wc, plane):
         lo = min(wc, max(0, (pl - px + sw - 1) // sw))
         count = min(wc, max(lo, (w - 1 + pl - px) // sw + 1)) - lo
         src = s0 + lo * sw + px - pl
-        i, py = pt // sh, pt % sh  # padded row pt + iy is row i of phase py
-        for iy in range(h):
+        iy0 = max(0, -pt)  # negative padding crops the first rows
+        i, py = (iy0 + pt) // sh, (iy0 + pt) % sh  # padded row pt + iy is row i of phase py
+        for iy in range(iy0, h):
             if i >= hc:
                 break
             d = (py * sw + px) * plane + i * wc + lo

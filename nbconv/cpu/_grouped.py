@@ -62,7 +62,8 @@ def oc_slices(spec, threads: int, n_stacks: int) -> int:
     """Slices of a group's output channels per task: 1 (the group's planes packed once) unless
     there are too few (stack, group) pairs to give every thread 4 tasks."""
     blocks = -(-spec.out_per_group // choose_block(spec)[0])
-    return max(1, min(blocks, -(-4 * threads // (n_stacks * spec.groups))))
+    slices = max(1, min(blocks, -(-4 * threads // (n_stacks * spec.groups))))
+    return 1 << (slices.bit_length() - 1)  # a power of two: a few modules per layer whatever the batch
 
 
 def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks: int, w_oc: int) -> list[str]:

@@ -10,8 +10,25 @@ import numba
 import numpy as np
 
 from .._numba_options import CPU_PARALLEL_UNFUSED
-from . import _channels_last, _depthwise, _flat, _grouped, _outer, _pointwise, _rowblock, _wgrad, _winograd, _winograd_wgrad
-from ._packed import SEGMENT_ELEMS, bias_grad, forward_packed, packed_geometry, weight_grad_packed
+from . import (
+    _channels_last,
+    _depthwise,
+    _flat,
+    _grouped,
+    _outer,
+    _pointwise,
+    _rowblock,
+    _wgrad,
+    _winograd,
+    _winograd_wgrad,
+)
+from ._packed import (
+    SEGMENT_ELEMS,
+    bias_grad,
+    forward_packed,
+    packed_geometry,
+    weight_grad_packed,
+)
 
 
 def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
@@ -32,10 +49,12 @@ def choose_oc_block(batch: int, groups: int, out_per_group: int, threads: int) -
 STACK_SCRATCH_ELEMS = 1 << 18
 
 
-def _even_stack(batch: int, stack: int) -> int:
-    """The smallest stack that keeps the number of stacks: stacks as even as they go."""
-    n_stacks = -(-batch // stack)
-    return -(-batch // n_stacks)
+def _bucket(stack: int) -> int:
+    """The largest power of two up to ``stack``. The kernels generated for stacks are generated
+    per stack (not per batch): a power of two, with a shorter last stack where the batch is not
+    a multiple, keeps the modules of a layer to a few whatever the batch (a training loop's short
+    last batch takes one of them)."""
+    return 1 << (max(1, stack).bit_length() - 1)
 
 
 def _stack_limit(spec, target_elems: int, phases: bool = False) -> int:
@@ -59,7 +78,7 @@ def choose_stack(spec) -> int:
     threads = numba.get_num_threads()
     while stack > 1 and -(-spec.batch // stack) * spec.groups < 4 * threads:
         stack -= 1
-    return _even_stack(spec.batch, stack)
+    return _bucket(stack)
 
 
 def choose_weight_stack(spec) -> int:
@@ -70,7 +89,7 @@ def choose_weight_stack(spec) -> int:
     flushed before each call)."""
     if spec.batch == 0:
         return 1
-    return _even_stack(spec.batch, _stack_limit(spec, 4 * SEGMENT_ELEMS, phases=True))
+    return _bucket(_stack_limit(spec, 4 * SEGMENT_ELEMS, phases=True))
 
 
 def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:

@@ -12,8 +12,9 @@ docs/first_forward.py``).
 
 The sum of an output is ``bias``, then the input channels in order, each multiply-add fused: the
 same bits whatever the blocking, the thread count or the plane size. A block past the last output
-channel moves back to end at it (a few channels computed twice, to the same bits); the last pixel
-vectors of a plane are masked.
+channel moves back to end at it, and the last block of pixels moves left to end at the plane's
+end (a few outputs computed twice, to the same bits); only a plane smaller than one block is
+computed with masked loads and stores.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int):
         def codegen(context, builder, signature, args):
             from numba.core import cgutils
 
-            a_x, _, _, _, a_w, _, _, a_b, _, a_out, _, _, _ = signature.args
+            a_x = signature.args[0]
             scalar = context.get_data_type(a_x.dtype)
             size = a_x.dtype.bitwidth // 8
             lanes = bits // 8 // size
@@ -163,7 +164,9 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block):
         rest //= p_blocks
         g = rest % groups
         n = rest // groups
-        p0 = pb * pix_block
+        # the last block moves left to end at the plane's end (its first pixels computed twice,
+        # to the same bits, by two tasks): the masked block only for planes under one block
+        p0 = max(0, min(pb * pix_block, hw - pix_block))
         n_pix = min(pix_block, hw - p0)
         x0 = (n * c_in + g * cin_g) * hw + p0
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):

@@ -1,0 +1,117 @@
+"""The pointwise (1x1) CPU kernel compiled once per dtype and target (``nbconv.cpu._pointwise``):
+every size is a run-time value, so the sizes that change its blocking (output channels per group
+not a multiple of the block, planes under one block of pixels or not a whole number of them,
+groups) are checked against the reference, and so is the claim that a new geometry compiles
+nothing."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from cases import (
+    Case,
+    at_each_thread_count,
+    check_non_finite_forward,
+    check_path_forward,
+    random_arrays,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import assert_conv_close
+
+import nbconv
+from nbconv._spec import conv2d_spec
+from nbconv.cpu import _launch, _pointwise
+
+POINTWISE_CASES = [
+    Case(2, 5, (7, 9), 6, (1, 1)),  # one output block; 63 pixels: a masked last block
+    Case(1, 8, (1, 1), 13, (1, 1)),  # one pixel; 13 outputs: the last block moves back
+    Case(2, 12, (16, 20), 24, (1, 1), 1, 0, 1, 2),  # groups of 12 outputs
+    Case(3, 4, (3, 5), 28, (1, 1), 1, 0, 1, 4, False),  # groups of 7 outputs, no bias
+    Case(1, 3, (32, 32), 7, (1, 1)),  # whole blocks of pixels
+]
+
+
+@pytest.mark.parametrize("case,dtype", [(c, d) for c in POINTWISE_CASES for d in (np.float32, np.float64)], ids=str)
+def test_pointwise_forward(case, dtype):
+    check_path_forward(_pointwise.applies, _pointwise.pointwise_forward, case, dtype)
+
+
+def test_the_launcher_takes_it_for_1x1_layers_only():
+    x, w, b = random_arrays(Case(2, 16, (7, 7), 32, (1, 1)), np.float32)
+    assert _launch.forward_kernel(conv2d_spec(x, w, b)) == "pointwise"
+    for args in ({"stride": 2}, {"padding": 1}):
+        assert _launch.forward_kernel(conv2d_spec(x, w, b, **args)) != "pointwise"
+    assert not _pointwise.applies(conv2d_spec(x, w[:4], b[:4]))  # fewer outputs than a block
+    assert not _pointwise.applies(conv2d_spec(x, np.ones((32, 16, 3, 3), np.float32), b, padding=1))
+
+
+def test_non_finite_inputs_spread_as_in_the_reference():
+    pixels = [(0, 0, 0, 0), (1, 4, 6, 6), (0, 2, 3, 1)]
+    for value in (np.inf, np.nan):
+        check_non_finite_forward(_pointwise.pointwise_forward, POINTWISE_CASES[0], pixels, value)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    x, w, b = random_arrays(POINTWISE_CASES[2], np.float32)
+    one, two = at_each_thread_count(lambda: nbconv.conv2d(x, w, b, groups=2))
+    np.testing.assert_array_equal(one, two)
+
+
+def test_a_new_geometry_compiles_nothing():
+    before = None
+    for case in POINTWISE_CASES:
+        x, w, b = random_arrays(case, np.float32)
+        got = nbconv.conv2d(x, w, b, groups=case.groups)
+        assert_conv_close(got, x, w, b, groups=case.groups)
+        if before is None:
+            before = len(_pointwise._forward.signatures)
+    assert len(_pointwise._forward.signatures) == before
+
+
+def test_reads_non_contiguous_and_read_only_inputs():
+    x, w, b = random_arrays(Case(2, 8, (9, 10), 12, (1, 1)), np.float32)
+    xs = np.asfortranarray(x)
+    xs.flags.writeable = False
+    assert_conv_close(nbconv.conv2d(xs, w[:, :, ::-1], b), x, w, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), g=st.integers(1, 3), cin_g=st.integers(1, 9), cout_g=st.integers(6, 20),
+       h=st.integers(1, 12), w=st.integers(1, 30))
+def test_property_against_the_reference(n, g, cin_g, cout_g, h, w):
+    check_path_forward(_pointwise.applies, _pointwise.pointwise_forward,
+                       Case(n, g * cin_g, (h, w), g * cout_g, (1, 1), 1, 0, 1, g), np.float64)
+
+
+def test_block_fits_the_target_registers():
+    from nbconv.cpu._target import target
+
+    sums = _pointwise.O_BLOCK * _pointwise.pixel_vectors()
+    assert sums + _pointwise.pixel_vectors() + 1 <= target().vector_registers
+    assert numba.get_num_threads() >= 1
+
+
+@pytest.mark.asm
+def test_block_compiles_to_fmas_at_the_target_width_without_spills():
+    """Every ``O_BLOCK x pixel_vectors()`` multiply-add of a block is one packed FMA on the
+    target's widest registers, and with 32 vector registers nothing is spilled. (With AVX2's 16,
+    the masked block, for planes under one block, keeps its lane masks on the stack.)"""
+    from asm import compiled_body, packed_fmas, skip_without_fma, spills
+
+    from nbconv.cpu._target import target
+
+    skip_without_fma()
+
+    @numba.njit(cache=False)
+    def run(x, w, b, out, n_pix):
+        _pointwise._block(x, 0, 64, 5, w, 0, 5, b, 0, out, 0, 64, n_pix)
+
+    f32 = numba.types.float32[::1]
+    run.compile((f32, f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU
+    asm = compiled_body(run.inspect_asm(run.signatures[0]))
+    bits = target().vector_bits
+    assert packed_fmas(asm, bits) >= _pointwise.O_BLOCK * _pointwise.pixel_vectors()
+    if target().vector_registers == 32:
+        assert not spills(asm, bits), spills(asm, bits)[:3]
