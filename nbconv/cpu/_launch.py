@@ -15,6 +15,7 @@ from . import (
     _depthwise,
     _flat,
     _grouped,
+    _im2col,
     _outer,
     _pointwise,
     _rowblock,
@@ -114,15 +115,30 @@ def worth_generating(spec) -> bool:
     return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw >= MIN_GENERATED_MACS
 
 
-#: Fewest terms per output (input channels per group x taps) for ``_outer``: below, a stem
-#: such as MobileNetV2's 3 -> 32 3x3 at stride 2 on 224 x 224 (27 terms) runs as fast in the
-#: packed kernel, compiled once for all geometries (batch 2: 1.46 against 1.48 ms, batch 8: 5.6
-#: against 9.3 ms on a 2-core Zen 3), where ``_outer`` compiles 12 s for its geometry.
-MIN_OUTER_TERMS = 32
+#: Fewest terms per output (input channels per group x taps) for the kernels generated per
+#: geometry (``_outer``, ``_grouped``) where a group has two or more input channels: below, a stem such as MobileNetV2's 3 -> 32 3x3 at stride
+#: 2 on 224 x 224 (27 terms) takes the packed kernel, compiled once for all geometries. On a
+#: 2-core Zen 3, batch 2 / 8: packed 1.44 / 3.93 ms, ``_grouped`` 0.82 / 5.58 ms (4.5 s to
+#: compile per geometry and batch), ``_outer`` 1.88 / 9.86 ms (8.4 s), PyTorch 4.35 / 18.4 ms.
+MIN_GENERATED_TERMS = 32
+
+
+#: Input channels of the dense layers taken as a network's stem (RGB, RGBA, grey; see
+#: :func:`is_stem`).
+MAX_STEM_CHANNELS = 4
+
+
+def is_stem(spec) -> bool:
+    """A dense layer on at most ``MAX_STEM_CHANNELS`` input channels with ``MIN_GENERATED_TERMS``
+    or more terms per output (ResNet's 7x7 at stride 2: 147), which ``_im2col`` computes: a kernel
+    generated for it compiles for minutes (``_outer``: 113 s on a 2-core Zen 3, then 22 ms at
+    batch 2 against ``_im2col``'s 12 ms and PyTorch's 4-6). Fewer terms take the packed kernel."""
+    terms = spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]
+    return spec.groups == 1 and spec.in_channels <= MAX_STEM_CHANNELS and terms >= MIN_GENERATED_TERMS
 
 
 #: The forward kernels, in the order :func:`forward_kernel` tries them.
-FORWARD_KERNELS = ("winograd", "pointwise", "depthwise", "outer", "rowblock", "channels_last", "grouped", "packed")
+FORWARD_KERNELS = ("winograd", "pointwise", "im2col", "depthwise", "outer", "rowblock", "channels_last", "grouped", "packed")
 
 
 def forward_kernel(spec) -> str:
@@ -140,6 +156,9 @@ def direct_forward_kernel(spec) -> str:
     if _pointwise.applies(spec):
         # every size a run-time value: one compile for every 1x1 layer (2-3x ``_outer`` on AVX2)
         return "pointwise"
+    if _im2col.applies(spec) and is_stem(spec):
+        # a copy and the pointwise kernel, both compiled once: nothing per geometry
+        return "im2col"
     if not worth_generating(spec):
         return "packed"
     if _depthwise.applies(spec):
@@ -147,7 +166,9 @@ def direct_forward_kernel(spec) -> str:
         # and ``_channels_last`` compile per geometry (as fast or faster on most depthwise shapes,
         # 0.7x ``_channels_last`` on 7x7 planes: ``docs/performance.md``)
         return "depthwise"
-    if _outer.applies(spec) and spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1] >= MIN_OUTER_TERMS:
+    if 1 < spec.in_per_group and spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1] < MIN_GENERATED_TERMS:
+        return "packed"
+    if _outer.applies(spec):
         # output channels in the lanes: faster than every kernel below wherever it applies
         # (1.3-2.4x on 3x3 groups of 16-64 channels: ``docs/performance.md``)
         return "outer"
@@ -165,6 +186,8 @@ def _run_forward(kernel: str, x, w, b, dest, spec) -> None:
         _winograd.winograd_forward(x, w, b, dest, spec)
     elif kernel == "pointwise":
         _pointwise.pointwise_forward(x, w, b, dest, spec)
+    elif kernel == "im2col":
+        _im2col.im2col_forward(x, w, b, dest, spec)
     elif kernel == "depthwise":
         _depthwise.depthwise_forward(x, w, b, dest, spec)
     elif kernel == "outer":

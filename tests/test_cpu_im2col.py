@@ -1,0 +1,63 @@
+"""Network stems as columns times the weights (``nbconv.cpu._im2col``): compiled once per dtype,
+every size a run-time value; checked against the reference (strides, dilations, asymmetric and
+'valid' padding, groups, pixel blocks moved left or masked), and for the claim that a new
+geometry compiles nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cases import Case, at_each_thread_count, check_non_finite_forward, check_path_forward, random_arrays
+from reference import assert_conv_close
+
+import nbconv
+from nbconv._spec import conv2d_spec
+from nbconv.cpu import _im2col, _launch
+
+IM2COL_CASES = [
+    Case(2, 3, (23, 21), 8, (7, 7), 2, 3),  # ResNet's stem, small: 147 terms
+    Case(1, 3, (9, 10), 6, (3, 3), 2, 1),  # MobileNetV2's stem, small
+    Case(2, 4, (11, 13), 7, (3, 5), (1, 2), (2, 0), (2, 1)),  # mixed stride, dilation, padding
+    Case(1, 6, (8, 9), 12, (3, 3), 1, "same", 1, 2),  # groups of 3 -> 6
+    Case(1, 2, (3, 3), 6, (3, 3), 1, "valid"),  # one output pixel: a masked block
+]
+
+
+@pytest.mark.parametrize("case,dtype", [(c, d) for c in IM2COL_CASES for d in (np.float32, np.float64)], ids=str)
+def test_im2col_forward(case, dtype):
+    check_path_forward(_im2col.applies, _im2col.im2col_forward, case, dtype)
+
+
+def test_the_launcher_takes_it_for_stems_only():
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    stem = conv2d_spec(x, np.zeros((16, 3, 7, 7), np.float32), None, 2, 3)
+    assert _launch.forward_kernel(stem) == "im2col"
+    small = conv2d_spec(x, np.zeros((16, 3, 3, 3), np.float32), None, 2, 1)  # 27 terms: the packed kernel
+    assert _launch.forward_kernel(small) == "packed"
+    wide = conv2d_spec(np.zeros((2, 8, 32, 32), np.float32), np.zeros((16, 8, 3, 3), np.float32), None, 1, 1)
+    assert _launch.forward_kernel(wide) != "im2col"
+
+
+def test_non_finite_inputs_spread_as_in_the_reference():
+    case = IM2COL_CASES[2]
+    h, w = case.hw
+    for value in (np.inf, np.nan):
+        check_non_finite_forward(_im2col.im2col_forward, case, [(0, 0, 0, 0), (1, 3, h - 1, w - 1)], value)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    case = IM2COL_CASES[0]
+    x, w, b = random_arrays(case, np.float32)
+    one, two = at_each_thread_count(lambda: nbconv.conv2d(x, w, b, **case.conv_args()))
+    np.testing.assert_array_equal(one, two)
+
+
+def test_a_new_geometry_compiles_nothing():
+    before = None
+    for hw, n in (((23, 21), 2), ((40, 17), 1), ((12, 30), 3)):
+        case = Case(n, 3, hw, 8, (7, 7), 2, 3)
+        x, w, b = random_arrays(case, np.float32)
+        assert_conv_close(nbconv.conv2d(x, w, b, stride=2, padding=3), x, w, b, stride=2, padding=3)
+        if before is None:
+            before = len(_im2col._forward.signatures)
+    assert len(_im2col._forward.signatures) == before
