@@ -20,10 +20,10 @@ import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import interleaved_medians  # noqa: E402
+from _timing import interleaved_medians
 
-from nbconv._spec import conv2d_spec  # noqa: E402
-from nbconv.cpu import _channels_last, _depthwise, _outer, _pointwise, _rowblock  # noqa: E402
+from nbconv._spec import conv2d_spec
+from nbconv.cpu import _channels_last, _depthwise, _outer, _pointwise, _rowblock
 
 #: (name, batch, channels, multiplier, side, kernel, stride)
 DEPTHWISE = [

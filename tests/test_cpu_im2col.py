@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import Case, at_each_thread_count, check_non_finite_forward, check_path_forward, random_arrays
+from cases import (
+    Case,
+    at_each_thread_count,
+    check_non_finite_forward,
+    check_path_forward,
+    random_arrays,
+)
 from reference import assert_conv_close
 
 import nbconv
@@ -32,8 +38,10 @@ def test_the_launcher_takes_it_for_stems_only():
     x = np.zeros((2, 3, 32, 32), np.float32)
     stem = conv2d_spec(x, np.zeros((16, 3, 7, 7), np.float32), None, 2, 3)
     assert _launch.forward_kernel(stem) == "im2col"
-    small = conv2d_spec(x, np.zeros((16, 3, 3, 3), np.float32), None, 2, 1)  # 27 terms: the packed kernel
-    assert _launch.forward_kernel(small) == "packed"
+    small = conv2d_spec(x, np.zeros((16, 3, 3, 3), np.float32), None, 2, 1)  # 27 terms
+    assert _launch.forward_kernel(small) == "im2col"
+    grouped = conv2d_spec(np.zeros((2, 8, 9, 9), np.float32), np.zeros((16, 2, 3, 3), np.float32), None, 1, 1, 1, 4)
+    assert _launch.forward_kernel(grouped) == "packed"  # 18 terms, not a stem
     wide = conv2d_spec(np.zeros((2, 8, 32, 32), np.float32), np.zeros((16, 8, 3, 3), np.float32), None, 1, 1)
     assert _launch.forward_kernel(wide) != "im2col"
 

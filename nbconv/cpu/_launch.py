@@ -129,12 +129,12 @@ MAX_STEM_CHANNELS = 4
 
 
 def is_stem(spec) -> bool:
-    """A dense layer on at most ``MAX_STEM_CHANNELS`` input channels with ``MIN_GENERATED_TERMS``
-    or more terms per output (ResNet's 7x7 at stride 2: 147), which ``_im2col`` computes: a kernel
-    generated for it compiles for minutes (``_outer``: 113 s on a 2-core Zen 3, then 22 ms at
-    batch 2 against ``_im2col``'s 12 ms and PyTorch's 4-6). Fewer terms take the packed kernel."""
-    terms = spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]
-    return spec.groups == 1 and spec.in_channels <= MAX_STEM_CHANNELS and terms >= MIN_GENERATED_TERMS
+    """A dense layer on at most ``MAX_STEM_CHANNELS`` input channels, which ``_im2col`` computes
+    with kernels compiled once: a kernel generated for ResNet's 7x7 stem compiles for minutes
+    (``_outer``: 113 s on a 2-core Zen 3, then 22 ms at batch 2 against ``_im2col``'s 12 ms and
+    PyTorch's 4-6 ms), and the packed kernel, compiled once but 7.6 s of it, would be MobileNetV2's
+    only use of it (1.4 ms at batch 2 there against ``_im2col``'s 2.5 ms)."""
+    return spec.groups == 1 and spec.in_channels <= MAX_STEM_CHANNELS
 
 
 #: The forward kernels, in the order :func:`forward_kernel` tries them.
