@@ -49,6 +49,7 @@ DEPTHWISE_CASES = [
     Case(2, 3, (5, 11), 6, (3, 3), 3, 1, 1, 3),  # stride 3: columns copied element by element
     Case(1, 2, (14, 14), 2, (3, 3), 2, 1, 1, 2),  # MobileNetV2's 14 -> 7 at stride 2
     Case(1, 3, (1, 1), 3, (3, 3), 1, 1, 1, 3),  # one pixel, all but the centre tap padding
+    Case(2, 2, (13, 6), 4, (3, 5), (2, 1), (1, 3), (1, 2), 2),  # row stride 2 read where it lies: padding wider than the row
 ]
 
 
@@ -69,6 +70,24 @@ def test_cropping_through_the_input_gradient(padding):
     assert min(spec.padding) < 0 and _launch.forward_kernel(spec) == "depthwise"
     np.testing.assert_allclose(nbconv.grad.conv2d_input(x.shape, w, gy, padding=padding, groups=3),
                                conv2d_input_reference(x.shape, w, gy, padding=padding, groups=3), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("case", [c for c in DEPTHWISE_CASES if c.stride in (1, (2, 1))], ids=str)
+def test_both_reads_give_the_same_bits(case, direct, monkeypatch):
+    """Reading the input where it lies (masked loads for the padding, column stride 1) and
+    packing it first: the reference's values, and the same bits."""
+    x, w, b = random_arrays(case, np.float32)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    b = np.zeros(case.c_out, np.float32) if b is None else b
+    monkeypatch.setattr(_depthwise, "reads_directly", lambda spec, lanes: direct)
+    got = np.full(spec.output_shape, np.nan, np.float32)
+    _depthwise.depthwise_forward(x, w, b, got, spec)
+    assert_conv_close(got, x, w, b, **case.conv_args())
+    monkeypatch.setattr(_depthwise, "reads_directly", lambda spec, lanes: not direct)
+    other = np.full(spec.output_shape, np.nan, np.float32)
+    _depthwise.depthwise_forward(x, w, b, other, spec)
+    np.testing.assert_array_equal(got, other)
 
 
 def test_the_launcher_takes_it_for_depthwise_layers():
@@ -208,7 +227,7 @@ def test_rows_compile_to_fmas_at_the_target_width_without_spills():
 
     @numba.njit(cache=False)
     def run(xs, w, out, ow):
-        rows(xs, 0, 40, 400, w, 0, np.float32(1), out, 0, 40, ow)
+        rows(xs, 0, 40, 400, w, 0, np.float32(1), out, 0, 40, ow, 0, 0, 0)
 
     f32 = numba.types.float32[::1]
     run.compile((f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU

@@ -72,7 +72,8 @@ def plane_geometry(spec) -> tuple[int, int]:
     return -(-hp // sh), -(-wp // sw)
 
 
-def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int, keep_weights: bool):
+def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int, keep_weights: bool,
+                   direct_stride: int = 0):
     """An ``@intrinsic`` ``block(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow)``:
 
     ``out[o0 + r * out_pitch + p] = bias + sum_t w[w0 + t] * xs[x0 + plane_t * plane + (r + row_t)
@@ -87,13 +88,13 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
     vector of columns, folded into the multiply-adds' memory operand)."""
 
     @intrinsic
-    def block(typingctx, xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow):
-        arrays, ints = (xs, w, out), (x0, pitch, plane, w0, o0, out_pitch, ow)
+    def block(typingctx, xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0):
+        arrays, ints = (xs, w, out), (x0, pitch, plane, w0, o0, out_pitch, ow, iy0, h, col0)
         if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
                 and len({a.dtype for a in arrays}) == 1 and xs.dtype in (types.float32, types.float64)
                 and all(isinstance(i, types.Integer) for i in ints) and isinstance(bias, types.Float)):
             return None
-        sig = types.void(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow)
+        sig = types.void(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0)
 
         def codegen(context, builder, signature, args):
             from numba.core import cgutils
@@ -106,8 +107,8 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
             intp = context.get_value_type(types.intp)
             i32 = ir.IntType(32)
             xs_p, w_p, out_p = (_data(context, builder, args[i], signature.args[i]) for i in (0, 4, 7))
-            x0_i, pitch_i, plane_i, w0_i, o0_i, out_pitch_i, ow_i = (
-                _index(context, builder, args[i], signature.args[i]) for i in (1, 2, 3, 5, 8, 9, 10))
+            x0_i, pitch_i, plane_i, w0_i, o0_i, out_pitch_i, ow_i, iy0_i, h_i, col0_i = (
+                _index(context, builder, args[i], signature.args[i]) for i in (1, 2, 3, 5, 8, 9, 10, 11, 12, 13))
             bias_v = context.cast(builder, args[6], signature.args[6], a_xs.dtype)
 
             def const(i):
@@ -125,26 +126,50 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
                                      ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_type]))
             kept = [weight(t) for t in range(len(taps))] if keep_weights else None
             bias_vec = _splat(builder, bias_v, vec)
-            # the row and phase offsets of every (plane, row) the block reads, at run time
-            row_base = {}
+            masked_load = _declared(builder, f"llvm.masked.load.v{lanes}{vec.element.intrinsic_name}.p0",
+                                    ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]))
+
+            def row_of(row_t, r):  # the input row (direct) or the row in the phase plane
+                return r * direct_stride + row_t if direct_stride else row_t + r
+
+            # the row and phase offsets of every (plane, row) the block reads, at run time; reading
+            # the input where it lies, whether the row is in the image
+            row_base, row_in = {}, {}
             for plane_t, row_t, _ in taps:
                 for r in range(rows):
-                    key = (plane_t, row_t + r)
+                    key = (plane_t, row_of(row_t, r))
                     if key not in row_base:
                         row_base[key] = builder.add(builder.mul(const(plane_t), plane_i),
-                                                    builder.mul(const(row_t + r), pitch_i))
+                                                    builder.mul(const(key[1]), pitch_i))
+                        if direct_stride:
+                            iy = builder.add(iy0_i, const(key[1]))
+                            inside = builder.and_(builder.icmp_signed(">=", iy, const(0)), builder.icmp_signed("<", iy, h_i))
+                            row_in[key] = _splat(builder, inside, mask_type)
+
+            def columns_in(start):  # lanes whose column start + j lies in [0, pitch)
+                return builder.and_(lanes_below(builder, builder.sub(pitch_i, start), lanes),
+                                    builder.not_(lanes_below(builder, builder.neg(start), lanes)))
 
             def columns(p0, mask):
                 """The block's ``rows`` x one vector of columns from column ``p0`` on."""
                 xb = builder.add(x0_i, p0)
+                if direct_stride:  # the block's first input row and column
+                    xb = builder.add(xb, builder.add(builder.mul(iy0_i, pitch_i), col0_i))
                 weights = kept or [weight(t) for t in range(len(taps))]
-                loaded, sums = {}, [bias_vec] * rows
+                loaded, sums, col_masks = {}, [bias_vec] * rows, {}
                 for t, (plane_t, row_t, col_t) in enumerate(taps):
                     for r in range(rows):
-                        key = (plane_t, row_t + r, col_t)
+                        key = (plane_t, row_of(row_t, r), col_t)
                         if key not in loaded:
                             index = builder.add(xb, builder.add(row_base[key[:2]], const(col_t)))
-                            loaded[key] = builder.load(at(xs_p, index), align=size)
+                            if not direct_stride:
+                                loaded[key] = builder.load(at(xs_p, index), align=size)
+                            else:  # only the lanes on input pixels are read; the others are zero
+                                if col_t not in col_masks:
+                                    col_masks[col_t] = columns_in(builder.add(builder.add(col0_i, p0), const(col_t)))
+                                lanes_on = builder.and_(col_masks[col_t], row_in[key[:2]])
+                                loaded[key] = builder.call(masked_load, [at(xs_p, index), ir.Constant(i32, size), lanes_on,
+                                                                         ir.Constant(vec, None)])
                         sums[r] = _fma(builder, weights[t], loaded[key], sums[r])
                 for r in range(rows):
                     target_p = at(out_p, builder.add(builder.add(o0_i, p0), builder.mul(const(r), out_pitch_i)))
@@ -296,12 +321,13 @@ from nbconv.cpu._depthwise import depthwise_rows, pack_plane
 
 _rows = depthwise_rows({taps}, {rows}, {bits}, {keep})
 _row1 = depthwise_rows({taps}, 1, {bits}, {keep})
-
+{direct_rows}
 
 @njit_parallel
-def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc):
+def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc, direct):
     """out (N, C_out, OH, OW) = the depthwise convolution of x (N, C_in, H, W) by w (C_out, 1,
-    {kh}, {kw}) + b at stride ({sh}, {sw}) and dilation {dilation}: tasks of (image, input channel)."""
+    {kh}, {kw}) + b at stride ({sh}, {sw}) and dilation {dilation}: tasks of (image, input channel).
+    ``direct``: read the input where it lies (column stride 1), no packing."""
     n_img, c_in, h, wi = x.shape
     c_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     mult = c_out // c_in
@@ -311,18 +337,42 @@ def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc):
         xs = scratch[numba.get_thread_id()]
         n = task // c_in
         c = task - n * c_in
-        pack_plane(x_flat, task * h * wi, h, wi, xs, sh, sw, pt, pl, hc, wc, plane)
+        if not direct:
+            pack_plane(x_flat, task * h * wi, h, wi, xs, sh, sw, pt, pl, hc, wc, plane)
         for oc in range(c * mult, (c + 1) * mult):
             o_plane = (n * c_out + oc) * oh * ow
             w0 = oc * {n_taps}
             if oh < {rows}:
                 for oy in range(oh):
-                    _row1(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow)
+                    if direct:
+{direct_row1}
+                    else:
+                        _row1(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
             else:
                 for blk in range(0, oh, {rows}):
                     oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice
-                    _rows(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow)
+                    if direct:
+{direct_rows_call}
+                    else:
+                        _rows(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
 '''
+
+
+def direct_taps(kernel_size, dilation) -> tuple[tuple[int, int, int], ...]:
+    """For each tap in kernel order, (0, row offset, column offset) in the input itself."""
+    (kh_n, kw_n), (dh, dw) = kernel_size, dilation
+    return tuple((0, kh * dh, kw * dw) for kh in range(kh_n) for kw in range(kw_n))
+
+
+#: Widest output (in vectors of the target) read where it lies rather than packed: masked loads
+#: for the padding cost less than the packing on narrow planes.
+DIRECT_MAX_VECTORS = 1
+
+
+def reads_directly(spec, lanes: int) -> bool:
+    """Whether the forward reads the input where it lies (column stride 1, outputs at most
+    ``DIRECT_MAX_VECTORS`` vectors wide) instead of packing it."""
+    return spec.stride[1] == 1 and spec.out_size[1] <= DIRECT_MAX_VECTORS * lanes
 
 
 def keeps_weights(taps: int, rows: int) -> bool:
@@ -335,9 +385,21 @@ def module_source(kernel_size, stride, dilation) -> str:
     taps = tap_reads(kernel_size, stride, dilation)
     bits = target().vector_bits
     what = f"depthwise {kernel_size[0]}x{kernel_size[1]}, stride {stride}, dilation {dilation}, {bits}-bit vectors"
+    keep = keeps_weights(len(taps), ROWS)
+    if stride[1] == 1:
+        direct = direct_taps(kernel_size, dilation)
+        direct_rows = (f"_rows_direct = depthwise_rows({direct}, {ROWS}, {bits}, {keep}, {stride[0]})\n"
+                       f"_row1_direct = depthwise_rows({direct}, 1, {bits}, {keep}, {stride[0]})\n")
+        call = ("{name}(x_flat, task * h * wi, wi, 0, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, "
+                "oy * sh - pt, h, -pl)")
+        direct_row1 = " " * 24 + call.format(name="_row1_direct")
+        direct_rows_call = " " * 24 + call.format(name="_rows_direct")
+    else:
+        direct_rows, direct_row1, direct_rows_call = "", " " * 24 + "pass", " " * 24 + "pass"
     return _generated.HEADER.format(generator=__name__, version=__version__, what=what) + _DRIVER.format(
-        taps=taps, rows=ROWS, bits=bits, slack=bits // 32, keep=keeps_weights(len(taps), ROWS), kh=kernel_size[0],
-        kw=kernel_size[1], sh=stride[0], sw=stride[1], dilation=dilation, n_taps=len(taps))
+        taps=taps, rows=ROWS, bits=bits, slack=bits // 32, keep=keep, kh=kernel_size[0], kw=kernel_size[1],
+        sh=stride[0], sw=stride[1], dilation=dilation, n_taps=len(taps), direct_rows=direct_rows,
+        direct_row1=direct_row1, direct_rows_call=direct_rows_call)
 
 
 @functools.lru_cache(maxsize=64)
@@ -357,5 +419,6 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     # zeros where no pixel goes, kept as they are by every call of this layout
     key = ("depthwise", x.dtype.str, spec.in_size, spec.stride, spec.padding[0], spec.padding[2], hc, wc, threads)
     scratch, = _scratch.reused(key, lambda: (np.zeros((threads, elems), x.dtype),))
+    direct = reads_directly(spec, vector_lanes(x.dtype))
     _module(spec.kernel_size, spec.stride, spec.dilation).forward(
-        x, w, b, out, scratch, sh, sw, spec.padding[0], spec.padding[2], hc, wc)
+        x, w, b, out, scratch, sh, sw, spec.padding[0], spec.padding[2], hc, wc, direct)
