@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from nbconv.bench._run import _cpu_model
+
 #: MobileNetV2 (torchvision's ``mobilenet_v2``, width 1.0) as (input channels, output channels,
 #: kernel side, stride, groups), in forward order; the input side of each layer follows from the
 #: image side and the strides before it. Every layer pads ``k // 2`` and has no bias (batch
@@ -151,23 +153,12 @@ def main(argv=None) -> int:
                     print(f"           {kernel:>13}: {s:6.2f} s over {r['geometries'][kernel]} geometries")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    machine = f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} CPUs"
+    machine = f"{platform.machine()} {_cpu_model()}, {os.cpu_count()} CPUs"
     print(f"machine: {machine}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": machine, "results": results}, f, indent=1)
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 from .._numba_options import njit_serial
 from .._version import __version__
 from . import _generated, _scratch
-from ._simd import _data, _declared, _fma, _index, _splat, lanes_below
+from ._simd import _data, _declared, _fma, _index, _splat, _takes, lanes_below
 from ._target import target
 
 #: Output rows per block (sums in registers beside the weights and the loaded input vectors).
@@ -89,10 +89,8 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
 
     @intrinsic
     def block(typingctx, xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0):
-        arrays, ints = (xs, w, out), (x0, pitch, plane, w0, o0, out_pitch, ow, iy0, h, col0)
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
-                and len({a.dtype for a in arrays}) == 1 and xs.dtype in (types.float32, types.float64)
-                and all(isinstance(i, types.Integer) for i in ints) and isinstance(bias, types.Float)):
+        if not (_takes((xs, w, out), (x0, pitch, plane, w0, o0, out_pitch, ow, iy0, h, col0))
+                and isinstance(bias, types.Float)):
             return None
         sig = types.void(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0)
 
@@ -214,9 +212,7 @@ def copy_span(step: int):
 
     @intrinsic
     def copy(typingctx, src, s0, dst, d0, n):
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (src, dst))
-                and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)
-                and all(isinstance(i, types.Integer) for i in (s0, d0, n))):
+        if not _takes((src, dst), (s0, d0, n)):
             return None
         sig = types.void(src, s0, dst, d0, n)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._numba_options import CPU_PARALLEL
 from . import _pointwise, _scratch
-from ._pointwise import _N_O, _block
+from ._pointwise import _N_O, _block, task_block
 
 #: Most terms per output (a block's columns: 147 x 64 float32, 37 KiB, for ResNet's stem).
 MAX_TERMS = 1024
@@ -50,15 +50,8 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     w_flat, out_flat = w.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * groups * p_blocks * o_chunks):
-        chunk = task % o_chunks
-        rest = task // o_chunks
-        pb = rest % p_blocks
-        rest //= p_blocks
-        g = rest % groups
-        n = rest // groups
+        n, g, p0, n_pix, chunk = task_block(task, o_chunks, p_blocks, groups, hw, pix_block)
         cols = scratch[numba.get_thread_id()]
-        p0 = max(0, min(pb * pix_block, hw - pix_block))  # the last block moves left (same bits)
-        n_pix = min(pix_block, hw - p0)
         oy0 = p0 // ow
         ox0 = p0 - oy0 * ow
         for c in range(cin_g):
@@ -88,9 +81,7 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     hw, terms = oh * ow, spec.in_per_group * kh * kw
     pix_block = _pointwise.pixel_vectors() * _pointwise.vector_lanes(x.dtype)
     threads = numba.get_num_threads()
-    tasks = spec.batch * spec.groups * -(-hw // pix_block)
-    o_blocks = -(-spec.out_per_group // _pointwise.O_BLOCK)
-    o_chunks = max(1, min(o_blocks, -(-4 * threads // tasks)))
+    o_chunks = _pointwise.output_chunks(spec.batch * spec.groups * -(-hw // pix_block), spec.out_per_group)
     scratch, = _scratch.reused(("im2col", x.dtype.str, terms * pix_block, threads),
                                lambda: (np.empty((threads, terms * pix_block), x.dtype),))
     _forward(x, w, b, out, scratch, spec.groups, kh, kw, *spec.stride, *spec.dilation, spec.padding[0],

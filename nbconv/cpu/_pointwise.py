@@ -25,8 +25,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .._numba_options import CPU_PARALLEL
-from ._simd import _data, _declared, _fma, _index, _splat, lanes_below
+from .._numba_options import CPU_PARALLEL, CPU_SERIAL
+from ._simd import _data, _declared, _fma, _index, _splat, _takes, lanes_below
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -66,10 +66,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int):
 
     @intrinsic
     def block(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix):
-        arrays, ints = (x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix)
-        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
-                and len({a.dtype for a in arrays}) == 1 and x.dtype in (types.float32, types.float64)
-                and all(isinstance(i, types.Integer) for i in ints)):
+        if not _takes((x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix)):
             return None
         sig = types.void(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix)
 
@@ -148,6 +145,27 @@ _N_O, _N_PV, _BITS = O_BLOCK, pixel_vectors(), target().vector_bits
 _block = pointwise_block(_N_O, _N_PV, _BITS)
 
 
+@numba.njit(**CPU_SERIAL)
+def task_block(task, o_chunks, p_blocks, groups, hw, pix_block):
+    """(image, group, first pixel, pixels, chunk of output-channel blocks) of task ``task`` among
+    ``images x groups x p_blocks x o_chunks``. The last pixel block moves left to end at the
+    plane's end (its first pixels computed twice, to the same bits, by two tasks): only a plane
+    under one block is left to the masked block."""
+    chunk = task % o_chunks
+    rest = task // o_chunks
+    pb = rest % p_blocks
+    rest //= p_blocks
+    p0 = max(0, min(pb * pix_block, hw - pix_block))
+    return rest // groups, rest % groups, p0, min(pix_block, hw - p0), chunk
+
+
+def output_chunks(tasks: int, out_per_group: int) -> int:
+    """Chunks of a group's output-channel blocks per task: 1 unless fewer than 4 tasks per
+    thread would remain (each chunk reads its pixel block's inputs again)."""
+    o_blocks = -(-out_per_group // O_BLOCK)
+    return max(1, min(o_blocks, -(-4 * numba.get_num_threads() // max(1, tasks))))
+
+
 @numba.njit(**CPU_PARALLEL)
 def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block):
     """out (N, groups * cout_g, hw) = x (N, groups * cin_g, hw) by w (groups * cout_g, cin_g) + b,
@@ -158,16 +176,7 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block):
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     for task in numba.prange(n_img * groups * p_blocks * o_chunks):
-        chunk = task % o_chunks
-        rest = task // o_chunks
-        pb = rest % p_blocks
-        rest //= p_blocks
-        g = rest % groups
-        n = rest // groups
-        # the last block moves left to end at the plane's end (its first pixels computed twice,
-        # to the same bits, by two tasks): the masked block only for planes under one block
-        p0 = max(0, min(pb * pix_block, hw - pix_block))
-        n_pix = min(pix_block, hw - p0)
+        n, g, p0, n_pix, chunk = task_block(task, o_chunks, p_blocks, groups, hw, pix_block)
         x0 = (n * c_in + g * cin_g) * hw + p0
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
             oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
@@ -177,14 +186,8 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block):
 def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
     """``out`` = the 1x1 convolution of ``spec`` (C-contiguous arrays, ``w`` (C_out, C_in/groups,
     1, 1), where :func:`applies`)."""
-    lanes = vector_lanes(x.dtype)
-    pix_block = pixel_vectors() * lanes
+    pix_block = pixel_vectors() * vector_lanes(x.dtype)
     hw = spec.in_size[0] * spec.in_size[1]
-    p_blocks = -(-hw // pix_block)
-    o_blocks = -(-spec.out_per_group // O_BLOCK)
-    tasks = spec.batch * spec.groups * p_blocks
-    # Output-channel blocks split across tasks only as far as at least 4 tasks per thread need:
-    # each chunk reads its pixel block's inputs again.
-    o_chunks = max(1, min(o_blocks, -(-4 * numba.get_num_threads() // tasks)))
+    o_chunks = output_chunks(spec.batch * spec.groups * -(-hw // pix_block), spec.out_per_group)
     _forward(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups, spec.in_per_group,
-              spec.out_per_group, hw, o_chunks, pix_block)
+             spec.out_per_group, hw, o_chunks, pix_block)
