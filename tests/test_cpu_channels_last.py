@@ -119,16 +119,6 @@ def test_the_launcher_gives_depthwise_forwards_to_the_size_generic_kernel():
         np.testing.assert_array_equal(nbconv.conv2d(x, w, None, padding=k // 2, groups=6), mine)
 
 
-def test_five_by_five_bounds():
-    """:func:`_channels_last.prefers` without running a kernel: 40 wide yes (whole chunks cover 32
-    of it), 48 (three whole chunks) and 7x7 no."""
-    def spec(hw, k):
-        x = np.zeros((1, 16, hw, hw), np.float32)
-        return conv2d_spec(x, np.zeros((16, 1, k, k), np.float32), None, 1, k // 2, 1, 16)
-    assert _channels_last.prefers(spec(40, 5))
-    assert not _channels_last.prefers(spec(48, 5)) and not _channels_last.prefers(spec(28, 7))
-
-
 def test_input_gradient_with_cropping():
     """The input gradient at stride 1 is a forward convolution with padding k - 1 - p: negative
     (cropping) for p = 3 on a 3x3 kernel."""

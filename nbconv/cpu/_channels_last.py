@@ -72,23 +72,11 @@ def _fits(spec) -> bool:
 
 
 def applies(spec) -> bool:
-    """:func:`_fits`, and at most ``_generated.MAX_TAPS`` taps. The launcher gives outputs at least
-    16 columns wide to ``_rowblock`` first."""
+    """:func:`_fits`, and at most ``_generated.MAX_TAPS`` taps. (The launcher gives these forwards to
+    ``_depthwise``, compiled once per kind; this one is kept for comparison:
+    ``python docs/generic_kernels.py``.)"""
     kh, kw = spec.kernel_size
     return kh * kw <= _generated.MAX_TAPS and _fits(spec)
-
-
-def prefers(spec) -> bool:
-    """Whether this path beats ``_rowblock`` on an output 16 or more wide: 5x5 kernels on rows
-    that whole 16-column chunks do not cover, under 48 wide (the row kernel then computes up to a
-    third of its columns twice, and the transposes here are spread over 25 taps). Measured at
-    batch 8 (time here / time there): effnet_dw5_28 0.87, 480 channels on 28x28 0.66, 672 on
-    20x20 0.72, 240 on 40x40 0.96; but 144 on 32x32 (whole chunks) 1.52, 3x3 on 28x28 1.5, 7x7 on
-    28x28 1.34. At stride 1 both compute every output as bias + taps in kernel order with fused
-    multiply-adds: the same bits either way."""
-    ow = spec.out_size[1]
-    return (applies(spec) and spec.kernel_size == (5, 5) and spec.stride == (1, 1)
-            and ow % 16 != 0 and ow < 48)
 
 
 #: The weight gradient unrolls one output row of multiply-adds (width x taps) and keeps a vector

@@ -137,9 +137,6 @@ def is_stem(spec) -> bool:
     return spec.groups == 1 and spec.in_channels <= MAX_STEM_CHANNELS
 
 
-#: The forward kernels, in the order :func:`forward_kernel` tries them.
-FORWARD_KERNELS = ("winograd", "pointwise", "im2col", "depthwise", "outer", "rowblock", "channels_last", "grouped", "packed")
-
 
 def forward_kernel(spec) -> str:
     """The name of the kernel that computes the forward of ``spec`` (a pure function of the spec
@@ -163,8 +160,8 @@ def direct_forward_kernel(spec) -> str:
         return "packed"
     if _depthwise.applies(spec):
         # sizes at run time: one compile per kernel size, stride and dilation, where ``_rowblock``
-        # and ``_channels_last`` compile per geometry (as fast or faster on most depthwise shapes,
-        # 0.7x ``_channels_last`` on 7x7 planes: ``docs/performance.md``)
+        # and ``_channels_last`` compile per geometry (0.76-1.2x them on the depthwise shapes of
+        # ``python docs/generic_kernels.py``, faster than PyTorch on all: ``docs/performance.md``)
         return "depthwise"
     if 1 < spec.in_per_group and spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1] < MIN_GENERATED_TERMS:
         return "packed"
@@ -172,10 +169,8 @@ def direct_forward_kernel(spec) -> str:
         # output channels in the lanes: faster than every kernel below wherever it applies
         # (1.3-2.4x on 3x3 groups of 16-64 channels: ``docs/performance.md``)
         return "outer"
-    if _rowblock.applies(spec) and not _channels_last.prefers(spec):
+    if _rowblock.applies(spec):  # depthwise with an input dilation: strided transposed convolutions
         return "rowblock"
-    if _channels_last.applies(spec):
-        return "channels_last"
     if _grouped.applies(spec):
         return "grouped"
     return "packed"
@@ -194,14 +189,14 @@ def _run_forward(kernel: str, x, w, b, dest, spec) -> None:
         _outer.outer_forward(x, w, b, dest, spec)
     elif kernel == "rowblock":
         _rowblock.depthwise_forward(x, w, b, dest, spec)
-    elif kernel == "channels_last":
-        _channels_last.depthwise_forward(x, w, b, dest, spec)
     elif kernel == "grouped":
         _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
-    else:
+    elif kernel == "packed":
         stack = choose_stack(spec)
         oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
         forward_packed(x, w, b, dest, spec, oc_block, stack)
+    else:
+        raise ValueError(f"no forward kernel {kernel!r}")
 
 
 def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
