@@ -8,11 +8,13 @@ and 10 s each on a 2-core Zen 3: ``python docs/first_forward.py``).
 
 A task (image, input channel) packs the channel's plane once into a zero-padded plane split into
 ``sH x sW`` phase planes (padded pixel ``(r, c)`` goes to phase ``(r % sH, c % sW)`` at ``(r // sH,
-c // sW)``), so that every tap of every stride reads a run of consecutive elements. Then, for each
+c // sW)``), so that every tap of every stride reads a run of consecutive elements; outputs of
+at most a vector at column stride 1 skip the packing and read the input where it lies, with
+masked loads where a tap meets padding (:func:`reads_directly`). Then, for each
 of the channel's output channels, :func:`depthwise_rows` computes ``R`` output rows x one vector
 of columns at a time (output columns in the lanes, read and written with plain vector loads and
-stores; the last vector of a row moves left to end at the row's end, or is masked on a row
-narrower than a vector). Each input vector is loaded once per block and feeds every sum whose
+stores; the last vector of a row moves left to end at the row's end; a row narrower than a
+vector is stored whole where its excess lands on rows stored after it, else masked). Each input vector is loaded once per block and feeds every sum whose
 tap reads it; the weights are broadcast once per call when they fit in registers.
 
 An output is ``bias`` plus its taps in kernel order (row by row), each multiply-add fused: the
@@ -74,7 +76,8 @@ def plane_geometry(spec) -> tuple[int, int]:
 
 def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int, keep_weights: bool,
                    direct_stride: int = 0):
-    """An ``@intrinsic`` ``block(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow)``:
+    """An ``@intrinsic`` ``block(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h,
+    col0)``:
 
     ``out[o0 + r * out_pitch + p] = bias + sum_t w[w0 + t] * xs[x0 + plane_t * plane + (r + row_t)
     * pitch + column_t + p]``
@@ -84,8 +87,14 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
     vector the loads read up to a vector past a row (the packed planes end with that much slack),
     and a row's store is whole where its excess lands on the block's next rows, stored after it
     (rows ``out_pitch`` apart in increasing order, ``out_pitch`` at least ``ow``), else masked:
-    nothing past the block's last row is written. ``keep_weights``: broadcast each weight once per call (else once per
-    vector of columns, folded into the multiply-adds' memory operand)."""
+    nothing past the block's last row is written. ``keep_weights``: broadcast each weight once
+    per call (else once per vector of columns, folded into the multiply-adds' memory operand).
+
+    ``direct_stride`` (the row stride) > 0 reads the input plane itself (``pitch`` its width,
+    ``h`` its height; ``taps`` from :func:`direct_taps`): output row ``r`` meets input row ``iy0 +
+    r * direct_stride + row_t`` and column ``col0 + column_t + p``, and only the lanes inside the
+    plane are loaded (the others are the padding's zeros). ``iy0``, ``h`` and ``col0`` are unused
+    otherwise."""
 
     @intrinsic
     def block(typingctx, xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0):
