@@ -38,6 +38,13 @@ def test_pointwise_forward(case, dtype):
     check_path_forward(_pointwise.applies, _pointwise.pointwise_forward, case, dtype)
 
 
+def test_every_kernel_the_launcher_names_runs():
+    specs = [conv2d_spec(*random_arrays(c, np.float32), **c.conv_args()) for c in POINTWISE_CASES]
+    assert {_launch.forward_kernel(s) for s in specs} <= set(_launch.FORWARDS)
+    with pytest.raises(KeyError):
+        _launch._run_forward("no such kernel", None, None, None, None, specs[0])
+
+
 def test_the_launcher_takes_it_for_1x1_layers_only():
     x, w, b = random_arrays(Case(2, 16, (7, 7), 32, (1, 1)), np.float32)
     assert _launch.forward_kernel(conv2d_spec(x, w, b)) == "pointwise"

@@ -35,7 +35,14 @@ from numba.extending import intrinsic
 from .._numba_options import njit_serial
 from .._version import __version__
 from . import _generated, _scratch
-from ._simd import _data, _declared, _fma, _index, _splat, _takes, lanes_below
+from ._simd import (
+    _declared,
+    _fma,
+    _splat,
+    _takes,
+    lanes_below,
+    vector_args,
+)
 from ._target import target
 
 #: Output rows per block (sums in registers beside the weights and the loaded input vectors).
@@ -106,17 +113,11 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
         def codegen(context, builder, signature, args):
             from numba.core import cgutils
 
-            a_xs = signature.args[0]
-            scalar = context.get_data_type(a_xs.dtype)
-            size = a_xs.dtype.bitwidth // 8
-            lanes = bits // 8 // size
-            vec = ir.VectorType(scalar, lanes)
-            intp = context.get_value_type(types.intp)
+            values, size, lanes, vec, intp = vector_args(context, builder, signature, args, bits)
+            (xs_p, x0_i, pitch_i, plane_i, w_p, w0_i, _, out_p, o0_i, out_pitch_i, ow_i, iy0_i, h_i,
+             col0_i) = values
             i32 = ir.IntType(32)
-            xs_p, w_p, out_p = (_data(context, builder, args[i], signature.args[i]) for i in (0, 4, 7))
-            x0_i, pitch_i, plane_i, w0_i, o0_i, out_pitch_i, ow_i, iy0_i, h_i, col0_i = (
-                _index(context, builder, args[i], signature.args[i]) for i in (1, 2, 3, 5, 8, 9, 10, 11, 12, 13))
-            bias_v = context.cast(builder, args[6], signature.args[6], a_xs.dtype)
+            bias_v = context.cast(builder, args[6], signature.args[6], signature.args[0].dtype)
 
             def const(i):
                 return ir.Constant(intp, i)
@@ -228,14 +229,9 @@ def copy_span(step: int):
         def codegen(context, builder, signature, args):
             from numba.core import cgutils
 
-            a_src = signature.args[0]
-            size = a_src.dtype.bitwidth // 8
-            lanes = target().vector_bits // 8 // size
-            vec = ir.VectorType(context.get_data_type(a_src.dtype), lanes)
-            intp = context.get_value_type(types.intp)
+            (src_p, s0_i, dst_p, d0_i, n_i), size, lanes, vec, intp = vector_args(
+                context, builder, signature, args, target().vector_bits)
             i32 = ir.IntType(32)
-            src_p, dst_p = _data(context, builder, args[0], a_src), _data(context, builder, args[2], signature.args[2])
-            s0_i, d0_i, n_i = (_index(context, builder, args[i], signature.args[i]) for i in (1, 3, 4))
             mask_type = ir.VectorType(ir.IntType(1), lanes)
             suffix = f"v{lanes}{vec.element.intrinsic_name}.p0"
             masked_load = _declared(builder, f"llvm.masked.load.{suffix}",

@@ -176,27 +176,28 @@ def direct_forward_kernel(spec) -> str:
     return "packed"
 
 
+def _packed_forward(x, w, b, dest, spec) -> None:
+    stack = choose_stack(spec)
+    oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
+    forward_packed(x, w, b, dest, spec, oc_block, stack)
+
+
+#: Each name :func:`forward_kernel` gives, and how it computes ``(x, w, b, dest, spec)`` (looked up
+#: at the call, so a kernel module's function may be replaced, as tests do).
+FORWARDS = {
+    "winograd": lambda *a: _winograd.winograd_forward(*a),
+    "pointwise": lambda *a: _pointwise.pointwise_forward(*a),
+    "im2col": lambda *a: _im2col.im2col_forward(*a),
+    "depthwise": lambda *a: _depthwise.depthwise_forward(*a),
+    "outer": lambda *a: _outer.outer_forward(*a),
+    "rowblock": lambda *a: _rowblock.depthwise_forward(*a),
+    "grouped": lambda x, w, b, dest, spec: _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec)),
+    "packed": _packed_forward,
+}
+
+
 def _run_forward(kernel: str, x, w, b, dest, spec) -> None:
-    if kernel == "winograd":
-        _winograd.winograd_forward(x, w, b, dest, spec)
-    elif kernel == "pointwise":
-        _pointwise.pointwise_forward(x, w, b, dest, spec)
-    elif kernel == "im2col":
-        _im2col.im2col_forward(x, w, b, dest, spec)
-    elif kernel == "depthwise":
-        _depthwise.depthwise_forward(x, w, b, dest, spec)
-    elif kernel == "outer":
-        _outer.outer_forward(x, w, b, dest, spec)
-    elif kernel == "rowblock":
-        _rowblock.depthwise_forward(x, w, b, dest, spec)
-    elif kernel == "grouped":
-        _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec))
-    elif kernel == "packed":
-        stack = choose_stack(spec)
-        oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
-        forward_packed(x, w, b, dest, spec, oc_block, stack)
-    else:
-        raise ValueError(f"no forward kernel {kernel!r}")
+    FORWARDS[kernel](x, w, b, dest, spec)
 
 
 def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
-from ._simd import _data, _declared, _fma, _index, _splat, _takes, lanes_below
+from ._simd import _declared, _fma, _splat, _takes, lanes_below, vector_args
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -73,16 +73,9 @@ def pointwise_block(n_o: int, n_pv: int, bits: int):
         def codegen(context, builder, signature, args):
             from numba.core import cgutils
 
-            a_x = signature.args[0]
-            scalar = context.get_data_type(a_x.dtype)
-            size = a_x.dtype.bitwidth // 8
-            lanes = bits // 8 // size
-            vec = ir.VectorType(scalar, lanes)
-            intp = context.get_value_type(types.intp)
+            values, size, lanes, vec, intp = vector_args(context, builder, signature, args, bits)
+            x_p, x0_i, x_pitch_i, n_c_i, w_p, w0_i, w_pitch_i, b_p, b0_i, out_p, o0_i, out_pitch_i, n_pix_i = values
             i32 = ir.IntType(32)
-            (x_p, w_p, b_p, out_p) = (_data(context, builder, args[i], signature.args[i]) for i in (0, 4, 7, 9))
-            x0_i, x_pitch_i, n_c_i, w0_i, w_pitch_i, b0_i, o0_i, out_pitch_i, n_pix_i = (
-                _index(context, builder, args[i], signature.args[i]) for i in (1, 2, 3, 5, 6, 8, 10, 11, 12))
 
             def const(i):
                 return ir.Constant(intp, i)

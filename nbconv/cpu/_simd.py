@@ -96,6 +96,25 @@ def _data(context, builder, array_value, array_type):
     return context.make_array(array_type)(context, builder, array_value).data
 
 
+def vector_args(context, builder, signature, args, bits: int):
+    """What an intrinsic's codegen over one dtype starts from: ``(values, size, lanes, vec, intp)``
+    with ``values`` the arguments in order (an array's data pointer, an integer as ``intp``, any
+    other value as it is), ``size`` the bytes of the first array's dtype, ``lanes`` its elements
+    per ``bits``-wide vector and ``vec`` that vector's type."""
+    values = []
+    for value, ty in zip(args, signature.args):
+        if isinstance(ty, types.Array):
+            values.append(_data(context, builder, value, ty))
+        elif isinstance(ty, types.Integer):
+            values.append(_index(context, builder, value, ty))
+        else:
+            values.append(value)
+    dtype = next(ty.dtype for ty in signature.args if isinstance(ty, types.Array))
+    size = dtype.bitwidth // 8
+    lanes = bits // 8 // size
+    return values, size, lanes, ir.VectorType(context.get_data_type(dtype), lanes), context.get_value_type(types.intp)
+
+
 def _takes(arrays, offsets, float64_arrays=()) -> bool:
     """Whether an intrinsic's arguments are what it compiles for: 1-D C-contiguous ``arrays`` of
     one dtype, float32 or float64 (``float64_arrays`` likewise, always float64), and integer
