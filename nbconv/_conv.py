@@ -42,9 +42,11 @@ def conv2d(
     bias : array, shape (C_out,), optional
         Added to every output pixel of its channel.
     stride : int or (int, int), default 1
-    padding : int, (int, int), 'valid' or 'same', default 0
-        Implicit zero padding on both sides of H and W. ``'same'`` keeps the input size (stride 1
-        only); for an even dilated kernel the extra row/column is padded on the far side.
+    padding : int, (int, int), ((int, int), (int, int)), 'valid' or 'same', default 0
+        Implicit zero padding: ``p`` on all four sides, ``(pH, pW)`` on both sides of H and W, or
+        ``((top, bottom), (left, right))`` for each side on its own. ``'same'`` keeps the input
+        size (stride 1 only); for an even dilated kernel the extra row/column is padded on the far
+        side.
     dilation : int or (int, int), default 1
         Spacing between kernel taps.
     groups : int, default 1
@@ -115,9 +117,10 @@ def conv_transpose2d(
         Note the order: the input channels come first (PyTorch's layout for transposed convs).
     bias : array, shape (C_out,), optional
     stride : int or (int, int), default 1
-    padding : int, (int, int), 'valid' or 'same', default 0
+    padding : int, (int, int), ((int, int), (int, int)), 'valid' or 'same', default 0
         Rows/columns cropped from each side of the full transposed output (the padding of the
-        ``conv2d`` this op is the adjoint of). ``'same'`` (stride 1) keeps the input size.
+        ``conv2d`` this op is the adjoint of), in any form :func:`conv2d` takes.
+        ``'same'`` (stride 1) keeps the input size.
     output_padding : int or (int, int), default 0
         Extra rows/columns added on the far side, to pick among the input sizes a strided
         ``conv2d`` maps to this size; must be smaller than ``stride`` or ``dilation``.

@@ -18,7 +18,7 @@ import numpy as np
 from . import _arrays
 
 IntPair = Union[int, Sequence[int]]
-Padding = Union[int, Sequence[int], str]
+Padding = Union[int, Sequence[int], Sequence[Sequence[int]], str]
 
 #: dtypes each backend computes in. float16 accumulates in float32 on CUDA.
 CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -159,6 +159,8 @@ def _positive_pair(op: str, name: str, value: Any) -> tuple[int, int]:
 def _padding(
     op: str, value: Any, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
 ) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` from every padding form: an int, ``(pH, pW)``,
+    ``((top, bottom), (left, right))`` (JAX's form), ``'valid'`` or ``'same'``."""
     if isinstance(value, str):
         if value == "valid":
             return (0, 0, 0, 0)
@@ -170,11 +172,27 @@ def _padding(
                 total = d * (k - 1)
                 pads += [total // 2, total - total // 2]  # PyTorch: the extra one goes on the far side
             return tuple(pads)  # type: ignore[return-value]
-        raise ValueError(f"{op}: padding must be an int, a pair of ints, 'valid' or 'same', got {value!r}")
-    ph, pw = _pair(op, "padding", value)
-    if min(ph, pw) < 0:
-        raise ValueError(f"{op}: padding must be >= 0, got {(ph, pw)}")
-    return (ph, ph, pw, pw)
+        raise ValueError(
+            f"{op}: padding must be an int, a pair of ints, ((top, bottom), (left, right)), 'valid' or 'same', "
+            f"got {value!r}"
+        )
+    if type(value) is not int and _is_pair_of_pairs(value):
+        (pt, pb), (pl, pr) = (_pair(op, "padding", side) for side in value)
+        pads = (pt, pb, pl, pr)
+    else:
+        ph, pw = _pair(op, "padding", value)
+        pads = (ph, ph, pw, pw)
+    if min(pads) < 0:
+        shown = (pads[0], pads[2]) if pads[0::2] == pads[1::2] else ((pads[0], pads[1]), (pads[2], pads[3]))
+        raise ValueError(f"{op}: padding must be >= 0, got {shown}")
+    return pads
+
+
+def _is_pair_of_pairs(value: Any) -> bool:
+    """Whether ``value`` is a sequence of two sequences (``((top, bottom), (left, right))``)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)) or len(value) != 2:
+        return False
+    return all(isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, (str, bytes)) for v in value)
 
 
 def classify(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias",)) -> str:

@@ -75,6 +75,8 @@ CASES = [
     Case(1, 2, (18, 17), 4, (3, 3), 1, 1, 1, 2),  # two tiles per side on CUDA
     Case(1, 6, (4, 4), 6, (1, 1), 1, 0, 1, 1, False),  # pointwise dense
     Case(3, 5, (6, 6), 10, (3, 3), 1, 1, 1, 5),  # odd channel counts, multiplier 2
+    Case(1, 4, (9, 8), 8, (3, 3), 2, ((0, 2), (1, 0)), 1, 4),  # asymmetric padding, depthwise x2, stride 2
+    Case(2, 6, (7, 9), 6, (3, 5), 1, ((2, 0), (0, 3)), (1, 2), 2),  # asymmetric padding, grouped, dilated
 ]
 
 

@@ -25,6 +25,8 @@ def _pads(padding, kernel_size, stride, dilation):
         return tuple(out)
     if isinstance(padding, int):
         padding = (padding, padding)
+    if not isinstance(padding[0], int):  # ((top, bottom), (left, right))
+        return (tuple(padding[0]), tuple(padding[1]))
     return ((padding[0], padding[0]), (padding[1], padding[1]))
 
 

@@ -53,13 +53,14 @@ def conv_problems(draw, max_hw):
     cout_g = draw(st.integers(1, 3))
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     dil = draw(st.sampled_from([1, 2, (1, 2), (2, 1)]))
-    pad_kind = draw(st.sampled_from(["int", "pair", "same", "valid"]))
+    pad_kind = draw(st.sampled_from(["int", "pair", "same", "valid", "sides"]))
     stride = 1 if pad_kind == "same" else draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1)]))
     padding = {
         "int": draw(st.integers(0, 2)),
         "pair": (draw(st.integers(0, 2)), draw(st.integers(0, 2))),
         "same": "same",
         "valid": "valid",
+        "sides": tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2)),  # ((t, b), (l, r))
     }[pad_kind]
     d = (dil, dil) if isinstance(dil, int) else dil
     min_h, min_w = d[0] * (kh - 1) + 1, d[1] * (kw - 1) + 1  # fits even without padding

@@ -50,7 +50,7 @@ ERRORS = [
      r"dilation must be an int or a pair of ints, got 1 values \(2,\)"),
     ("padding_negative", arrays(), dict(groups=2, padding=(1, -1)), ValueError, r"padding must be >= 0, got \(1, -1\)"),
     ("padding_unknown", arrays(), dict(groups=2, padding="full"), ValueError,
-     r"padding must be an int, a pair of ints, 'valid' or 'same', got 'full'"),
+     r"padding must be an int, a pair of ints, \(\(top, bottom\), \(left, right\)\), 'valid' or 'same', got 'full'"),
     ("padding_float", arrays(), dict(groups=2, padding=0.5), TypeError, r"padding must be an int or a pair of ints, got float"),
     ("same_strided", arrays(), dict(groups=2, padding="same", stride=2), ValueError,
      r"padding='same' is not supported for strided convolutions \(stride=\(2, 2\)\)"),

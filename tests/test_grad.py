@@ -104,6 +104,7 @@ TRANSPOSE_CASES = [
     (1, 2, 5, 5, 4, (2, 2), 1, "same", 0, 1, 1, True),
     (1, 2, 4, 5, 2, (1, 1), 3, "valid", 2, 2, 1, False),
     (1, 2, 3, 3, 4, (3, 3), 1, 0, 1, 2, 2, False),  # output_padding < dilation, >= stride
+    (1, 4, 4, 5, 4, (3, 3), 2, ((0, 2), (1, 0)), 1, 4, 1, True),  # asymmetric padding, stride 2
 ]
 
 
