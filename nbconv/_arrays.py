@@ -144,3 +144,36 @@ def array_shape(x: Any, kind: str) -> tuple[int, ...]:
     if kind in (DLPACK_CPU, DLPACK_CUDA):
         return array_shape(native(x, kind), result_kind(kind))
     return tuple(int(s) for s in x.shape)
+
+
+def _simulated(x: Any) -> bool:
+    """Whether ``x`` is a device array of Numba's CUDA simulator (a NumPy array inside)."""
+    return type(x).__name__ == "FakeCUDAArray"
+
+
+def with_unit_axis(x: Any, kind: str) -> Any:
+    """A view of ``x`` (of ``kind``) with a length-1 axis inserted before its last one, of the kind
+    an op returns for ``kind`` (:func:`result_kind`): ``(N, C, L)`` -> ``(N, C, 1, L)``. No copy."""
+    if kind in (DLPACK_CPU, DLPACK_CUDA):
+        x, kind = native(x, kind), result_kind(kind)
+    if kind in (NUMPY, CUPY, TORCH_CPU, TORCH_CUDA) or _simulated(x):
+        return x[(slice(None),) * (_ndim(x, kind) - 1) + (None, slice(None))]
+    # a Numba device array (basic indexing only: no None) or another __cuda_array_interface__
+    # object: the same memory described with one more axis
+    iface = x.__cuda_array_interface__
+    shape = tuple(int(n) for n in iface["shape"])
+    itemsize = np.dtype(iface["typestr"]).itemsize
+    strides = iface.get("strides") or tuple(int(s) for s in np.cumprod((1,) + shape[:0:-1])[::-1] * itemsize)
+    view = dict(iface, shape=shape[:-1] + (1,) + shape[-1:], strides=tuple(strides[:-1]) + (itemsize,) + tuple(strides[-1:]))
+    from numba import cuda
+
+    return cuda.from_cuda_array_interface(view, owner=x, sync=False)
+
+
+def without_unit_axis(x: Any, kind: str) -> Any:
+    """A view of ``x`` (a result of ``kind``) without its length-1 axis before the last one."""
+    return x[(slice(None),) * (_ndim(x, kind) - 2) + (0, slice(None))]
+
+
+def _ndim(x: Any, kind: str) -> int:
+    return len(array_shape(x, kind))

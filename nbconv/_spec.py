@@ -25,6 +25,12 @@ CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 CUDA_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
+#: The ops whose result is a weight gradient / a bias gradient (the rest return the convolution's
+#: output). The 1-D ops are computed as 2-D ones under their own names.
+WEIGHT_GRAD_OPS = ("conv2d_weight", "conv1d_weight")
+BIAS_GRAD_OPS = ("conv2d_bias", "conv1d_bias")
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """A validated 2-D grouped convolution problem (NCHW), shared by every backend.
@@ -85,9 +91,9 @@ class ConvSpec:
     @property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of the op's result as the caller sees it (no batch axis for unbatched input)."""
-        if self.op == "conv2d_weight":
+        if self.op in WEIGHT_GRAD_OPS:
             return self.weight_shape
-        if self.op == "conv2d_bias":
+        if self.op in BIAS_GRAD_OPS:
             return (self.out_channels,)
         shape = self.conv_output_shape
         return shape[1:] if self.unbatched else shape
@@ -409,10 +415,9 @@ def _conv2d_spec_from(op, kind, dtype, in_shape, w_shape, b_shape, stride, paddi
 
 def conv2d_input_spec(
     input_size: Any, weight: Any, grad_output: Any, stride: IntPair = 1, padding: Padding = 0,
-    dilation: IntPair = 1, groups: int = 1,
+    dilation: IntPair = 1, groups: int = 1, *, op: str = "conv2d_input",
 ) -> ConvSpec:
-    """Validate the arguments of :func:`nbconv.grad.conv2d_input`."""
-    op = "conv2d_input"
+    """Validate the arguments of :func:`nbconv.grad.conv2d_input` (``op`` names the caller in errors)."""
     arrays = {"grad_output": grad_output, "weight": weight}
     kind = classify(op, arrays, optional=())
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
@@ -428,10 +433,9 @@ def conv2d_input_spec(
 
 def conv_transpose2d_spec(
     input: Any, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
-    output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1,
+    output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *, op: str = "conv_transpose2d",
 ) -> ConvSpec:
-    """Validate the arguments of :func:`nbconv.conv_transpose2d`."""
-    op = "conv_transpose2d"
+    """Validate the arguments of :func:`nbconv.conv_transpose2d` (``op`` names the caller in errors)."""
     arrays = {"input": input, "weight": weight, "bias": bias}
     kind = classify(op, arrays)
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
@@ -483,10 +487,9 @@ def conv_transpose2d_spec(
 
 def conv2d_weight_spec(
     input: Any, weight_size: Any, grad_output: Any, stride: IntPair = 1, padding: Padding = 0,
-    dilation: IntPair = 1, groups: int = 1,
+    dilation: IntPair = 1, groups: int = 1, *, op: str = "conv2d_weight",
 ) -> ConvSpec:
-    """Validate the arguments of :func:`nbconv.grad.conv2d_weight`."""
-    op = "conv2d_weight"
+    """Validate the arguments of :func:`nbconv.grad.conv2d_weight` (``op`` names the caller in errors)."""
     arrays = {"input": input, "grad_output": grad_output}
     kind = classify(op, arrays, optional=())
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
@@ -498,9 +501,8 @@ def conv2d_weight_spec(
     return ConvSpec(op=op, dtype=dtype, has_bias=False, kind=kind, **geo)
 
 
-def conv2d_bias_spec(grad_output: Any) -> ConvSpec:
+def conv2d_bias_spec(grad_output: Any, *, op: str = "conv2d_bias") -> ConvSpec:
     """Validate the argument of :func:`nbconv.grad.conv2d_bias` (a sum over N, H and W)."""
-    op = "conv2d_bias"
     kind = classify(op, {"grad_output": grad_output}, optional=())
     shapes, dtype = _array_shapes_dtype(op, kind, {"grad_output": grad_output})
     unbatched, batch, c, h, w = _input_shape(op, "grad_output", shapes["grad_output"])

@@ -10,6 +10,9 @@ with respect to ``y``::
 Every padding form of ``conv2d`` is accepted (also ``'same'`` and ``'valid'``), as are its
 dtypes, layouts, array kinds and ``out=``.
 
+The 1-D twins ``conv1d_input``, ``conv1d_weight`` and ``conv1d_bias`` (of :func:`nbconv.conv1d`,
+``torch.nn.grad.conv1d_*``'s argument order) run the same kernels on ``(N, C, 1, L)`` views.
+
 Determinism: on the CPU every result is bit-identical run after run, whatever the number of
 threads (each output element is summed by one task in an order fixed by the shapes and by the
 compiled code: the same machine and build give the same bits). On the GPU
@@ -22,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from . import _dispatch
+from ._conv1d import conv1d_bias, conv1d_input, conv1d_weight
 from ._spec import IntPair, Padding, conv2d_bias_spec, conv2d_input_spec, conv2d_weight_spec
 
 
