@@ -3,6 +3,7 @@
 from . import grad
 from ._conv import conv2d, conv_transpose2d
 from ._conv1d import conv1d, conv_transpose1d
+from ._explain import Explanation, explain
 from ._version import __version__
 
-__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "grad", "__version__"]
+__all__ = ["Explanation", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "explain", "grad", "__version__"]

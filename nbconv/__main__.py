@@ -1,4 +1,4 @@
-"""Command line: ``nbconv bench`` and ``nbconv cache info|clear`` (also ``python -m nbconv ...``)."""
+"""Command line: ``nbconv bench``, ``nbconv explain`` and ``nbconv cache info|clear`` (also ``python -m nbconv ...``)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
                        "($NBCONV_CACHE_DIR, else $NUMBA_CACHE_DIR/nbconv-generated, else ~/.cache/nbconv/generated), "
                        "with Numba's compiled code beside them. 'clear' deletes both; they are made again when needed.")
     c.add_argument("action", choices=["info", "clear"])
+    e = sub.add_parser("explain", help="which input channels feed which output channel for these groups",
+                       description="Explains a grouped convolution: per group the input and output channel ranges, "
+                       "the weight shape, parameters and multiply-adds against the dense layer, the depthwise "
+                       "multiplier, and the allowed groups (the divisors of gcd(in_channels, out_channels)).")
+    e.add_argument("in_channels", type=int)
+    e.add_argument("out_channels", type=int)
+    e.add_argument("groups", type=int, nargs="?", default=1)
+    e.add_argument("-k", "--kernel-size", type=int, nargs="+", default=[3], metavar="K",
+                   help="kernel size: K, or KH KW (default 3)")
+    e.add_argument("--plot", metavar="FILE.png", help="also draw the connectivity to this file (needs matplotlib: "
+                   'pip install "nbconv[plot]")')
     return p
 
 
@@ -100,13 +111,35 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain(args: argparse.Namespace) -> int:
+    from ._explain import explain as explain_channels
+
+    if len(args.kernel_size) > 2:
+        print("nbconv explain: --kernel-size takes K or KH KW", file=sys.stderr)
+        return 2
+    kernel = tuple(args.kernel_size) if len(args.kernel_size) == 2 else args.kernel_size[0]
+    try:
+        result = explain_channels(args.in_channels, args.out_channels, args.groups, kernel)
+    except (TypeError, ValueError) as e:
+        print(f"nbconv {e}", file=sys.stderr)
+        return 2
+    print(result)
+    if not result.valid:
+        return 1
+    if args.plot:
+        try:
+            result.plot(path=args.plot)
+        except ImportError as e:
+            print(f"nbconv explain: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "bench":
-        return bench(args)
-    if args.command == "cache":
-        return cache(args)
-    return 2
+    commands = {"bench": bench, "cache": cache, "explain": explain}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
