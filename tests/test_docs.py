@@ -10,13 +10,14 @@ import nbconv
 import nbconv._conv
 import nbconv._conv1d
 import nbconv._explain
+import nbconv._layer
 import nbconv.grad
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_docstring_examples():
-    for module in (nbconv._conv, nbconv._conv1d, nbconv._explain, nbconv.grad):
+    for module in (nbconv._conv, nbconv._conv1d, nbconv._explain, nbconv._layer, nbconv.grad):
         result = doctest.testmod(module, raise_on_error=False)
         assert result.attempted > 0
         assert result.failed == 0
