@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _dispatch
+from . import _dispatch, _padding_modes
 from ._spec import IntPair, Padding, conv2d_spec, conv_transpose2d_spec
 
 
@@ -18,6 +18,7 @@ def conv2d(
     groups: int = 1,
     *,
     out: Optional[Any] = None,
+    padding_mode: str = "zeros",
 ) -> Any:
     """2-D grouped convolution (cross-correlation), with ``torch.nn.functional.conv2d`` semantics.
 
@@ -53,6 +54,11 @@ def conv2d(
         Must divide both C_in and C_out.
     out : array, optional
         Preallocated result of the right shape, dtype and kind; must not overlap the inputs.
+    padding_mode : 'zeros', 'reflect', 'replicate' or 'circular', default 'zeros'
+        What the padding holds, as ``torch.nn.Conv2d``'s ``padding_mode``: zeros, the input
+        mirrored about its edge (``padding < size``), its edge repeated, or the input wrapped
+        around (``padding <= size``). No padded copy of the input is made (see the README's
+        "Padding modes"); NumPy, CuPy and torch arrays.
 
     Returns
     -------
@@ -80,6 +86,10 @@ def conv2d(
     array([   0.,  100.,  400.,  600., 1200., 1500.])
     """
     spec = conv2d_spec(input, weight, bias, stride, padding, dilation, groups)
+    if padding_mode != "zeros":
+        mode = _padding_modes.check_mode("conv2d", padding_mode)
+        _padding_modes.check_geometry(spec, mode)
+        return _padding_modes.conv2d(spec, mode, input, weight, bias, out)
     return _dispatch.conv2d_forward(spec, input, weight, bias, out)
 
 

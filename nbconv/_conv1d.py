@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _arrays, _dispatch
+from . import _arrays, _dispatch, _padding_modes
 from ._spec import (
     _array_shapes_dtype,
     _groups,
@@ -25,6 +25,7 @@ from ._spec import (
     conv2d_spec,
     conv2d_weight_spec,
     conv_transpose2d_spec,
+    forward_spec,
 )
 
 IntSingle = Union[int, Sequence[int]]
@@ -151,6 +152,7 @@ def conv1d(
     groups: int = 1,
     *,
     out: Optional[Any] = None,
+    padding_mode: str = "zeros",
 ) -> Any:
     """1-D grouped convolution (cross-correlation), with ``torch.nn.functional.conv1d`` semantics.
 
@@ -172,6 +174,8 @@ def conv1d(
         Must divide both C_in and C_out.
     out : array, optional
         Preallocated result of shape (N, C_out, L_out); returned.
+    padding_mode : 'zeros', 'reflect', 'replicate' or 'circular', default 'zeros'
+        As :func:`conv2d`.
 
     Returns
     -------
@@ -193,6 +197,10 @@ def conv1d(
     s, d, pad, groups, _ = _geometry(op, shapes["input"], shapes["weight"], stride, padding, dilation, groups)
     x4, w4, b = _view(input), _view(weight), _as_viewed(bias)
     spec = conv2d_spec(x4, w4, b, (1, s), _padding_2d(pad), (1, d), groups, op=op)
+    if padding_mode != "zeros":
+        mode = _padding_modes.check_mode(op, padding_mode)
+        _padding_modes.check_geometry(spec, mode)
+        return _result(_padding_modes.conv2d(spec, mode, x4, w4, b, _out_view(out)), out)
     return _result(_dispatch.conv2d_forward(spec, x4, w4, b, _out_view(out)), out)
 
 
@@ -257,6 +265,7 @@ def conv1d_input(
     groups: int = 1,
     *,
     out: Optional[Any] = None,
+    padding_mode: str = "zeros",
 ) -> Any:
     """Gradient of :func:`nbconv.conv1d` with respect to its input (``torch.nn.grad.conv1d_input``).
 
@@ -265,7 +274,7 @@ def conv1d_input(
     input_size : sequence of 3 ints (N, C_in, L), or 2 (C_in, L) for unbatched input
     weight : array, shape (C_out, C_in / groups, k)
     grad_output : array, shape (N, C_out, L_out) (2-D for unbatched input)
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, padding_mode
         As given to :func:`nbconv.conv1d`.
     out : array, optional
         Preallocated result of shape ``input_size``; returned.
@@ -283,7 +292,14 @@ def conv1d_input(
                                           in_name="input_size")
     _check_grad_output(op, shapes["grad_output"], size, shapes["weight"], length)
     w4, gy4 = _view(weight), _view(grad_output)
-    spec = conv2d_input_spec(size[:-1] + (1,) + size[-1:], w4, gy4, (1, s), _padding_2d(pad), (1, d), groups, op=op)
+    size4 = size[:-1] + (1,) + size[-1:]
+    spec = conv2d_input_spec(size4, w4, gy4, (1, s), _padding_2d(pad), (1, d), groups, op=op)
+    if padding_mode != "zeros":
+        mode = _padding_modes.check_mode(op, padding_mode)
+        forward = forward_spec(op, size4, shapes["weight"][:2] + (1,) + shapes["weight"][2:], (1, s),
+                               _padding_2d(pad), (1, d), groups, spec)
+        _padding_modes.check_geometry(forward, mode)
+        return _result(_padding_modes.conv2d_input(forward, mode, size4, w4, gy4, _out_view(out)), out)
     return _result(_dispatch.conv2d_forward(spec, gy4, w4, None, _out_view(out)), out)
 
 
@@ -297,6 +313,7 @@ def conv1d_weight(
     groups: int = 1,
     *,
     out: Optional[Any] = None,
+    padding_mode: str = "zeros",
 ) -> Any:
     """Gradient of :func:`nbconv.conv1d` with respect to its weight (``torch.nn.grad.conv1d_weight``).
 
@@ -305,7 +322,7 @@ def conv1d_weight(
     input : array, shape (N, C_in, L) or (C_in, L)
     weight_size : sequence of 3 ints (C_out, C_in / groups, k)
     grad_output : array, shape (N, C_out, L_out) (2-D for unbatched input)
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, padding_mode
         As given to :func:`nbconv.conv1d`.
     out : array, optional
         Preallocated result of shape ``weight_size``; returned.
@@ -323,7 +340,12 @@ def conv1d_weight(
                                           w_name="weight_size")
     _check_grad_output(op, shapes["grad_output"], shapes["input"], size, length)
     x4, gy4 = _view(input), _view(grad_output)
-    spec = conv2d_weight_spec(x4, size[:2] + (1,) + size[2:], gy4, (1, s), _padding_2d(pad), (1, d), groups, op=op)
+    size4 = size[:2] + (1,) + size[2:]
+    spec = conv2d_weight_spec(x4, size4, gy4, (1, s), _padding_2d(pad), (1, d), groups, op=op)
+    if padding_mode != "zeros":
+        mode = _padding_modes.check_mode(op, padding_mode)
+        _padding_modes.check_geometry(spec, mode)
+        return _result(_padding_modes.conv2d_weight(spec, mode, x4, size4, gy4, _out_view(out)), out)
     return _result(_dispatch.conv2d_weight(spec, x4, gy4, _out_view(out)), out)
 
 

@@ -14,9 +14,8 @@ import numpy as np
 
 from . import grad
 from ._conv import conv2d
+from ._padding_modes import check_mode
 from ._spec import _int, _pair, _padding
-
-PADDING_MODES = ("zeros",)
 
 
 def _host(a: Any) -> np.ndarray:
@@ -39,8 +38,8 @@ class Conv2d:
         As :func:`nbconv.conv2d` (``padding`` also ``'same'``, ``'valid'`` and
         ``((top, bottom), (left, right))``).
     bias : bool, default True
-    padding_mode : 'zeros'
-        The only mode so far; PyTorch's 'reflect', 'replicate' and 'circular' raise ValueError.
+    padding_mode : 'zeros', 'reflect', 'replicate' or 'circular', default 'zeros'
+        As :func:`nbconv.conv2d` (no padded copy of the input).
     dtype : float32 or float64 (float16 too on 'cuda'), default float32
     device : 'cpu' or 'cuda', default 'cpu'
         NumPy parameters (computed on the CPU) or CuPy parameters (on the current GPU).
@@ -101,12 +100,7 @@ class Conv2d:
         _padding(op, padding, self.kernel_size, self.stride, self.dilation)  # validate now, not at the first call
         self.padding = padding if isinstance(padding, str) else (
             _pair(op, "padding", padding) if not _is_sides(padding) else tuple(tuple(p) for p in padding))
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(
-                f"{op}: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r} (PyTorch's 'reflect', "
-                f"'replicate' and 'circular' are not supported yet)"
-            )
-        self.padding_mode = padding_mode
+        self.padding_mode = check_mode(op, padding_mode)
         if device not in ("cpu", "cuda"):
             raise ValueError(f"{op}: device must be 'cpu' or 'cuda', got {device!r}")
         self.device, self.dtype = device, np.dtype(dtype)
@@ -128,7 +122,8 @@ class Conv2d:
         return a
 
     def _args(self) -> dict:
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    padding_mode=self.padding_mode)
 
     def forward(self, input: Any) -> Any:
         """``conv2d(input, weight, bias, ...)``; keeps ``input`` for :meth:`backward`."""
@@ -177,6 +172,7 @@ class Conv2d:
         extra = "" if self.dilation == (1, 1) else f", dilation={self.dilation}"
         extra += "" if self.groups == 1 else f", groups={self.groups}"
         extra += "" if self.bias is not None else ", bias=False"
+        extra += "" if self.padding_mode == "zeros" else f", padding_mode={self.padding_mode!r}"
         extra += "" if self.device == "cpu" else f", device={self.device!r}"
         pad = repr(self.padding)
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

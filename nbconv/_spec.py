@@ -431,6 +431,14 @@ def conv2d_input_spec(
     return _transposed(op, geo, output_padding, (h, w), dtype=dtype, has_bias=False, kind=kind)
 
 
+def forward_spec(op: str, in_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any, padding: Any,
+                 dilation: Any, groups: Any, like: ConvSpec) -> ConvSpec:
+    """The forward ``conv2d`` geometry behind a gradient's spec ``like`` (already validated), for
+    what works in forward terms (padding modes)."""
+    geo = _forward_geometry(op, in_shape, w_shape, stride, padding, dilation, groups)
+    return ConvSpec(op=op, dtype=like.dtype, has_bias=False, kind=like.kind, **geo)
+
+
 def conv_transpose2d_spec(
     input: Any, weight: Any, bias: Any = None, stride: IntPair = 1, padding: Padding = 0,
     output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *, op: str = "conv_transpose2d",

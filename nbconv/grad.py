@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from . import _dispatch
+from . import _dispatch, _padding_modes
 from ._conv1d import conv1d_bias, conv1d_input, conv1d_weight
-from ._spec import IntPair, Padding, conv2d_bias_spec, conv2d_input_spec, conv2d_weight_spec
+from ._arrays import array_kind, array_shape
+from ._spec import IntPair, Padding, conv2d_bias_spec, conv2d_input_spec, conv2d_weight_spec, forward_spec
 
 
 def conv2d_input(
@@ -39,6 +40,7 @@ def conv2d_input(
     groups: int = 1,
     *,
     out: Optional[Any] = None,
+    padding_mode: str = "zeros",
 ) -> Any:
     """Gradient of :func:`nbconv.conv2d` with respect to its input.
 
@@ -52,7 +54,7 @@ def conv2d_input(
         NumPy (CPU) or CuPy / Numba device array (GPU).
     grad_output : array, shape (N, C_out, H_out, W_out)
         Must be the shape ``conv2d`` gives for ``input_size``; same kind and dtype as ``weight``.
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, padding_mode
         As given to :func:`nbconv.conv2d`.
     out : array, optional
         Preallocated result of shape ``input_size``.
@@ -70,6 +72,12 @@ def conv2d_input(
     [[1.0, 2.0, 1.0]]
     """
     spec = conv2d_input_spec(input_size, weight, grad_output, stride, padding, dilation, groups)
+    if padding_mode != "zeros":
+        mode = _padding_modes.check_mode("conv2d_input", padding_mode)
+        forward = forward_spec("conv2d_input", _size_of(input_size), _shape_of(weight), stride, padding, dilation,
+                               groups, spec)
+        _padding_modes.check_geometry(forward, mode)
+        return _padding_modes.conv2d_input(forward, mode, tuple(input_size), weight, grad_output, out)
     return _dispatch.conv2d_forward(spec, grad_output, weight, None, out)
 
 
@@ -83,6 +91,7 @@ def conv2d_weight(
     groups: int = 1,
     *,
     out: Optional[Any] = None,
+    padding_mode: str = "zeros",
 ) -> Any:
     """Gradient of :func:`nbconv.conv2d` with respect to its weight.
 
@@ -94,7 +103,7 @@ def conv2d_weight(
     input : array, shape (N, C_in, H, W) or (C_in, H, W)
     weight_size : sequence of 4 ints (C_out, C_in / groups, kH, kW)
     grad_output : array, shape (N, C_out, H_out, W_out) (3-D for unbatched input)
-    stride, padding, dilation, groups
+    stride, padding, dilation, groups, padding_mode
         As given to :func:`nbconv.conv2d`.
     out : array, optional
         Preallocated result of shape ``weight_size``.
@@ -112,6 +121,10 @@ def conv2d_weight(
     [1.0, 3.0]
     """
     spec = conv2d_weight_spec(input, weight_size, grad_output, stride, padding, dilation, groups)
+    if padding_mode != "zeros":
+        mode = _padding_modes.check_mode("conv2d_weight", padding_mode)
+        _padding_modes.check_geometry(spec, mode)
+        return _padding_modes.conv2d_weight(spec, mode, input, tuple(weight_size), grad_output, out)
     return _dispatch.conv2d_weight(spec, input, grad_output, out)
 
 
@@ -137,3 +150,11 @@ def conv2d_bias(grad_output: Any, *, out: Optional[Any] = None) -> Any:
     """
     spec = conv2d_bias_spec(grad_output)
     return _dispatch.conv2d_bias(spec, grad_output, out)
+
+
+def _size_of(size: Any) -> tuple[int, ...]:
+    return tuple(int(n) for n in size)
+
+
+def _shape_of(a: Any) -> tuple[int, ...]:
+    return array_shape(a, array_kind(a))

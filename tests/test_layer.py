@@ -19,6 +19,9 @@ def _torch_block(torch):
         nn.Conv2d(24, 48, 3, stride=2, padding=1, groups=24),
         nn.Conv2d(48, 16, (3, 1), padding="same", groups=4, bias=False),
         nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=2),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, padding_mode="reflect"),
+        nn.Conv2d(16, 8, (3, 5), stride=(1, 2), padding=(1, 2), groups=8, padding_mode="circular", bias=False),
+        nn.Conv2d(8, 8, 3, padding="same", groups=2, padding_mode="replicate"),
     ]
 
 
@@ -86,7 +89,7 @@ def test_repr_and_padding_forms():
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(groups=3), ValueError, r"Conv2d: groups=3 does not divide in_channels \(4\) and out_channels \(8\).*"
                                  r"allowed groups: 1, 2, 4"),
-    (dict(padding_mode="reflect"), ValueError, r"Conv2d: padding_mode must be one of \('zeros',\)"),
+    (dict(padding_mode="mirror"), ValueError, r"Conv2d: padding_mode must be one of 'zeros', 'reflect', "),
     (dict(padding="same", stride=2), ValueError, r"Conv2d: padding='same' is not supported for strided"),
     (dict(device="tpu"), ValueError, r"Conv2d: device must be 'cpu' or 'cuda'"),
     (dict(stride=0), ValueError, r"Conv2d: stride must be positive"),
