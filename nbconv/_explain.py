@@ -100,8 +100,8 @@ class Explanation:
                 f"depthwise, channel multiplier {self.depthwise_multiplier}" if self.depthwise_multiplier else
                 f"{self.groups} groups of {self.in_per_group} inputs -> {self.out_per_group} outputs")
         lines = [f"{head}: {kind}",
-                 f"  weight shape {self.weight_shape} = (C_out, C_in/groups, kH, kW): weight[o, c, i, j] multiplies "
-                 f"input channel (o // {self.out_per_group}) * {self.in_per_group} + c at kernel tap (i, j)"]
+                 (f"  weight shape {self.weight_shape} = (C_out, C_in/groups, kH, kW): weight[o, c, i, j] multiplies "
+                  f"input channel (o // {self.out_per_group}) * {self.in_per_group} + c at kernel tap (i, j)")]
         shown = list(range(self.groups))
         if self.groups > _SHOWN_GROUPS:
             shown = shown[:_SHOWN_GROUPS - 2] + [None] + shown[-2:]  # type: ignore[list-item]
@@ -115,8 +115,8 @@ class Explanation:
             (f"  every input channel feeds all {self.out_channels} outputs" if self.groups == 1 else
              f"  every input channel feeds the {self.out_per_group} output(s) of its group, so none is dropped; but "
              f"channels of different groups never meet in this layer (a later dense or shuffled layer mixes them)"),
-            f"  parameters: {self.params:,} weights (+{self.out_channels} bias); dense: {self.dense_params:,} "
-            f"({self.dense_params / self.params:g}x)",
+            (f"  parameters: {self.params:,} weights (+{self.out_channels} bias); dense: {self.dense_params:,} "
+             f"({self.dense_params / self.params:g}x)"),
             f"  multiply-adds per output pixel: {self.macs_per_pixel:,}; dense: {self.dense_macs_per_pixel:,}",
             f"  {allowed}",
         ]
@@ -143,8 +143,8 @@ class Explanation:
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 6))
         colours = plt.get_cmap("tab10" if self.groups <= 10 else "hsv")
-        y_in = lambda c: 1 - (c + 0.5) / self.in_channels  # noqa: E731 (top to bottom, both sides in [0, 1])
-        y_out = lambda o: 1 - (o + 0.5) / self.out_channels  # noqa: E731
+        y_in = lambda c: 1 - (c + 0.5) / self.in_channels
+        y_out = lambda o: 1 - (o + 0.5) / self.out_channels
         for g, (ins, outs) in enumerate(zip(self.group_inputs, self.group_outputs)):
             segments = [[(0.0, y_in(c)), (1.0, y_out(o))] for c in ins for o in outs]
             colour = colours(g % 10 if self.groups <= 10 else g / self.groups)

@@ -15,7 +15,7 @@ import numpy as np
 from . import grad
 from ._conv import conv2d
 from ._padding_modes import check_mode
-from ._spec import _int, _pair, _padding
+from ._spec import _int, _padding, _pair
 
 
 def _host(a: Any) -> np.ndarray:

@@ -25,9 +25,18 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from . import _dispatch, _padding_modes
-from ._conv1d import conv1d_bias, conv1d_input, conv1d_weight
 from ._arrays import array_kind, array_shape
-from ._spec import IntPair, Padding, conv2d_bias_spec, conv2d_input_spec, conv2d_weight_spec, forward_spec
+from ._conv1d import conv1d_bias, conv1d_input, conv1d_weight
+from ._spec import (
+    IntPair,
+    Padding,
+    conv2d_bias_spec,
+    conv2d_input_spec,
+    conv2d_weight_spec,
+    forward_spec,
+)
+
+__all__ = ["conv1d_bias", "conv1d_input", "conv1d_weight", "conv2d_bias", "conv2d_input", "conv2d_weight"]
 
 
 def conv2d_input(

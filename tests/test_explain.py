@@ -20,8 +20,8 @@ def test_worked_example():
     e = nbconv.explain(3, 6, groups=3, kernel_size=1)
     assert e.valid and e.problem is None
     assert e.weight_shape == (6, 1, 1, 1) and e.depthwise_multiplier == 2
-    assert e.group_inputs == (range(0, 1), range(1, 2), range(2, 3))
-    assert e.group_outputs == (range(0, 2), range(2, 4), range(4, 6))
+    assert e.group_inputs == (range(1), range(1, 2), range(2, 3))
+    assert e.group_outputs == (range(2), range(2, 4), range(4, 6))
     assert {o: list(r) for o, r in e.inputs_of.items()} == {0: [0], 1: [0], 2: [1], 3: [1], 4: [2], 5: [2]}
     assert e.valid_groups == (1, 3) and e.params == 6 and e.dense_params == 18
     # the numbers the docs show: inputs (100, 200, 300), weights 0..5

@@ -87,8 +87,8 @@ def test_repr_and_padding_forms():
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(groups=3), ValueError, r"Conv2d: groups=3 does not divide in_channels \(4\) and out_channels \(8\).*"
-                                 r"allowed groups: 1, 2, 4"),
+    (dict(groups=3), ValueError, (r"Conv2d: groups=3 does not divide in_channels \(4\) and out_channels \(8\).*"
+                                  r"allowed groups: 1, 2, 4")),
     (dict(padding_mode="mirror"), ValueError, r"Conv2d: padding_mode must be one of 'zeros', 'reflect', "),
     (dict(padding="same", stride=2), ValueError, r"Conv2d: padding='same' is not supported for strided"),
     (dict(device="tpu"), ValueError, r"Conv2d: device must be 'cpu' or 'cuda'"),
