@@ -17,7 +17,7 @@ from asv_runner.benchmarks.mark import SkipNotImplemented
 from nbconv._shapes import STANDARD_SHAPES, Shape
 
 from ._common import (BACKENDS, BACKWARD_OPS, BATCH, DTYPES, SMOKE, SMOKE_SHAPES, SWEEP_GROUPS, OpCase,
-                      median_paired_ratio)
+                      median_paired_ratio, torch_or_skip)
 
 SHAPES = {s.name: s for s in STANDARD_SHAPES}
 SHAPE_NAMES = list(SMOKE_SHAPES) if SMOKE else list(SHAPES)
@@ -148,3 +148,65 @@ class FirstCall:
         return float(res.stdout.split()[-1])
 
     track_cold_jit_seconds.unit = "seconds"
+
+
+class PaddingModes:
+    """``padding_mode`` against zeros: mbv2_dw_56's depthwise 3x3 (C = 144, 56x56, padding 1),
+    forward, on the CPU. ``time_`` per mode; ``track_speedup_vs_torch`` against PyTorch's
+    ``nn.Conv2d`` with the same mode (it pads a copy of the input first); ``peakmem_`` the process
+    peak, and ``track_extra_mib`` the memory a call allocates beyond its output (tracemalloc).
+    Skipped on commits without ``padding_mode``."""
+
+    params = [["zeros", "reflect", "replicate", "circular"]]
+    param_names = ["mode"]
+    timeout = 300
+    repeat = (2, 5, 4.0)
+
+    def setup(self, mode):
+        import inspect
+
+        import numpy as np
+
+        import nbconv
+
+        if "padding_mode" not in inspect.signature(nbconv.conv2d).parameters:
+            raise SkipNotImplemented("padding_mode: not in this commit of nbconv")
+        shape = SHAPES["mbv2_dw_56"]
+        self.case = OpCase("forward", shape, "cpu", "float32", BATCH["cpu"])
+        x, w, b = (self.case.host[k] for k in ("x", "w", "b"))
+        args = shape.conv_args()
+        self.run = lambda: nbconv.conv2d(x, w, b, **args, padding_mode=mode)
+        self.run()
+        self.mode, self.args, self.x, self.w, self.b, self.np = mode, args, x, w, b, np
+
+    def time_forward(self, mode):
+        self.run()
+
+    def peakmem_forward(self, mode):
+        self.run()
+
+    def track_extra_mib(self, mode):
+        import tracemalloc
+
+        tracemalloc.start()
+        y = self.run()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return (peak - y.nbytes) / 2**20
+
+    track_extra_mib.unit = "MiB"
+
+    def track_speedup_vs_torch(self, mode):
+        torch = torch_or_skip("cpu")
+        layer = torch.nn.Conv2d(self.x.shape[1], self.w.shape[0], self.w.shape[2:], padding_mode=mode, **self.args)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(self.w))
+            layer.bias.copy_(torch.from_numpy(self.b))
+        tx = torch.from_numpy(self.x)
+
+        def theirs():
+            with torch.no_grad():
+                return layer(tx)
+
+        theirs()
+        return median_paired_ratio(self.run, theirs, lambda: None)
