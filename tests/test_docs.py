@@ -6,6 +6,8 @@ import doctest
 import importlib.util
 import pathlib
 
+import pytest
+
 import nbconv
 import nbconv._conv
 import nbconv._conv1d
@@ -20,6 +22,16 @@ def test_docstring_examples():
     for module in (nbconv._conv, nbconv._conv1d, nbconv._explain, nbconv._layer, nbconv.grad):
         result = doctest.testmod(module, raise_on_error=False)
         assert result.attempted > 0
+        assert result.failed == 0
+
+
+def test_dask_docstring_examples():
+    pytest.importorskip("dask")
+    import nbconv.dask
+    import nbconv.dask.grad
+
+    for module in (nbconv.dask, nbconv.dask.grad):
+        result = doctest.testmod(module, raise_on_error=False)
         assert result.failed == 0
 
 
