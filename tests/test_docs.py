@@ -43,6 +43,8 @@ def test_readme_numpy_examples():
     assert len(host_blocks) >= 3
     if importlib.util.find_spec("torch") is None:
         host_blocks = [b for b in host_blocks if "import torch" not in b]
+    if importlib.util.find_spec("dask") is None:
+        host_blocks = [b for b in host_blocks if "import dask" not in b]
     namespace: dict = {}
     for block in host_blocks:
         exec(compile(block, "README.md", "exec"), namespace)
