@@ -2,13 +2,21 @@
 # Open the published ASV dashboard in headless Chromium, fail unless its pages render, and save
 # screenshots of the summary grid and of two graphs to look at.
 #
-#   asv_bench/check_dashboard.sh [OUTDIR]      (needs `chromium`: apt-get install chromium)
+#   asv_bench/check_dashboard.sh [--readme] [OUTDIR]    (needs `chromium`: apt-get install chromium)
+#
+# --readme also copies the speedup graph's screenshot to docs/asv-dashboard.png, the README's
+# picture of the dashboard (regenerate it with this after recording new results).
 #
 # A page fails when it ends on asv's "continental origin of swallow" error (a JavaScript
 # dependency did not load: publish with asv_bench/publish.py, which vendors them) or when it
 # holds no flot canvas (no graph was drawn).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+readme=0
+if [ "${1:-}" = "--readme" ]; then
+    readme=1
+    shift
+fi
 out="${1:-$here/screenshots}"
 mkdir -p "$out"
 [ -f "$here/html/index.html" ] || { echo "no dashboard: run asv_bench/publish.py first" >&2; exit 1; }
@@ -41,6 +49,12 @@ check() {  # URL fragment, screenshot file, what must be on the page (a grep -E 
 check "index.html" summary.png '<canvas'
 check "index.html#bench_conv.Forward.time_conv2d?backend=cpu&dtype=float32" forward_time.png \
     'class="flot-(base|overlay)"|<canvas'
-check "index.html#bench_conv.GroupsSweep.track_gflops?backend=cpu" groups_gflops.png \
+check "index.html#bench_conv.GroupsSweep.time_forward?backend=cpu" groups_time.png \
     'class="flot-(base|overlay)"|<canvas'
+check "index.html#bench_conv.Forward.track_speedup_vs_torch?backend=cpu&dtype=float32" forward_speedup.png \
+    'class="flot-(base|overlay)"|<canvas'
+if [ "$readme" = 1 ] && [ "$failed" = 0 ]; then
+    cp "$out/forward_speedup.png" "$here/../docs/asv-dashboard.png"
+    echo "     README picture: docs/asv-dashboard.png"
+fi
 exit "$failed"

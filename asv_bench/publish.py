@@ -7,7 +7,11 @@ the pinned copies in ``asv_bench/vendor/`` into ``html/vendor/`` and points ever
 and ``<link>`` at them. A CDN reference it does not know (a newer asv) is an error, not a silent
 half-offline page.
 
-    python asv_bench/publish.py [--no-asv] [extra `asv publish` arguments ...]
+    python asv_bench/publish.py [--no-asv] [--html-dir DIR] [extra `asv publish` arguments ...]
+
+It publishes every result kept in ``asv_bench/results/`` (one folder per reference machine, see
+its README.md): on a fresh clone it rebuilds the dashboard without running any benchmark.
+``--html-dir`` writes the site somewhere else than ``asv_bench/html``.
 """
 
 from __future__ import annotations
@@ -60,18 +64,24 @@ def localise(page: str) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--no-asv"]:
+    run_asv = argv[:1] != ["--no-asv"]
+    if not run_asv:
         argv = argv[1:]
-    else:
-        subprocess.run([sys.executable, "-m", "asv", "publish", *argv], cwd=HERE, check=True)
-    index = HTML / "index.html"
+    html = HTML
+    if "--html-dir" in argv:
+        i = argv.index("--html-dir")
+        html = Path(argv[i + 1]).resolve()
+        argv = argv[:i] + argv[i + 2:]
+    if run_asv:
+        subprocess.run([sys.executable, "-m", "asv", "publish", "--html-dir", str(html), *argv], cwd=HERE, check=True)
+    index = html / "index.html"
     if not index.is_file():
         print(f"no {index}: run `asv publish` first", file=sys.stderr)
         return 1
-    shutil.copytree(VENDOR, HTML / "vendor", dirs_exist_ok=True)
+    shutil.copytree(VENDOR, html / "vendor", dirs_exist_ok=True)
     changed = 0
     unknown: list[str] = []
-    for page in sorted(HTML.glob("*.html")):
+    for page in sorted(html.glob("*.html")):
         text = page.read_text(encoding="utf-8")
         new, missing = localise(text)
         unknown += [f"{page.name}: {url}" for url in missing]
@@ -83,7 +93,7 @@ def main(argv: list[str]) -> int:
               *unknown, sep="\n  ", file=sys.stderr)
         return 1
     print(f"dashboard: {index} ({changed} page(s) pointed at vendor/; serve it with "
-          f"`python -m http.server -d {HTML}` or check it with check_dashboard.sh)")
+          f"`python -m http.server -d {html}` or check it with check_dashboard.sh)")
     return 0
 
 

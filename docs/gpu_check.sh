@@ -3,17 +3,21 @@
 # H100/H200). Run from the repository root on a machine with an NVIDIA GPU, numba-cuda, CuPy and
 # (for the comparison) PyTorch:
 #
-#     bash docs/gpu_check.sh [RESULTS_DIR]      # default: $OUT if set, else docs/gpu-results
+#     bash docs/gpu_check.sh [RESULTS_DIR]      # default: /tmp/gpu-results
 #
-# NumPy 2.5 breaks numba-cuda 0.30.4 (np.row_stack): with a folder .whl/ of wheels (a NumPy 2.4
-# wheel for the machine's Python) they are installed to /tmp/site first and put on PYTHONPATH.
+# Prepare it here with asv_bench/gpu_wheels.sh (then name `.whl` in the run's carry): NumPy 2.5
+# breaks numba-cuda 0.30.4 (np.row_stack), so the wheels in .whl/ (NumPy 2.4) are installed to
+# /tmp/site first and put on PYTHONPATH; .whl/asv/ holds asv for step 5.
 # Writes into RESULTS_DIR: the machine and commit (machine.txt), the GPU tests' summary
 # (tests.txt), the PTX compile of every specialisation (ptx.txt), the CUDA bench tables and JSON
-# per op and dtype (bench-*.txt / .json), the launch-path timings (launch_paths.txt) and the host
-# cost of one nbconv call by launch path (host_cost.txt).
+# per op and dtype (bench-*.txt / .json), the launch-path timings (launch_paths.txt), the host
+# cost of one nbconv call by launch path (host_cost.txt) and the ASV history benchmarks of the
+# CUDA backend (asv/asv-*.json: file them with `python asv_bench/import_results.py DIR/asv
+# --commit COMMIT`). Where $OUT is set (a lent machine brings back at most 8 files), all of it
+# goes there as one gpu-results.tar.gz, with machine.txt beside it.
 set -u
 cd "$(dirname "$0")/.."
-results="${1:-${OUT:-docs/gpu-results}}"
+results="${1:-/tmp/gpu-results}"
 mkdir -p "$results"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -57,4 +61,10 @@ done
 # 4. the host cost of one launch by each launch path, and of one nbconv call by each
 step launch_paths 60 python3 docs/launch_paths.py
 step host_cost 60 python3 docs/host_cost.py
+# 5. the ASV suite's kept-history benchmarks on the CUDA backend, in ASV's layout
+step asv 240 bash asv_bench/record_here.sh "$results/asv" nvidia-h200 cuda
 echo "results in $results"
+if [ -n "${OUT:-}" ]; then
+    tar -czf "$OUT/gpu-results.tar.gz" -C "$results" . && cp "$results/machine.txt" "$OUT/"
+    echo "and in $OUT/gpu-results.tar.gz"
+fi
