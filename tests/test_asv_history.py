@@ -76,8 +76,9 @@ def test_kept_results_load(machine):
         assert set(result["results"]) <= set(known), set(result["results"]) - set(known)
         values = [v for row in result["results"].values() for v in (row[columns.index("result")] or [])]
         assert any(isinstance(v, float) and math.isfinite(v) for v in values), path.name
-        if "samples" in columns:
-            assert all(row[columns.index("samples")] is None for row in result["results"].values())
+        if "samples" in columns:  # asv leaves trailing empty columns out of a row
+            at = columns.index("samples")
+            assert all(len(row) <= at or row[at] is None for row in result["results"].values())
         if _in_git_checkout():
             found = subprocess.run(["git", "-C", str(ASV_DIR), "cat-file", "-e", f"{result['commit_hash']}^{{commit}}"],
                                    capture_output=True, check=False)
