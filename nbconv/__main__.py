@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--extra", action="store_true", help="also the extra shapes (odd sizes, 1x1, dense, ...)")
     b.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per shape")
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    b.add_argument("--dask", action="store_true",
+                   help="instead: a depthwise layer over a batch several times larger than a worker's memory, on a "
+                   "local distributed cluster of 1 then 2 worker processes (needs nbconv[dask]); --batch sets the "
+                   "images (default 1024, 1.85 GB; 128 with --quick)")
+    b.add_argument("--memory-limit", default="512MiB", help="with --dask: each worker's memory limit")
     c = sub.add_parser("cache", help="where the generated CPU kernels and their compiled code are kept; clear them",
                        description="The CPU kernels generated per geometry are Python modules kept in one folder "
                        "($NBCONV_CACHE_DIR, else $NUMBA_CACHE_DIR/nbconv-generated, else ~/.cache/nbconv/generated), "
@@ -70,8 +75,31 @@ def cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_dask(args: argparse.Namespace) -> int:
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError as e:
+        print(f'nbconv bench --dask: {e}; pip install "nbconv[dask]"', file=sys.stderr)
+        return 2
+    from .bench._dask import format_dask_table, run_dask_bench
+
+    batch = args.batch or (128 if args.quick else 1024)
+    results = run_dask_bench(batch=batch, memory_limit=args.memory_limit)
+    print(f"\nnbconv bench --dask: nbconv.dask.conv2d, depthwise 3x3, float32, NumPy chunks")
+    print(format_dask_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def bench(args: argparse.Namespace) -> int:
     from .bench._run import first_call_latency, format_table, results_json, run_bench
+
+    if args.dask:
+        return bench_dask(args)
 
     if args.dtype == "float16" and args.backend == "cpu":
         print("nbconv bench: float16 is supported on the CUDA backend only", file=sys.stderr)

@@ -161,3 +161,18 @@ def test_errors_when_the_graph_is_built(call, error, message):
 def test_import_nbconv_does_not_import_dask():
     code = "import sys, nbconv; assert 'dask' not in sys.modules, 'dask imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bench_dask_runs_and_computes_the_right_sum():
+    """``nbconv bench --dask`` on a tiny batch (one worker process): its figures are there, and the
+    sum it reduces equals the same conv computed in this process on the same random data."""
+    pytest.importorskip("distributed")
+    from nbconv.bench._dask import format_dask_table, run_dask_bench
+
+    (r,) = run_dask_bench(workers=(1,), batch=4, chunk=2, memory_limit="1GiB")
+    assert r["seconds"] > 0 and len(r["peak_rss_mib"]) == 1 and r["peak_rss_mib"][0] > 0
+    x = da.random.default_rng(1).random((4, 144, 56, 56), chunks=(2, -1, -1, -1), dtype=np.float32).compute()
+    w = np.random.default_rng(0).standard_normal((144, 1, 3, 3)).astype(np.float32)
+    want = float(nbconv.conv2d(x, w, padding=1, groups=144).astype(np.float64).sum())
+    assert abs(r["sum"] - want) <= 1e-4 * abs(want) + 1.0
+    assert "workers" in format_dask_table([r])
