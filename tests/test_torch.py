@@ -12,9 +12,18 @@ from nbconv._shapes import EXTRA_SHAPES, STANDARD_SHAPES
 torch = pytest.importorskip("torch")
 
 
+def _conv(x, w, b, padding=0, **kw):
+    """F.conv2d on tensors; per-side padding ((top, bottom), (left, right)), which PyTorch's conv2d
+    does not take, as F.pad first."""
+    if not isinstance(padding, (int, str)) and not isinstance(padding[0], int):
+        (t, bottom), (left, right) = padding
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (left, right, t, bottom)), w, b, **kw)
+    return torch.nn.functional.conv2d(x, w, b, padding=padding, **kw)
+
+
 def torch_conv2d(x, w, b, **kw):
     t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return torch.nn.functional.conv2d(t(x), t(w), t(b), **kw).numpy()
+    return _conv(t(x), t(w), t(b), **kw).numpy()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -58,7 +67,7 @@ def test_conv2d_gradients_match_autograd(case):
     x, w, b = random_arrays(case, np.float64)
     b = b if b is not None else np.zeros(case.c_out)
     args = case.conv_args()
-    _, gy, (gx, gw, gb) = _autograd(lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **args), x, w, b)
+    _, gy, (gx, gw, gb) = _autograd(lambda x, w, b: _conv(x, w, b, **args), x, w, b)
     np.testing.assert_allclose(nbconv.grad.conv2d_input(x.shape, w, gy, **args), gx, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(nbconv.grad.conv2d_weight(x, w.shape, gy, **args), gw, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(nbconv.grad.conv2d_bias(gy), gb, rtol=1e-11, atol=1e-11)
