@@ -42,7 +42,7 @@ def test_asv_quick_dry_run(machine):
     # every benchmark ran (or skipped cleanly); none failed
     assert "failed" not in out, out
     for name in ("Forward.time_conv2d", "Forward.track_gflops", "Forward.peakmem_conv2d",
-                 "GroupsSweep.time_forward", "FirstCall.track_cold_jit_seconds", "PaddingModes.track_extra_mib"):
+                 "GroupsSweep.time_forward", "FirstCall.track_cold_jit_seconds", "PaddingModes.track_extra_mib", "DaskBatch.track_seconds"):
         assert name in out, name
 
 

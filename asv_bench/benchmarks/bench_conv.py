@@ -210,3 +210,40 @@ class PaddingModes:
 
         theirs()
         return median_paired_ratio(self.run, theirs, lambda: None)
+
+
+class DaskBatch:
+    """``nbconv bench --dask``'s measure: MobileNetV2's 56x56 depthwise layer over a batch larger
+    than a worker's memory limit (generated and reduced in the tasks), on a local cluster of 1 or 2
+    worker processes of one core each: seconds, and each worker's peak resident memory. Skipped
+    without Dask / distributed, and on commits without ``nbconv.dask``."""
+
+    params = [[1, 2]]
+    param_names = ["workers"]
+    number = 1
+    repeat = 1
+    timeout = 600
+
+    def setup_cache(self):
+        try:
+            import distributed  # noqa: F401
+
+            from nbconv.bench._dask import run_dask_bench
+        except ImportError:
+            return None
+        batch = 8 if SMOKE else 512  # 0.92 GB in (and out) against 512 MiB per worker
+        return {r["workers"]: r for r in run_dask_bench(workers=(1, 2), batch=batch, chunk=4 if SMOKE else 16)}
+
+    def setup(self, results, workers):
+        if results is None:
+            raise SkipNotImplemented("nbconv.dask or distributed unavailable")
+
+    def track_seconds(self, results, workers):
+        return results[workers]["seconds"]
+
+    track_seconds.unit = "seconds"
+
+    def track_peak_rss_mib(self, results, workers):
+        return max(results[workers]["peak_rss_mib"])
+
+    track_peak_rss_mib.unit = "MiB"
