@@ -19,9 +19,10 @@ if [ "${1:-}" = "--readme" ]; then
 fi
 out="${1:-$here/screenshots}"
 mkdir -p "$out"
-[ -f "$here/html/index.html" ] || { echo "no dashboard: run asv_bench/publish.py first" >&2; exit 1; }
+html="${HTML_DIR:-$here/html}"  # where publish.py wrote the site (its --html-dir)
+[ -f "$html/index.html" ] || { echo "no dashboard: run asv_bench/publish.py first" >&2; exit 1; }
 port="${PORT:-8765}"
-"${PYTHON:-python}" -m http.server "$port" --bind 127.0.0.1 --directory "$here/html" >/dev/null 2>&1 &
+"${PYTHON:-python}" -m http.server "$port" --bind 127.0.0.1 --directory "$html" >/dev/null 2>&1 &
 server=$!
 trap 'kill $server' EXIT
 sleep 1

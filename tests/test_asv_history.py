@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -115,3 +117,18 @@ def test_publish_offline(tmp_path):
     assert not re.search(r"<(script|link)\b[^>]*(src|href)=\"https?://", page)
     graphs = list((html / "graphs").rglob("*.json"))
     assert graphs, "no graph data published"
+
+
+@pytest.mark.asv
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="the render check needs chromium (apt-get install chromium)")
+@pytest.mark.skipif(not _in_git_checkout(), reason="asv publish reads the commits' order and dates from git")
+def test_dashboard_renders(tmp_path):
+    """check_dashboard.sh: the published pages draw their graphs in headless Chromium."""
+    html = tmp_path / "html"
+    subprocess.run([sys.executable, str(ASV_DIR / "publish.py"), "--html-dir", str(html)], cwd=ASV_DIR,
+                   capture_output=True, check=True, timeout=300)
+    env = dict(os.environ, HTML_DIR=str(html), PORT=str(20000 + os.getpid() % 20000), PYTHON=sys.executable)
+    res = subprocess.run(["bash", str(ASV_DIR / "check_dashboard.sh"), str(tmp_path / "shots")], env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("ok   ") == 4

@@ -24,25 +24,45 @@ def _asv(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def machine():
+def config(tmp_path_factory) -> str:
+    """asv.conf.json with results, html and environments in a temporary folder: a smoke run must
+    not write into the kept history (asv_bench/results: its machine.json, its benchmarks.json)."""
+    import json
+
+    from asv.util import load_json
+
+    conf = load_json(str(ASV_DIR / "asv.conf.json"), js_comments=True)
+    tmp = tmp_path_factory.mktemp("asv")
+    conf.update(repo=str(ASV_DIR.parent), benchmark_dir=str(ASV_DIR / "benchmarks"), results_dir=str(tmp / "results"),
+                html_dir=str(tmp / "html"), env_dir=str(tmp / "env"))
+    path = tmp / "asv.conf.json"
+    path.write_text(json.dumps(conf))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def machine(config):
     res = _asv("machine", "--yes", timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+    return config
 
 
 def test_asv_check(machine):
-    res = _asv("check", "-E", f"existing:{sys.executable}", timeout=300)
+    res = _asv("check", "--config", machine, "-E", f"existing:{sys.executable}", timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "No problems found" in res.stdout
 
 
 def test_asv_quick_dry_run(machine):
-    res = _asv("run", "--quick", "--dry-run", "--show-stderr", "-E", f"existing:{sys.executable}", timeout=1200)
+    res = _asv("run", "--config", machine, "--quick", "--dry-run", "--show-stderr", "-E", f"existing:{sys.executable}",
+               timeout=1200)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     # every benchmark ran (or skipped cleanly); none failed
     assert "failed" not in out, out
     for name in ("Forward.time_conv2d", "Forward.track_gflops", "Forward.peakmem_conv2d",
-                 "GroupsSweep.time_forward", "FirstCall.track_cold_jit_seconds", "PaddingModes.track_extra_mib", "DaskBatch.track_seconds"):
+                 "GroupsSweep.time_forward", "FirstCall.track_cold_jit_seconds", "PaddingModes.track_extra_mib",
+                 "DaskBatch.track_seconds"):
         assert name in out, name
 
 
