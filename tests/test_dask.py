@@ -176,3 +176,16 @@ def test_bench_dask_runs_and_computes_the_right_sum():
     want = float(nbconv.conv2d(x, w, padding=1, groups=144).astype(np.float64).sum())
     assert abs(r["sum"] - want) <= 1e-4 * abs(want) + 1.0
     assert "workers" in format_dask_table([r])
+
+
+def test_bench_dask_leaves_this_process_environment_alone():
+    """The workers get one thread each through their own environment; this process's
+    NUMBA_NUM_THREADS must not change (Numba raises on the next config reload if it does)."""
+    pytest.importorskip("distributed")
+    import os
+
+    from nbconv.bench._dask import run_dask_bench
+
+    before = {k: os.environ.get(k) for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+    run_dask_bench(workers=(1,), batch=2, chunk=2, memory_limit="1GiB")
+    assert {k: os.environ.get(k) for k in before} == before

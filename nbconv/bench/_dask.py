@@ -27,12 +27,14 @@ def run_dask_bench(workers: tuple[int, ...] = (1, 2), batch: int = 1024, chunk: 
     w = np.random.default_rng(0).standard_normal((channels, 1, 3, 3)).astype(np.float32)
     data_gb = batch * channels * side * side * 4 / 1e9
     results = []
-    config = {"distributed.admin.system-monitor.interval": "50ms",
-              "distributed.nanny.pre-spawn-environ": {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}}
-    with dask.config.set(config):
+    # one core per worker: the workers' environment only (the nanny's pre-spawn-environ would also
+    # change this process's, and Numba refuses a new NUMBA_NUM_THREADS once its threads run)
+    one_thread = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    saved = {k: os.environ.get(k) for k in one_thread}
+    with dask.config.set({"distributed.admin.system-monitor.interval": "50ms"}):
         for n in workers:
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+                              dashboard_address=None, env=one_thread) as cluster, Client(cluster) as client:
                 def total(batch, conv=True):
                     x = da.random.default_rng(1).random((batch, channels, side, side), chunks=(chunk, -1, -1, -1),
                                                         dtype=np.float32)
@@ -51,6 +53,11 @@ def run_dask_bench(workers: tuple[int, ...] = (1, 2), batch: int = 1024, chunk: 
                             "input_gb": data_gb, "gb_per_s": 2 * data_gb / seconds,
                             "memory_limit": memory_limit, "peak_rss_mib": sorted(v / 2**20 for v in peaks.values()),
                             "sum": float(value)})
+    for k, v in saved.items():  # whatever the cluster did, this process's environment as it was
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     return results
 
 
