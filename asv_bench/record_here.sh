@@ -7,6 +7,9 @@
 #
 #   asv_bench/record_here.sh OUTDIR [MACHINE] [BACKEND]      (defaults: nvidia-h200, cuda)
 #
+# BENCH=REGEX picks other benchmarks than the history's (a quick check of this script:
+# BENCH="FirstCall.*'cpu'" asv_bench/record_here.sh /tmp/out local-check cpu).
+#
 # asv comes from the Python on PATH, or from the wheels in .whl/asv/ (asv_bench/gpu_wheels.sh
 # fetches them), installed to a folder of their own. ASV needs a git repository for the commit it
 # records: a throwaway one with an empty commit stands in (the import replaces its hash and date).
@@ -36,7 +39,7 @@ conf.update(repo=f"{sys.argv[2]}/repo", branches=["main"], benchmark_dir=f"{here
             results_dir=f"{sys.argv[2]}/results", html_dir=f"{sys.argv[2]}/html", env_dir=f"{sys.argv[2]}/env")
 json.dump(conf, open(f"{sys.argv[2]}/asv.conf.json", "w"))
 EOF
-bench="$(sed "s/BACKEND/'$backend'/g" "$here/history_bench.txt")"
+bench="${BENCH:-$(sed "s/BACKEND/'$backend'/g" "$here/history_bench.txt")}"  # BENCH: another asv --bench regex
 cd "$work"
 "$python" -m asv machine --yes --config asv.conf.json --machine "$machine" >/dev/null
 "$python" -m asv run --config asv.conf.json -E "existing:$(command -v "$python")" --machine "$machine" \
