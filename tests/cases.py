@@ -180,3 +180,16 @@ def to_host(a) -> np.ndarray:
     if hasattr(a, "get"):  # CuPy
         return a.get()
     return a.copy_to_host()
+
+
+class HostDLPack:
+    """An array known to nbconv only through the DLPack protocol (as a JAX CPU array is)."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()

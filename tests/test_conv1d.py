@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import BACKENDS, SIMULATOR, to_backend, to_host
+from cases import BACKENDS, SIMULATOR, HostDLPack, to_backend, to_host
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import assert_within_bound
@@ -291,19 +291,6 @@ def test_same_as_pytorch():
     assert isinstance(tensor, torch.Tensor) and tuple(tensor.shape) == (2, 12, 14)
 
 
-class _HostDLPack:
-    """An array known to nbconv only through the DLPack protocol (as a JAX CPU array is)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kwargs):
-        return self._a.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-
 def test_kinds_in_kinds_out():
     """Torch tensors give tensors (``out=`` too), other DLPack arrays NumPy arrays: the same
     values as the NumPy path, for every 1-D op."""
@@ -324,7 +311,7 @@ def test_kinds_in_kinds_out():
 
     wants = [op() for op in ops(x, w, b, gy, wt)]
     tensors = ops(*(torch.from_numpy(a) for a in (x, w, b, gy, wt)))
-    dlpacks = ops(*(_HostDLPack(a) for a in (x, w, b, gy, wt)))
+    dlpacks = ops(*(HostDLPack(a) for a in (x, w, b, gy, wt)))
     for want, tensor_op, dlpack_op in zip(wants, tensors, dlpacks):
         got = tensor_op()
         assert isinstance(got, torch.Tensor)

@@ -9,7 +9,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from cases import Case, random_arrays
+from cases import Case, HostDLPack, random_arrays
 from reference import assert_conv_close
 
 import nbconv
@@ -100,25 +100,12 @@ def test_unsupported_tensor_dtypes():
         nbconv.conv2d(tx.half(), tw.half(), tb.half(), **ARGS)
 
 
-class _HostDLPack:
-    """An array known to nbconv only through the DLPack protocol (as a JAX CPU array is)."""
-
-    def __init__(self, a):
-        self._a = a
-
-    def __dlpack__(self, **kwargs):
-        return self._a.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._a.__dlpack_device__()
-
-
 def test_other_dlpack_arrays_come_back_as_numpy():
     x, w, b = random_arrays(CASE, np.float32)
-    got = nbconv.conv2d(_HostDLPack(x), _HostDLPack(w), _HostDLPack(b), **ARGS)
+    got = nbconv.conv2d(HostDLPack(x), HostDLPack(w), HostDLPack(b), **ARGS)
     assert type(got) is np.ndarray
     assert_conv_close(got, x, w, b, **ARGS)
-    assert_conv_close(nbconv.conv2d(x, _HostDLPack(w), b, **ARGS), x, w, b, **ARGS)
+    assert_conv_close(nbconv.conv2d(x, HostDLPack(w), b, **ARGS), x, w, b, **ARGS)
 
 
 def test_module_example_matches_torch_conv2d(capsys):
