@@ -37,12 +37,17 @@ def check_input(op: str, name: str, a: Any) -> None:
         raise ValueError(f"{op}: {name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
 
 
+def array_namespace(a: Any) -> Any:
+    """The module of an array's type (numpy, cupy): where its zeros and broadcast_to live."""
+    return sys.modules[type(a).__module__.split(".")[0]]
+
+
 def stand_in(a: Any) -> Any:
     """For a Dask array: an array of its chunk type, dtype and full shape that holds no memory (a
     broadcast zero), so that nbconv's whole validation runs on it. Other values as they are."""
     if not isinstance(a, da.Array):
         return a
-    xp = sys.modules[type(a._meta).__module__.split(".")[0]]
+    xp = array_namespace(a._meta)
     return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 

@@ -14,6 +14,7 @@ import dask.array as da
 
 from .. import grad as _grad
 from ._graph import (
+    array_namespace,
     assemble,
     channel_rechunked,
     check_input,
@@ -45,7 +46,7 @@ def _input_block(gy, w, *, cin_g, cout_g, tile_h, tile_w, chunk_h, chunk_w, args
     c0, c1 = block_info[0]["array-location"][1]
     g0, g1 = c0 // cout_g, c1 // cout_g
     n = gy.shape[0]
-    xp = _namespace(gy)
+    xp = array_namespace(gy)
     out = xp.zeros((n, (g1 - g0) * cin_g, chunk_h[1] - chunk_h[0], chunk_w[1] - chunk_w[0]), gy.dtype)
     if tile_h is None or tile_w is None:
         return out
@@ -61,12 +62,6 @@ def _input_block(gy, w, *, cin_g, cout_g, tile_h, tile_w, chunk_h, chunk_w, args
 
 def _overlap(chunk: tuple[int, int], tile: Tile) -> tuple[int, int]:
     return max(chunk[0], tile.in_start), min(chunk[1], tile.in_stop)
-
-
-def _namespace(a: Any) -> Any:
-    import sys
-
-    return sys.modules[type(a).__module__.split(".")[0]]
 
 
 def input_gradient(batch: int, in_channels: int, in_size: tuple[int, int], weight: Any, grad_output: da.Array,
