@@ -7,6 +7,7 @@ import json
 import sys
 
 from ._shapes import EXTRA_SHAPES, SHAPES_BY_NAME, STANDARD_SHAPES
+from .bench._networks import NETWORKS
 from .bench._ops import OPS, TORCH_OP
 
 
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead: a depthwise layer over a batch several times larger than a worker's memory, on a "
                    "local distributed cluster of 1 then 2 worker processes (needs nbconv[dask]); --batch sets the "
                    "images (default 1024, 1.85 GB; 128 with --quick)")
+    b.add_argument("--network", metavar="NAME[,NAME]",
+                   help="instead: every conv layer of these networks (or 'all'), forward, batch 2 unless --batch, "
+                   "interleaved passes against PyTorch; one row per network, and with one network one per layer. "
+                   "Known: " + ", ".join(NETWORKS))
+    b.add_argument("--image", type=int, default=224, help="with --network: the image side (default 224)")
     b.add_argument("--memory-limit", default="512MiB", help="with --dask: each worker's memory limit")
     c = sub.add_parser("cache", help="where the generated CPU kernels and their compiled code are kept; clear them",
                        description="The CPU kernels generated per geometry are Python modules kept in one folder "
@@ -95,11 +101,46 @@ def bench_dask(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_network(args: argparse.Namespace) -> int:
+    from .bench._networks import format_layer_table, format_network_table, network_json, run_network_bench
+    from .bench._run import _torch, machine_description
+
+    names = list(NETWORKS) if args.network == "all" else args.network.split(",")
+    unknown = [n for n in names if n not in NETWORKS]
+    if unknown or args.dtype == "float16" or args.backend != "cpu":
+        print(f"nbconv bench --network: unknown networks {unknown}; known: {', '.join(NETWORKS)}" if unknown
+              else "nbconv bench --network: the CPU backend in float32 or float64 only", file=sys.stderr)
+        return 2
+    torch = _torch("cpu")
+    if torch is not None:
+        import numba
+
+        torch.set_num_threads(numba.get_num_threads())
+    batch = args.batch or 2
+    rounds = args.rounds or (3 if args.quick else 15)
+    results = [run_network_bench(n, batch, args.dtype, rounds, args.image, torch) for n in names]
+    m = machine_description("cpu")
+    print(f"\nnbconv bench --network: every conv layer, forward, batch {batch}, {args.image} x {args.image}, "
+          f"{args.dtype}, NCHW, {rounds} passes; {m['processor']}, {m['threads']} threads"
+          + (f", torch {m['torch']} (F.conv2d)" if "torch" in m else ", PyTorch not installed (no comparison)"))
+    print(format_network_table(results))
+    if len(results) == 1:
+        print()
+        print(format_layer_table(results[0]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(network_json(results, m), f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def bench(args: argparse.Namespace) -> int:
     from .bench._run import first_call_latency, format_table, results_json, run_bench
 
     if args.dask:
         return bench_dask(args)
+    if args.network:
+        return bench_network(args)
 
     if args.dtype == "float16" and args.backend == "cpu":
         print("nbconv bench: float16 is supported on the CUDA backend only", file=sys.stderr)
