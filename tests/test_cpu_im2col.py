@@ -1,4 +1,4 @@
-"""Network stems as columns times the weights (``nbconv.cpu._im2col``): compiled once per dtype,
+"""Dense layers (stems, patch embeddings) as columns times the weights (``nbconv.cpu._im2col``): compiled once per dtype,
 every size a run-time value; checked against the reference (strides, dilations, asymmetric and
 'valid' padding, groups, pixel blocks moved left or masked), and for the claim that a new
 geometry compiles nothing."""
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from cases import (
     Case,
     at_each_thread_count,
@@ -34,16 +36,18 @@ def test_im2col_forward(case, dtype):
     check_path_forward(_im2col.applies, _im2col.im2col_forward, case, dtype)
 
 
-def test_the_launcher_takes_it_for_stems_only():
+def test_the_launcher_takes_it_for_dense_layers():
     x = np.zeros((2, 3, 32, 32), np.float32)
     stem = conv2d_spec(x, np.zeros((16, 3, 7, 7), np.float32), None, 2, 3)
     assert _launch.forward_kernel(stem) == "im2col"
     small = conv2d_spec(x, np.zeros((16, 3, 3, 3), np.float32), None, 2, 1)  # 27 terms
     assert _launch.forward_kernel(small) == "im2col"
+    patches = conv2d_spec(np.zeros((2, 96, 16, 16), np.float32), np.zeros((192, 96, 2, 2), np.float32), None, 2)
+    assert _launch.forward_kernel(patches) == "im2col"  # ConvNeXt's downsampling
     grouped = conv2d_spec(np.zeros((2, 8, 9, 9), np.float32), np.zeros((16, 2, 3, 3), np.float32), None, 1, 1, 1, 4)
-    assert _launch.forward_kernel(grouped) == "packed"  # 18 terms, not a stem
-    wide = conv2d_spec(np.zeros((2, 8, 32, 32), np.float32), np.zeros((16, 8, 3, 3), np.float32), None, 1, 1)
-    assert _launch.forward_kernel(wide) != "im2col"
+    assert _launch.forward_kernel(grouped) == "packed"  # 18 terms a group: not dense
+    wide = conv2d_spec(np.zeros((1, 256, 8, 8), np.float32), np.zeros((16, 256, 3, 3), np.float32), None, 1, 1)
+    assert not _im2col.applies(wide) and _launch.forward_kernel(wide) != "im2col"  # 2304 terms
 
 
 def test_non_finite_inputs_spread_as_in_the_reference():
@@ -69,3 +73,17 @@ def test_a_new_geometry_compiles_nothing():
         if before is None:
             before = len(_im2col._forward.signatures)
     assert len(_im2col._forward.signatures) == before
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 2), g=st.integers(1, 2), cin_g=st.integers(2, 4), cout_g=st.integers(6, 9),
+       h=st.integers(1, 13), w=st.integers(1, 21), k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pad=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)))
+def test_property_against_the_reference(n, g, cin_g, cout_g, h, w, k, stride, dilation, pad):
+    """Every row of a block's columns: padding on either side, rows outside the plane, strides
+    and dilations that skip past the plane's edge."""
+    span = [(d * (kk - 1) + 1) for d, kk in zip(dilation, k)]
+    assume(h + pad[0] + pad[1] >= span[0] and w + pad[2] + pad[3] >= span[1])
+    case = Case(n, g * cin_g, (h, w), g * cout_g, k, stride, ((pad[0], pad[1]), (pad[2], pad[3])), dilation, g)
+    check_path_forward(_im2col.applies, _im2col.im2col_forward, case, np.float64)

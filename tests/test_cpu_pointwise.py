@@ -30,6 +30,8 @@ POINTWISE_CASES = [
     Case(2, 12, (16, 20), 24, (1, 1), 1, 0, 1, 2),  # groups of 12 outputs
     Case(3, 4, (3, 5), 28, (1, 1), 1, 0, 1, 4, False),  # groups of 7 outputs, no bias
     Case(1, 3, (32, 32), 7, (1, 1)),  # whole blocks of pixels
+    Case(2, 8, (15, 14), 12, (1, 1), 2),  # stride 2 (a downsampling shortcut): odd rows kept
+    Case(1, 6, (9, 11), 12, (1, 1), (3, 2), 0, 1, 2),  # strides 3 and 2, groups of 6 outputs
 ]
 
 
@@ -48,8 +50,8 @@ def test_every_kernel_the_launcher_names_runs():
 def test_the_launcher_takes_it_for_1x1_layers_only():
     x, w, b = random_arrays(Case(2, 16, (7, 7), 32, (1, 1)), np.float32)
     assert _launch.forward_kernel(conv2d_spec(x, w, b)) == "pointwise"
-    for args in ({"stride": 2}, {"padding": 1}):
-        assert _launch.forward_kernel(conv2d_spec(x, w, b, **args)) != "pointwise"
+    assert _launch.forward_kernel(conv2d_spec(x, w, b, stride=2)) == "pointwise"
+    assert _launch.forward_kernel(conv2d_spec(x, w, b, padding=1)) != "pointwise"
     assert not _pointwise.applies(conv2d_spec(x, w[:4], b[:4]))  # fewer outputs than a block
     assert not _pointwise.applies(conv2d_spec(x, np.ones((32, 16, 3, 3), np.float32), b, padding=1))
 
@@ -86,10 +88,10 @@ def test_reads_non_contiguous_and_read_only_inputs():
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 3), g=st.integers(1, 3), cin_g=st.integers(1, 9), cout_g=st.integers(6, 20),
-       h=st.integers(1, 12), w=st.integers(1, 30))
-def test_property_against_the_reference(n, g, cin_g, cout_g, h, w):
+       h=st.integers(1, 12), w=st.integers(1, 30), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_property_against_the_reference(n, g, cin_g, cout_g, h, w, stride):
     check_path_forward(_pointwise.applies, _pointwise.pointwise_forward,
-                       Case(n, g * cin_g, (h, w), g * cout_g, (1, 1), 1, 0, 1, g), np.float64)
+                       Case(n, g * cin_g, (h, w), g * cout_g, (1, 1), stride, 0, 1, g), np.float64)
 
 
 def test_block_fits_the_target_registers():

@@ -1,8 +1,10 @@
-"""Network stems as columns (im2col) times the weights: nothing compiled per geometry.
+"""Dense layers as columns (im2col) times the weights: nothing compiled per geometry.
 
 A network's stem (a dense layer on 3 input channels: ResNet's 7x7 at stride 2) has too few
 input channels for ``_outer``'s blocks, and the kernels generated per geometry cost it minutes of
-compilation (``_outer``: 113 s for ResNet's stem on a 2-core Zen 3, then 22 ms at batch 2). Here a
+compilation (``_outer``: 113 s for ResNet's stem on a 2-core Zen 3, then 22 ms at batch 2).
+ConvNeXt's 2x2 downsampling layers (96 -> 192 ... 384 -> 768 at stride 2) ran 2-5x PyTorch's
+time in ``_outer`` and the packed kernel. Here a
 task (image, group, block of output pixels) copies its block's columns, ``terms = C_in/groups x
 kH x kW`` rows of the block's pixels in the weight's own order (zero in the padding), into its
 scratch, and ``_pointwise``'s block multiplies them by the (C_out, terms) weight; both loops are
@@ -16,12 +18,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._numba_options import CPU_PARALLEL
+from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _pointwise, _scratch
 from ._pointwise import _N_O, _block, task_block
 
-#: Most terms per output (a block's columns: 147 x 64 float32, 37 KiB, for ResNet's stem).
-MAX_TERMS = 1024
+#: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
+#: AVX2, 64 with AVX-512: 128 KiB and 512 KiB at this bound), kept within L2. ConvNeXt-T's last
+#: downsampling layer (384 -> 768, 2x2) has 1536.
+MAX_TERMS = 2048
 
 
 def applies(spec) -> bool:
@@ -32,6 +36,36 @@ def applies(spec) -> bool:
     terms = spec.in_per_group * kh * kw
     return (spec.in_per_group > 1 and spec.out_per_group >= _pointwise.O_BLOCK and spec.lhs_dilation == (1, 1)
             and spec.batch > 0 and oh * ow > 0 and terms <= MAX_TERMS)
+
+
+@numba.njit(**CPU_SERIAL)
+def _fill_row(cols, row, plane, oy0, ox0, n_pix, ow, sh, sw, dy, dx):
+    """cols[row + p] = plane[oy * sh + dy, ox * sw + dx] (0 outside the plane) for the ``n_pix``
+    output pixels (oy, ox) from (oy0, ox0) on in row-major order: per output row, zeros, a
+    strided copy, zeros, with no test per pixel."""
+    h, wd = plane.shape
+    oy, ox, p = oy0, ox0, 0
+    while p < n_pix:
+        span = min(ow - ox, n_pix - p)
+        iy = oy * sh + dy
+        if 0 <= iy < h:
+            # the pixels of [ox, ox + span) whose column ox * sw + dx lies in [0, wd)
+            lo = min(span, max(0, (-dx + sw - 1) // sw - ox)) if dx < 0 else 0
+            hi = max(lo, min(span, (wd - 1 - dx) // sw + 1 - ox)) if wd - 1 - dx >= 0 else lo
+            for q in range(lo):
+                cols[row + p + q] = 0
+            src = (ox + lo) * sw + dx
+            for q in range(lo, hi):
+                cols[row + p + q] = plane[iy, src]
+                src += sw
+            for q in range(hi, span):
+                cols[row + p + q] = 0
+        else:
+            for q in range(span):
+                cols[row + p + q] = 0
+        p += span
+        ox = 0
+        oy += 1
 
 
 @numba.njit(**CPU_PARALLEL)
@@ -58,16 +92,8 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
             plane = x[n, g * cin_g + c]
             for i in range(kh_n):
                 for j in range(kw_n):
-                    row = ((c * kh_n + i) * kw_n + j) * pix_block
-                    oy, ox = oy0, ox0
-                    for p in range(n_pix):
-                        iy = oy * sh - pt + i * dh
-                        ix = ox * sw - pl + j * dw
-                        cols[row + p] = plane[iy, ix] if 0 <= iy < h and 0 <= ix < wd else 0
-                        ox += 1
-                        if ox == ow:
-                            ox = 0
-                            oy += 1
+                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pix_block, plane, oy0, ox0, n_pix, ow,
+                              sh, sw, i * dh - pt, j * dw - pl)
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
             oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
             _block(cols, 0, pix_block, terms, w_flat, oc * terms, terms, b, oc, out_flat, (n * c_out + oc) * hw + p0,

