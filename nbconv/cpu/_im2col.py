@@ -20,7 +20,7 @@ import numpy as np
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _pointwise, _scratch
-from ._pointwise import _N_O, _block, task_block
+from ._pointwise import _N_O, _block
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
 #: AVX2, 64 with AVX-512: 128 KiB and 512 KiB at this bound), kept within L2. ConvNeXt-T's last
@@ -69,35 +69,64 @@ def _fill_row(cols, row, plane, oy0, ox0, n_pix, ow, sh, sw, dy, dx):
 
 
 @numba.njit(**CPU_PARALLEL)
-def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh, ow, pix_block, o_chunks):
+def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh, ow, pix_block, span_blocks,
+             o_chunks):
     """out (N, C_out, OH, OW) = the convolution of x (N, C_in, H, W) by w (C_out, C_in/groups, kH,
-    kW) + b: tasks of (image, group, block of output pixels, chunk of output-channel blocks),
-    each filling its block's columns (terms x pixels, zero in the padding) into its scratch row,
-    then multiplying them by the weights ``_pointwise.O_BLOCK`` output channels at a time."""
+    kW) + b: tasks of (image, group, span of ``span_blocks`` pixel blocks, chunk of output-channel
+    blocks), each filling its span's columns (terms x pixels, zero in the padding) into its
+    scratch row, then multiplying them by the weights, ``_pointwise.O_BLOCK`` output channels x
+    one pixel block at a time. A span's last block moves left to end at the span's end (pixels
+    computed twice by the same task, to the same bits); only a plane under one block is masked."""
     n_img, c_in, h, wd = x.shape
     c_out = out.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     terms = cin_g * kh_n * kw_n
     hw = oh * ow
-    p_blocks = (hw + pix_block - 1) // pix_block
+    pitch = span_blocks * pix_block
+    spans = (hw + pitch - 1) // pitch
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     w_flat, out_flat = w.reshape(-1), out.reshape(-1)
-    for task in numba.prange(n_img * groups * p_blocks * o_chunks):
-        n, g, p0, n_pix, chunk = task_block(task, o_chunks, p_blocks, groups, hw, pix_block)
+    for task in numba.prange(n_img * groups * spans * o_chunks):
+        chunk = task % o_chunks
+        rest = task // o_chunks
+        s0 = (rest % spans) * pitch
+        rest //= spans
+        n, g = rest // groups, rest % groups
+        m = min(pitch, hw - s0)
         cols = scratch[numba.get_thread_id()]
-        oy0 = p0 // ow
-        ox0 = p0 - oy0 * ow
+        oy0 = s0 // ow
+        ox0 = s0 - oy0 * ow
         for c in range(cin_g):
             plane = x[n, g * cin_g + c]
             for i in range(kh_n):
                 for j in range(kw_n):
-                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pix_block, plane, oy0, ox0, n_pix, ow,
+                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, plane, oy0, ox0, m, ow,
                               sh, sw, i * dh - pt, j * dw - pl)
-        for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
-            oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
-            _block(cols, 0, pix_block, terms, w_flat, oc * terms, terms, b, oc, out_flat, (n * c_out + oc) * hw + p0,
-                   hw, n_pix)
+        for q in range(0, m, pix_block):
+            q0 = max(0, min(q, m - pix_block))
+            n_pix = min(pix_block, m - q0)
+            for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
+                oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
+                _block(cols, q0, pitch, terms, w_flat, oc * terms, terms, b, oc, out_flat,
+                       (n * c_out + oc) * hw + s0 + q0, hw, n_pix)
+
+
+#: Most column elements a task fills (its scratch: 256 KiB of float32), within L2 with the weights.
+SPAN_ELEMS = 1 << 16
+#: Most pixel blocks per span: past this the fill's per-row work is long paid for.
+MAX_SPAN_BLOCKS = 32
+
+
+def span_blocks(terms: int, hw: int, pix_block: int, tasks_per_span: int) -> int:
+    """Pixel blocks per task: as many as ``SPAN_ELEMS`` of columns hold (each column row's fill then
+    runs over many pixels: MobileNetV2's stem took 2.4 ms in tasks of one block on a 2-core Zen 3,
+    most of it the fill's per-call work), at most ``MAX_SPAN_BLOCKS``, and few enough that the
+    plane's spans x ``tasks_per_span`` (images x groups) give every thread 4 tasks."""
+    blocks = -(-hw // pix_block)
+    most = max(1, min(MAX_SPAN_BLOCKS, SPAN_ELEMS // max(1, terms * pix_block), blocks))
+    want_spans = -(-4 * numba.get_num_threads() // max(1, tasks_per_span))
+    return max(1, min(most, -(-blocks // want_spans)))
 
 
 def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
@@ -107,8 +136,11 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     hw, terms = oh * ow, spec.in_per_group * kh * kw
     pix_block = _pointwise.pixel_vectors() * _pointwise.vector_lanes(x.dtype)
     threads = numba.get_num_threads()
-    o_chunks = _pointwise.output_chunks(spec.batch * spec.groups * -(-hw // pix_block), spec.out_per_group)
-    scratch, = _scratch.reused(("im2col", x.dtype.str, terms * pix_block, threads),
-                               lambda: (np.empty((threads, terms * pix_block), x.dtype),))
+    blocks = span_blocks(terms, hw, pix_block, spec.batch * spec.groups)
+    spans = -(-hw // (blocks * pix_block))
+    o_chunks = _pointwise.output_chunks(spec.batch * spec.groups * spans, spec.out_per_group)
+    size = terms * blocks * pix_block
+    scratch, = _scratch.reused(("im2col", x.dtype.str, size, threads),
+                               lambda: (np.empty((threads, size), x.dtype),))
     _forward(x, w, b, out, scratch, spec.groups, kh, kw, *spec.stride, *spec.dilation, spec.padding[0],
-             spec.padding[2], oh, ow, pix_block, o_chunks)
+             spec.padding[2], oh, ow, pix_block, blocks, o_chunks)

@@ -53,7 +53,7 @@ def applies(spec) -> bool:
             and spec.in_size[0] * spec.in_size[1] > 0)
 
 
-def pointwise_block(n_o: int, n_pv: int, bits: int):
+def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
     """An ``@intrinsic`` ``block(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch,
     n_pix)``:
 
@@ -61,7 +61,10 @@ def pointwise_block(n_o: int, n_pv: int, bits: int):
     x[x0 + c * x_pitch + p]``
 
     for ``o < n_o`` and ``p < min(n_pix, n_pv * lanes)``, ``lanes`` the elements of a ``bits``
-    vector. All but ``n_o``, ``n_pv`` and the width are run-time values. Full blocks use plain
+    vector. With ``accumulate`` the sums start from ``out``'s values instead of the bias (``b``
+    and ``b0`` unused): a block over the next input channels continues the sums where the last
+    stopped, to the same bits as one block over all of them. All but ``n_o``, ``n_pv``, the width
+    and ``accumulate`` are run-time values. Full blocks use plain
     vector loads and stores; a short one (``n_pix`` under the block's width) masks them: nothing
     past ``n_pix`` is read or written. No bounds checks."""
 
@@ -96,6 +99,14 @@ def pointwise_block(n_o: int, n_pv: int, bits: int):
                 """The block; ``masks`` None (full vectors) or one lane mask per pixel vector."""
                 sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_pv)] for _ in range(n_o)]
                 for o in range(n_o):
+                    if accumulate:
+                        row = builder.add(o0_i, builder.mul(const(o), out_pitch_i))
+                        for v in range(n_pv):
+                            pointer = at(out_p, builder.add(row, const(v * lanes)))
+                            builder.store(builder.load(pointer, align=size) if masks is None else builder.call(
+                                masked_load, [pointer, ir.Constant(i32, size), masks[v], ir.Constant(vec, None)]),
+                                sums[o][v])
+                        continue
                     bias = _splat(builder, builder.load(at(b_p, builder.add(b0_i, const(o)), False)), vec)
                     for v in range(n_pv):
                         builder.store(bias, sums[o][v])
@@ -137,6 +148,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int):
 #: The target's block, fixed per process (Numba's disk cache keeps a compiled kernel per target).
 _N_O, _N_PV, _BITS = O_BLOCK, pixel_vectors(), target().vector_bits
 _block = pointwise_block(_N_O, _N_PV, _BITS)
+_block_more = pointwise_block(_N_O, _N_PV, _BITS, accumulate=True)
 
 
 @numba.njit(**CPU_SERIAL)
