@@ -19,7 +19,8 @@ import numba
 import numpy as np
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
-from . import _pointwise, _scratch
+from . import _blas, _pointwise, _scratch
+from ._blas import gemm
 from ._pointwise import _N_O, _block
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
@@ -112,6 +113,48 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
                        (n * c_out + oc) * hw + s0 + q0, hw, n_pix)
 
 
+@numba.njit(**CPU_PARALLEL)
+def _forward_blas(fn, x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh, ow, pitch, o_parts):
+    """As :func:`_forward`, the products by the BLAS at address ``fn`` (``_blas.gemm``): tasks of
+    (image, group, span of ``pitch`` pixels, part of the group's output channels), each filling
+    its span's columns, setting its outputs to the bias and adding the product of its weights by
+    the columns."""
+    n_img, c_in, h, wd = x.shape
+    c_out = out.shape[1]
+    cin_g, cout_g = c_in // groups, c_out // groups
+    terms = cin_g * kh_n * kw_n
+    hw = oh * ow
+    spans = (hw + pitch - 1) // pitch
+    rows = (cout_g + o_parts - 1) // o_parts
+    w_flat, out_flat = w.reshape(-1), out.reshape(-1)
+    for task in numba.prange(n_img * groups * spans * o_parts):
+        part = task % o_parts
+        rest = task // o_parts
+        s0 = (rest % spans) * pitch
+        rest //= spans
+        n, g = rest // groups, rest % groups
+        m = min(pitch, hw - s0)
+        r0 = part * rows
+        r1 = min(cout_g, r0 + rows)
+        if r1 <= r0:
+            continue
+        cols = scratch[numba.get_thread_id()]
+        oy0 = s0 // ow
+        ox0 = s0 - oy0 * ow
+        for c in range(cin_g):
+            plane = x[n, g * cin_g + c]
+            for i in range(kh_n):
+                for j in range(kw_n):
+                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, plane, oy0, ox0, m, ow,
+                              sh, sw, i * dh - pt, j * dw - pl)
+        o0 = (n * c_out + g * cout_g + r0) * hw + s0
+        for r in range(r1 - r0):
+            bias = b[g * cout_g + r0 + r]
+            for p in range(m):
+                out_flat[o0 + r * hw + p] = bias
+        gemm(fn, r1 - r0, m, terms, w_flat, (g * cout_g + r0) * terms, terms, cols, 0, pitch, 1.0, out_flat, o0, hw)
+
+
 #: Most column elements a task fills (its scratch: 256 KiB of float32), within L2 with the weights.
 SPAN_ELEMS = 1 << 16
 #: Most pixel blocks per span: past this the fill's per-row work is long paid for.
@@ -136,6 +179,18 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     hw, terms = oh * ow, spec.in_per_group * kh * kw
     pix_block = _pointwise.pixel_vectors() * _pointwise.vector_lanes(x.dtype)
     threads = numba.get_num_threads()
+    blas = _blas.gemm_functions()
+    if blas is not None and hw * terms * spec.out_per_group >= _blas.MIN_MACS:
+        # spans and parts from the sizes alone (the BLAS's sums depend on the split)
+        blocks = max(1, min(MAX_SPAN_BLOCKS, SPAN_ELEMS // (terms * pix_block), -(-hw // pix_block)))
+        pitch = blocks * pix_block
+        o_parts = -(-spec.out_per_group // _blas.TASK_ROWS)
+        scratch, = _scratch.reused(("im2col", x.dtype.str, terms * pitch, threads),
+                                   lambda: (np.empty((threads, terms * pitch), x.dtype),))
+        with _blas.single_threaded(blas):
+            _forward_blas(blas.address(x.dtype), x, w, b, out, scratch, spec.groups, kh, kw, *spec.stride,
+                          *spec.dilation, spec.padding[0], spec.padding[2], oh, ow, pitch, o_parts)
+        return
     blocks = span_blocks(terms, hw, pix_block, spec.batch * spec.groups)
     spans = -(-hw // (blocks * pix_block))
     o_chunks = _pointwise.output_chunks(spec.batch * spec.groups * spans, spec.out_per_group)

@@ -27,6 +27,8 @@ from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from ._simd import _declared, _fma, _splat, _takes, lanes_below, vector_args
+from . import _blas
+from ._blas import gemm
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -199,6 +201,42 @@ def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     if spec.stride != (1, 1):
         x = np.ascontiguousarray(x[:, :, ::spec.stride[0], ::spec.stride[1]][:, :, :oh, :ow])
     hw = oh * ow
+    blas = _blas.gemm_functions()
+    if blas is not None and hw * spec.in_per_group * spec.out_per_group >= _blas.MIN_MACS:
+        pix_chunk, o_parts = _blas.product_split(spec.out_per_group, spec.in_per_group, hw)
+        with _blas.single_threaded(blas):
+            _forward_blas(blas.address(x.dtype), x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups,
+                          spec.in_per_group, spec.out_per_group, hw, pix_chunk, o_parts)
+        return
     o_chunks = output_chunks(spec.batch * spec.groups * -(-hw // pix_block), spec.out_per_group)
     _forward(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups, spec.in_per_group,
              spec.out_per_group, hw, o_chunks, pix_block)
+
+
+@numba.njit(**CPU_PARALLEL)
+def _forward_blas(fn, x, w, b, out, groups, cin_g, cout_g, hw, pix_chunk, o_parts):
+    """As :func:`_forward`, by the BLAS at address ``fn`` (``_blas.gemm``): tasks of (image, group,
+    chunk of ``pix_chunk`` pixels, part of the group's output channels), each setting its outputs
+    to the bias and adding its product of the weights by the input pixels (``beta = 1``)."""
+    c_in, c_out = groups * cin_g, groups * cout_g
+    n_img = x.shape[0] // (c_in * hw)
+    chunks = (hw + pix_chunk - 1) // pix_chunk
+    rows = (cout_g + o_parts - 1) // o_parts
+    for task in numba.prange(n_img * groups * chunks * o_parts):
+        part = task % o_parts
+        rest = task // o_parts
+        p0 = (rest % chunks) * pix_chunk
+        rest //= chunks
+        n, g = rest // groups, rest % groups
+        m = min(pix_chunk, hw - p0)
+        r0 = part * rows
+        r1 = min(cout_g, r0 + rows)
+        if r1 <= r0:
+            continue
+        o0 = (n * c_out + g * cout_g + r0) * hw + p0
+        for r in range(r1 - r0):
+            bias = b[g * cout_g + r0 + r]
+            for p in range(m):
+                out[o0 + r * hw + p] = bias
+        gemm(fn, r1 - r0, m, cin_g, w, (g * cout_g + r0) * cin_g, cin_g, x, (n * c_in + g * cin_g) * hw + p0, hw,
+             1.0, out, o0, hw)
