@@ -12,3 +12,19 @@ def generated_for_small_calls(monkeypatch):
     import nbconv.cpu._launch as launch  # after the root conftest has set up Numba
 
     monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+
+
+@pytest.fixture(params=["own", "blas"])
+def products(request, monkeypatch):
+    """Run a test of the kernels whose sums are matrix products (``_pointwise``, ``_im2col``) once
+    with their own products and once with NumPy's BLAS for every size (skipped where no OpenBLAS
+    with 64-bit integers is found)."""
+    from nbconv.cpu import _blas
+
+    if request.param == "blas":
+        if _blas.gemm_functions() is None:
+            pytest.skip("no OpenBLAS with 64-bit integers beside NumPy")
+        monkeypatch.setattr(_blas, "MIN_MACS", 0)
+    else:
+        monkeypatch.setattr(_blas, "gemm_functions", lambda: None)
+    return request.param

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from cases import (
     Case,
@@ -21,6 +21,9 @@ from reference import assert_conv_close
 import nbconv
 from nbconv._spec import conv2d_spec
 from nbconv.cpu import _im2col, _launch
+
+#: every test with the kernel's own products and with the BLAS's (``conftest.products``)
+pytestmark = pytest.mark.usefixtures("products")
 
 IM2COL_CASES = [
     Case(2, 3, (23, 21), 8, (7, 7), 2, 3),  # ResNet's stem, small: 147 terms
@@ -71,11 +74,11 @@ def test_a_new_geometry_compiles_nothing():
         x, w, b = random_arrays(case, np.float32)
         assert_conv_close(nbconv.conv2d(x, w, b, stride=2, padding=3), x, w, b, stride=2, padding=3)
         if before is None:
-            before = len(_im2col._forward.signatures)
-    assert len(_im2col._forward.signatures) == before
+            before = len(_im2col._forward.signatures) + len(_im2col._forward_blas.signatures)
+    assert len(_im2col._forward.signatures) + len(_im2col._forward_blas.signatures) == before
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 2), g=st.integers(1, 2), cin_g=st.integers(2, 4), cout_g=st.integers(6, 9),
        h=st.integers(1, 13), w=st.integers(1, 21), k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),

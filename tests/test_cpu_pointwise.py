@@ -16,13 +16,16 @@ from cases import (
     check_path_forward,
     random_arrays,
 )
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import assert_conv_close
 
 import nbconv
 from nbconv._spec import conv2d_spec
 from nbconv.cpu import _launch, _pointwise
+
+#: every test with the kernel's own products and with the BLAS's (``conftest.products``)
+pytestmark = pytest.mark.usefixtures("products")
 
 POINTWISE_CASES = [
     Case(2, 5, (7, 9), 6, (1, 1)),  # one output block; 63 pixels: a masked last block
@@ -75,8 +78,8 @@ def test_a_new_geometry_compiles_nothing():
         got = nbconv.conv2d(x, w, b, groups=case.groups)
         assert_conv_close(got, x, w, b, groups=case.groups)
         if before is None:
-            before = len(_pointwise._forward.signatures)
-    assert len(_pointwise._forward.signatures) == before
+            before = len(_pointwise._forward.signatures) + len(_pointwise._forward_blas.signatures)
+    assert len(_pointwise._forward.signatures) + len(_pointwise._forward_blas.signatures) == before
 
 
 def test_reads_non_contiguous_and_read_only_inputs():
@@ -86,7 +89,7 @@ def test_reads_non_contiguous_and_read_only_inputs():
     assert_conv_close(nbconv.conv2d(xs, w[:, :, ::-1], b), x, w, b)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 3), g=st.integers(1, 3), cin_g=st.integers(1, 9), cout_g=st.integers(6, 20),
        h=st.integers(1, 12), w=st.integers(1, 30), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)))
 def test_property_against_the_reference(n, g, cin_g, cout_g, h, w, stride):
