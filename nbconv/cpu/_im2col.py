@@ -27,16 +27,20 @@ from ._pointwise import _N_O, _block
 #: AVX2, 64 with AVX-512: 128 KiB and 512 KiB at this bound), kept within L2. ConvNeXt-T's last
 #: downsampling layer (384 -> 768, 2x2) has 1536.
 MAX_TERMS = 2048
+#: With the BLAS, which packs the columns itself: up to a dense 3x3 layer of 512 channels.
+MAX_BLAS_TERMS = 4608
 
 
 def applies(spec) -> bool:
-    """Two or more input channels per group, at most ``MAX_TERMS`` terms per output, at least
+    """Two or more input channels per group, at most ``MAX_TERMS`` terms per output
+    (``MAX_BLAS_TERMS`` where the BLAS computes the products), at least
     ``_pointwise.O_BLOCK`` output channels per group, no input dilation, at least one image and
     one output."""
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
     terms = spec.in_per_group * kh * kw
+    most = MAX_TERMS if _blas.gemm_functions() is None else MAX_BLAS_TERMS
     return (spec.in_per_group > 1 and spec.out_per_group >= _pointwise.O_BLOCK and spec.lhs_dilation == (1, 1)
-            and spec.batch > 0 and oh * ow > 0 and terms <= MAX_TERMS)
+            and spec.batch > 0 and oh * ow > 0 and terms <= most)
 
 
 @numba.njit(**CPU_SERIAL)
@@ -159,6 +163,10 @@ def _forward_blas(fn, x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw,
 SPAN_ELEMS = 1 << 16
 #: Most pixel blocks per span: past this the fill's per-row work is long paid for.
 MAX_SPAN_BLOCKS = 32
+#: With the BLAS: most column elements and pixels a task fills (the BLAS packs them again in its
+#: own blocks; wider products pay its per-call packing of the weights less often).
+BLAS_SPAN_ELEMS = 1 << 18
+BLAS_MAX_SPAN = 1024
 
 
 def span_blocks(terms: int, hw: int, pix_block: int, tasks_per_span: int) -> int:
@@ -182,7 +190,7 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     blas = _blas.gemm_functions()
     if blas is not None and hw * terms * spec.out_per_group >= _blas.MIN_MACS:
         # spans and parts from the sizes alone (the BLAS's sums depend on the split)
-        blocks = max(1, min(MAX_SPAN_BLOCKS, SPAN_ELEMS // (terms * pix_block), -(-hw // pix_block)))
+        blocks = max(1, min(BLAS_MAX_SPAN // pix_block, BLAS_SPAN_ELEMS // (terms * pix_block), -(-hw // pix_block)))
         pitch = blocks * pix_block
         o_parts = -(-spec.out_per_group // _blas.TASK_ROWS)
         scratch, = _scratch.reused(("im2col", x.dtype.str, terms * pitch, threads),
