@@ -20,7 +20,7 @@ from reference import assert_conv_close
 
 import nbconv
 from nbconv._spec import conv2d_spec
-from nbconv.cpu import _im2col, _launch
+from nbconv.cpu import _blas, _im2col, _launch
 
 #: every test with the kernel's own products and with the BLAS's (``conftest.products``)
 pytestmark = pytest.mark.usefixtures("products")
@@ -50,7 +50,9 @@ def test_the_launcher_takes_it_for_dense_layers():
     grouped = conv2d_spec(np.zeros((2, 8, 9, 9), np.float32), np.zeros((16, 2, 3, 3), np.float32), None, 1, 1, 1, 4)
     assert _launch.forward_kernel(grouped) == "packed"  # 18 terms a group: not dense
     wide = conv2d_spec(np.zeros((1, 256, 8, 8), np.float32), np.zeros((16, 256, 3, 3), np.float32), None, 1, 1)
-    assert not _im2col.applies(wide) and _launch.forward_kernel(wide) != "im2col"  # 2304 terms
+    assert (_launch.forward_kernel(wide) == "im2col") == (_blas.gemm_functions() is not None)  # 2304 terms
+    wider = conv2d_spec(np.zeros((1, 640, 8, 8), np.float32), np.zeros((16, 640, 3, 3), np.float32), None, 1, 1)
+    assert not _im2col.applies(wider)  # 5760 terms
 
 
 def test_non_finite_inputs_spread_as_in_the_reference():
