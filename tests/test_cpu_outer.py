@@ -242,12 +242,22 @@ def test_block_choice():
     def block(ow, cout_g, dtype=np.float32):
         x = np.zeros((1, 1, 3, ow), dtype)
         return _outer.choose_block(conv2d_spec(x, np.zeros((cout_g, 1, 3, 3), dtype), None, 1, 1, 1, 1))
-    assert block(14, 16) == (14, 1)  # one block per row
-    assert block(14, 64) == (14, 2)  # 28 sums
-    assert block(28, 64) == (14, 2)  # two blocks of 14, not 16 + 12
-    assert block(21, 32) == (11, 2)  # 11 + 10
-    assert block(14, 16, np.float64) == (7, 2)  # 8 lanes: two blocks of 7 x two vectors
-    assert block(7, 256) == (7, 4)  # 16 vectors in blocks of 4
+    cases = [(14, 16, np.float32), (14, 64, np.float32), (28, 64, np.float32), (21, 32, np.float32),
+             (14, 16, np.float64), (7, 256, np.float32)]
+    want = {
+        # AVX-512 (28 sums): one block per row of 14; 28 sums; two blocks of 14, not 16 + 12; 11 + 10;
+        # 8 float64 lanes: two blocks of 7 x two vectors; 16 vectors in blocks of 4
+        28: [(14, 1), (14, 2), (14, 2), (11, 2), (7, 2), (7, 4)],
+        # AVX2 (6 sums, each two registers): rows in blocks of at most 6 pixels, evened out
+        6: [(5, 1), (5, 1), (6, 1), (6, 1), (5, 1), (4, 1)],
+    }
+    budget = _outer.block_sums()
+    got = [block(*c) for c in cases]
+    for (ow, cout_g, dtype), (pixels, vectors) in zip(cases, got):
+        assert pixels * vectors <= budget and pixels <= _simd.lanes(np.dtype(dtype))
+        assert -(-ow // pixels) == -(-ow // min(_simd.lanes(np.dtype(dtype)), budget))  # as few blocks as the budget allows
+    if budget in want:
+        assert got == want[budget]
 
 
 @pytest.mark.parametrize("stride", [1, 2])

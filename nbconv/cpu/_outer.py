@@ -26,6 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
+from ._target import target
 from ._valid import flat_tap_offsets, reads_padding, valid_intervals, valid_tap_regions
 
 #: Vector sums a block keeps in registers (of AVX-512's 32: a weight vector per channel vector
@@ -69,14 +70,25 @@ def applies(spec) -> bool:
     return _packed.packed_geometry(spec, 1)[1] * pack <= MAX_SCRATCH_ELEMS
 
 
+def block_sums() -> int:
+    """Sums (of ``_simd.lanes`` elements each) a forward block keeps in registers on the compile
+    target: ``SUM_BUDGET`` with AVX-512's 32 registers of 512 bits; on AVX2's 16 of 256 bits, where
+    each sum takes two, 6 (12 registers, 4 left for the weights and broadcasts). The blocks sized
+    for AVX-512 spilled there: resnext_g32_14 ran at 0.51x PyTorch on a 2-core Zen 3."""
+    t = target()
+    return max(1, min(SUM_BUDGET, (t.vector_registers - 4) * t.vector_bits // (8 * _simd.VECTOR_BYTES)))
+
+
 def choose_block(spec) -> tuple[int, int]:
     """(pixels, channel vectors) per block: the output row in as few blocks of at most one vector
-    of pixels as it goes, and as many channel vectors as ``SUM_BUDGET`` then leaves."""
+    of pixels (and at most :func:`block_sums`) as it goes, and as many channel vectors as the
+    sums then leave."""
     lanes = _simd.lanes(spec.dtype)
+    budget = block_sums()
     ow = spec.out_size[1]
-    pixels = -(-ow // -(-ow // lanes))
+    pixels = -(-ow // -(-ow // min(lanes, budget)))
     vectors = max(1, spec.out_per_group * group_pack(spec) // lanes)
-    per_block = max(1, min(vectors, SUM_BUDGET // pixels))
+    per_block = max(1, min(vectors, budget // pixels))
     while vectors % per_block:
         per_block -= 1
     return pixels, per_block
