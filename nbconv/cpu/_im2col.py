@@ -21,6 +21,7 @@ import numpy as np
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _pointwise, _scratch
 from ._blas import gemm
+from ._depthwise import _copy1, _copy2
 from ._pointwise import _N_O, _block
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
@@ -29,6 +30,9 @@ from ._pointwise import _N_O, _block
 MAX_TERMS = 2048
 #: With the BLAS, which packs the columns itself: up to a dense 3x3 layer of 512 channels.
 MAX_BLAS_TERMS = 4608
+#: Fewer terms than this stay with ``_pointwise``'s block even where the BLAS is found: stems
+#: (27 terms for MobileNetV2's) ran 10-20% faster so on a 2-core Zen 3.
+MIN_BLAS_TERMS = 64
 
 
 def applies(spec) -> bool:
@@ -44,11 +48,13 @@ def applies(spec) -> bool:
 
 
 @numba.njit(**CPU_SERIAL)
-def _fill_row(cols, row, plane, oy0, ox0, n_pix, ow, sh, sw, dy, dx):
-    """cols[row + p] = plane[oy * sh + dy, ox * sw + dx] (0 outside the plane) for the ``n_pix``
-    output pixels (oy, ox) from (oy0, ox0) on in row-major order: per output row, zeros, a
-    strided copy, zeros, with no test per pixel."""
-    h, wd = plane.shape
+def _fill_row(cols, row, x_flat, plane0, h, wd, oy0, ox0, n_pix, ow, sh, sw, dy, dx):
+    """cols[row + p] = x_flat[plane0 + iy * wd + ix], with (iy, ix) = (oy * sh + dy, ox * sw + dx)
+    (0 outside the h x wd plane), for the ``n_pix`` output pixels (oy, ox) from (oy0, ox0) on in
+    row-major order: per output row, zeros, a copy, zeros, with no test per pixel. The copies at
+    column strides 1 and 2 are vector copies (``_depthwise``'s ``copy_span``), which leave up to a
+    vector of zeros past their end: the next pixels are filled after them, and ``cols`` needs a
+    vector of slack past its last row."""
     oy, ox, p = oy0, ox0, 0
     while p < n_pix:
         span = min(ow - ox, n_pix - p)
@@ -59,10 +65,16 @@ def _fill_row(cols, row, plane, oy0, ox0, n_pix, ow, sh, sw, dy, dx):
             hi = max(lo, min(span, (wd - 1 - dx) // sw + 1 - ox)) if wd - 1 - dx >= 0 else lo
             for q in range(lo):
                 cols[row + p + q] = 0
-            src = (ox + lo) * sw + dx
-            for q in range(lo, hi):
-                cols[row + p + q] = plane[iy, src]
-                src += sw
+            src = plane0 + iy * wd + (ox + lo) * sw + dx
+            if hi > lo:
+                if sw == 1:
+                    _copy1(x_flat, src, cols, row + p + lo, hi - lo)
+                elif sw == 2:
+                    _copy2(x_flat, src, cols, row + p + lo, hi - lo)
+                else:
+                    for q in range(lo, hi):
+                        cols[row + p + q] = x_flat[src]
+                        src += sw
             for q in range(hi, span):
                 cols[row + p + q] = 0
         else:
@@ -91,7 +103,7 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
     spans = (hw + pitch - 1) // pitch
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
-    w_flat, out_flat = w.reshape(-1), out.reshape(-1)
+    x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * groups * spans * o_chunks):
         chunk = task % o_chunks
         rest = task // o_chunks
@@ -103,10 +115,10 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
         oy0 = s0 // ow
         ox0 = s0 - oy0 * ow
         for c in range(cin_g):
-            plane = x[n, g * cin_g + c]
+            plane0 = (n * c_in + g * cin_g + c) * h * wd
             for i in range(kh_n):
                 for j in range(kw_n):
-                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, plane, oy0, ox0, m, ow,
+                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, x_flat, plane0, h, wd, oy0, ox0, m, ow,
                               sh, sw, i * dh - pt, j * dw - pl)
         for q in range(0, m, pix_block):
             q0 = max(0, min(q, m - pix_block))
@@ -130,7 +142,7 @@ def _forward_blas(fn, x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw,
     hw = oh * ow
     spans = (hw + pitch - 1) // pitch
     rows = (cout_g + o_parts - 1) // o_parts
-    w_flat, out_flat = w.reshape(-1), out.reshape(-1)
+    x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * groups * spans * o_parts):
         part = task % o_parts
         rest = task // o_parts
@@ -146,10 +158,10 @@ def _forward_blas(fn, x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw,
         oy0 = s0 // ow
         ox0 = s0 - oy0 * ow
         for c in range(cin_g):
-            plane = x[n, g * cin_g + c]
+            plane0 = (n * c_in + g * cin_g + c) * h * wd
             for i in range(kh_n):
                 for j in range(kw_n):
-                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, plane, oy0, ox0, m, ow,
+                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, x_flat, plane0, h, wd, oy0, ox0, m, ow,
                               sh, sw, i * dh - pt, j * dw - pl)
         o0 = (n * c_out + g * cout_g + r0) * hw + s0
         for r in range(r1 - r0):
@@ -188,13 +200,14 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     pix_block = _pointwise.pixel_vectors() * _pointwise.vector_lanes(x.dtype)
     threads = numba.get_num_threads()
     blas = _blas.gemm_functions()
-    if blas is not None and hw * terms * spec.out_per_group >= _blas.MIN_MACS:
+    if blas is not None and terms >= MIN_BLAS_TERMS and hw * terms * spec.out_per_group >= _blas.MIN_MACS:
         # spans and parts from the sizes alone (the BLAS's sums depend on the split)
         blocks = max(1, min(BLAS_MAX_SPAN // pix_block, BLAS_SPAN_ELEMS // (terms * pix_block), -(-hw // pix_block)))
         pitch = blocks * pix_block
         o_parts = -(-spec.out_per_group // _blas.TASK_ROWS)
-        scratch, = _scratch.reused(("im2col", x.dtype.str, terms * pitch, threads),
-                                   lambda: (np.empty((threads, terms * pitch), x.dtype),))
+        size = terms * pitch + pix_block  # a vector of slack (see _fill_row)
+        scratch, = _scratch.reused(("im2col", x.dtype.str, size, threads),
+                                   lambda: (np.empty((threads, size), x.dtype),))
         with _blas.single_threaded(blas):
             _forward_blas(blas.address(x.dtype), x, w, b, out, scratch, spec.groups, kh, kw, *spec.stride,
                           *spec.dilation, spec.padding[0], spec.padding[2], oh, ow, pitch, o_parts)
@@ -202,7 +215,7 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     blocks = span_blocks(terms, hw, pix_block, spec.batch * spec.groups)
     spans = -(-hw // (blocks * pix_block))
     o_chunks = _pointwise.output_chunks(spec.batch * spec.groups * spans, spec.out_per_group)
-    size = terms * blocks * pix_block
+    size = terms * blocks * pix_block + pix_block  # a vector of slack (see _fill_row)
     scratch, = _scratch.reused(("im2col", x.dtype.str, size, threads),
                                lambda: (np.empty((threads, size), x.dtype),))
     _forward(x, w, b, out, scratch, spec.groups, kh, kw, *spec.stride, *spec.dilation, spec.padding[0],
