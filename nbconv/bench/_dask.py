@@ -44,11 +44,11 @@ def run_dask_bench(workers: tuple[int, ...] = (1, 2), batch: int = 1024, chunk: 
                 t0 = time.perf_counter()
                 client.compute(total(batch, conv=False), sync=True)  # the same tasks without the conv
                 baseline = time.perf_counter() - t0
-                client.run(_reset_peak)
+                starts = client.run(_sample_count)
                 t0 = time.perf_counter()
                 value = client.compute(total(batch), sync=True)
                 seconds = time.perf_counter() - t0
-                peaks = client.run(_peak_rss)
+                peaks = client.run(_peak_rss_since, starts)
             results.append({"workers": n, "seconds": seconds, "without_conv_seconds": baseline, "batch": batch, "chunk": chunk,
                             "input_gb": data_gb, "gb_per_s": 2 * data_gb / seconds,
                             "memory_limit": memory_limit, "peak_rss_mib": sorted(v / 2**20 for v in peaks.values()),
@@ -61,13 +61,17 @@ def run_dask_bench(workers: tuple[int, ...] = (1, 2), batch: int = 1024, chunk: 
     return results
 
 
-def _reset_peak(dask_worker=None) -> None:
-    for q in dask_worker.monitor.quantities.values():
-        q.clear()
+def _sample_count(dask_worker=None) -> int:
+    """How many samples the worker's system monitor has taken (the start of a measurement). Its
+    sample queues are not cleared for this: the worker's heartbeat reads their last values, and
+    an empty queue makes it close the worker (``IndexError`` in ``SystemMonitor.recent``)."""
+    return dask_worker.monitor.count
 
 
-def _peak_rss(dask_worker=None) -> float:
-    return max(dask_worker.monitor.quantities["memory"], default=float("nan"))
+def _peak_rss_since(starts: dict, dask_worker=None) -> float:
+    """The worker's largest resident memory sample since sample ``starts[its address]``."""
+    memory = dask_worker.monitor.range_query(starts[dask_worker.address])["memory"]
+    return max((m for m in memory if m is not None), default=float("nan"))
 
 
 def format_dask_table(results: list[dict]) -> str:
