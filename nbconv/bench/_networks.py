@@ -13,8 +13,9 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class Layer(NamedTuple):
     side: int
     count: int
 
-    def at(self, image: int) -> "Layer":
+    def at(self, image: int) -> Layer:
         """The layer for ``image`` x ``image`` inputs (sides scale with the image; 1 x 1 stays)."""
         side = self.side if self.side == 1 else max(1, round(self.side * image / 224))
         return self._replace(side=side)
@@ -327,8 +328,8 @@ class LayerResult:
     grouped: bool
     gflop: float  # per occurrence
     time_s: float  # median per call
-    torch_time_s: Optional[float] = None
-    speedup: Optional[float] = None  # median of per-pass paired ratios
+    torch_time_s: float | None = None
+    speedup: float | None = None  # median of per-pass paired ratios
 
 
 @dataclass
@@ -339,10 +340,10 @@ class NetworkResult:
     dtype: str
     time_s: float  # median pass, all conv layers
     grouped_time_s: float
-    torch_time_s: Optional[float] = None
-    torch_grouped_time_s: Optional[float] = None
-    speedup: Optional[float] = None  # median of paired pass ratios
-    grouped_speedup: Optional[float] = None
+    torch_time_s: float | None = None
+    torch_grouped_time_s: float | None = None
+    speedup: float | None = None  # median of paired pass ratios
+    grouped_speedup: float | None = None
     first_pass_s: float = 0.0  # the first nbconv pass: every layer's first call, JIT included
     layers: list = field(default_factory=list)
 
@@ -355,12 +356,13 @@ def _arrays(layer: Layer, batch: int, dtype: str, rng) -> tuple:
     return x, w, b
 
 
-def _calls(layers: Sequence[Layer], batch: int, dtype: str, torch) -> tuple[list, Optional[list], list]:
+def _calls(layers: Sequence[Layer], batch: int, dtype: str, torch) -> tuple[list, list | None, list]:
     """Per layer, nbconv's call, PyTorch's (None without PyTorch) and the host arrays (x, w, b)."""
     from .. import conv2d
 
     rng = np.random.default_rng(0)
     ours, theirs, arrays = [], ([] if torch is not None else None), []
+    F = torch.nn.functional if torch is not None else None
     for layer in layers:
         x, w, b = _arrays(layer, batch, dtype, rng)
         arrays.append((x, w, b))
@@ -369,7 +371,6 @@ def _calls(layers: Sequence[Layer], batch: int, dtype: str, torch) -> tuple[list
         if torch is not None:
             tx, tw = torch.from_numpy(x), torch.from_numpy(w)
             tb = torch.from_numpy(b) if b is not None else None
-            F = torch.nn.functional
             theirs.append(lambda tx=tx, tw=tw, tb=tb, args=args: F.conv2d(tx, tw, tb, **args))
     return ours, theirs, arrays
 

@@ -30,13 +30,15 @@ import sys
 import threading
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .._numba_options import CPU_SERIAL
 from ._simd import _data, _index
 
 #: (gemm name pattern, set_num_threads, get_num_threads) per known OpenBLAS build with 64-bit integers.
@@ -78,7 +80,7 @@ def _candidate_paths() -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def gemm_functions() -> Optional[GemmFunctions]:
+def gemm_functions() -> GemmFunctions | None:
     """NumPy's OpenBLAS (64-bit integers) as :class:`GemmFunctions`, or None (not found, another
     BLAS, or ``NBCONV_BLAS=0``)."""
     if os.environ.get("NBCONV_BLAS", "1").strip().lower() in ("0", "false", "no", "off"):
@@ -189,3 +191,15 @@ def gemm(typingctx, fn, m, n, k, a, a0, lda, b, b0, ldb, beta, c, c0, ldc):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@numba.njit(**CPU_SERIAL)
+def product_onto_bias(fn, rows, columns, inner, w, w0, b, b0, x, x0, x_pitch, out, o0, out_pitch):
+    """``out[o0 + r * out_pitch + p] = b[b0 + r] + sum_c w[w0 + r * inner + c] * x[x0 + c * x_pitch +
+    p]`` for ``r < rows``, ``p < columns``: the outputs set to the bias, then the BLAS's product
+    added (``beta = 1``). 1-D arrays; no checks."""
+    for r in range(rows):
+        bias = b[b0 + r]
+        for p in range(columns):
+            out[o0 + r * out_pitch + p] = bias
+    gemm(fn, rows, columns, inner, w, w0, inner, x, x0, x_pitch, 1.0, out, o0, out_pitch)

@@ -20,9 +20,8 @@ import numpy as np
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _pointwise, _scratch
-from ._blas import gemm
 from ._depthwise import _copy1, _copy2
-from ._pointwise import _N_O, _block
+from ._pointwise import _N_O, _block, task_span
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
 #: AVX2, 64 with AVX-512: 128 KiB and 512 KiB at this bound), kept within L2. ConvNeXt-T's last
@@ -85,6 +84,20 @@ def _fill_row(cols, row, x_flat, plane0, h, wd, oy0, ox0, n_pix, ow, sh, sw, dy,
         oy += 1
 
 
+@numba.njit(**CPU_SERIAL)
+def _fill_span(cols, pitch, x_flat, plane0, cin_g, h, wd, kh_n, kw_n, s0, m, ow, sh, sw, dh, dw, pt, pl):
+    """The columns of output pixels ``s0 .. s0 + m - 1`` (row-major in planes ``ow`` wide) into
+    ``cols``, a row of ``pitch`` per term, in the weight's order (input channel, kernel row,
+    column); the group's first input plane starts at ``x_flat[plane0]``."""
+    oy0 = s0 // ow
+    ox0 = s0 - oy0 * ow
+    for c in range(cin_g):
+        for i in range(kh_n):
+            for j in range(kw_n):
+                _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, x_flat, plane0 + c * h * wd, h, wd, oy0, ox0,
+                          m, ow, sh, sw, i * dh - pt, j * dw - pl)
+
+
 @numba.njit(**CPU_PARALLEL)
 def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh, ow, pix_block, span_blocks,
              o_chunks):
@@ -105,21 +118,10 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * groups * spans * o_chunks):
-        chunk = task % o_chunks
-        rest = task // o_chunks
-        s0 = (rest % spans) * pitch
-        rest //= spans
-        n, g = rest // groups, rest % groups
-        m = min(pitch, hw - s0)
+        n, g, s0, m, chunk = task_span(task, o_chunks, spans, pitch, groups, hw)
         cols = scratch[numba.get_thread_id()]
-        oy0 = s0 // ow
-        ox0 = s0 - oy0 * ow
-        for c in range(cin_g):
-            plane0 = (n * c_in + g * cin_g + c) * h * wd
-            for i in range(kh_n):
-                for j in range(kw_n):
-                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, x_flat, plane0, h, wd, oy0, ox0, m, ow,
-                              sh, sw, i * dh - pt, j * dw - pl)
+        _fill_span(cols, pitch, x_flat, (n * c_in + g * cin_g) * h * wd, cin_g, h, wd, kh_n, kw_n, s0, m, ow,
+                   sh, sw, dh, dw, pt, pl)
         for q in range(0, m, pix_block):
             q0 = max(0, min(q, m - pix_block))
             n_pix = min(pix_block, m - q0)
@@ -144,31 +146,16 @@ def _forward_blas(fn, x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw,
     rows = (cout_g + o_parts - 1) // o_parts
     x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * groups * spans * o_parts):
-        part = task % o_parts
-        rest = task // o_parts
-        s0 = (rest % spans) * pitch
-        rest //= spans
-        n, g = rest // groups, rest % groups
-        m = min(pitch, hw - s0)
-        r0 = part * rows
-        r1 = min(cout_g, r0 + rows)
+        n, g, s0, m, part = task_span(task, o_parts, spans, pitch, groups, hw)
+        r0 = g * cout_g + part * rows
+        r1 = min((g + 1) * cout_g, r0 + rows)
         if r1 <= r0:
             continue
         cols = scratch[numba.get_thread_id()]
-        oy0 = s0 // ow
-        ox0 = s0 - oy0 * ow
-        for c in range(cin_g):
-            plane0 = (n * c_in + g * cin_g + c) * h * wd
-            for i in range(kh_n):
-                for j in range(kw_n):
-                    _fill_row(cols, ((c * kh_n + i) * kw_n + j) * pitch, x_flat, plane0, h, wd, oy0, ox0, m, ow,
-                              sh, sw, i * dh - pt, j * dw - pl)
-        o0 = (n * c_out + g * cout_g + r0) * hw + s0
-        for r in range(r1 - r0):
-            bias = b[g * cout_g + r0 + r]
-            for p in range(m):
-                out_flat[o0 + r * hw + p] = bias
-        gemm(fn, r1 - r0, m, terms, w_flat, (g * cout_g + r0) * terms, terms, cols, 0, pitch, 1.0, out_flat, o0, hw)
+        _fill_span(cols, pitch, x_flat, (n * c_in + g * cin_g) * h * wd, cin_g, h, wd, kh_n, kw_n, s0, m, ow,
+                   sh, sw, dh, dw, pt, pl)
+        _blas.product_onto_bias(fn, r1 - r0, m, terms, w_flat, r0 * terms, b, r0, cols, 0, pitch, out_flat,
+                                (n * c_out + r0) * hw + s0, hw)
 
 
 #: Most column elements a task fills (its scratch: 256 KiB of float32), within L2 with the weights.

@@ -35,9 +35,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
-from ._simd import _declared, _fma, _splat, _takes, lanes_below, vector_args
 from . import _blas
-from ._blas import gemm
+from ._simd import _declared, _fma, _splat, _takes, lanes_below, vector_args
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -237,6 +236,18 @@ def _subsample(x, out, sh, sw):
                 out[n, ci, i, j] = x[n, ci, i * sh, j * sw]
 
 
+@numba.njit(**CPU_SERIAL)
+def task_span(task, parts, spans, pitch, groups, hw):
+    """(image, group, first pixel, pixels, part of the output channels) of task ``task`` among
+    ``images x groups x spans x parts``, the plane's pixels in spans of ``pitch`` (the last one
+    shorter)."""
+    part = task % parts
+    rest = task // parts
+    s0 = (rest % spans) * pitch
+    rest //= spans
+    return rest // groups, rest % groups, s0, min(pitch, hw - s0), part
+
+
 @numba.njit(**CPU_PARALLEL)
 def _forward_blas(fn, x, w, b, out, groups, cin_g, cout_g, hw, pix_chunk, o_parts):
     """As :func:`_forward`, by the BLAS at address ``fn`` (``_blas.gemm``): tasks of (image, group,
@@ -247,20 +258,9 @@ def _forward_blas(fn, x, w, b, out, groups, cin_g, cout_g, hw, pix_chunk, o_part
     chunks = (hw + pix_chunk - 1) // pix_chunk
     rows = (cout_g + o_parts - 1) // o_parts
     for task in numba.prange(n_img * groups * chunks * o_parts):
-        part = task % o_parts
-        rest = task // o_parts
-        p0 = (rest % chunks) * pix_chunk
-        rest //= chunks
-        n, g = rest // groups, rest % groups
-        m = min(pix_chunk, hw - p0)
-        r0 = part * rows
-        r1 = min(cout_g, r0 + rows)
-        if r1 <= r0:
-            continue
-        o0 = (n * c_out + g * cout_g + r0) * hw + p0
-        for r in range(r1 - r0):
-            bias = b[g * cout_g + r0 + r]
-            for p in range(m):
-                out[o0 + r * hw + p] = bias
-        gemm(fn, r1 - r0, m, cin_g, w, (g * cout_g + r0) * cin_g, cin_g, x, (n * c_in + g * cin_g) * hw + p0, hw,
-             1.0, out, o0, hw)
+        n, g, p0, m, part = task_span(task, o_parts, chunks, pix_chunk, groups, hw)
+        r0 = g * cout_g + part * rows
+        r1 = min((g + 1) * cout_g, r0 + rows)
+        if r1 > r0:
+            _blas.product_onto_bias(fn, r1 - r0, m, cin_g, w, r0 * cin_g, b, r0, x, (n * c_in + g * cin_g) * hw + p0,
+                                    hw, out, (n * c_out + r0) * hw + p0, hw)
