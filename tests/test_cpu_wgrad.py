@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cases import Case, at_each_thread_count, random_arrays
+from reference import conv2d_weight_reference
 
 import nbconv
-from cases import Case, at_each_thread_count, random_arrays
 from nbconv._spec import conv2d_spec
 from nbconv.cpu import _wgrad
-from reference import conv2d_weight_reference
 
 #: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
 pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
@@ -134,26 +134,3 @@ def test_an_all_nan_input_gives_the_reference_pattern():
         want = conv2d_weight_reference(x.astype(np.float64), w.shape, gy, **case.conv_args())
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
-
-
-@pytest.mark.parametrize("share", [0.5, 1.0])
-@pytest.mark.parametrize("case", [Case(3, 6, (11, 10), 9, (3, 2), (2, 1), (2, 1), (1, 2), 3),
-                                  Case(2, 4, (7, 7), 4, (3, 3), 1, 1, 1, 4)], ids=str)
-def test_many_non_finite_pixels_by_products_match_the_loop(case, share):
-    """Above ``DENSE_FIXUP_FRACTION`` the pixels' terms are matrix products: the same inf / NaN
-    pattern and the same finite values as the pixel-by-pixel loop."""
-    from nbconv.cpu import _launch
-
-    rng = np.random.default_rng(6)
-    x, w, _ = random_arrays(case, np.float32)
-    spec = conv2d_spec(x, w, None, **case.conv_args())
-    gy = rng.standard_normal(spec.output_shape).astype(np.float32)
-    bad = rng.random(x.shape) < share
-    x[bad] = rng.choice(np.array([np.inf, -np.inf, np.nan], np.float32), size=int(bad.sum()))
-    base = rng.standard_normal(w.shape).astype(np.float32)
-    want, got = base.copy(), base.copy()
-    with np.errstate(invalid="ignore", over="ignore"):
-        _pixel_terms_by_loop(want, np.argwhere(bad), x, gy, spec)
-        _launch._add_nonfinite_terms_by_products(got, np.where(bad, x, np.float32(0)), gy, spec)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-    np.testing.assert_array_equal(got[~np.isnan(want)], want[~np.isnan(want)])

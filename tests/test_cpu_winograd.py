@@ -156,6 +156,24 @@ def test_non_finite_pixel_spoils_only_its_outputs():
     np.testing.assert_allclose(got[~bad], nbconv.conv2d(finite, w, b, **case.conv_args())[~bad], rtol=1e-12)
 
 
+@pytest.mark.parametrize("fill", [np.nan, np.inf, "mixed"], ids=str)
+def test_a_diverged_input_takes_the_kinds_of_its_sums(monkeypatch, fill):
+    """Every input pixel non-finite (a diverged step): the outputs take the kinds
+    ``_nonfinite`` finds, without the direct kernel, and are the reference's."""
+    from nbconv.cpu import _launch
+
+    case = WINOGRAD_CASES[0]  # a geometry compiled already (CI time)
+    x, w, b = random_arrays(case, np.float64)
+    x[...] = fill if fill != "mixed" else np.random.default_rng(2).choice([np.nan, np.inf, -np.inf], x.shape)
+    w[0, 0, 1, 1] = 0.0  # 0 x inf is NaN
+    monkeypatch.setattr(_launch, "direct_forward_kernel", lambda spec: pytest.fail("the direct kernel ran"))
+    got = nbconv.conv2d(x, w, b, **case.conv_args())
+    with np.errstate(invalid="ignore"):
+        want = conv2d_reference(x, w, b, **case.conv_args())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
+
+
 def test_overflow_in_the_transform_falls_back():
     """Pixels near the largest float32 overflow in the input transform (a row of |B^T| (x) |B^T|
     sums to up to 15^2 = 225 for F(3x3, 5x5)) where the direct sums, with small weights, stay

@@ -152,6 +152,25 @@ def test_non_finite_values_fall_back_to_the_direct_sums(monkeypatch, where):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("fill", [np.nan, np.inf, "half"], ids=str)
+def test_a_diverged_input_takes_the_kinds_of_its_sums(monkeypatch, fill):
+    """Every (or every other) input pixel non-finite: the Winograd sums' non-finite weights take
+    the kinds ``_nonfinite`` finds, without the direct kernels, and equal the direct sums."""
+    from nbconv.cpu import _launch
+
+    case = CASES[0]
+    x, w, gy, _ = _problem(case, np.float64)
+    if fill == "half":
+        x[:, :, ::2] = np.inf
+        x[:, :, 1::4] = -np.inf
+    else:
+        x[...] = fill
+    want = _direct(monkeypatch, lambda: nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args()))
+    monkeypatch.setattr(_launch, "_weight_grad_kernel", lambda *a: pytest.fail("the direct kernels ran"))
+    got = nbconv.grad.conv2d_weight(x, w.shape, gy, **case.conv_args())
+    np.testing.assert_array_equal(got, want)
+
+
 def test_overflow_in_the_transforms_falls_back(monkeypatch):
     """Values near the largest float32 overflow in the transforms where the direct sums, with a
     small gradient, stay finite."""

@@ -16,6 +16,7 @@ from . import (
     _flat,
     _grouped,
     _im2col,
+    _nonfinite,
     _outer,
     _pointwise,
     _rowblock,
@@ -206,7 +207,7 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
         # A tile's transform mixes its pixels (and could overflow where the direct sums do not):
         # a non-finite result is computed again by the direct kernels, whose non-finite outputs
         # are exactly those the sums make. (The check: 0.1 ms on alexnet_g2 at batch 8.)
-        if np.isfinite(dest).all():
+        if np.isfinite(dest).all() or _explain_nonfinite_forward(x, w, b, dest, spec):
             kernel = None
         else:
             kernel = direct_forward_kernel(spec)
@@ -215,6 +216,21 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     if dest is not target:
         target[...] = dest
     return out
+
+
+def _explain_nonfinite_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, dest: np.ndarray, spec) -> bool:
+    """Makes ``dest``, a Winograd result with non-finite values, exact where the input has many
+    non-finite pixels (a diverged step): each result with a non-finite term takes the kind
+    ``_nonfinite`` finds (its finite results are the Winograd ones). False (``dest`` to be
+    computed again by a direct kernel) where that does not apply (infinities with a non-finite
+    weight or bias) or a non-finite result has no non-finite term (an overflow in a tile's
+    transform)."""
+    kinds = _nonfinite.classify(x)
+    if kinds.nonfinite <= DENSE_FIXUP_FRACTION * x.size:
+        return False  # a few pixels: their tiles' other outputs need the direct sums anyway
+    if kinds.infinite and not (_nonfinite.all_finite(w) and _nonfinite.all_finite(b)):
+        return False
+    return _nonfinite.apply_kinds(dest, _nonfinite.forward_kinds(kinds, w, spec)) == 0
 
 
 def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -228,7 +244,7 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
         # a tile's transforms mix its values (and could overflow where the direct sums do not): a
         # non-finite result is computed again by the direct kernels below
         if not np.isfinite(dest).all():
-            _packed_layout_weight_grad(spec, x, gy, dest)
+            _exact_nonfinite_weight_grad(spec, x, gy, dest, direct=False)
     elif narrow and _flat.applies_weight_grad(spec):
         # the padding's zeros are the masked lanes: the reference's terms, 0 x inf included
         _flat.flat_weight_grad(x, gy, dest, spec)
@@ -248,44 +264,44 @@ def _packed_layout_weight_grad(spec, x: np.ndarray, gy: np.ndarray, dest: np.nda
     # Their dot products also pair input pixels with the zeros of dropped columns and seam rows:
     # 0 * inf would make NaN where the true sum is finite. A non-finite term makes its sum
     # non-finite (inf and NaN are sticky), so a finite result read no non-finite pixel and is
-    # exact; only otherwise are the non-finite pixels found (a pass over the input: 0.9 ms of
-    # resnext_g32_s2's 4.1 ms at batch 8, so not done up front), zeroed for the kernel, and their
-    # own terms added exactly.
+    # exact; only otherwise is the input scanned (a pass over it: 0.9 ms of resnext_g32_s2's
+    # 4.1 ms at batch 8, so not done up front).
     _weight_grad_kernel(spec, x, gy, dest)
-    if np.isfinite(dest).all():
+    if not np.isfinite(dest).all():
+        _exact_nonfinite_weight_grad(spec, x, gy, dest, direct=True)
+
+
+def _exact_nonfinite_weight_grad(spec, x: np.ndarray, gy: np.ndarray, dest: np.ndarray, direct: bool) -> None:
+    """Makes ``dest`` exact, a weight gradient with non-finite sums from the kernels on
+    ``_packed``'s layout (``direct``) or from Winograd's (whose tiles mix their values)."""
+    kinds = _nonfinite.classify(x)
+    if not kinds.nonfinite:  # the sums overflowed, or the gradient holds inf / NaN: the direct sums are exact
+        if not direct:
+            _weight_grad_kernel(spec, x, gy, dest)
         return
-    nonfinite = ~np.isfinite(x)
-    if not nonfinite.any():
-        return  # the sums themselves overflowed, or the gradient holds inf / NaN
-    _weight_grad_kernel(spec, np.where(nonfinite, np.zeros((), x.dtype), x), gy, dest)
+    if kinds.nonfinite > DENSE_FIXUP_FRACTION * x.size and (not kinds.infinite or _nonfinite.all_finite(gy)):
+        # many non-finite pixels (a diverged step): the kinds of the sums with a non-finite term
+        # decide them (a NaN pixel's terms are NaN whatever the gradient); the finite sums of the
+        # fast kernel stay
+        result_kinds = _nonfinite.weight_grad_kinds(kinds, gy, spec)
+        if _nonfinite.apply_kinds(dest, result_kinds) == 0:
+            return
+        # some sums are non-finite without a non-finite term (zeros of dropped columns met an
+        # inf, or an overflow): the finite terms' exact sums, then the kinds again
+        _weight_grad_kernel(spec, np.where(kinds.kinds != 0, np.zeros((), x.dtype), x), gy, dest)
+        _nonfinite.apply_kinds(dest, result_kinds)
+        return
+    # a few non-finite pixels: zeroed for the kernel, their own terms added exactly
+    _weight_grad_kernel(spec, np.where(kinds.kinds != 0, np.zeros((), x.dtype), x), gy, dest)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN here as in the sums
-        if nonfinite.mean() > DENSE_FIXUP_FRACTION and np.isfinite(gy).all():
-            _add_nonfinite_terms_by_products(dest, np.where(nonfinite, x, np.zeros((), x.dtype)), gy, spec)
-        else:
-            _add_pixel_terms(dest, np.argwhere(nonfinite), x, gy, spec)
+        _add_pixel_terms(dest, np.argwhere(kinds.kinds), x, gy, spec)
 
 
-#: Above this share of non-finite input pixels their terms are added as matrix products (BLAS)
-#: rather than pixel by pixel: an all-NaN input (a diverged step) then costs a few times a finite
-#: call instead of a hundred.
+#: Above this share of non-finite input pixels, the kinds of the results (``_nonfinite``) decide
+#: them, rather than a direct kernel (forward) or terms added pixel by pixel (weight gradient):
+#: an all-NaN or all-inf input (a diverged step) then costs a pass over it, not another
+#: convolution.
 DENSE_FIXUP_FRACTION = 0.02
-
-
-def _add_nonfinite_terms_by_products(dw: np.ndarray, x_nf: np.ndarray, gy: np.ndarray, spec) -> None:
-    """dw += the weight gradient of ``x_nf``, the input with its finite pixels zeroed, for a
-    finite ``gy``: every term is then exactly 0 or non-finite, so any summation order (a BLAS
-    product per tap and group) gives the reference's sum: 0, or its inf / NaN."""
-    (sh, sw), (dh, dwl), (kh_n, kw_n), (oh, ow) = spec.stride, spec.dilation, spec.kernel_size, spec.out_size
-    pt, pb, pl, pr = spec.padding
-    g, cin_g, cout_g = spec.groups, spec.in_per_group, spec.out_per_group
-    # channels first, so that each tap's (group, channel, image x pixel) matrix is one strided copy
-    xp = np.pad(x_nf.transpose(1, 0, 2, 3), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    a = np.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(g, cout_g, -1)
-    for kh in range(kh_n):
-        for kw in range(kw_n):
-            tap = xp[:, :, kh * dh: kh * dh + (oh - 1) * sh + 1: sh, kw * dwl: kw * dwl + (ow - 1) * sw + 1: sw]
-            b = np.ascontiguousarray(tap).reshape(g, cin_g, -1)
-            dw[:, :, kh, kw] += np.matmul(a, b.transpose(0, 2, 1)).reshape(spec.out_channels, cin_g)
 
 
 def _weight_grad_kernel(spec, x: np.ndarray, gy: np.ndarray, dest: np.ndarray) -> None:
