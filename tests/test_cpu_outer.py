@@ -362,7 +362,9 @@ def test_outer_weight_grad(case, dtype, slices, direct):
     with every term (``direct=False``, the way back from a non-finite total)."""
     x, w, _ = random_arrays(case, dtype)
     spec = conv2d_spec(x, w, None, **case.conv_args())
-    assert _outer.applies_weight_grad(spec)
+    # the kernel's own conditions (the launcher takes it only where the target's registers hold
+    # a block's sums: not for 3x3 with AVX2)
+    assert _outer.applies(spec) and _outer.group_pack(spec) == 1
     gy = np.random.default_rng(1).standard_normal(spec.output_shape).astype(dtype)
     dw = np.full(w.shape, np.nan, dtype)
     _outer.outer_weight_grad(x, gy, dw, spec, slices, direct)
@@ -396,10 +398,21 @@ def test_weight_grad_block_choice():
     def block(cin_g, cout_g, k, dtype=np.float32):
         x = np.zeros((1, cin_g, 9, 9), dtype)
         return _outer.weight_grad_block(conv2d_spec(x, np.zeros((cout_g, cin_g, k, k), dtype), None, 1, 1, 1, 1))
-    assert block(16, 16, 3) == (2, 1)  # 18 sums: 3 channels do not divide 16
-    assert block(64, 64, 1) == (4, 4)  # 16 sums
-    assert block(48, 128, 5) == (1, 1)  # 25 sums
-    assert block(16, 16, 3, np.float64) == (1, 2)
+    cases = [(16, 16, 3), (64, 64, 1), (48, 128, 5), (16, 16, 3, np.float64)]
+    want = {
+        # AVX-512: 18 sums (3 channels do not divide 16); 16 sums; 25 sums; two 8-lane vectors
+        28: [(2, 1), (4, 4), (1, 1), (1, 2)],
+        # AVX2: the 1x1 block's 4 vectors; one channel vector where not even 9 sums fit
+        6: [(1, 1), (1, 4), (1, 1), (1, 1)],
+    }
+    budget = _outer.block_sums()
+    got = [block(*c) for c in cases]
+    for (cin_g, cout_g, k, *_), (n_c, n_vec) in zip(cases, got):
+        assert cin_g % n_c == 0 and n_c * n_vec * k * k <= max(budget, k * k)
+    if budget in want:
+        assert got == want[budget]
+    assert _outer.applies_weight_grad(conv2d_spec(np.zeros((1, 16, 9, 9), np.float32),
+                                                  np.zeros((16, 16, 3, 3), np.float32), None, 1, 1, 1, 1)) == (budget >= 9)
 
 
 def test_weight_grad_through_the_launcher_with_an_inf_pixel(monkeypatch):
@@ -408,6 +421,7 @@ def test_weight_grad_through_the_launcher_with_an_inf_pixel(monkeypatch):
     calls = []
     real = _outer.outer_weight_grad
     monkeypatch.setattr(_outer, "outer_weight_grad", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(_outer, "block_sums", lambda: _outer.SUM_BUDGET)  # the launcher takes 3x3 on any target
     case = Case(3, 32, (7, 7), 32, (3, 3), 1, 1, 1, 2)
     x, w, _ = random_arrays(case, np.float64)
     gy = np.random.default_rng(1).standard_normal(nbconv.conv2d(x, w, None, **case.conv_args()).shape)

@@ -78,9 +78,11 @@ def test_pass_choice():
         ob, split = _wgrad.choose_passes(s)
         assert sum(split) == s.kernel_size[0] * s.kernel_size[1]
         assert 1 <= ob <= min(_wgrad.MAX_OUT_BLOCK, s.out_per_group)
-        assert ob * max(split) <= _wgrad.SUM_BUDGET
+        assert ob * max(split) <= _wgrad.sum_budget()
     assert _wgrad.choose_passes(spec(32, 32, 3, 32)) == (1, (9,))  # depthwise: one output channel
-    assert _wgrad.choose_passes(spec(8, 8, 7, 8)) == (1, (25, 24))
+    # 49 taps in passes of at most 25 sums with AVX-512, 12 with AVX2
+    want = {25: (25, 24), 12: (10, 10, 10, 10, 9)}.get(_wgrad.sum_budget())
+    assert want is None or _wgrad.choose_passes(spec(8, 8, 7, 8)) == (1, want)
     assert _wgrad.choose_passes(spec(96, 256, 5, 2))[0] >= 2  # input loads shared by output channels
     assert _wgrad.applies(spec(8, 8, 7, 8)) and not _wgrad.applies(spec(8, 8, 9, 8))
 

@@ -294,11 +294,15 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
 
 def applies_weight_grad(spec) -> bool:
     """As :func:`applies` for whole vectors of outputs per group (no packed groups), with every
-    tap of one channel vector's sums in registers (``SUM_BUDGET`` taps at most: 5x5 kernels, not
-    7x7). One input channel per group (a channel multiplier of 16) too since the gradient is
-    gathered dense (``python docs/outer.py``: dw_mult16_28 0.14 ms against ``_wgrad``'s 0.21)."""
+    tap of one channel vector's sums in registers (:func:`block_sums` taps at most: 5x5 kernels,
+    not 7x7, with AVX-512; 1x1 only with AVX2, where a 3x3 kernel's 9 sums take 18 of the 16
+    registers and spill: on a 2-core Zen 3, ``_wgrad`` took 0.64-0.96x this kernel's time on
+    grouped 3x3 and 5x5 layers, 1.06x on dw_mult16_28: ``python docs/wgrad_budget.py``). One
+    input channel per group (a channel multiplier of 16) too since the
+    gradient is gathered dense (``python docs/outer.py``: dw_mult16_28 0.14 ms against
+    ``_wgrad``'s 0.21 with AVX-512)."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    return applies(spec) and group_pack(spec) == 1 and taps <= SUM_BUDGET
+    return applies(spec) and group_pack(spec) == 1 and taps <= block_sums()
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -307,10 +311,12 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 def weight_grad_block(spec) -> tuple[int, int]:
     """(input channels, output channel vectors) per block of sums: every tap of both, within
-    ``SUM_BUDGET`` sums, each a divisor of its count (no remainder blocks)."""
+    :func:`block_sums` sums (one of each where even one tap's do not fit), each a divisor of its
+    count (no remainder blocks)."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
-    n_vec = _largest_divisor(spec.out_per_group // _simd.lanes(spec.dtype), SUM_BUDGET // taps)
-    return _largest_divisor(spec.in_per_group, SUM_BUDGET // (taps * n_vec)), n_vec
+    budget = block_sums()
+    n_vec = _largest_divisor(spec.out_per_group // _simd.lanes(spec.dtype), budget // taps)
+    return _largest_divisor(spec.in_per_group, budget // (taps * n_vec)), n_vec
 
 
 def weight_grad_slices(spec, threads: int) -> int:

@@ -31,9 +31,11 @@ import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch
+from ._target import target
 
-#: Most vector sums one pass keeps in registers (AVX-512 has 32; a gradient vector and an input
-#: vector are live besides): a 5x5 kernel of one output channel fits in one pass.
+#: Most vector sums one pass keeps in registers with AVX-512 (32 registers; a gradient vector and
+#: an input vector are live besides): a 5x5 kernel of one output channel fits in one pass. Other
+#: targets: :func:`sum_budget`.
 SUM_BUDGET = 25
 #: Most output channels per pass.
 MAX_OUT_BLOCK = 4
@@ -45,6 +47,14 @@ ROUND = _packed.VECTOR_ROUND
 def applies(spec) -> bool:
     """At most ``_generated.MAX_TAPS`` taps (each pass unrolls its taps), at least one image."""
     return spec.batch > 0 and spec.kernel_size[0] * spec.kernel_size[1] <= _generated.MAX_TAPS
+
+
+def sum_budget() -> int:
+    """Vector sums one pass keeps in registers on the compile target: ``SUM_BUDGET`` with
+    AVX-512, 12 with AVX2's 16 registers (``python docs/wgrad_budget.py`` on a 2-core Zen 3:
+    25 sums spilled, 12 took effnet_dw5_28 from 3.13 to 2.67 ms and convnext_dw7 from 5.50 to
+    4.62 at batch 8, and changed no 3x3 layer by more than 6%)."""
+    return max(1, min(SUM_BUDGET, target().vector_registers - 4))
 
 
 def _pass_cost(ob: int, taps: int) -> float:
@@ -64,11 +74,13 @@ def _split(n_taps: int, per_pass: int) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=256)
 def choose_passes(spec) -> tuple[int, tuple[int, ...]]:
     """(output channels per pass ``OB``, tap counts of the passes): the least estimated cost per
-    output channel (:func:`_pass_cost`), with ``OB x T <= SUM_BUDGET``; ties go to fewer passes."""
+    output channel (:func:`_pass_cost`), with ``OB x T <=`` :func:`sum_budget`; ties go to fewer
+    passes."""
     n_taps = spec.kernel_size[0] * spec.kernel_size[1]
+    budget = sum_budget()
     best, best_cost = None, float("inf")
     for ob in range(1, min(MAX_OUT_BLOCK, spec.out_per_group) + 1):
-        split = _split(n_taps, max(1, SUM_BUDGET // ob))
+        split = _split(n_taps, max(1, budget // ob))
         cost = sum(_pass_cost(ob, t) for t in split) / ob + 1e-3 * len(split)
         if cost < best_cost:
             best, best_cost = (ob, split), cost
