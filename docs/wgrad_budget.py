@@ -72,7 +72,7 @@ def _wgrad_call(spec, x, gy, budget: int):
         _wgrad.choose_passes.cache_clear()
         _wgrad._module.cache_clear()
     ocs = _generated.channels_per_slice(spec.out_per_group, _wgrad.task_slices(spec, threads), ob)
-    scratch = np.zeros((threads, _packed.packed_geometry(spec, stack)[1]), np.float32)
+    scratch = np.zeros((threads, _packed.packed_geometry(spec, stack).scratch_elems), np.float32)
     gy_buf = np.empty((threads, ob * _wgrad._grad_pitch(spec, stack)), np.float32)
     tot = np.empty((threads, ocs * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
     dw = np.empty((spec.out_channels, spec.in_per_group) + spec.kernel_size, np.float32)

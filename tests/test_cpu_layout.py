@@ -75,8 +75,8 @@ def test_stack_choices(batch, hw, c, groups):
     for stack in (launch.choose_stack(spec), launch.choose_weight_stack(spec)):
         assert 1 <= stack <= batch
         assert stack & (stack - 1) == 0
-    geo = packed_geometry(spec)[0]
-    plane = geo[6] * geo[7]
+    geo = packed_geometry(spec).geometry
+    plane = geo.hc * geo.wc
     stack = launch.choose_weight_stack(spec)
     assert stack == 1 or spec.in_per_group * stack * plane <= launch.STACK_SCRATCH_ELEMS
 
@@ -161,7 +161,8 @@ def test_shared_padding_pitch():
     def geo(hw, k, stride, padding, dilation=1):
         x = np.zeros((1, 2, *hw), np.float32)
         spec = conv2d_spec(x, np.zeros((2, 1, k, k), np.float32), None, stride, padding, dilation, 2)
-        return packed_geometry(spec)[0][6:8]
+        geo = packed_geometry(spec).geometry
+        return geo.hc, geo.wc
     assert geo((14, 14), 3, 1, 1) == (15, 15)
     assert geo((14, 9), 5, 1, 2) == (16, 11)
     assert geo((14, 14), 3, 1, (0, 2)) == (14, 16)  # zero padding above: no sharing needed below

@@ -147,7 +147,7 @@ def choose_block(spec) -> tuple[int, int]:
     load and store per input channel, plus the distinct input vectors the rows read) among the
     blocks that fit ``REGISTER_BUDGET``; 1 x 4 when none does (kernels of more than 27 taps)."""
     taps = [int(t) for t in _packed.packed_tables(spec, 1)[2].ravel()]
-    wc = _packed.packed_geometry(spec, 1)[0][7]
+    wc = _packed.packed_geometry(spec, 1).geometry.wc
     best, best_score = (1, min(4, spec.out_size[0])), -1.0
     for ob in range(1, min(MAX_OUT_BLOCK, spec.out_per_group) + 1):
         for rows in range(1, min(MAX_ROW_BLOCK, spec.out_size[0]) + 1):
@@ -165,7 +165,7 @@ def _blocking(spec, stack: int) -> tuple[int, int, int]:
     planes (the seam rows and the rows past the last image are computed and dropped), rows of
     whole vectors cover the output width."""
     oh, ow = spec.out_size
-    hc = _packed.packed_geometry(spec, stack)[0][6]
+    hc = _packed.packed_geometry(spec, stack).geometry.hc
     rows = choose_block(spec)[1]
     return rows, -(-((stack - 1) * hc + oh) // rows), -(-ow // LANES) * LANES
 
@@ -174,7 +174,7 @@ def module_source(spec, slices: int, stack: int) -> str:
     """The generated module for ``spec``: ``slices`` output-channel slices per group, stacks of
     ``stack`` images."""
     geo, _, _ = _packed.packed_geometry(spec, stack)
-    sh, sw, hc, wc = geo[0], geo[1], geo[6], geo[7]
+    hc, wc = geo.hc, geo.wc
     taps = tuple(int(t) for t in _packed.packed_tables(spec, stack)[2].ravel())
     (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
     rows, n_blocks, pw = _blocking(spec, stack)
@@ -193,7 +193,7 @@ def module_source(spec, slices: int, stack: int) -> str:
             lines += _unpack_source(f"_unpack{suffix}", n_oc, n_blocks * rows * pw, pw, oh, ow)
     fmt = dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=cin_g, cout_g=cout_g,
                slices=slices, stack=stack, ocs=ocs, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, w_oc=w_oc, hc=hc, pw=pw,
-               n_taps=len(taps), chan=sh * sw * stack * hc * wc, img=hc * wc,
+               n_taps=len(taps), chan=geo.channel_elems, img=hc * wc,
                in_plane=spec.in_size[0] * spec.in_size[1])
     remainder = _REMAINDER.format(**fmt) if ob_rem else "                pass"
     return "\n".join(lines) + "\n" + _DRIVER.format(remainder=remainder, **fmt)
@@ -216,7 +216,7 @@ def grouped_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray
     geo, scratch_elems, _ = _packed.packed_geometry(spec, stack)
     rows, n_blocks, pw = _blocking(spec, stack)
     # slack: the dropped rows and columns of the last channel read past its planes
-    slack = (n_blocks * rows - (stack - 1) * geo[6] - spec.out_size[0] + 1) * geo[7] + pw
+    slack = (n_blocks * rows - (stack - 1) * geo.hc - spec.out_size[0] + 1) * geo.wc + pw
     scratch, acc = _scratch.reused(("grouped", spec, stack, threads), lambda: (
         np.zeros((threads, scratch_elems + slack), x.dtype),
         np.empty((threads, choose_block(spec)[0] * n_blocks * rows * pw), x.dtype)))

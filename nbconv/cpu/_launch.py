@@ -63,10 +63,10 @@ def _stack_limit(spec, target_elems: int, phases: bool = False) -> int:
     """Images per stack so that one channel's stacked planes (one phase plane, or all of them
     with ``phases``) hold about ``target_elems`` and the whole scratch (all channels of a group,
     all phases) stays within ``STACK_SCRATCH_ELEMS``."""
-    geo, _, _ = packed_geometry(spec)
-    plane = geo[6] * geo[7]  # Hc x Wc of one image and phase
-    per_image = spec.in_per_group * geo[0] * geo[1] * plane
-    target_plane = plane * (geo[0] * geo[1] if phases else 1)
+    geo = packed_geometry(spec).geometry
+    plane = geo.hc * geo.wc  # one image and phase
+    per_image = spec.in_per_group * geo.sh * geo.sw * plane
+    target_plane = plane * (geo.sh * geo.sw if phases else 1)
     return max(1, min(spec.batch, target_elems // target_plane, STACK_SCRATCH_ELEMS // per_image))
 
 

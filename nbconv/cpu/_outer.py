@@ -67,7 +67,7 @@ def applies(spec) -> bool:
     pack = group_pack(spec)
     if spec.batch == 0 or not pack or taps > _generated.MAX_TAPS:
         return False
-    return _packed.packed_geometry(spec, 1)[1] * pack <= MAX_SCRATCH_ELEMS
+    return _packed.packed_geometry(spec, 1).scratch_elems * pack <= MAX_SCRATCH_ELEMS
 
 
 def block_sums() -> int:
@@ -146,9 +146,8 @@ def forward(x, wv, b, out, scratch):
 
 def _packed_layout(spec) -> tuple[tuple[int, ...], int, int]:
     """(tap offsets, row pitch, elements per input channel) of one image's packed planes."""
-    geo, _, _ = _packed.packed_geometry(spec, 1)
-    sh, sw, hc, wc = geo[0], geo[1], geo[6], geo[7]
-    return tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel()), wc, sh * sw * hc * wc
+    geo = _packed.packed_geometry(spec, 1).geometry
+    return tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel()), geo.wc, geo.channel_elems
 
 
 def _sizes(spec, taps) -> dict:

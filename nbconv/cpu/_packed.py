@@ -19,6 +19,7 @@ channels of a group go through one pass together, sharing every input load.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -219,9 +220,42 @@ def _shared_pitch(data: int, before: int, read: int, out: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def packed_geometry(spec, stack: int = 1) -> tuple:
-    """(geo tuple, scratch elements per thread, accumulator elements per thread) for stacks of
-    ``stack`` images."""
+class PackedGeometry(NamedTuple):
+    """The packed layout of one geometry: strides, near paddings (top, left) and dilations; the
+    rows and columns of one phase plane (``hc`` x ``wc``, ``wc`` the row pitch); rows per segment
+    of the forward's vector loops; input dilations; images per stack. The kernels take it as a
+    plain tuple in this order."""
+
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    dh: int
+    dw: int
+    hc: int
+    wc: int
+    seg_rows: int
+    lh: int
+    lw: int
+    stack: int
+
+    @property
+    def channel_elems(self) -> int:
+        """Elements of one input channel's phase planes (all phases, the whole stack)."""
+        return self.sh * self.sw * self.stack * self.hc * self.wc
+
+
+class Packing(NamedTuple):
+    """A geometry's packed layout and the per-thread elements it needs."""
+
+    geometry: PackedGeometry
+    scratch_elems: int
+    acc_elems: int
+
+
+def packed_geometry(spec, stack: int = 1) -> Packing:
+    """The packed layout for stacks of ``stack`` images, and the scratch and accumulator elements
+    per thread it takes."""
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
     pt, pb, pl, pr = spec.padding
     (kh, kw), (oh, ow), (lh, lw) = spec.kernel_size, spec.out_size, spec.lhs_dilation
@@ -239,7 +273,7 @@ def packed_geometry(spec, stack: int = 1) -> tuple:
     acc_elems = -(-((seg_rows - 1) * wc + ow) // VECTOR_ROUND) * VECTOR_ROUND
     # slack: the dropped elements of a segment read up to one row plus VECTOR_ROUND past the last plane
     scratch_elems = spec.in_per_group * sh * sw * stack * hc * wc + (overflow + 1) * wc + VECTOR_ROUND
-    return (sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack), scratch_elems, acc_elems
+    return Packing(PackedGeometry(sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack), scratch_elems, acc_elems)
 
 
 @functools.lru_cache(maxsize=256)
@@ -252,7 +286,8 @@ def packed_tables(spec, stack: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndar
     The layout separates rows and columns, and tap (0, 0) sits at 0, so ``tap_off[kh, 0]`` is
     kernel row kh's offset and ``tap_off[0, kw]`` column kw's.
     """
-    (sh, sw, pt, pl, dh, dw, hc, wc, _, lh, lw, _), _, _ = packed_geometry(spec, stack)
+    geo = packed_geometry(spec, stack).geometry
+    sh, sw, pt, pl, dh, dw, hc, wc, lh, lw = geo.sh, geo.sw, geo.pt, geo.pl, geo.dh, geo.dw, geo.hc, geo.wc, geo.lh, geo.lw
     plane = stack * hc * wc
     in_h, in_w = spec.in_size
     row_dst = np.full(in_h, -1, np.int64)
@@ -290,8 +325,7 @@ def tap_passes(spec, stack: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
     cols = tuple(int(c) for c in packed_tables(spec, stack)[2][0])  # the columns' offsets
     kw = len(cols)
     if 2 * kw <= MAX_PASS_TAPS and spec.in_per_group % 2 == 0:
-        (sh, sw, _, _, _, _, hc, wc, _, _, _, _), _, _ = packed_geometry(spec, stack)
-        chan = sh * sw * stack * hc * wc
+        chan = packed_geometry(spec, stack).geometry.channel_elems
         k_n = spec.kernel_size[0] * kw
         return cols + tuple(chan + c for c in cols), tuple(range(kw)) + tuple(k_n + t for t in range(kw))
     return cols, tuple(range(kw))
@@ -305,7 +339,7 @@ def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     threads = numba.get_num_threads()
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     acc = np.empty((threads, 4, acc_elems), x.dtype)  # four output channels' accumulators
-    _forward_packed(x, w, b, out, scratch, acc, geo, packed_tables(spec, stack), *tap_passes(spec, stack),
+    _forward_packed(x, w, b, out, scratch, acc, tuple(geo), packed_tables(spec, stack), *tap_passes(spec, stack),
                     spec.groups, oc_block)
 
 
@@ -353,7 +387,7 @@ def _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, tot_buf, geo, tables, gr
     """dw_out (C_out, C_in/groups, kH, kW) = sum over n, oy, ox of gy[n, o, oy, ox] * x_tap.
 
     One task per (group, block of output channels) walks the images in order, in stacks of
-    ``geo[-1]`` images packed like the forward kernel's. The output gradient planes of a stack
+    ``stack`` (the last of ``geo``) images packed like the forward kernel's. The output gradient planes of a stack
     are laid out the same way (pitch Wc, zeros past the last column, in the seam rows and at the
     end), so that every tap is one contiguous dot product with the packed input: three taps of
     four output channels per pass. Every weight element is summed by one task, per stack in the
@@ -436,12 +470,11 @@ def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, 
     packed in stacks of ``stack``."""
     geo, scratch_elems, _ = packed_geometry(spec, stack)
     threads = numba.get_num_threads()
-    hc, wc = geo[6], geo[7]
-    n_el = -(-((stack - 1) * hc + spec.out_size[0]) * wc // VECTOR_ROUND) * VECTOR_ROUND
+    n_el = -(-((stack - 1) * geo.hc + spec.out_size[0]) * geo.wc // VECTOR_ROUND) * VECTOR_ROUND
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     gy_buf = np.empty((threads, 4, n_el), x.dtype)  # four output channels' gradient planes
     tot = np.empty((threads, oc_block * spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]), np.float64)
-    _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, tot, geo, packed_tables(spec, stack), spec.groups,
+    _weight_grad_packed(x, gy, dw_out, scratch, gy_buf, tot, tuple(geo), packed_tables(spec, stack), spec.groups,
                         oc_block, x.dtype.type(0))
 
 

@@ -137,7 +137,7 @@ def module_source(spec) -> str:
     """The whole generated module for ``spec``: header, pack, row kernels and parallel driver."""
     geo, _, _ = _packed.packed_geometry(spec, 1)
     taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
-    wc, ow, rows = int(geo[7]), spec.out_size[1], rows_per_pass(spec)
+    wc, ow, rows = geo.wc, spec.out_size[1], rows_per_pass(spec)
     passes = kernel_row_passes(*spec.kernel_size)
     indent = " " * 16
 

@@ -90,7 +90,7 @@ def choose_passes(spec) -> tuple[int, tuple[int, ...]]:
 def _grad_pitch(spec, stack: int) -> int:
     """Elements of one output channel's packed gradient planes (a stack of images)."""
     geo, _, _ = _packed.packed_geometry(spec, stack)
-    hc, wc = geo[6], geo[7]
+    hc, wc = geo.hc, geo.wc
     return -(-((stack - 1) * hc + spec.out_size[0]) * wc // ROUND) * ROUND
 
 
@@ -174,7 +174,7 @@ def weight_grad(x, gy, dw, scratch, gy_buf, tot_buf, ocs, zero):
 def module_source(spec, stack: int) -> str:
     """The generated module for ``spec`` (a forward spec) and stacks of ``stack`` images."""
     geo, _, _ = _packed.packed_geometry(spec, stack)
-    sh, sw, hc, wc = geo[0], geo[1], geo[6], geo[7]
+    hc, wc = geo.hc, geo.wc
     taps = tuple(int(t) for t in _packed.packed_tables(spec, stack)[2].ravel())
     (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
     ob, split = choose_passes(spec)
@@ -190,7 +190,7 @@ def module_source(spec, stack: int) -> str:
         lines += _dots_source("_dots_rem", ob_rem, split, taps, g_pitch, w_oc)
     fmt = dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=cin_g, cout_g=cout_g,
                stack=stack, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, hc=hc, wc=wc, round=ROUND, g_pitch=g_pitch,
-               w_oc=w_oc, n_taps=len(taps), chan=sh * sw * stack * hc * wc, img=hc * wc,
+               w_oc=w_oc, n_taps=len(taps), chan=geo.channel_elems, img=hc * wc,
                in_plane=spec.in_size[0] * spec.in_size[1])
     remainder = " " * 24 + ("_dots_rem(tot, t0 + ci * {n_taps}, gb, xs, ci * {chan}, n_el, zero)".format(**fmt)
                             if ob_rem else "pass")
