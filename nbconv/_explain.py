@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
 
+from ._divisors import divisors
 from ._spec import _int, _pair
 
 #: Groups listed one per line in ``str()``; more are elided in the middle (the fields hold all).
@@ -38,11 +39,6 @@ class ChannelMap(Mapping):
 
     def __repr__(self) -> str:
         return f"ChannelMap({dict(self)!r})" if self._n <= 8 else f"ChannelMap(<{self._n} output channels>)"
-
-
-def _divisors(n: int) -> list[int]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
 
 
 def _span(r: range) -> str:
@@ -210,7 +206,7 @@ def explain(in_channels: int, out_channels: int, groups: int = 1,
     for name, v in (("in_channels", c_in), ("out_channels", c_out), ("groups", g), ("kernel_size", min(kh, kw))):
         if v < 1:
             raise ValueError(f"{op}: {name} must be positive, got {v}")
-    allowed = tuple(_divisors(math.gcd(c_in, c_out)))
+    allowed = tuple(divisors(math.gcd(c_in, c_out)))
     below = [d for d in allowed if d <= g]
     above = [d for d in allowed if d >= g]
     nearest = tuple(sorted({below[-1]} | ({above[0]} if above else set())))

@@ -24,6 +24,7 @@ import math
 import numba
 import numpy as np
 
+from .._divisors import largest_divisor
 from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
 from ._target import target
@@ -304,18 +305,14 @@ def applies_weight_grad(spec) -> bool:
     return applies(spec) and group_pack(spec) == 1 and taps <= block_sums()
 
 
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
-
 def weight_grad_block(spec) -> tuple[int, int]:
     """(input channels, output channel vectors) per block of sums: every tap of both, within
     :func:`block_sums` sums (one of each where even one tap's do not fit), each a divisor of its
     count (no remainder blocks)."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
     budget = block_sums()
-    n_vec = _largest_divisor(spec.out_per_group // _simd.lanes(spec.dtype), budget // taps)
-    return _largest_divisor(spec.in_per_group, budget // (taps * n_vec)), n_vec
+    n_vec = largest_divisor(spec.out_per_group // _simd.lanes(spec.dtype), budget // taps)
+    return largest_divisor(spec.in_per_group, budget // (taps * n_vec)), n_vec
 
 
 def weight_grad_slices(spec, threads: int) -> int:

@@ -31,16 +31,20 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from .._divisors import largest_divisor
 from .._version import __version__
 from . import _generated, _scratch
 
 #: Outputs per tile side (m) for each kernel side (r), and the interpolation points of F(m, r)
-#: (plus the point at infinity). The points with halves keep the transforms' rounding lowest
-#: among those tried (``docs/winograd_error.py``).
+#: (plus the point at infinity), for the forward and for the weight gradient's F(r, 3)
+#: (``_winograd_wgrad``). The points with halves keep the transforms' rounding lowest among those
+#: tried (``docs/winograd_error.py``).
 TILE_FOR_KERNEL = {3: 4, 5: 3}
 POINTS = {
     (4, 3): (0, 1, -1, Fraction(1, 2), -2),
     (3, 5): (0, 1, -1, 2, Fraction(-1, 2), Fraction(1, 2)),
+    (5, 3): (0, 1, -1, 2, Fraction(-1, 2), Fraction(1, 2)),
+    (3, 3): (0, 1, -1, Fraction(1, 2)),
 }
 #: Fewest input and output channels per group, and fewest tiles per group (over the batch): below
 #: those the transforms (of the weight, for few tiles) cost more than the multiply-adds they save
@@ -170,13 +174,9 @@ def _separable_lines(src: str, dst: str, tmp: str, rows, cols, indent: str) -> l
     return lines
 
 
-def _divisor_at_most(n: int, most: int) -> int:
-    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
-
-
 def blocking(spec) -> tuple[int, int]:
     """(input channels per register block, output channels per block)."""
-    return _divisor_at_most(spec.in_per_group, MAX_KC), _divisor_at_most(spec.out_per_group, MAX_OUT_BLOCK)
+    return largest_divisor(spec.in_per_group, MAX_KC), largest_divisor(spec.out_per_group, MAX_OUT_BLOCK)
 
 
 _DRIVER = '''

@@ -25,21 +25,19 @@ times the direct sum's (``tests/test_cpu_winograd_wgrad.py`` bounds it).
 from __future__ import annotations
 
 import functools
-from fractions import Fraction
 
 import numpy as np
 
+from .._divisors import largest_divisor
 from .._version import __version__
-from . import _generated, _scratch, _simd
-from ._winograd import _inverse, _separable_lines, _vandermonde
+from . import _generated, _scratch, _simd, _winograd
+from ._winograd import _separable_lines
 
 #: Gradient tile side (m): F(r x r, 3 x 3) for r-tap kernels.
 TILE = 3
-#: Interpolation points (and the point at infinity) of F(r, TILE) per kernel side r.
-POINTS = {
-    5: (0, 1, -1, 2, Fraction(-1, 2), Fraction(1, 2)),
-    3: (0, 1, -1, Fraction(1, 2)),
-}
+#: Interpolation points (and the point at infinity) of F(r, TILE) per kernel side r (kept with
+#: the forward's in ``_winograd.POINTS``).
+POINTS = {r: _winograd.POINTS[(r, TILE)] for r in (5, 3)}
 #: Fewest input and output channels per group: below them the transforms cost more than the
 #: products save (against ``_outer`` at batch 8, 3x3: 16 -> 16 on 14x14 0.63x, 32 -> 32 on 28x28
 #: 0.78x and on 56x56 0.95x; 64 -> 64 on 14x14 1.25x, on 28x28 1.6x; alexnet_g2 1.6-2.3x).
@@ -52,18 +50,11 @@ MAX_TOTALS = 1 << 22
 MAX_BLOCK_CHANNELS, MAX_BLOCK_VECTORS = 6, 4
 
 
-@functools.cache
 def transform_matrices(r: int) -> tuple[tuple, tuple, tuple]:
-    """(A^T (r x t), G (t x TILE), B^T (t x t)) of F(r, TILE), exact (see
-    ``_winograd.transform_matrices``): the r outputs ``y[k] = sum_j g[j] d[j + k]`` of a length-t
+    """(A^T (r x t), G (t x TILE), B^T (t x t)) of F(r, TILE), exact (``_winograd``'s, with the
+    gradient tile as the kernel): the r outputs ``y[k] = sum_j g[j] d[j + k]`` of a length-t
     ``d`` and a length-TILE ``g`` are ``A^T ((G g) * (B^T d))``."""
-    t = r + TILE - 1
-    points = POINTS[r]
-    vm, vr, vt = _vandermonde(points, r), _vandermonde(points, TILE), _vandermonde(points, t)
-    vt_inv = _inverse(vt)
-    at = tuple(tuple(vm[k][i] for k in range(t)) for i in range(r))
-    bt = tuple(tuple(vt_inv[i][k] for i in range(t)) for k in range(t))
-    return at, tuple(tuple(row) for row in vr), bt
+    return _winograd.transform_matrices(r, TILE)
 
 
 def applies(spec) -> bool:
@@ -79,15 +70,11 @@ def applies(spec) -> bool:
     return positions * spec.in_per_group * spec.out_channels <= MAX_TOTALS
 
 
-def _divisor_at_most(n: int, most: int) -> int:
-    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
-
-
 def blocking(spec) -> tuple[int, int]:
     """(input channels, output channel vectors) per register block."""
     lanes = _simd.lanes(spec.dtype)
-    return (_divisor_at_most(spec.in_per_group, MAX_BLOCK_CHANNELS),
-            _divisor_at_most(spec.out_per_group // lanes, MAX_BLOCK_VECTORS))
+    return (largest_divisor(spec.in_per_group, MAX_BLOCK_CHANNELS),
+            largest_divisor(spec.out_per_group // lanes, MAX_BLOCK_VECTORS))
 
 
 def _tiles(spec) -> tuple[int, int]:
