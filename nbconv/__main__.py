@@ -92,7 +92,7 @@ def bench_dask(args: argparse.Namespace) -> int:
 
     batch = args.batch or (128 if args.quick else 1024)
     results = run_dask_bench(batch=batch, memory_limit=args.memory_limit)
-    print(f"\nnbconv bench --dask: nbconv.dask.conv2d, depthwise 3x3, float32, NumPy chunks")
+    print("\nnbconv bench --dask: nbconv.dask.conv2d, depthwise 3x3, float32, NumPy chunks")
     print(format_dask_table(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -61,8 +61,28 @@ def test_group_slices(slices):
     out = np.full(spec.output_shape, np.nan)
     _grouped.grouped_forward(x, w, b, out, spec, 1, slices)
     assert_conv_close(out, x, w, b, **case.conv_args())
-    # at most one per block (6 here), a power of two: 4 slices for 64 threads
-    assert _grouped.oc_slices(spec, 1, 1) == 2 and _grouped.oc_slices(spec, 64, 1) == 4
+    # at most one per block (6 here)
+    assert _grouped.oc_slices(spec, 1, 1) == 2 and _grouped.oc_slices(spec, 64, 1) == 6
+
+
+def test_one_module_for_every_batch():
+    """The launcher's stacks and slices for batches 1 to 9 all run in one generated module (its
+    source does not depend on the batch): a training loop's short last batch compiles nothing."""
+    from nbconv.cpu._launch import choose_stack
+
+    case = Case(1, 8, (7, 9), 8, (3, 3), 1, 1, 1, 2)
+    sources = set()
+    for n in (1, 2, 3, 5, 8, 9):
+        x, w, b = random_arrays(case._replace(n=n), np.float64, seed=n)
+        spec = conv2d_spec(x, w, b, **case.conv_args())
+        assert _grouped.applies(spec)
+        stack = choose_stack(spec)
+        assert stack <= _grouped.layout_stack(spec)
+        sources.add(_grouped.module_source(spec, max(stack, _grouped.layout_stack(spec))))
+        out = np.full(spec.output_shape, np.nan)
+        _grouped.grouped_forward(x, w, b, out, spec, stack)
+        assert_conv_close(out, x, w, b, **case.conv_args())
+    assert len(sources) == 1 and _grouped.layout_stack(spec) > 1
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])

@@ -13,7 +13,7 @@ import pytest
 from cases import CASES, Case, random_arrays
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv2d_weight_spec
 import nbconv.cpu._launch as launch
-from nbconv.cpu._packed import forward_packed, packed_geometry, weight_grad_packed
+from nbconv.cpu._packed import STACK_SCRATCH_ELEMS, forward_packed, packed_geometry, weight_grad_packed
 from reference import conv2d_input_reference, conv2d_reference, conv2d_weight_reference
 
 LAYOUT_CASES = [c._replace(n=5) for c in CASES] + [
@@ -67,18 +67,22 @@ def test_weight_grad_layouts(case, stack):
 @pytest.mark.parametrize("batch", [1, 2, 5, 9, 64])
 @pytest.mark.parametrize("hw, c, groups", [((7, 7), 8, 8), ((14, 14), 16, 4), ((56, 56), 8, 2), ((3, 3), 512, 1)])
 def test_stack_choices(batch, hw, c, groups):
-    """Stacks hold at least one image, at most the batch, are powers of two (a few generated
-    modules per layer whatever the batch), and keep the weight gradient's scratch within its cap."""
+    """Stacks hold at least one image, are powers of two (a few generated modules per layer
+    whatever the batch), the forward's at most the batch, the weight gradient's the same for
+    every batch (one module), and keep the weight gradient's scratch within its cap."""
     x = np.zeros((batch, c) + hw, np.float32)
     w = np.zeros((c, c // groups, 3, 3), np.float32)
     spec = conv2d_spec(x, w, None, padding=1, groups=groups)
     for stack in (launch.choose_stack(spec), launch.choose_weight_stack(spec)):
-        assert 1 <= stack <= batch
+        assert stack >= 1
         assert stack & (stack - 1) == 0
+    assert launch.choose_stack(spec) <= batch
+    one = conv2d_spec(x[:1], w, None, padding=1, groups=groups)
+    assert launch.choose_weight_stack(spec) == launch.choose_weight_stack(one)
     geo = packed_geometry(spec).geometry
     plane = geo.hc * geo.wc
     stack = launch.choose_weight_stack(spec)
-    assert stack == 1 or spec.in_per_group * stack * plane <= launch.STACK_SCRATCH_ELEMS
+    assert stack == 1 or spec.in_per_group * stack * plane <= STACK_SCRATCH_ELEMS
 
 
 def test_stacked_public_api_and_thread_independence():

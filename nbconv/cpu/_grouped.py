@@ -62,18 +62,26 @@ def oc_slices(spec, threads: int, n_stacks: int) -> int:
     """Slices of a group's output channels per task: 1 (the group's planes packed once) unless
     there are too few (stack, group) pairs to give every thread 4 tasks."""
     blocks = -(-spec.out_per_group // choose_block(spec)[0])
-    slices = max(1, min(blocks, -(-4 * threads // (n_stacks * spec.groups))))
-    return 1 << (slices.bit_length() - 1)  # a power of two: a few modules per layer whatever the batch
+    return max(1, min(blocks, -(-4 * threads // (n_stacks * spec.groups))))
+
+
+def layout_stack(spec) -> int:
+    """Images a stack of the generated module's packed layout holds: as many small images as
+    fill a segment (``_packed.stack_limit`` without the batch's bound), so that one module serves
+    every batch size (the launcher's stack for a batch, :func:`_packed.choose_stack`, is at most
+    this; a stack of fewer images computes only the rows they cover)."""
+    return _packed.stack_bucket(_packed.stack_limit(spec, _packed.SEGMENT_ELEMS, bound_by_batch=False))
 
 
 def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks: int, w_oc: int) -> list[str]:
-    """For every block j of ``rows`` rows: ``acc[k, j * rows + r, p] += sum_t w[w0 + k * w_oc + t]
-    * xs[x0 + taps[t] + (j * rows + r) * wc + p]`` for ``ob`` output channels k, p < pw. The
-    weights are loaded once per call, for all the blocks."""
+    """For the first ``blocks`` (at most ``n_blocks``) blocks j of ``rows`` rows:
+    ``acc[k, j * rows + r, p] += sum_t w[w0 + k * w_oc + t] * xs[x0 + taps[t] + (j * rows + r) * wc
+    + p]`` for ``ob`` output channels k, p < pw. The weights are loaded once per call, for all the
+    blocks."""
     plane = n_blocks * rows * pw  # one output channel's accumulator rows
-    lines = ["", "", "@njit_serial", f"def {name}(acc, xs, x0, w, w0):"]
+    lines = ["", "", "@njit_serial", f"def {name}(acc, xs, x0, w, w0, blocks):"]
     lines += [f"    k{k}_{t} = w[_U(w0 + {k * w_oc + t})]" for k in range(ob) for t in range(len(taps))]
-    lines += [f"    for j in range({n_blocks}):", f"        a0 = j * {rows * pw}", f"        x1 = x0 + j * {rows * wc}",
+    lines += ["    for j in range(blocks):", f"        a0 = j * {rows * pw}", f"        x1 = x0 + j * {rows * wc}",
               f"        for p in range({pw}):", "            q = x1 + p"]
     lines += [f"            s{k}_{r} = acc[_U(a0 + {k * plane + r * pw} + p)]" for k in range(ob) for r in range(rows)]
     lines += _generated.multiply_add_lines(taps, wc, rows, ob, " " * 12)
@@ -81,12 +89,13 @@ def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks
     return lines
 
 
-def _bias_source(name: str, ob: int, plane: int) -> list[str]:
-    """``acc[k * plane + i] = b[oc0 + k]``: the sums of a block start from the bias (one generated
-    pass function for every input channel, half the code to compile of a separate first pass)."""
-    return ["", "", "@njit_serial", f"def {name}(acc, b, oc0):",
+def _bias_source(name: str, ob: int, plane: int, block_elems: int) -> list[str]:
+    """``acc[k * plane + i] = b[oc0 + k]`` for the first ``blocks`` blocks (``block_elems`` each):
+    the sums of a block start from the bias (one generated pass function for every input channel,
+    half the code to compile of a separate first pass)."""
+    return ["", "", "@njit_serial", f"def {name}(acc, b, oc0, blocks):",
             f"    for k in range({ob}):", "        bias = b[oc0 + k]",
-            f"        for i in range({plane}):", f"            acc[_U(k * {plane} + i)] = bias"]
+            f"        for i in range(blocks * {block_elems}):", f"            acc[_U(k * {plane} + i)] = bias"]
 
 
 def _unpack_source(name: str, ob: int, plane: int, pw: int, oh: int, ow: int) -> list[str]:
@@ -100,33 +109,35 @@ def _unpack_source(name: str, ob: int, plane: int, pw: int, oh: int, ow: int) ->
 _DRIVER = '''
 
 @njit_parallel
-def forward(x, w, b, out, scratch, acc_buf):
+def forward(x, w, b, out, scratch, acc_buf, stack, slices, ocs):
     """out (N, {c_out}, {oh}, {ow}) = x (N, {c_in}, H, W) convolved with w ({c_out}, {cin_g}, kH, kW)
-    in {groups} groups, + b: tasks of (stack of {stack} images, group, slice of {ocs} output
-    channels); the images of a stack lie one above the other in each packed plane."""
+    in {groups} groups, + b: tasks of (stack of ``stack`` images, at most {stack}; group; slice of
+    ``ocs`` output channels, ``slices`` slices per group); the images of a stack lie one above the
+    other in each packed plane, and only the blocks of rows they cover are computed."""
     n_img = x.shape[0]
     x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
-    n_stacks = (n_img + {stack} - 1) // {stack}
-    for task in numba.prange(n_stacks * {groups} * {slices}):
+    n_stacks = (n_img + stack - 1) // stack
+    for task in numba.prange(n_stacks * {groups} * slices):
         tid = numba.get_thread_id()
         xs = scratch[tid]
         acc = acc_buf[tid]
-        sl = task % {slices}
-        g = (task // {slices}) % {groups}
-        n0 = task // ({slices} * {groups}) * {stack}
-        n_cnt = min({stack}, n_img - n0)
+        sl = task % slices
+        g = (task // slices) % {groups}
+        n0 = task // (slices * {groups}) * stack
+        n_cnt = min(stack, n_img - n0)
+        blocks = ((n_cnt - 1) * {hc} + {oh} + {rows} - 1) // {rows}
         for ci in range({cin_g}):
             for j in range(n_cnt):
                 _pack_plane(x_flat, ((n0 + j) * {c_in} + g * {cin_g} + ci) * {in_plane}, xs, ci * {chan} + j * {img})
-        oc = g * {cout_g} + sl * {ocs}
-        oc_hi = min(oc + {ocs}, (g + 1) * {cout_g})
+        oc = g * {cout_g} + sl * ocs
+        oc_hi = min(oc + ocs, (g + 1) * {cout_g})
         while oc < oc_hi:
             full = oc + {ob} <= oc_hi
             w0 = oc * {w_oc}
             if full:
-                _bias(acc, b, oc)
+                _bias(acc, b, oc, blocks)
                 for ci in range({cin_g}):
-                    _pass(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps})
+                    _pass(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, blocks)
                 for j in range(n_cnt):  # the seam rows between images are dropped
                     _unpack(out_flat, ((n0 + j) * {c_out} + oc) * {oh} * {ow}, acc, j * {hc} * {pw})
             else:
@@ -134,9 +145,9 @@ def forward(x, w, b, out, scratch, acc_buf):
             oc += {ob} if full else {ob_rem}
 '''
 
-_REMAINDER = '''                _bias_rem(acc, b, oc)
+_REMAINDER = '''                _bias_rem(acc, b, oc, blocks)
                 for ci in range({cin_g}):
-                    _pass_rem(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps})
+                    _pass_rem(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, blocks)
                 for j in range(n_cnt):
                     _unpack_rem(out_flat, ((n0 + j) * {c_out} + oc) * {oh} * {ow}, acc, j * {hc} * {pw})'''
 
@@ -170,29 +181,28 @@ def _blocking(spec, stack: int) -> tuple[int, int, int]:
     return rows, -(-((stack - 1) * hc + oh) // rows), -(-ow // LANES) * LANES
 
 
-def module_source(spec, slices: int, stack: int) -> str:
-    """The generated module for ``spec``: ``slices`` output-channel slices per group, stacks of
-    ``stack`` images."""
-    geo, _, _ = _packed.packed_geometry(spec, stack)
+def module_source(spec, stack: int) -> str:
+    """The generated module for ``spec`` (nothing of it depends on the batch) and a packed layout
+    of stacks of up to ``stack`` images."""
+    geo = _packed.packed_geometry(spec, stack).geometry
     hc, wc = geo.hc, geo.wc
     taps = tuple(int(t) for t in _packed.packed_tables(spec, stack)[2].ravel())
     (oh, ow), cin_g, cout_g = spec.out_size, spec.in_per_group, spec.out_per_group
     rows, n_blocks, pw = _blocking(spec, stack)
     ob = choose_block(spec)[0]
     ob_rem = cout_g % ob
-    ocs = _generated.channels_per_slice(cout_g, slices, ob)
     w_oc = cin_g * len(taps)
     what = (f"grouped conv, {cin_g} -> {cout_g} channels per group, taps {taps}, packed pitch {wc}, "
-            f"{ob} channels x {rows} rows per block, stacks of {stack}")
+            f"{ob} channels x {rows} rows per block, stacks of up to {stack}")
     lines = [_generated.HEADER.format(generator=__name__, version=__version__, what=what),
              _generated.pack_source(spec, stack)]
     for suffix, n_oc in (("", ob), ("_rem", ob_rem)):
         if n_oc:
-            lines += _bias_source(f"_bias{suffix}", n_oc, n_blocks * rows * pw)
+            lines += _bias_source(f"_bias{suffix}", n_oc, n_blocks * rows * pw, rows * pw)
             lines += _pass_source(f"_pass{suffix}", taps, wc, pw, n_oc, rows, n_blocks, w_oc)
             lines += _unpack_source(f"_unpack{suffix}", n_oc, n_blocks * rows * pw, pw, oh, ow)
     fmt = dict(c_in=spec.in_channels, c_out=spec.out_channels, groups=spec.groups, cin_g=cin_g, cout_g=cout_g,
-               slices=slices, stack=stack, ocs=ocs, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, w_oc=w_oc, hc=hc, pw=pw,
+               stack=stack, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, w_oc=w_oc, hc=hc, pw=pw, rows=rows,
                n_taps=len(taps), chan=geo.channel_elems, img=hc * wc,
                in_plane=spec.in_size[0] * spec.in_size[1])
     remainder = _REMAINDER.format(**fmt) if ob_rem else "                pass"
@@ -200,8 +210,8 @@ def module_source(spec, slices: int, stack: int) -> str:
 
 
 @functools.lru_cache(maxsize=128)
-def _module(spec, slices: int, stack: int):
-    return _generated.load(module_source(spec, slices, stack), "nbconv_grouped")
+def _module(spec, stack: int):
+    return _generated.load(module_source(spec, stack), "nbconv_grouped")
 
 
 def grouped_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, stack: int = 1,
@@ -209,15 +219,18 @@ def grouped_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray
     """``out`` = the convolution of ``spec`` (C-contiguous arrays, ``w`` in
     (C_out, C_in/groups, kH, kW); any stride, dilation or input dilation of the packed layout),
     in stacks of ``stack`` images (small planes: longer loops per weight load), each group's
-    output channels in ``slices`` tasks (default: :func:`oc_slices`)."""
+    output channels in ``slices`` tasks (default: :func:`oc_slices`). The module and its layout
+    (:func:`layout_stack`) are the same for every batch size and stack up to it."""
     threads = numba.get_num_threads()
+    layout = max(stack, layout_stack(spec))
     n_stacks = -(-spec.batch // stack)
     slices = oc_slices(spec, threads, n_stacks) if slices is None else slices
-    geo, scratch_elems, _ = _packed.packed_geometry(spec, stack)
-    rows, n_blocks, pw = _blocking(spec, stack)
+    ocs = _generated.channels_per_slice(spec.out_per_group, slices, choose_block(spec)[0])
+    geo, scratch_elems, _ = _packed.packed_geometry(spec, layout)
+    rows, n_blocks, pw = _blocking(spec, layout)
     # slack: the dropped rows and columns of the last channel read past its planes
-    slack = (n_blocks * rows - (stack - 1) * geo.hc - spec.out_size[0] + 1) * geo.wc + pw
-    scratch, acc = _scratch.reused(("grouped", spec, stack, threads), lambda: (
+    slack = (n_blocks * rows - (layout - 1) * geo.hc - spec.out_size[0] + 1) * geo.wc + pw
+    scratch, acc = _scratch.reused(("grouped", spec, layout, threads), lambda: (
         np.zeros((threads, scratch_elems + slack), x.dtype),
         np.empty((threads, choose_block(spec)[0] * n_blocks * rows * pw), x.dtype)))
-    _module(spec, slices, stack).forward(x, w, b, out, scratch, acc)
+    _module(spec, layout).forward(x, w, b, out, scratch, acc, stack, slices, ocs)

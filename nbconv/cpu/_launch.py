@@ -28,7 +28,8 @@ from ._packed import (
     SEGMENT_ELEMS,
     bias_grad,
     forward_packed,
-    packed_geometry,
+    stack_bucket,
+    stack_limit,
     weight_grad_packed,
 )
 
@@ -47,40 +48,17 @@ def choose_oc_block(batch: int, groups: int, out_per_group: int, threads: int) -
     return max(1, -(-out_per_group // min(slices, out_per_group)))
 
 
-#: Most scratch elements per thread that stacking images may take (1 MiB of float32).
-STACK_SCRATCH_ELEMS = 1 << 18
-
-
-def _bucket(stack: int) -> int:
-    """The largest power of two up to ``stack``. The kernels generated for stacks are generated
-    per stack (not per batch): a power of two, with a shorter last stack where the batch is not
-    a multiple, keeps the modules of a layer to a few whatever the batch (a training loop's short
-    last batch takes one of them)."""
-    return 1 << (max(1, stack).bit_length() - 1)
-
-
-def _stack_limit(spec, target_elems: int, phases: bool = False) -> int:
-    """Images per stack so that one channel's stacked planes (one phase plane, or all of them
-    with ``phases``) hold about ``target_elems`` and the whole scratch (all channels of a group,
-    all phases) stays within ``STACK_SCRATCH_ELEMS``."""
-    geo = packed_geometry(spec).geometry
-    plane = geo.hc * geo.wc  # one image and phase
-    per_image = spec.in_per_group * geo.sh * geo.sw * plane
-    target_plane = plane * (geo.sh * geo.sw if phases else 1)
-    return max(1, min(spec.batch, target_elems // target_plane, STACK_SCRATCH_ELEMS // per_image))
-
-
 def choose_stack(spec) -> int:
     """Images per forward task: enough small images stacked to fill a segment
     (``SEGMENT_ELEMS``) with one vector loop, but never so many that fewer than 4 tasks per
     thread remain."""
     if spec.batch == 0:
         return 1
-    stack = _stack_limit(spec, SEGMENT_ELEMS)
+    stack = stack_limit(spec, SEGMENT_ELEMS)
     threads = numba.get_num_threads()
     while stack > 1 and -(-spec.batch // stack) * spec.groups < 4 * threads:
         stack -= 1
-    return _bucket(stack)
+    return stack_bucket(stack)
 
 
 def choose_weight_stack(spec) -> int:
@@ -88,10 +66,11 @@ def choose_weight_stack(spec) -> int:
     them costs no parallelism, only scratch (bounded by ``STACK_SCRATCH_ELEMS``). Every tap's dot
     product reads one input channel's planes, all phases of them at a stride: those are kept
     about L1-sized (resnext_g32_s2 at batch 8: stacks of 2 took 2.4 ms, of 8 3.0 ms, caches
-    flushed before each call)."""
+    flushed before each call). Not bounded by the batch: a smaller batch is one short stack, in
+    the same generated module (``_wgrad``'s source holds the stack, not the batch)."""
     if spec.batch == 0:
         return 1
-    return _bucket(_stack_limit(spec, 4 * SEGMENT_ELEMS, phases=True))
+    return stack_bucket(stack_limit(spec, 4 * SEGMENT_ELEMS, phases=True, bound_by_batch=False))
 
 
 def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:

@@ -276,6 +276,31 @@ def packed_geometry(spec, stack: int = 1) -> Packing:
     return Packing(PackedGeometry(sh, sw, pt, pl, dh, dw, hc, wc, seg_rows, lh, lw, stack), scratch_elems, acc_elems)
 
 
+#: Most scratch elements per thread that stacking images may take (1 MiB of float32).
+STACK_SCRATCH_ELEMS = 1 << 18
+
+
+def stack_bucket(stack: int) -> int:
+    """The largest power of two up to ``stack``. The kernels generated for stacks are generated
+    per stack (not per batch): a power of two, with a shorter last stack where the batch is not
+    a multiple, keeps the modules of a layer to a few whatever the batch (a training loop's short
+    last batch takes one of them)."""
+    return 1 << (max(1, stack).bit_length() - 1)
+
+
+def stack_limit(spec, target_elems: int, phases: bool = False, bound_by_batch: bool = True) -> int:
+    """Images per stack so that one channel's stacked planes (one phase plane, or all of them
+    with ``phases``) hold about ``target_elems`` and the whole scratch (all channels of a group,
+    all phases) stays within ``STACK_SCRATCH_ELEMS``; at most the batch unless not
+    ``bound_by_batch``."""
+    geo = packed_geometry(spec).geometry
+    plane = geo.hc * geo.wc  # one image and phase
+    per_image = spec.in_per_group * geo.sh * geo.sw * plane
+    target_plane = plane * (geo.sh * geo.sw if phases else 1)
+    limit = min(target_elems // target_plane, STACK_SCRATCH_ELEMS // per_image)
+    return max(1, min(spec.batch, limit) if bound_by_batch else limit)
+
+
 @functools.lru_cache(maxsize=256)
 def packed_tables(spec, stack: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The index tables of the packed layout, built once per call from ``_phase_offset``:
