@@ -13,9 +13,11 @@ For each it prints the first pass (every layer's first call: compilation, loadin
 computation), the steady pass after it (the median of ``--repeat`` passes), and in the cold
 and new-size cases the first-call seconds summed per kernel
 (``nbconv.cpu._launch.forward_kernel``) with how many distinct layer geometries each kernel met.
-Needs only NumPy and nbconv::
+``--network NAME`` takes instead the distinct conv layers of one of ``nbconv bench
+--network``'s tables (``regnet_y_400mf``, ...), each once per pass. Needs only NumPy and
+nbconv::
 
-    python docs/first_forward.py [--batch 2] [--new-batch 7] [--new-size 192] [--json FILE]
+    python docs/first_forward.py [--network mobilenet_v2] [--batch 2] [--new-batch 7] [--new-size 192] [--json FILE]
 """
 
 from __future__ import annotations
@@ -67,7 +69,18 @@ def layer_shapes(size: int) -> list[tuple[tuple[int, int, int, int, int], int]]:
     return out
 
 
-def _child(batch: int, size: int, dtype: str, repeat: int) -> dict:
+def network_layers(network: str, size: int) -> list[tuple[int, int, int, int, int, int, int]]:
+    """(input channels, output channels, kernel side, stride, padding, groups, input side) of the
+    network's conv layers for images of ``size`` pixels: MobileNetV2's 52 as above, or the
+    distinct layers of ``nbconv.bench._networks``' table of that name."""
+    if network == "mobilenet_v2":
+        return [(c_in, c_out, k, s, k // 2, g, side) for (c_in, c_out, k, s, g), side in layer_shapes(size)]
+    from nbconv.bench._networks import conv_layers
+
+    return [(la.c_in, la.c_out, la.k, la.stride, la.pad, la.groups, la.at(size).side) for la in conv_layers(network)]
+
+
+def _child(network: str, batch: int, size: int, dtype: str, repeat: int) -> dict:
     """One process's measurement (run with the cache folders already set in the environment)."""
     t_import = time.perf_counter()
     import numpy as np
@@ -79,11 +92,11 @@ def _child(batch: int, size: int, dtype: str, repeat: int) -> dict:
     import_s = time.perf_counter() - t_import
     rng = np.random.default_rng(0)
     calls = []
-    for (c_in, c_out, k, s, g), side in layer_shapes(size):
+    for c_in, c_out, k, s, pad, g, side in network_layers(network, size):
         x = rng.standard_normal((batch, c_in, side, side)).astype(dtype)
         w = rng.standard_normal((c_out, c_in // g, k, k)).astype(dtype)
-        spec = conv2d_spec(x, w, None, s, k // 2, 1, g)
-        calls.append((x, w, {"stride": s, "padding": k // 2, "groups": g}, forward_kernel(spec),
+        spec = conv2d_spec(x, w, None, s, pad, 1, g)
+        calls.append((x, w, {"stride": s, "padding": pad, "groups": g}, forward_kernel(spec),
                       (c_in, c_out, k, s, g, side)))
     first, per_kernel, geometries = [], {}, {}
     t0 = time.perf_counter()
@@ -102,13 +115,13 @@ def _child(batch: int, size: int, dtype: str, repeat: int) -> dict:
             nbconv.conv2d(x, w, **kw)
         steady.append(time.perf_counter() - t)
     slowest = sorted(((dt, c[3], list(c[4])) for dt, c in zip(first, calls)), reverse=True)[:5]
-    return {"batch": batch, "size": size, "dtype": dtype, "import_s": import_s, "first_pass_s": first_pass,
+    return {"network": network, "batch": batch, "size": size, "dtype": dtype, "import_s": import_s, "first_pass_s": first_pass,
             "steady_pass_s": float(np.median(steady)), "per_kernel_s": per_kernel,
             "geometries": {k: len(v) for k, v in geometries.items()}, "slowest_first_calls": slowest}
 
 
-def _run_case(env: dict, batch: int, size: int, dtype: str, repeat: int) -> dict:
-    args = [sys.executable, __file__, "--child", "--batch", str(batch), "--size", str(size),
+def _run_case(env: dict, network: str, batch: int, size: int, dtype: str, repeat: int) -> dict:
+    args = [sys.executable, __file__, "--child", "--network", network, "--batch", str(batch), "--size", str(size),
             "--dtype", dtype, "--repeat", str(repeat)]
     t = time.perf_counter()
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
@@ -121,6 +134,7 @@ def _run_case(env: dict, batch: int, size: int, dtype: str, repeat: int) -> dict
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", default="mobilenet_v2")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--new-batch", type=int, default=7)
     parser.add_argument("--size", type=int, default=224)
@@ -133,7 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
     if a.child:
-        print(json.dumps(_child(a.batch, a.size, a.dtype, a.repeat)))
+        print(json.dumps(_child(a.network, a.batch, a.size, a.dtype, a.repeat)))
         return 0
     folder = tempfile.mkdtemp(prefix="nbconv-first-forward-")
     env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(folder, "numba"),
@@ -144,7 +158,7 @@ def main(argv=None) -> int:
     try:
         for case in a.cases.split(","):
             batch, size = plan[case.strip()]
-            r = results[case.strip()] = _run_case(env, batch, size, a.dtype, a.repeat)
+            r = results[case.strip()] = _run_case(env, a.network, batch, size, a.dtype, a.repeat)
             print(f"{case.strip():>9}: batch {batch}, {size}x{size}: first pass {r['first_pass_s']:7.2f} s, "
                   f"steady pass {r['steady_pass_s']:6.3f} s, import {r['import_s']:.2f} s, "
                   f"process {r['process_s']:.1f} s", flush=True)
