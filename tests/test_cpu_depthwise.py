@@ -25,7 +25,7 @@ from reference import assert_conv_close, conv2d_input_reference, conv2d_referenc
 import nbconv
 import nbconv.grad
 from nbconv._spec import conv2d_input_spec, conv2d_spec
-from nbconv.cpu import _channels_last, _depthwise, _launch, _rowblock
+from nbconv.cpu import _channels_last, _depthwise, _launch, _rowblock, _simd
 from nbconv.cpu._target import target
 
 #: the small cases here must reach the kernel (``MIN_GENERATED_MACS``)
@@ -176,7 +176,7 @@ def test_property_against_the_reference(n, c, mult, h, w, kind, p):
 
 @pytest.mark.parametrize("step", [1, 2])
 def test_copy_span_copies_exactly_and_zeros_one_vector_past(step):
-    copy = _depthwise.copy_span(step)
+    copy = _simd.copy_span(step)
 
     @numba.njit
     def run(src, s0, dst, d0, n):
@@ -195,7 +195,7 @@ def test_copy_span_copies_exactly_and_zeros_one_vector_past(step):
 
 def test_copy_span_takes_steps_of_one_or_two():
     with pytest.raises(ValueError, match="steps of 1 or 2"):
-        _depthwise.copy_span(3)
+        _simd.copy_span(3)
 
 
 def test_pack_plane_lays_out_phase_planes():

@@ -20,8 +20,8 @@ import numpy as np
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _pointwise, _scratch
-from ._depthwise import _copy1, _copy2
 from ._pointwise import _N_O, _block, task_span
+from ._simd import copy_step1, copy_step2
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
 #: AVX2, 64 with AVX-512: 128 KiB and 512 KiB at this bound), kept within L2. ConvNeXt-T's last
@@ -51,7 +51,7 @@ def _fill_row(cols, row, x_flat, plane0, h, wd, oy0, ox0, n_pix, ow, sh, sw, dy,
     """cols[row + p] = x_flat[plane0 + iy * wd + ix], with (iy, ix) = (oy * sh + dy, ox * sw + dx)
     (0 outside the h x wd plane), for the ``n_pix`` output pixels (oy, ox) from (oy0, ox0) on in
     row-major order: per output row, zeros, a copy, zeros, with no test per pixel. The copies at
-    column strides 1 and 2 are vector copies (``_depthwise``'s ``copy_span``), which leave up to a
+    column strides 1 and 2 are vector copies (``_simd.copy_span``), which leave up to a
     vector of zeros past their end: the next pixels are filled after them, and ``cols`` needs a
     vector of slack past its last row."""
     oy, ox, p = oy0, ox0, 0
@@ -67,9 +67,9 @@ def _fill_row(cols, row, x_flat, plane0, h, wd, oy0, ox0, n_pix, ow, sh, sw, dy,
             src = plane0 + iy * wd + (ox + lo) * sw + dx
             if hi > lo:
                 if sw == 1:
-                    _copy1(x_flat, src, cols, row + p + lo, hi - lo)
+                    copy_step1(x_flat, src, cols, row + p + lo, hi - lo)
                 elif sw == 2:
-                    _copy2(x_flat, src, cols, row + p + lo, hi - lo)
+                    copy_step2(x_flat, src, cols, row + p + lo, hi - lo)
                 else:
                     for q in range(lo, hi):
                         cols[row + p + q] = x_flat[src]

@@ -21,6 +21,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from ._target import target
+
 #: Bytes of one vector register (AVX-512); a tile has this many bytes per row.
 VECTOR_BYTES = 64
 
@@ -537,3 +539,79 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
         return sig, codegen
 
     return sums
+
+
+def copy_span(step: int):
+    """An ``@intrinsic`` ``copy(src, s0, dst, d0, n)``: ``dst[d0 + j] = src[s0 + j * step]`` for
+    ``j < n`` (``step`` 1 or 2, ``n`` a run-time count), in whole vectors of the target, the last
+    one loaded with a mask (nothing past the last element is read) and stored whole with zeros in
+    the lanes past ``n``: up to a vector minus one of zeros land past ``dst[d0 + n - 1]`` (a
+    masked store is microcoded and slow on AMD's AVX2). At step 2 each vector of results is the
+    even lanes of two loads. No bounds checks; ``src`` and ``dst`` must not overlap."""
+    if step not in (1, 2):
+        raise ValueError(f"copy_span takes steps of 1 or 2, not {step}")
+
+    @intrinsic
+    def copy(typingctx, src, s0, dst, d0, n):
+        if not _takes((src, dst), (s0, d0, n)):
+            return None
+        sig = types.void(src, s0, dst, d0, n)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            (src_p, s0_i, dst_p, d0_i, n_i), size, lanes, vec, intp = vector_args(
+                context, builder, signature, args, target().vector_bits)
+            i32 = ir.IntType(32)
+            mask_type = ir.VectorType(ir.IntType(1), lanes)
+            suffix = f"v{lanes}{vec.element.intrinsic_name}.p0"
+            masked_load = _declared(builder, f"llvm.masked.load.{suffix}",
+                                    ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]))
+            evens = ir.Constant(ir.VectorType(i32, lanes), list(range(0, 2 * lanes, 2)))
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            def at(base, index):
+                return builder.bitcast(builder.gep(base, [index], inbounds=True), vec.as_pointer())
+
+            def below(count):  # the lanes under a run-time count
+                return lanes_below(builder, count, lanes)
+
+            def load(index, count=None):
+                if count is None:
+                    return builder.load(at(src_p, index), align=size)
+                return builder.call(masked_load, [at(src_p, index), ir.Constant(i32, size), below(count),
+                                                  ir.Constant(vec, None)])
+
+            def results(k, count=None):  # results k .. k + lanes - 1 (the first ``count`` of them)
+                if step == 1:
+                    return load(builder.add(s0_i, k), count)
+                first = builder.add(s0_i, builder.mul(k, const(2)))
+                if count is None:
+                    lo, hi = load(first), load(builder.add(first, const(lanes)))
+                else:
+                    reads = builder.sub(builder.mul(count, const(2)), const(1))
+                    lo, hi = load(first, reads), load(builder.add(first, const(lanes)), builder.sub(reads, const(lanes)))
+                return builder.shuffle_vector(lo, hi, evens)
+
+            # at step 2 a whole vector's second load reads one element past its last result:
+            # the last vector always goes through the masked load, which reads none
+            full = builder.sdiv(n_i if step == 1 else builder.sub(n_i, const(1)), const(lanes))
+            full = builder.select(builder.icmp_signed("<", full, const(0)), const(0), full)
+            with cgutils.for_range(builder, full) as loop:
+                k = builder.mul(loop.index, const(lanes))
+                builder.store(results(k), at(dst_p, builder.add(d0_i, k)), align=size)
+            k = builder.mul(full, const(lanes))
+            rest = builder.sub(n_i, k)
+            with builder.if_then(builder.icmp_signed(">", rest, const(0))):
+                builder.store(results(k, rest), at(dst_p, builder.add(d0_i, k)), align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return copy
+
+
+#: The two copies the CPU kernels pack planes and columns with (``_depthwise``, ``_im2col``).
+copy_step1, copy_step2 = copy_span(1), copy_span(2)
