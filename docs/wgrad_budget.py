@@ -17,25 +17,30 @@ import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
+import outer
 from _timing import interleaved_medians
 
 from nbconv._shapes import EXTRA_SHAPES, STANDARD_SHAPES
 from nbconv._spec import conv2d_spec
 from nbconv.bench._run import _cpu_model
-from nbconv.cpu import _channels_last, _flat, _generated, _launch, _outer, _packed, _rowblock, _wgrad, _winograd_wgrad
+from nbconv.cpu import (
+    _channels_last,
+    _flat,
+    _generated,
+    _launch,
+    _outer,
+    _packed,
+    _rowblock,
+    _wgrad,
+    _winograd_wgrad,
+)
 from nbconv.cpu._target import target
 
-#: name, C_in, H = W, C_out, k, stride, padding, groups: grouped layers whose output channels per
-#: group are whole vectors (``_outer``'s weight gradient)
-OUTER_SHAPES = [
-    ("resnext_g32_14", 512, 14, 512, 3, 1, 1, 32),
-    ("g8_128_56", 128, 56, 128, 3, 1, 1, 8),
-    ("g16_s2_56", 256, 56, 256, 3, 2, 1, 16),
-    ("g16_28", 256, 28, 256, 3, 1, 1, 16),
-    ("g32_1024_7", 1024, 7, 1024, 3, 1, 1, 32),
-    ("dw_mult16_28", 16, 28, 256, 3, 1, 1, 16),
-    ("g32_k5_14", 512, 14, 512, 5, 1, 2, 32),
-]
+#: Grouped layers whose output channels per group are whole vectors (``_outer``'s weight
+#: gradient): ``docs/outer.py``'s, and one more of 16 channels per group.
+OUTER_SHAPES = [s for s in outer.SHAPES if s[0] in {"resnext_g32_14", "g8_128_56", "g16_s2_56", "g32_1024_7",
+                                                      "dw_mult16_28", "g32_k5_14"}]
+OUTER_SHAPES.append(("g16_28", 256, 28, 256, 3, 1, 1, 16))
 
 
 def _arrays(shape_in, weight_shape, conv_args, rng):

@@ -47,26 +47,32 @@ geometries = st.tuples(
 )
 
 
-def _problem(geometry, seed: int):
+def _problem(geometry, seed: int, share: float, fill: tuple):
+    """(case, input with ``fill`` values at a ``share`` of its pixels, weight, generator), or None
+    where the geometry has no output."""
     n, g, cin_g, cout_g, h, w, kh, kw, sh, sw, d, p = geometry
     if (h + 2 * p - d * (kh - 1) - 1) < 0 or (w + 2 * p - d * (kw - 1) - 1) < 0:
         return None
     case = Case(n, g * cin_g, (h, w), g * cout_g, (kh, kw), (sh, sw), p, d, g, False)
     x, weight, _ = random_arrays(case, np.float64, seed)
-    return case, x, weight
+    rng = np.random.default_rng(seed)
+    return case, _spoiled(x, share, rng, fill), weight, rng
+
+
+#: the values an input is spoiled with, per hypothesis' choice
+FILLS = {"mixed": (np.nan, np.inf, -np.inf), "nan": (np.nan,), "inf": (np.inf,), "-inf": (-np.inf,)}
+given_problems = given(geometry=geometries, share=st.sampled_from([0.05, 0.5, 1.0]), fill=st.sampled_from(sorted(FILLS)),
+                       seed=st.integers(0, 2**16))
 
 
 @settings(max_examples=60, deadline=None)
-@given(geometry=geometries, share=st.sampled_from([0.05, 0.5, 1.0]), only=st.sampled_from(["mixed", "nan", "inf"]),
-       seed=st.integers(0, 2**16))
-def test_forward_kinds_are_the_reference_sums_kinds(geometry, share, only, seed):
-    problem = _problem(geometry, seed)
+@given_problems
+def test_forward_kinds_are_the_reference_sums_kinds(geometry, share, fill, seed):
+    problem = _problem(geometry, seed, share, FILLS[fill])
     if problem is None:
         return
-    case, x, w = problem
-    rng = np.random.default_rng(seed)
-    kinds = {"mixed": (np.nan, np.inf, -np.inf), "nan": (np.nan,), "inf": (np.inf,)}[only]
-    x, w = _spoiled(x, share, rng, kinds), _with_zeros(w, rng)
+    case, x, w, rng = problem
+    w = _with_zeros(w, rng)
     spec = conv2d_spec(x, w, None, **case.conv_args())
     x_kinds = _nonfinite.classify(x)
     assert x_kinds.nonfinite == np.count_nonzero(~np.isfinite(x))
@@ -77,16 +83,12 @@ def test_forward_kinds_are_the_reference_sums_kinds(geometry, share, only, seed)
 
 
 @settings(max_examples=60, deadline=None)
-@given(geometry=geometries, share=st.sampled_from([0.05, 0.5, 1.0]), only=st.sampled_from(["mixed", "nan", "inf"]),
-       seed=st.integers(0, 2**16))
-def test_weight_grad_kinds_are_the_reference_sums_kinds(geometry, share, only, seed):
-    problem = _problem(geometry, seed)
+@given_problems
+def test_weight_grad_kinds_are_the_reference_sums_kinds(geometry, share, fill, seed):
+    problem = _problem(geometry, seed, share, FILLS[fill])
     if problem is None:
         return
-    case, x, w = problem
-    rng = np.random.default_rng(seed)
-    kinds = {"mixed": (np.nan, np.inf, -np.inf), "nan": (np.nan,), "inf": (-np.inf,)}[only]
-    x = _spoiled(x, share, rng, kinds)
+    case, x, w, rng = problem
     spec = conv2d_spec(x, w, None, **case.conv_args())
     gy = _with_zeros(rng.standard_normal(spec.output_shape), rng)
     with np.errstate(invalid="ignore"):
