@@ -50,6 +50,7 @@ DEPTHWISE_CASES = [
     Case(1, 2, (14, 14), 2, (3, 3), 2, 1, 1, 2),  # MobileNetV2's 14 -> 7 at stride 2
     Case(1, 3, (1, 1), 3, (3, 3), 1, 1, 1, 3),  # one pixel, all but the centre tap padding
     Case(2, 2, (13, 6), 4, (3, 5), (2, 1), (1, 3), (1, 2), 2),  # row stride 2 read where it lies: padding wider than the row
+    Case(2, 2, (11, 9), 4, (5, 5), 1, 2, 1, 2),  # OH = 11: blocks of SMALL_ROWS, the last moved up
 ]
 
 
@@ -88,6 +89,15 @@ def test_both_reads_give_the_same_bits(case, direct, monkeypatch):
     other = np.full(spec.output_shape, np.nan, np.float32)
     _depthwise.depthwise_forward(x, w, b, other, spec)
     np.testing.assert_array_equal(got, other)
+
+
+def test_small_planes_take_blocks_of_small_rows():
+    """Planes of 7 to 14 output rows take blocks of ``SMALL_ROWS`` (the driver's branch is in
+    the source, with its bounds), the others blocks of ``ROWS``."""
+    source = _depthwise.module_source((3, 3), (1, 1), (1, 1))
+    lo, hi = _depthwise.SMALL_PLANE_ROWS.start, _depthwise.SMALL_PLANE_ROWS.stop - 1
+    assert f"elif {lo} <= oh <= {hi}:" in source and f"range(0, oh, {_depthwise.SMALL_ROWS})" in source
+    assert _depthwise.ROWS <= lo and _depthwise.SMALL_ROWS <= lo
 
 
 def test_the_launcher_takes_it_for_depthwise_layers():

@@ -49,6 +49,14 @@ from ._target import target
 
 #: Output rows per block (sums in registers beside the weights and the loaded input vectors).
 ROWS = 4
+#: Output rows per block on planes of ``SMALL_PLANE_ROWS`` output rows: one block of 7 (two on 14
+#: rows) instead of blocks of 4 whose last moves up to recompute rows, and each weight broadcast
+#: once per 7 rows. Interleaved, 2-core Zen 3, batch 8, two sittings (``python
+#: docs/depthwise_rows.py``): 7 x 7 planes 0.72-0.88x the time of blocks of 4, 14 x 14 0.88-1.00x.
+#: On 28 x 28 and larger 3x3 planes blocks of 7 took 1.05-1.11x in a first trial, so those keep
+#: blocks of 4.
+SMALL_ROWS = 7
+SMALL_PLANE_ROWS = range(7, 15)
 
 
 def vector_lanes(dtype) -> int:
@@ -250,6 +258,7 @@ _DRIVER = '''
 from nbconv.cpu._depthwise import depthwise_rows, pack_plane
 
 _rows = depthwise_rows({taps}, {rows}, {bits}, {keep})
+_rows_small = depthwise_rows({taps}, {small}, {bits}, {keep_small})
 _row1 = depthwise_rows({taps}, 1, {bits}, {keep})
 {direct_rows}
 
@@ -278,6 +287,13 @@ def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc, direct):
 {direct_row1}
                     else:
                         _row1(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
+            elif {small_lo} <= oh <= {small_hi}:
+                for blk in range(0, oh, {small}):
+                    oy = min(blk, oh - {small})
+                    if direct:
+{direct_small_call}
+                    else:
+                        _rows_small(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
             else:
                 for blk in range(0, oh, {rows}):
                     oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice
@@ -315,21 +331,24 @@ def module_source(kernel_size, stride, dilation) -> str:
     taps = tap_reads(kernel_size, stride, dilation)
     bits = target().vector_bits
     what = f"depthwise {kernel_size[0]}x{kernel_size[1]}, stride {stride}, dilation {dilation}, {bits}-bit vectors"
-    keep = keeps_weights(len(taps), ROWS)
+    keep, keep_small = keeps_weights(len(taps), ROWS), keeps_weights(len(taps), SMALL_ROWS)
     if stride[1] == 1:
         direct = direct_taps(kernel_size, dilation)
         direct_rows = (f"_rows_direct = depthwise_rows({direct}, {ROWS}, {bits}, {keep}, {stride[0]})\n"
+                       f"_rows_small_direct = depthwise_rows({direct}, {SMALL_ROWS}, {bits}, {keep_small}, {stride[0]})\n"
                        f"_row1_direct = depthwise_rows({direct}, 1, {bits}, {keep}, {stride[0]})\n")
         call = ("{name}(x_flat, task * h * wi, wi, 0, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, "
                 "oy * sh - pt, h, -pl)")
         direct_row1 = " " * 24 + call.format(name="_row1_direct")
         direct_rows_call = " " * 24 + call.format(name="_rows_direct")
+        direct_small_call = " " * 24 + call.format(name="_rows_small_direct")
     else:
-        direct_rows, direct_row1, direct_rows_call = "", " " * 24 + "pass", " " * 24 + "pass"
+        direct_rows, direct_row1, direct_rows_call, direct_small_call = "", *[" " * 24 + "pass"] * 3
     return _generated.HEADER.format(generator=__name__, version=__version__, what=what) + _DRIVER.format(
         taps=taps, rows=ROWS, bits=bits, slack=bits // 32, keep=keep, kh=kernel_size[0], kw=kernel_size[1],
         sh=stride[0], sw=stride[1], dilation=dilation, n_taps=len(taps), direct_rows=direct_rows,
-        direct_row1=direct_row1, direct_rows_call=direct_rows_call)
+        direct_row1=direct_row1, direct_rows_call=direct_rows_call, direct_small_call=direct_small_call,
+        small=SMALL_ROWS, keep_small=keep_small, small_lo=SMALL_PLANE_ROWS.start, small_hi=SMALL_PLANE_ROWS.stop - 1)
 
 
 @functools.lru_cache(maxsize=64)
