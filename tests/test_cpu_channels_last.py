@@ -105,15 +105,16 @@ def test_huge_strided_planes_take_other_kernels():
 
 
 def test_the_launcher_gives_depthwise_forwards_to_the_size_generic_kernel():
-    """Narrow, 5x5 and wide depthwise forwards all go to ``_depthwise`` (compiled once per kernel
-    kind, where this path compiles per geometry); this path's forward is kept for comparison
-    (``python docs/first_forward.py``; ``docs/performance.md``), and gives the same bits."""
+    """Narrow, 5x5 and wide depthwise forwards all go to ``_depthwise`` or ``_depthwise_lanes``
+    (compiled once per kernel kind, where this path compiles per geometry); this path's forward
+    is kept for comparison (``python docs/first_forward.py``; ``docs/performance.md``), and gives
+    the same bits."""
     rng = np.random.default_rng(0)
     for hw, k in ((7, 3), (28, 5), (20, 3)):
         x = rng.standard_normal((2, 6, hw, hw)).astype(np.float32)
         w = rng.standard_normal((6, 1, k, k)).astype(np.float32)
         spec = conv2d_spec(x, w, None, 1, k // 2, 1, 6)
-        assert launch.forward_kernel(spec) == "depthwise" and _channels_last.applies(spec)
+        assert launch.forward_kernel(spec) in ("depthwise", "depthwise_lanes") and _channels_last.applies(spec)
         mine = np.empty(spec.output_shape, np.float32)
         _channels_last.depthwise_forward(x, w, np.zeros(6, np.float32), mine, spec)
         np.testing.assert_array_equal(nbconv.conv2d(x, w, None, padding=k // 2, groups=6), mine)

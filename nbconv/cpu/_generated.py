@@ -77,7 +77,8 @@ def _options_stamp() -> str:
     that hold them."""
     digest = hashlib.sha256()
     here = os.path.dirname(__file__)
-    for path in (_numba_options.__file__, _simd.__file__, os.path.join(here, "_depthwise.py")):
+    for path in (_numba_options.__file__, _simd.__file__, os.path.join(here, "_depthwise.py"),
+                 os.path.join(here, "_depthwise_lanes.py")):
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()

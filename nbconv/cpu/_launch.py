@@ -13,6 +13,7 @@ from .._numba_options import CPU_PARALLEL_UNFUSED
 from . import (
     _channels_last,
     _depthwise,
+    _depthwise_lanes,
     _flat,
     _grouped,
     _im2col,
@@ -125,6 +126,9 @@ def direct_forward_kernel(spec) -> str:
         return "im2col"
     if not worth_generating(spec):
         return "packed"
+    if _depthwise_lanes.applies(spec) and _depthwise_lanes.prefers(spec):
+        # channels in the lanes: no masked load, no idle lane on small planes; sizes at run time
+        return "depthwise_lanes"
     if _depthwise.applies(spec):
         # sizes at run time: one compile per kernel size, stride and dilation, where ``_rowblock``
         # and ``_channels_last`` compile per geometry (0.76-1.2x them on the depthwise shapes of
@@ -156,6 +160,7 @@ FORWARDS = {
     "pointwise": lambda *a: _pointwise.pointwise_forward(*a),
     "im2col": lambda *a: _im2col.im2col_forward(*a),
     "depthwise": lambda *a: _depthwise.depthwise_forward(*a),
+    "depthwise_lanes": lambda *a: _depthwise_lanes.depthwise_forward(*a),
     "outer": lambda *a: _outer.outer_forward(*a),
     "rowblock": lambda *a: _rowblock.depthwise_forward(*a),
     "grouped": lambda x, w, b, dest, spec: _grouped.grouped_forward(x, w, b, dest, spec, choose_stack(spec)),
