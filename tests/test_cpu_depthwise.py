@@ -101,8 +101,9 @@ def test_small_planes_take_blocks_of_small_rows():
 
 
 def test_the_launcher_takes_it_for_depthwise_layers():
-    """3x3 at stride 1, and what ``_depthwise_lanes`` does not take (channel multipliers,
-    cropping); the rest goes to ``_depthwise_lanes`` (``test_cpu_depthwise_lanes.py``)."""
+    """3x3 at stride 1 on outputs over 14 wide, and what ``_depthwise_lanes`` does not take
+    (channel multipliers, cropping); the rest goes to ``_depthwise_lanes``
+    (``test_cpu_depthwise_lanes.py``)."""
     x, w, b = random_arrays(Case(2, 32, (28, 28), 32, (3, 3), 2, 1, 1, 32), np.float32)
     assert _launch.forward_kernel(conv2d_spec(x, w, b, stride=1, padding=1, groups=32)) == "depthwise"
     multiplier = np.ones((64, 1, 5, 5), np.float32)

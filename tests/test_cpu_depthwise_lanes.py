@@ -73,6 +73,7 @@ def test_the_launcher_takes_it_for_wide_kernels_and_strides():
     w3 = w[:, :, :3, :3].copy()
     assert _launch.forward_kernel(conv2d_spec(x, w3, b, stride=2, padding=1, groups=32)) == "depthwise_lanes"
     assert _launch.forward_kernel(conv2d_spec(x, w3, b, padding=1, groups=32)) == "depthwise"
+    assert _launch.forward_kernel(conv2d_spec(x[:, :, :14, :14], w3, b, padding=1, groups=32)) == "depthwise_lanes"
 
 
 def test_applies_only_where_it_computes():

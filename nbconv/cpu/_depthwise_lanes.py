@@ -71,12 +71,13 @@ def applies(spec) -> bool:
 
 
 def prefers(spec) -> bool:
-    """Where this kernel beats ``_depthwise``: kernels 5 or more wide, and strides over 1.
-    Interleaved on a 2-core Zen 3 (AVX2), float32, time against ``_depthwise``'s at batch 8 / 2
-    (``python docs/depthwise_lanes.py``): 7x7 0.41-0.67 / 0.43-0.86, 5x5 0.53-0.94 / 0.53-0.84,
-    3x3 at stride 2 0.65-0.90 / 0.64-0.93; 3x3 at stride 1 0.79-1.40 / 0.83-1.22, which stays with
+    """Where this kernel beats ``_depthwise``: kernels 5 or more wide, strides over 1, and
+    outputs at most 14 wide. Time against ``_depthwise``'s, interleaved, batch 8 / batch 2, on a
+    2-core Zen 3 (AVX2), float32 (``python docs/depthwise_lanes.py``): 7x7 0.41-0.87 / 0.40-0.84,
+    5x5 0.42-0.82 / 0.51-0.84, 3x3 at stride 2 0.43-0.84 / 0.58-0.90, 3x3 at stride 1 on 7 and 14
+    pixels 0.77-0.98; 3x3 at stride 1 on 28 pixels and more 0.97-1.17, which stays with
     ``_depthwise``."""
-    return spec.kernel_size[1] >= 5 or max(spec.stride) > 1
+    return spec.kernel_size[1] >= 5 or max(spec.stride) > 1 or spec.out_size[1] <= 14
 
 
 def _transpose(builder, rows, n):
