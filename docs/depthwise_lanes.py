@@ -8,6 +8,9 @@ same bits. The shapes are MobileNetV2's, EfficientNet-B0's and ConvNeXt-T's dept
     python docs/depthwise_lanes.py [--batch 8] [--rounds 25]
 
 The last column says whether the launcher takes the lanes kernel (``_depthwise_lanes.prefers``).
+With ``--network NAME[,NAME]`` (see ``nbconv bench --network``) it times instead the depthwise
+layers of those networks through ``nbconv.conv2d``, as the launcher chooses and with the lanes
+kernel never preferred, passes alternating, per layer (each as often as the network has it).
 """
 
 from __future__ import annotations
@@ -54,13 +57,54 @@ def _paired(fns, rounds: int) -> np.ndarray:
     return times
 
 
+def compare_networks(names: str, batch: int, rounds: int) -> None:
+    import nbconv
+    from nbconv.bench._networks import conv_layers
+
+    chosen = _depthwise_lanes.prefers
+    for name in names.split(","):
+        rng = np.random.default_rng(0)
+        calls = []
+        for layer in conv_layers(name):
+            if layer.groups == 1 or layer.groups != layer.c_in:
+                continue
+            x = rng.standard_normal((batch, layer.c_in, layer.side, layer.side), dtype=np.float32)
+            w = rng.standard_normal((layer.c_out, 1, layer.k, layer.k), dtype=np.float32)
+            calls.append((layer, lambda x=x, w=w, layer=layer: [
+                nbconv.conv2d(x, w, None, stride=layer.stride, padding=layer.pad, groups=layer.groups)
+                for _ in range(layer.count)]))
+        times = np.empty((len(calls), 2, rounds))
+        try:
+            for r in range(-1, rounds):  # a first round to compile
+                for mode, prefers in enumerate((chosen, lambda spec: False)):
+                    _depthwise_lanes.prefers = prefers
+                    for i, (_, fn) in enumerate(calls):
+                        t0 = time.perf_counter()
+                        fn()
+                        if r >= 0:
+                            times[i, mode, r] = time.perf_counter() - t0
+        finally:
+            _depthwise_lanes.prefers = chosen
+        total = np.median(times.sum(axis=0), axis=-1) * 1e3
+        print(f"\n{name}, batch {batch}: depthwise layers {total[0]:.2f} ms as chosen, {total[1]:.2f} ms without the "
+              f"lanes kernel ({np.median(times[:, 0].sum(0) / times[:, 1].sum(0)):.2f}x the time)")
+        print("| layer | count | as chosen ms | without lanes ms | ratio |\n|---|---:|---:|---:|---:|")
+        for (layer, _), t in zip(calls, times):
+            print(f"| {layer.label} | {layer.count} | {np.median(t[0]) * 1e3:.3f} | {np.median(t[1]) * 1e3:.3f} | "
+                  f"{np.median(t[0] / t[1]):.2f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--network")
     a = parser.parse_args(argv)
     print(f"{_cpu_model()} ({target().name}), {numba.get_num_threads()} threads, batch {a.batch}, float32, "
           f"medians of {a.rounds} rounds")
+    if a.network:
+        compare_networks(a.network, a.batch, a.rounds)
+        return 0
     print("| layer | lanes ms | GFLOP/s | depthwise ms | lanes / depthwise | torch ms | torch / lanes | same bits | taken |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for c, side, k, stride in SHAPES:
