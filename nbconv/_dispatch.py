@@ -121,6 +121,12 @@ def _zeros(out: Any, kind: str) -> Any:
     return out
 
 
+def takes_padding_mode(spec: ConvSpec) -> bool:
+    """Whether the backend of ``spec``'s arrays computes its forward with ``spec.padding_mode``
+    inside its kernels (the CPU's depthwise kernel does: ``nbconv.cpu.takes_padding_mode``)."""
+    return spec.kind in _arrays.HOST_KINDS and _backend(spec.kind).takes_padding_mode(spec)
+
+
 def conv2d_forward(spec: ConvSpec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     """Run the convolution of a validated ``spec`` (``conv2d``, ``conv_transpose2d`` or
     ``grad.conv2d_input``) on the backend of its arrays."""

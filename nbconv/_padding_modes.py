@@ -1,6 +1,8 @@
 """``padding_mode`` 'reflect', 'replicate' and 'circular' without a padded copy of the input.
 
-PyTorch's ``nn.Conv2d`` pads a whole copy of the input and convolves that. Here, every output
+PyTorch's ``nn.Conv2d`` pads a whole copy of the input and convolves that. Here, a backend
+that takes the mode in its kernel gets the forward whole (``nbconv._dispatch.takes_padding_mode``:
+the CPU's depthwise layers fill each task's padded plane by the mode). Otherwise, every output
 whose window lies inside the input is what the zero-padded convolution gives, so that one runs
 over the whole input first (the fast kernels, no copy); then the outputs whose windows reach into
 the padding (a frame of output rows and columns: top and bottom bands over the full width, left
@@ -21,10 +23,11 @@ arrays are viewed as NumPy or CuPy first.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import _arrays
+from . import _arrays, _dispatch
 from ._spec import ConvSpec
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -154,9 +157,13 @@ def _slab_args(spec: ConvSpec) -> dict:
 
 
 def conv2d(spec: ConvSpec, mode: str, input: Any, weight: Any, bias: Any, out: Optional[Any]) -> Any:
-    """``conv2d`` with ``padding_mode``: the zero-padded result, its frame computed again per slab."""
+    """``conv2d`` with ``padding_mode``: in the kernel where the backend takes the mode (the
+    CPU's depthwise layers), else the zero-padded result, its frame computed again per slab."""
     from ._conv import conv2d as conv
 
+    padded = dataclasses.replace(spec, padding_mode=mode)
+    if _dispatch.takes_padding_mode(padded):
+        return _dispatch.conv2d_forward(padded, input, weight, bias, out)
     y = conv(input, weight, bias, **_zero_pad_args(spec), out=out)
     if spec.batch == 0:
         return y

@@ -64,6 +64,10 @@ class ConvSpec:
     lhs_dilation: tuple[int, int] = (1, 1)
     #: The weight is (C_in, C_out/groups, kH, kW) and is read flipped, as conv_transpose2d's is.
     transposed_weight: bool = False
+    #: What the padding holds ('zeros', 'reflect', 'replicate', 'circular'). Only a backend that
+    #: says it takes a spec's mode (``nbconv._dispatch.takes_padding_mode``) is given one other
+    #: than zeros; ``nbconv._padding_modes`` computes the others from zero-padded calls.
+    padding_mode: str = "zeros"
 
     @property
     def in_per_group(self) -> int:

@@ -174,19 +174,71 @@ def test_slabs_are_the_frame(problem):
     np.testing.assert_array_equal(covered, reads_pad.astype(int))
 
 
-def test_extra_memory_is_a_frame_not_a_padded_copy():
-    """Peak memory of a reflect-padded conv2d, beyond its output: a fraction of the padded copy
-    PyTorch's layer makes (the slabs are a few rows or columns of the input)."""
-    x = np.random.default_rng(0).standard_normal((4, 32, 64, 64)).astype(np.float32)
-    w = np.random.default_rng(1).standard_normal((32, 1, 3, 3)).astype(np.float32)
-    nbconv.conv2d(x, w, None, padding=1, groups=32, padding_mode="reflect")  # compile outside the measure
+def _extra_bytes(call):
+    call()  # compile and keep the scratch outside the measure
     tracemalloc.start()
-    y = nbconv.conv2d(x, w, None, padding=1, groups=32, padding_mode="reflect")
+    y = call()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    return peak - y.nbytes
+
+
+def test_extra_memory_is_a_frame_not_a_padded_copy():
+    """Peak memory of a reflect-padded grouped conv2d, beyond its output: a fraction of the
+    padded copy PyTorch's layer makes (the slabs are a few rows or columns of the input)."""
+    x = np.random.default_rng(0).standard_normal((4, 32, 64, 64)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((32, 2, 3, 3)).astype(np.float32)
+    extra = _extra_bytes(lambda: nbconv.conv2d(x, w, None, padding=1, groups=16, padding_mode="reflect"))
     padded_copy = 4 * 32 * 66 * 66 * 4
-    extra = peak - y.nbytes
     assert extra < 0.2 * padded_copy, (extra, padded_copy)  # 12% when measured (2-core Zen 3, NumPy 2.4)
+
+
+#: depthwise layers without a multiplier, which the CPU computes with the mode in the kernel:
+#: (N, C, H, W, k, stride, padding, dilation); padding up to the size - 1 (reflect's limit)
+IN_KERNEL = [
+    (2, 11, 9, 8, (3, 3), 1, 1, 1),  # a partial block of channels
+    (1, 3, 7, 7, (7, 7), 1, 3, 1),  # the padding as wide as the kernel's reach
+    (2, 4, 6, 13, (5, 3), (2, 1), ((5, 1), (0, 12)), (1, 2)),  # padding up to size - 1, one side
+    (1, 2, 4, 3, (2, 2), 3, ((1, 3), (2, 2)), 1),  # even kernel, stride 3
+    (None, 5, 5, 6, (3, 3), 1, "same", 2),  # unbatched, dilated 'same'
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_modes_in_the_kernel(mode, dtype):
+    """The CPU's depthwise kernel fills its padded plane by the mode: it takes these layers
+    (no slabs), and they match np.pad + the reference."""
+    from nbconv.cpu import _launch
+
+    for n, c, h, w_, k, s, p, d in IN_KERNEL:
+        x, w, b, args = _problem((n, c, h, w_, c, k, s, p, d, c), dtype)
+        if not _circular_fits(x, args, w):
+            continue
+        spec = conv2d_spec(x, w, b, **args)
+        assert _launch.takes_padding_mode(spec)
+        got = nbconv.conv2d(x, w, b, **args, padding_mode=mode)
+        tol = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(got, padded_reference(x, w, b, mode, **args), rtol=tol, atol=tol)
+
+
+def test_depthwise_modes_need_no_memory_beyond_the_scratch():
+    """A reflect-padded depthwise conv2d allocates nothing beyond its output once its per-thread
+    scratch is kept (the padding is filled there, a block of channels at a time)."""
+    x = np.random.default_rng(0).standard_normal((4, 32, 64, 64)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((32, 1, 3, 3)).astype(np.float32)
+    extra = _extra_bytes(lambda: nbconv.conv2d(x, w, None, padding=1, groups=32, padding_mode="reflect"))
+    assert extra < 64 * 1024, extra  # a padded copy: 2.1 MiB; measured: 0 (a few KiB of Python objects)
+
+
+def test_zeros_and_a_mode_keep_separate_scratch():
+    """A zero-padded call after a reflect-padded one of the same layer reads zeros in its
+    padding (the mode's call writes its padding in its own scratch)."""
+    x, w, b, args = _problem((2, 8, 7, 7, 8, (5, 5), 1, 2, 1, 8), np.float64)
+    for mode in ("reflect", "zeros", "circular", "zeros"):
+        got = nbconv.conv2d(x, w, b, **args, padding_mode=mode)
+        want = conv2d_reference(x, w, b, **args) if mode == "zeros" else padded_reference(x, w, b, mode, **args)
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
 
 
 def test_views_out_kinds_and_no_mutation():

@@ -6,5 +6,6 @@ from ._threads import taking_turns
 conv2d_forward = taking_turns(_launch.conv2d_forward)
 conv2d_weight = taking_turns(_launch.conv2d_weight)
 conv2d_bias = taking_turns(_launch.conv2d_bias)
+takes_padding_mode = _launch.takes_padding_mode
 
-__all__ = ["conv2d_forward", "conv2d_weight", "conv2d_bias"]
+__all__ = ["conv2d_forward", "conv2d_weight", "conv2d_bias", "takes_padding_mode"]

@@ -30,6 +30,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .._numba_options import njit_serial
 from .._version import __version__
 from . import _generated, _scratch
 from ._simd import (
@@ -284,6 +285,45 @@ def pixel_block(kernel_size, stride, dilation, cols: int, bits: int):
     return block
 
 
+#: ``padding_mode`` as the driver's ``mode`` argument.
+MODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
+
+
+@njit_serial
+def source_index(q, size, mode):
+    """The input index padded position ``q`` (input coordinates) copies: ``mode`` 1 reflect, 2
+    replicate, 3 circular (``nbconv._padding_modes.source_index``; the caller keeps ``q`` within
+    the mode's reach)."""
+    if 0 <= q < size:
+        return q
+    if mode == 1:
+        return -q if q < 0 else 2 * (size - 1) - q
+    if mode == 2:
+        return min(max(q, 0), size - 1)
+    return q % size
+
+
+@njit_serial
+def fill_padding(xs, h, w, pt, pb, pl, pr, wp, lanes, mode):
+    """Fill the padding of the channels-last plane ``xs`` (``h`` x ``w`` pixels of ``lanes`` at
+    row ``pt``, column ``pl``, rows ``wp`` pixels apart) with copies of its pixels by ``mode``:
+    first the padding columns of the pixels' rows, then the padding rows whole (so the corners
+    copy copies, as a padded copy along H of one along W)."""
+    for iy in range(h):
+        row = (iy + pt) * wp
+        for k in range(pl + pr):
+            j = k if k < pl else w + k  # the padded column
+            d, s = (row + j) * lanes, (row + pl + source_index(j - pl, w, mode)) * lanes
+            for l in range(lanes):
+                xs[d + l] = xs[s + l]
+    span = (pl + w + pr) * lanes
+    for k in range(pt + pb):
+        i = k if k < pt else h + k  # the padded row
+        d, s = i * wp * lanes, (pt + source_index(i - pt, h, mode)) * wp * lanes
+        for e in range(span):
+            xs[d + e] = xs[s + e]
+
+
 def plane_geometry(spec) -> tuple[int, int]:
     """(rows, columns) of the padded channels-last plane: the padded input, or what the outputs
     read if more; at least as wide as a block of ``COLS`` outputs reads."""
@@ -306,16 +346,17 @@ def scratch_elems(spec, lanes_n: int) -> int:
 
 
 _DRIVER = '''
-from nbconv.cpu._depthwise_lanes import gather_rows, pixel_block, scatter_pixels
+from nbconv.cpu._depthwise_lanes import fill_padding, gather_rows, pixel_block, scatter_pixels
 
 _gather = gather_rows({bits})
 _scatter = scatter_pixels({bits})
 _block = pixel_block({kernel_size}, {stride}, {dilation}, {cols}, {bits})
 
 @njit_parallel
-def forward(x, w, b, out, scratch, pt, pl, hp, wp):
+def forward(x, w, b, out, scratch, pt, pb, pl, pr, hp, wp, mode):
     """out (N, C, OH, OW) = the depthwise convolution of x (N, C, H, W) by w (C, 1, {kh}, {kw}) + b,
-    stride {stride}, dilation {dilation}: tasks of (image, block of {lanes} channels)."""
+    stride {stride}, dilation {dilation}, the padding zeros (mode 0) or copies of pixels (1
+    reflect, 2 replicate, 3 circular): tasks of (image, block of {lanes} channels)."""
     n_img, c, h, wi = x.shape
     oh, ow = out.shape[2], out.shape[3]
     blocks = (c + {lanes} - 1) // {lanes}
@@ -335,6 +376,8 @@ def forward(x, w, b, out, scratch, pt, pl, hp, wp):
         s0 = (n * c + cb * {lanes}) * h * wi
         for iy in range(iy1):
             _gather(x_flat, s0 + iy * wi, h * wi, valid, xs, ((iy + pt) * wp + pl) * {lanes}, wi)
+        if mode:
+            fill_padding(xs, h, wi, pt, pb, pl, pr, wp, {lanes}, mode)
         for oy in range(oh):
             x_row = oy * {sh} * pitch
             if ow < {cols}:
@@ -374,9 +417,11 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     b = np.zeros(spec.out_channels, x.dtype) if b is None else b
     hp, wp = plane_geometry(spec)
     threads = numba.get_num_threads()
-    # the padding's zeros are never written: every call of this layout writes the same pixels
-    key = ("depthwise_lanes", x.dtype.str, spec.in_size, spec.out_size, spec.padding[0], spec.padding[2], hp, wp,
-           threads)
+    mode = MODES[spec.padding_mode]
+    # zeros: the padding is never written, every call of this layout writes the same pixels;
+    # other modes write the whole padding in every task
+    key = ("depthwise_lanes", x.dtype.str, spec.in_size, spec.out_size, spec.padding, hp, wp, mode, threads)
     scratch, = _scratch.reused(key, lambda: (np.zeros((threads, scratch_elems(spec, lanes_n)), x.dtype),))
+    pt, pb, pl, pr = spec.padding
     _module(spec.kernel_size, spec.stride, spec.dilation, x.dtype.itemsize).forward(
-        x, w, b, out, scratch, spec.padding[0], spec.padding[2], hp, wp)
+        x, w, b, out, scratch, pt, pb, pl, pr, hp, wp, mode)

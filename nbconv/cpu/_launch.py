@@ -104,11 +104,22 @@ def worth_generating(spec) -> bool:
 MIN_GENERATED_TERMS = 32
 
 
+def takes_padding_mode(spec) -> bool:
+    """Whether a kernel computes the forward of ``spec`` with its ``padding_mode`` in the
+    padding (``_depthwise_lanes`` fills its per-thread padded plane by the mode: no padded copy
+    of the input, no second pass over the frame)."""
+    return spec.op == "conv2d" and _depthwise_lanes.applies(spec)
+
+
 def forward_kernel(spec) -> str:
     """The name of the kernel that computes the forward of ``spec`` (a pure function of the spec
     and the thread-independent constants of the kernel modules: which kernel runs, and so the
     order of each sum, never depends on the thread count). ``"winograd"`` falls back to the
     direct kernel :func:`direct_forward_kernel` names when its result is not finite."""
+    if spec.padding_mode != "zeros":
+        if not takes_padding_mode(spec):
+            raise ValueError(f"{spec.op}: no CPU kernel takes padding_mode={spec.padding_mode!r} for this layer")
+        return "depthwise_lanes"
     if worth_generating(spec) and _winograd.applies(spec):
         return "winograd"
     return direct_forward_kernel(spec)
