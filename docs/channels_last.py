@@ -1,60 +1,20 @@
-"""Time the channels-last depthwise CPU path (``nbconv.cpu._channels_last``) against the kernels
-that would otherwise take each shape, interleaved (medians of 40 rounds), and its register
-transpose (both shuffle plans) against the same copy written as a Numba loop (fastest of 500 calls).
+"""Time the register transpose ``nbconv.cpu._simd.transpose_tile`` (both shuffle plans) against the
+same copy written as a Numba loop (fastest of 500 calls), as the channels-last depthwise weight
+gradient (``nbconv.cpu._channels_last``) uses it.
 
-Run: ``python docs/channels_last.py`` (the depthwise shapes of ``nbconv bench``, batch 8,
-float32) or ``python docs/channels_last.py --transpose``.
+Run: ``python docs/channels_last.py``. (Until round 14 this script also timed that module's
+forward against the other depthwise kernels; the forward is gone, ``python
+docs/depthwise_lanes.py`` compares its successor.)
 """
 
 from __future__ import annotations
 
-import functools
-import sys
 import time
 
 import numba
 import numpy as np
 
-from nbconv._shapes import STANDARD_SHAPES
-from nbconv._spec import conv2d_spec
-from nbconv.cpu import _channels_last, _grouped, _launch, _rowblock, _simd
-
-ROUNDS = 40
-
-
-def _other_path(spec):
-    """The forward kernel the launcher picks when the channels-last path is not first in line."""
-    if _rowblock.applies(spec):
-        return "rows", lambda x, w, b, out: _rowblock.depthwise_forward(x, w, b, out, spec)
-    stack = _launch.choose_stack(spec)
-    return "grouped", lambda x, w, b, out: _grouped.grouped_forward(x, w, b, out, spec, stack)
-
-
-def compare_paths() -> None:
-    print("depthwise forward, batch 8, float32, 2 threads: medians of interleaved rounds (ms)")
-    for shape in STANDARD_SHAPES:
-        if shape.groups != shape.c_in or shape.c_out != shape.c_in:
-            continue
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal(shape.input_shape(8)).astype(np.float32)
-        w = rng.standard_normal(shape.weight_shape()).astype(np.float32)
-        b = rng.standard_normal(shape.c_out).astype(np.float32)
-        spec = conv2d_spec(x, w, b, **shape.conv_args())
-        out = np.empty(spec.output_shape, np.float32)
-        name, other = _other_path(spec)
-        paths = {"channels-last": functools.partial(_channels_last.depthwise_forward, x, w, b, out, spec),
-                 name: functools.partial(other, x, w, b, out)}
-        times = {k: [] for k in paths}
-        for fn in paths.values():
-            fn()
-        for _ in range(ROUNDS):
-            for k, fn in paths.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-        cl, ot = np.array(times["channels-last"]), np.array(times[name])
-        print(f"  {shape.name:14s} channels-last {1e3 * np.median(cl):.3f}  {name} {1e3 * np.median(ot):.3f}"
-              f"  ratio {np.median(ot / cl):.2f}")
+from nbconv.cpu import _simd
 
 
 @numba.njit(error_model="numpy", boundscheck=False)
@@ -99,4 +59,4 @@ def _timed(fn, *args) -> float:
 
 
 if __name__ == "__main__":
-    compare_transposes() if "--transpose" in sys.argv else compare_paths()
+    compare_transposes()

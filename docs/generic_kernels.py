@@ -1,6 +1,7 @@
-"""The CPU kernels compiled once per kind (``_depthwise``: per kernel size, stride and dilation;
-``_pointwise``: once) against the kernels generated per geometry that the launcher chose before
-them (``_rowblock``, ``_channels_last``, ``_outer``), and against PyTorch when it is installed:
+"""The CPU kernels compiled once per kind (``_depthwise`` and ``_depthwise_lanes``: per kernel size,
+stride and dilation; ``_pointwise``: once) against the kernels generated per geometry that the
+launcher chose before them (``_rowblock``, ``_outer``; ``_channels_last``'s forward until round 14,
+when it was removed), and against PyTorch when it is installed:
 interleaved medians in milliseconds, float32, 2 threads by default (Numba and PyTorch alike).
 
 The shapes are MobileNetV2's depthwise and pointwise layers at batch 2 (224 x 224 images) and the
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _timing import interleaved_medians
 
 from nbconv._spec import conv2d_spec
-from nbconv.cpu import _channels_last, _depthwise, _outer, _pointwise, _rowblock
+from nbconv.cpu import _depthwise, _depthwise_lanes, _outer, _pointwise, _rowblock
 
 #: (name, batch, channels, multiplier, side, kernel, stride)
 DEPTHWISE = [
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
         print("| depthwise layer | ms (one compile per kind first) | same bits |\n|---|---|---|")
         kernels = {"depthwise": (_depthwise.applies, _depthwise.depthwise_forward),
                    "rowblock": (_rowblock.applies, _rowblock.depthwise_forward),
-                   "channels_last": (_channels_last.applies, _channels_last.depthwise_forward),
+                   "depthwise_lanes": (_depthwise_lanes.applies, _depthwise_lanes.depthwise_forward),
                    "outer": (_outer.applies, _outer.outer_forward)}
         for name, n, c, m, side, k, s in DEPTHWISE:
             x = rng.standard_normal((n, c, side, side)).astype(np.float32)

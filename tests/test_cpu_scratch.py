@@ -12,7 +12,7 @@ from reference import assert_conv_close, conv2d_weight_reference
 
 import nbconv
 from nbconv._spec import conv2d_spec
-from nbconv.cpu import _channels_last, _grouped, _outer, _rowblock, _scratch, _winograd, _winograd_wgrad
+from nbconv.cpu import _depthwise_lanes, _grouped, _outer, _rowblock, _scratch, _winograd, _winograd_wgrad
 
 #: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
 pytestmark = pytest.mark.usefixtures("generated_for_small_calls")
@@ -47,10 +47,10 @@ def test_kept_bytes_are_bounded(monkeypatch):
     _scratch.clear()
 
 
-#: (case, path's applies): channels-last depthwise, row-blocked depthwise, output channels in
+#: (case, path's applies): depthwise with channels in the lanes, row-blocked depthwise, output channels in
 #: lanes (whole vectors, and packed groups of 8), columns in lanes (``_grouped``)
 PATHS = [
-    (Case(2, 16, (7, 7), 16, (3, 3), 1, 1, 1, 16), _channels_last.applies),
+    (Case(2, 16, (7, 7), 16, (3, 3), 1, 1, 1, 16), _depthwise_lanes.applies),
     (Case(2, 4, (9, 40), 4, (3, 3), 1, 1, 1, 4), _rowblock.applies),
     (Case(2, 32, (6, 9), 32, (3, 3), 1, 1, 1, 2), _outer.applies),
     (Case(1, 32, (6, 9), 32, (3, 3), 1, 1, 1, 4), _outer.applies),

@@ -1,22 +1,16 @@
-"""Depthwise convolution on the CPU with channels in the vector lanes (for narrow planes).
+"""The depthwise weight gradient on the CPU with channels in the vector lanes (for narrow planes).
 
-``_rowblock`` puts output columns in the vector lanes; a 7- or 14-wide row leaves most of a
-16-lane vector idle (7 of 16, 14 of 16 plus a vector split across images). Here a vector holds
-one pixel of ``L`` channels (``L = _simd.lanes(dtype)``: 16 float32, 8 float64) instead, the
-layout oneDNN computes depthwise layers in (``nChw16c``), so no lane is idle whatever the width.
+Output columns in the lanes leave most of a vector idle on a 7- or 14-wide row. Here a vector
+holds one pixel of ``L`` channels (``L = _simd.lanes(dtype)``: 16 float32, 8 float64): a task
+(slice of the images, block of ``L`` channels) transposes each image's input planes into a
+zero-padded channels-last plane and its output-gradient planes into a channels-last one
+(``_simd.transpose_tile``: register shuffles), then one output row at a time adds ``gradient x
+input`` to a vector sum per tap (``_wrow``). Every offset and trip count is a constant of the
+generated source. Each image's sums are in the input dtype, added in image order to float64
+totals per slice, and the slices are added in order: the same bits whatever the thread count.
 
-A task (image, block of ``L`` channels) transposes the block's input planes into a zero-padded
-channels-last plane (``_simd.transpose_tile``: NCHW rows to pixel vectors with register
-shuffles, then a copy of each row into the padded plane), computes the output in blocks of ``R``
-rows x ``CB`` columns of pixel vectors (:func:`choose_block`), and transposes the output back
-into the NCHW planes. In a block, each kernel row's ``kW`` weight vectors are loaded once and each
-input vector once per kernel row, feeding every sum whose tap reads it; the ``R x CB`` sums stay
-in registers across all the taps. Every offset and trip count is a constant of the generated
-source (see ``_rowblock`` for why).
-
-An output is ``bias`` plus its taps in kernel order (row by row), each multiply-add fused: a fixed
-order, so results are the same run after run and whatever the thread count. Channels past the
-last whole block compute with zero weights in the unused lanes, which are not stored.
+(The forward of this layout, generated per geometry, is gone: ``_depthwise_lanes`` computes it
+with every size at run time, in the same sum order, faster: ``docs/performance.md``, round 14.)
 """
 
 from __future__ import annotations
@@ -30,23 +24,15 @@ import numpy as np
 from .._version import __version__
 from . import _generated, _scratch, _simd
 
-#: Registers for a block's sums plus one kernel row of weight vectors (of the 32 AVX-512 vector
-#: registers, a few left for the input loads): 3 x 7 sums for 3x3 kernels on 7-wide outputs.
-REGISTER_BUDGET = 24
-#: Columns per block considered: the one that computes the fewest columns twice (the last block
-#: of a row moves left to end at the row's end) wins, the widest among equals.
-MIN_COLS, MAX_COLS = 4, 8
-
-
 #: Most scratch elements per thread (the padded channels-last plane, the unpadded one and the
-#: output's): 8 MiB of float32. A narrow output of a huge, strided input would otherwise ask for
+#: output gradient's): 8 MiB of float32. A narrow output of a huge, strided input would otherwise ask for
 #: a copy of whole planes per thread; such calls take the other kernels.
 MAX_SCRATCH_ELEMS = 1 << 21
 
 
 def _plane_sizes(spec, geo: Geometry) -> tuple[int, int, int]:
     """Elements of the per-thread planes, each ``lanes`` wide: the padded input plane, the unpadded
-    one, the output plane."""
+    one, the output gradient's plane."""
     (h, w), (oh, ow) = spec.in_size, spec.out_size
     return geo.hp * geo.wp * geo.lanes, h * w * geo.lanes, oh * ow * geo.lanes
 
@@ -66,17 +52,9 @@ def _plane_scratch(spec, geo: Geometry, dtype, op: str) -> tuple[np.ndarray, ...
 
 def _fits(spec) -> bool:
     """Depthwise without a channel multiplier (one input and one output channel per group), no
-    input dilation, scratch within ``MAX_SCRATCH_ELEMS``: what both kernels here need."""
+    input dilation, scratch within ``MAX_SCRATCH_ELEMS``."""
     return (spec.batch > 0 and spec.in_per_group == 1 and spec.out_per_group == 1
             and spec.lhs_dilation == (1, 1) and scratch_elems(spec) <= MAX_SCRATCH_ELEMS)
-
-
-def applies(spec) -> bool:
-    """:func:`_fits`, and at most ``_generated.MAX_TAPS`` taps. (The launcher gives these forwards to
-    ``_depthwise``, compiled once per kind; this one is kept for comparison:
-    ``python docs/generic_kernels.py``.)"""
-    kh, kw = spec.kernel_size
-    return kh * kw <= _generated.MAX_TAPS and _fits(spec)
 
 
 #: The weight gradient unrolls one output row of multiply-adds (width x taps) and keeps a vector
@@ -92,15 +70,6 @@ def applies_weight_grad(spec) -> bool:
     ``MAX_WEIGHT_GRAD_TAPS`` taps and ``MAX_WEIGHT_GRAD_ROW`` multiply-adds per output row."""
     taps = spec.kernel_size[0] * spec.kernel_size[1]
     return taps <= MAX_WEIGHT_GRAD_TAPS and taps * spec.out_size[1] <= MAX_WEIGHT_GRAD_ROW and _fits(spec)
-
-
-def choose_block(spec) -> tuple[int, int]:
-    """(rows, columns) of output pixels per block."""
-    (oh, ow), kw = spec.out_size, spec.kernel_size[1]
-    candidates = range(min(MIN_COLS, ow), min(MAX_COLS, ow) + 1)
-    cols = min(candidates, key=lambda c: (-(-ow // c) * c, -c))
-    rows = max(1, min(oh, (REGISTER_BUDGET - kw) // cols))
-    return rows, cols
 
 
 class Geometry(NamedTuple):
@@ -134,25 +103,6 @@ def _columns_read(cols: int, kw_n: int, sw: int, dw: int) -> dict[int, list[tupl
     return dict(sorted(reads.items()))
 
 
-def _block_source(spec, geo: Geometry, rows: int, cols: int) -> list[str]:
-    """``_block``: ``ys[y0 + (r * OW + c) * L + l] = bv[b0 + l] + sum_t wv[w0 + t * L + l] *
-    xs[x0 + (((r * sh + kh * dh) * Wp) + c * sw + kw * dw) * L + l]`` for a block of pixels."""
-    (kh_n, kw_n), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
-    lanes, ow = geo.lanes, spec.out_size[1]
-    lines = ["", "", "@njit_serial", "def _block(xs, x0, wv, w0, bv, b0, ys, y0):", f"    for l in range({lanes}):"]
-    lines += [f"        s{r}_{c} = bv[_U(b0 + l)]" for r in range(rows) for c in range(cols)]
-    reads = _columns_read(cols, kw_n, sw, dw)
-    for kh in range(kh_n):
-        lines += [f"        k{kw} = wv[_U(w0 + {(kh * kw_n + kw) * lanes} + l)]" for kw in range(kw_n)]
-        for r in range(rows):
-            row = (r * sh + kh * dh) * geo.wp
-            for col, pairs in reads.items():
-                lines.append(f"        v = xs[_U(x0 + {(row + col) * lanes} + l)]")
-                lines += [f"        s{r}_{c} += k{kw} * v" for c, kw in pairs]
-    lines += [f"        ys[_U(y0 + {(r * ow + c) * lanes} + l)] = s{r}_{c}" for r in range(rows) for c in range(cols)]
-    return lines
-
-
 _TO_LANES = '''
 
 @njit_serial
@@ -183,61 +133,6 @@ def _pack(x_flat, s0, valid, t, xs):
             xs[_U(d + i)] = t[_U(s + i)]
 '''
 
-_DRIVER = '''
-
-@njit_serial
-def _unpack(ys, out_flat, o0, valid):
-    """out_flat[o0 + l * {out_plane} + p] = ys[p * {lanes} + l] for lanes l < valid."""
-    if valid == {lanes} and {out_plane} >= {lanes}:
-        for p0 in range(0, {out_plane} - {lanes}, {lanes}):
-            transpose_tile(ys, p0 * {lanes}, {lanes}, out_flat, o0 + p0, {out_plane})
-        transpose_tile(ys, ({out_plane} - {lanes}) * {lanes}, {lanes}, out_flat, o0 + {out_plane} - {lanes}, {out_plane})
-    else:
-        for l in range(valid):
-            for p in range({out_plane}):
-                out_flat[_U(o0 + l * {out_plane} + p)] = ys[_U(p * {lanes} + l)]
-
-
-@njit_parallel
-def forward(x, wv, bv, out, xs_all, t_all, ys_all):
-    """out (N, C, {oh}, {ow}) = the depthwise convolution of x (N, C, H, W) by the channels-last
-    weights wv ({blocks}, kH * kW, {lanes}) + bv ({blocks} * {lanes}): a task per (image, block of
-    {lanes} channels), blocks of {rows} x {cols} output pixels."""
-    n_img, c = x.shape[0], x.shape[1]
-    x_flat = x.reshape(-1)
-    out_flat = out.reshape(-1)
-    for task in numba.prange(n_img * {blocks}):
-        tid = numba.get_thread_id()
-        xs = xs_all[tid]
-        ys = ys_all[tid]
-        n = task // {blocks}
-        cb = task - n * {blocks}
-        c0 = cb * {lanes}
-        valid = min({lanes}, c - c0)
-        _pack(x_flat, (n * c + c0) * {plane}, valid, t_all[tid], xs)
-        for by in range(0, {oh}, {rows}):
-            oy = min(by, {oh} - {rows})  # the last blocks move up and left: a few pixels computed twice
-            for bx in range(0, {ow}, {cols}):
-                ox = min(bx, {ow} - {cols})
-                _block(xs, (oy * {sh} * {wp} + ox * {sw}) * {lanes}, wv, cb * {taps_lanes}, bv, c0, ys,
-                       (oy * {ow} + ox) * {lanes})
-        _unpack(ys, out_flat, (n * c + c0) * {out_plane}, valid)
-'''
-
-
-def module_source(spec) -> str:
-    """The whole generated module for ``spec``: header, block, pack, unpack and parallel driver."""
-    geo = geometry(spec)
-    rows, cols = choose_block(spec)
-    (h, w), (oh, ow) = spec.in_size, spec.out_size
-    kh, kw = spec.kernel_size
-    fmt = dict(_common_format(spec, geo), rows=rows, cols=cols, taps_lanes=kh * kw * geo.lanes)
-    what = (f"depthwise, {geo.lanes} channels per vector, kernel {kh}x{kw}, stride {spec.stride}, dilation "
-            f"{spec.dilation}, {h}x{w} -> {oh}x{ow}, blocks of {rows}x{cols} pixels")
-    return (_header(what) + _TO_LANES.format(name="_lanes_in", **fmt) + _PACK.format(**fmt)
-            + "\n".join(_block_source(spec, geo, rows, cols)) + "\n" + _DRIVER.format(**fmt))
-
-
 def _header(what: str) -> str:
     return (_generated.HEADER.format(generator=__name__, version=__version__, what=what)
             + "\nfrom nbconv.cpu._simd import transpose_tile\n")
@@ -251,11 +146,6 @@ def _common_format(spec, geo: Geometry) -> dict:
                 taps=spec.kernel_size[0] * spec.kernel_size[1])
 
 
-@functools.lru_cache(maxsize=128)
-def _module(spec):
-    return _generated.load(module_source(spec), "nbconv_channels_last")
-
-
 def aligned_zeros(rows: int, cols: int, dtype) -> np.ndarray:
     """Zeros (rows, cols') with cols' >= cols a whole number of vectors and every row starting on
     a 64-byte boundary (a vector load across two cache lines costs two)."""
@@ -264,28 +154,6 @@ def aligned_zeros(rows: int, cols: int, dtype) -> np.ndarray:
     buf = np.zeros(rows * cols + per, dtype)
     start = (-buf.ctypes.data % _simd.VECTOR_BYTES) // buf.itemsize
     return buf[start:start + rows * cols].reshape(rows, cols)
-
-
-def channels_last_weights(w: np.ndarray, b: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(C, 1, kH, kW) weights and (C,) bias as (blocks * kH * kW * lanes,) and (blocks * lanes,):
-    lane l of block j is channel j * lanes + l, zero past the last channel."""
-    c, taps = w.shape[0], w.shape[2] * w.shape[3]
-    blocks = -(-c // lanes)
-    if c == blocks * lanes:  # whole blocks: one copy, the bias as it is
-        return np.ascontiguousarray(w.reshape(blocks, lanes, taps).transpose(0, 2, 1)).reshape(-1), b
-    wv = np.zeros((blocks * lanes, taps), w.dtype)
-    wv[:c] = w.reshape(c, taps)
-    bv = np.zeros(blocks * lanes, b.dtype)
-    bv[:c] = b
-    return wv.reshape(blocks, lanes, taps).transpose(0, 2, 1).ravel(), bv
-
-
-def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
-    """``out`` = the depthwise convolution of ``spec`` (C-contiguous arrays; ``w`` in (C, 1, kH,
-    kW); any stride, dilation and padding, cropping included)."""
-    geo = geometry(spec)
-    wv, bv = channels_last_weights(w, b, geo.lanes)
-    _module(spec).forward(x, wv, bv, out, *_plane_scratch(spec, geo, x.dtype, "forward"))
 
 
 def _weight_row_source(spec, geo: Geometry) -> list[str]:

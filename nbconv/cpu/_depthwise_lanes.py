@@ -37,6 +37,7 @@ from ._simd import (
     _declared,
     _fma,
     _takes,
+    in_lane_plan,
     lanes_below,
     perfect_shuffle_plan,
     vector_args,
@@ -73,18 +74,20 @@ def applies(spec) -> bool:
 
 def prefers(spec) -> bool:
     """Where this kernel beats ``_depthwise``: kernels 5 or more wide, strides over 1, and
-    outputs at most 14 wide. Time against ``_depthwise``'s, interleaved, batch 8 / batch 2, on a
-    2-core Zen 3 (AVX2), float32 (``python docs/depthwise_lanes.py``): 7x7 0.41-0.87 / 0.40-0.84,
-    5x5 0.42-0.82 / 0.51-0.84, 3x3 at stride 2 0.43-0.84 / 0.58-0.90, 3x3 at stride 1 on 7 and 14
-    pixels 0.77-0.98; 3x3 at stride 1 on 28 pixels and more 0.97-1.17, which stays with
-    ``_depthwise``."""
+    outputs at most 14 wide. Time against ``_depthwise``'s, interleaved, on a 2-core Zen 3 (AVX2),
+    float32, batches 8 and 2, two sittings (``python docs/depthwise_lanes.py``): 7x7 0.40-0.90,
+    5x5 0.39-0.97, 3x3 at stride 2 0.43-0.90, 3x3 at stride 1 on 7 and 14 pixels 0.72-1.04; 3x3 at
+    stride 1 on 28 pixels and more 0.90-1.26, which stays with ``_depthwise``."""
     return spec.kernel_size[1] >= 5 or max(spec.stride) > 1 or spec.out_size[1] <= 14
 
 
 def _transpose(builder, rows, n):
-    """``rows`` (``n`` vectors of ``n`` lanes) transposed with register shuffles."""
+    """``rows`` (``n`` vectors of ``n`` lanes) transposed with register shuffles: float32's
+    in-lane plan (a third of the instructions on AVX2, ``docs/performance.md`` round 14), else
+    perfect shuffles."""
     mask_type = ir.VectorType(ir.IntType(32), n)
-    for stage in perfect_shuffle_plan(n):
+    float32 = isinstance(rows[0].type.element, ir.FloatType)
+    for stage in in_lane_plan(n) if float32 and n in (8, 16) else perfect_shuffle_plan(n):
         new = [None] * n
         for d, a, b, mask in stage:
             new[d] = builder.shuffle_vector(rows[a], rows[b], ir.Constant(mask_type, mask))
