@@ -17,7 +17,7 @@ from reference import assert_conv_close, conv2d_input_reference
 import nbconv
 import nbconv.cpu._launch as launch
 from nbconv._spec import conv2d_input_spec, conv2d_spec
-from nbconv.cpu import _depthwise, _generated, _rowblock
+from nbconv.cpu import _depthwise, _depthwise_lanes, _generated, _rowblock
 from nbconv.cpu._launch import conv2d_forward
 
 #: the small cases here must reach the generated kernels (``MIN_GENERATED_MACS``)
@@ -52,7 +52,8 @@ def test_public_conv2d_takes_the_path(case, monkeypatch):
     real = _rowblock.depthwise_forward
     monkeypatch.setattr(_rowblock, "depthwise_forward", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(_rowblock, "applies", lambda spec: True)
-    monkeypatch.setattr(_depthwise, "applies", lambda spec: False)  # which otherwise comes first
+    for earlier in (_depthwise_lanes, _depthwise):  # which otherwise come first
+        monkeypatch.setattr(earlier, "applies", lambda spec: False)
     xs = np.asfortranarray(x)
     xs.flags.writeable = False
     got = nbconv.conv2d(xs, w, b, **case.conv_args())

@@ -284,21 +284,21 @@ def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc, direct):
             if oh < {rows}:
                 for oy in range(oh):
                     if direct:
-{direct_row1}
+                        {direct_row1}
                     else:
                         _row1(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
             elif {small_lo} <= oh <= {small_hi}:
                 for blk in range(0, oh, {small}):
                     oy = min(blk, oh - {small})
                     if direct:
-{direct_small_call}
+                        {direct_small_call}
                     else:
                         _rows_small(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
             else:
                 for blk in range(0, oh, {rows}):
                     oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice
                     if direct:
-{direct_rows_call}
+                        {direct_rows_call}
                     else:
                         _rows(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
 '''
@@ -339,12 +339,12 @@ def module_source(kernel_size, stride, dilation) -> str:
                        f"_row1_direct = depthwise_rows({direct}, 1, {bits}, {keep}, {stride[0]})\n")
         call = ("{name}(x_flat, task * h * wi, wi, 0, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, "
                 "oy * sh - pt, h, -pl)")
-        direct_row1 = " " * 24 + call.format(name="_row1_direct")
-        direct_rows_call = " " * 24 + call.format(name="_rows_direct")
-        direct_small_call = " " * 24 + call.format(name="_rows_small_direct")
+        direct_row1 = [call.format(name="_row1_direct")]
+        direct_rows_call = [call.format(name="_rows_direct")]
+        direct_small_call = [call.format(name="_rows_small_direct")]
     else:
-        direct_rows, direct_row1, direct_rows_call, direct_small_call = "", *[" " * 24 + "pass"] * 3
-    return _generated.HEADER.format(generator=__name__, version=__version__, what=what) + _DRIVER.format(
+        direct_rows, direct_row1, direct_rows_call, direct_small_call = "", ["pass"], ["pass"], ["pass"]
+    return _generated.HEADER.format(generator=__name__, version=__version__, what=what) + _generated.fill(_DRIVER,
         taps=taps, rows=ROWS, bits=bits, slack=bits // 32, keep=keep, kh=kernel_size[0], kw=kernel_size[1],
         sh=stride[0], sw=stride[1], dilation=dilation, n_taps=len(taps), direct_rows=direct_rows,
         direct_row1=direct_row1, direct_rows_call=direct_rows_call, direct_small_call=direct_small_call,

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -158,21 +159,43 @@ def channels_per_slice(channels: int, slices: int, block: int) -> int:
     return -(-per_slice // block) * block
 
 
+def fill(template: str, **fields) -> str:
+    """``template.format(**fields)``, except that a field given as a list of source lines, named
+    alone on its line, becomes those lines, each indented as the placeholder is. The template
+    says how deep inserted code goes; the code that makes the lines writes them from column 0
+    (their own nesting four spaces a level)."""
+    blocks = {name: lines for name, lines in fields.items() if isinstance(lines, list)}
+    scalars = {name: value for name, value in fields.items() if not isinstance(value, list)}
+    out = []
+    for line in template.split("\n"):
+        alone = re.fullmatch(r"( *)\{(\w+)\}", line)
+        if alone and alone.group(2) in blocks:
+            out += [alone.group(1) + code if code else code for code in blocks[alone.group(2)]]
+        else:
+            out.append(line.format(**scalars))
+    return "\n".join(out)
+
+
+def nested(lines: list[str]) -> list[str]:
+    """``lines`` one level deeper (the body of a statement that ends with a colon)."""
+    return ["    " + code if code else code for code in lines]
+
+
 def row_offsets(taps, wc: int, rows: int) -> list[int]:
     """The distinct input offsets ``taps[t] + r * wc`` that ``rows`` consecutive output rows read
     (output row ``r`` of a block reads one packed row, ``wc`` elements, further down)."""
     return sorted({t + r * wc for t in taps for r in range(rows)})
 
 
-def multiply_add_lines(taps, wc: int, rows: int, channels: int, indent: str) -> list[str]:
+def multiply_add_lines(taps, wc: int, rows: int, channels: int) -> list[str]:
     """The body of a row-blocked vector loop at ``q``: each distinct input vector of
     :func:`row_offsets` loaded once (``v{i} = xs[q + offset]``), in address order, and right after
     it (short live ranges) its multiply-adds ``s{k}_{r} += k{k}_{t} * v{i}`` for the output
     channels k and rows r whose tap t reads it. Each sum gets its terms in address order."""
     lines = []
     for i, o in enumerate(row_offsets(taps, wc, rows)):
-        lines.append(f"{indent}v{i} = xs[_U(q + {o})]")
-        lines += [f"{indent}s{k}_{r} += k{k}_{t} * v{i}"
+        lines.append(f"v{i} = xs[_U(q + {o})]")
+        lines += [f"s{k}_{r} += k{k}_{t} * v{i}"
                   for r in range(rows) for t, tap in enumerate(taps) if tap + r * wc == o for k in range(channels)]
     return lines
 

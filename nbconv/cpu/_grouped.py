@@ -79,14 +79,28 @@ def _pass_source(name: str, taps, wc: int, pw: int, ob: int, rows: int, n_blocks
     + p]`` for ``ob`` output channels k, p < pw. The weights are loaded once per call, for all the
     blocks."""
     plane = n_blocks * rows * pw  # one output channel's accumulator rows
-    lines = ["", "", "@njit_serial", f"def {name}(acc, xs, x0, w, w0, blocks):"]
-    lines += [f"    k{k}_{t} = w[_U(w0 + {k * w_oc + t})]" for k in range(ob) for t in range(len(taps))]
-    lines += ["    for j in range(blocks):", f"        a0 = j * {rows * pw}", f"        x1 = x0 + j * {rows * wc}",
-              f"        for p in range({pw}):", "            q = x1 + p"]
-    lines += [f"            s{k}_{r} = acc[_U(a0 + {k * plane + r * pw} + p)]" for k in range(ob) for r in range(rows)]
-    lines += _generated.multiply_add_lines(taps, wc, rows, ob, " " * 12)
-    lines += [f"            acc[_U(a0 + {k * plane + r * pw} + p)] = s{k}_{r}" for k in range(ob) for r in range(rows)]
-    return lines
+    return _generated.fill(
+        _PASS, name=name, block_elems=rows * pw, block_step=rows * wc, pw=pw,
+        weights=[f"k{k}_{t} = w[_U(w0 + {k * w_oc + t})]" for k in range(ob) for t in range(len(taps))],
+        loads=[f"s{k}_{r} = acc[_U(a0 + {k * plane + r * pw} + p)]" for k in range(ob) for r in range(rows)],
+        terms=_generated.multiply_add_lines(taps, wc, rows, ob),
+        stores=[f"acc[_U(a0 + {k * plane + r * pw} + p)] = s{k}_{r}" for k in range(ob) for r in range(rows)],
+    ).split("\n")
+
+
+_PASS = """
+
+@njit_serial
+def {name}(acc, xs, x0, w, w0, blocks):
+    {weights}
+    for j in range(blocks):
+        a0 = j * {block_elems}
+        x1 = x0 + j * {block_step}
+        for p in range({pw}):
+            q = x1 + p
+            {loads}
+            {terms}
+            {stores}"""
 
 
 def _bias_source(name: str, ob: int, plane: int, block_elems: int) -> list[str]:
@@ -141,15 +155,15 @@ def forward(x, w, b, out, scratch, acc_buf, stack, slices, ocs):
                 for j in range(n_cnt):  # the seam rows between images are dropped
                     _unpack(out_flat, ((n0 + j) * {c_out} + oc) * {oh} * {ow}, acc, j * {hc} * {pw})
             else:
-{remainder}
+                {remainder}
             oc += {ob} if full else {ob_rem}
 '''
 
-_REMAINDER = '''                _bias_rem(acc, b, oc, blocks)
-                for ci in range({cin_g}):
-                    _pass_rem(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, blocks)
-                for j in range(n_cnt):
-                    _unpack_rem(out_flat, ((n0 + j) * {c_out} + oc) * {oh} * {ow}, acc, j * {hc} * {pw})'''
+_REMAINDER = '''_bias_rem(acc, b, oc, blocks)
+for ci in range({cin_g}):
+    _pass_rem(acc, xs, ci * {chan}, w_flat, w0 + ci * {n_taps}, blocks)
+for j in range(n_cnt):
+    _unpack_rem(out_flat, ((n0 + j) * {c_out} + oc) * {oh} * {ow}, acc, j * {hc} * {pw})'''
 
 
 @functools.lru_cache(maxsize=256)
@@ -205,8 +219,8 @@ def module_source(spec, stack: int) -> str:
                stack=stack, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, w_oc=w_oc, hc=hc, pw=pw, rows=rows,
                n_taps=len(taps), chan=geo.channel_elems, img=hc * wc,
                in_plane=spec.in_size[0] * spec.in_size[1])
-    remainder = _REMAINDER.format(**fmt) if ob_rem else "                pass"
-    return "\n".join(lines) + "\n" + _DRIVER.format(remainder=remainder, **fmt)
+    remainder = _REMAINDER.format(**fmt).split("\n") if ob_rem else ["pass"]
+    return "\n".join(lines) + "\n" + _generated.fill(_DRIVER, remainder=remainder, **fmt)
 
 
 @functools.lru_cache(maxsize=128)

@@ -137,11 +137,11 @@ def forward(x, wv, b, out, scratch):
         xs = scratch[numba.get_thread_id()]
         gp = task % {n_packs}
         n = task // {n_packs}
-{pack_planes}
+        {pack_planes}
         for vb in range({n_vblocks}):
             c0 = gp * {pack_channels} + vb * {block_channels}
             w0 = gp * {w_group} + vb * {block_channels}
-{rows}
+            {rows}
 '''
 
 
@@ -184,14 +184,14 @@ def _row_lines(spec, blocks, wc: int, pack: int) -> tuple[list[str], list[str]]:
             branch.append(f"{name}(xs, (oy * {wc} + {p0}) * {pack}, wv, w0, b, c0, "
                           f"out_flat, o0 + {p0})")
         if len(row_phases) == 1:
-            calls += [" " * 16 + c for c in branch]
+            calls += branch
         else:
-            calls.append(" " * 16 + ("if" if r == 0 else "elif" if r < len(row_phases) - 1 else "else:")
+            calls.append(("if" if r == 0 else "elif" if r < len(row_phases) - 1 else "else:")
                          + (f" oy % {len(row_phases)} == {r}:" if r < len(row_phases) - 1 else ""))
-            calls += [" " * 20 + c for c in branch]
-    loop = [" " * 12 + f"for oy in range({spec.out_size[0]}):",
-            " " * 16 + f"o0 = ((n * {spec.out_channels} + c0) * {spec.out_size[0]} + oy) * {spec.out_size[1]}"]
-    return list(defs.values()), loop + calls
+            calls += _generated.nested(branch)
+    loop = [f"for oy in range({spec.out_size[0]}):",
+            f"    o0 = ((n * {spec.out_channels} + c0) * {spec.out_size[0]} + oy) * {spec.out_size[1]}"]
+    return list(defs.values()), loop + _generated.nested(calls)
 
 
 def direct_applies(spec) -> bool:
@@ -214,9 +214,9 @@ def _direct_row_lines(spec, blocks) -> tuple[list[str], list[str]]:
     _, n_vec = choose_block(spec)
     defs, lines = {}, []  # (width, pixel taps) -> (name, definition)
     for r0, r1, khs in rows:
-        lines += [" " * 12 + f"for oy in range({r0}, {r1}):",
-                  " " * 16 + f"o0 = ((n * {spec.out_channels} + c0) * {oh} + oy) * {ow}",
-                  " " * 16 + f"xr = xb + oy * {sh * w}"]
+        lines += [f"for oy in range({r0}, {r1}):",
+                  f"    o0 = ((n * {spec.out_channels} + c0) * {oh} + oy) * {ow}",
+                  f"    xr = xb + oy * {sh * w}"]
         for p0, width in blocks:
             pixel_taps = tuple(tuple(kh * kw_n + kw for kh in khs for kw in col_taps[p0 + p]) for p in range(width))
             key = (width, pixel_taps)
@@ -226,7 +226,7 @@ def _direct_row_lines(spec, blocks) -> tuple[list[str], list[str]]:
                                    f"{n_vec}, {len(taps) * cout_g}, {cout_g}, {oh * ow}, pixel_taps={pixel_taps}, "
                                    f"x_pixel_step={sw})")
             name = defs[key][0]
-            lines.append(" " * 16 + f"{name}(x_flat, xr + {p0 * sw}, wv, w0, b, c0, out_flat, o0 + {p0})")
+            lines.append(f"    {name}(x_flat, xr + {p0 * sw}, wv, w0, b, c0, out_flat, o0 + {p0})")
     return [definition for _, definition in defs.values()], lines
 
 
@@ -247,18 +247,18 @@ def module_source(spec, direct: bool = False) -> str:
              "from nbconv.cpu._simd import outer_product_row", "", "" if direct else _generated.pack_source(spec, 1, pack)]
     if direct:
         defs, calls = _direct_row_lines(spec, blocks)
-        pack_planes = f"        xb = (n * {spec.in_channels} + gp * {cin_g}) * {in_plane}"
+        pack_planes = [f"xb = (n * {spec.in_channels} + gp * {cin_g}) * {in_plane}"]
     else:
         defs, calls = _row_lines(spec, blocks, wc, pack)
-        pack_planes = f"        for ci in range({cin_g}):\n"
         if pack == 1:
-            pack_planes += f"            _pack_plane(x_flat, (n * {spec.in_channels} + gp * {cin_g} + ci) * {in_plane}, xs, ci * {chan})"
+            per_channel = [f"_pack_plane(x_flat, (n * {spec.in_channels} + gp * {cin_g} + ci) * {in_plane}, xs, ci * {chan})"]
         else:
-            pack_planes += (f"            for j in range({pack}):\n"
-                            f"                _pack_plane(x_flat, (n * {spec.in_channels} + (gp * {pack} + j) * {cin_g} + ci) * "
-                            f"{in_plane}, xs, ci * {chan}, j)")
-    return "\n".join(lines + defs) + "\n" + _DRIVER.format(
-        rows="\n".join(calls), pack_planes=pack_planes, n_packs=spec.groups // pack, pack=pack,
+            per_channel = [f"for j in range({pack}):",
+                           f"    _pack_plane(x_flat, (n * {spec.in_channels} + (gp * {pack} + j) * {cin_g} + ci) * "
+                           f"{in_plane}, xs, ci * {chan}, j)"]
+        pack_planes = [f"for ci in range({cin_g}):", *_generated.nested(per_channel)]
+    return "\n".join(lines + defs) + "\n" + _generated.fill(
+        _DRIVER, rows=calls, pack_planes=pack_planes, n_packs=spec.groups // pack, pack=pack,
         pack_channels=pack * cout_g, n_vblocks=max(1, cout_g // (n_vec * lanes)), block_channels=n_vec * lanes,
         w_group=cin_g * len(taps) * cout_g * pack, **_sizes(spec, taps))
 

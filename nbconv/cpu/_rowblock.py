@@ -86,20 +86,37 @@ def kernel_source(taps: tuple[int, ...], wc: int, ow: int, rows: int, passes: tu
     row_len = len(taps) // sum(passes)
     ends = list(itertools.accumulate(n * row_len for n in passes))
     bounds = list(zip([0, *ends[:-1]], ends))
-    lines = []
+    functions = []
     for r_n in sorted({rows, 1}):
-        lines += ["", "", "@njit_serial", f"def _rows{r_n}(out, o0, xs, x0, w, w0, bias):"]
-        if len(bounds) == 1:
-            lines += [f"    k0_{t} = w[_U(w0 + {t})]" for t in range(len(taps))]
-        lines += [f"    for c in range({-(-ow // CHUNK)}):", f"        p0 = min(c * {CHUNK}, {ow - CHUNK})"]
+        passes_lines = []
         for i, (a, b) in enumerate(bounds):
-            if len(bounds) > 1:
-                lines += [f"        k0_{t - a} = w[_U(w0 + {t})]" for t in range(a, b)]
-            lines += [f"        for p in range(p0, p0 + {CHUNK}):", "            q = x0 + p"]
-            lines += [f"            s0_{r} = " + ("bias" if i == 0 else f"out[_U(o0 + {r * ow} + p)]") for r in range(r_n)]
-            lines += _generated.multiply_add_lines(taps[a:b], wc, r_n, 1, " " * 12)
-            lines += [f"            out[_U(o0 + {r * ow} + p)] = s0_{r}" for r in range(r_n)]
-    return "\n".join(lines) + "\n"
+            passes_lines += _generated.fill(
+                _PASS, chunk=CHUNK,
+                weights=[f"k0_{t - a} = w[_U(w0 + {t})]" for t in range(a, b)] if len(bounds) > 1 else [],
+                starts=[f"s0_{r} = " + ("bias" if i == 0 else f"out[_U(o0 + {r * ow} + p)]") for r in range(r_n)],
+                terms=_generated.multiply_add_lines(taps[a:b], wc, r_n, 1),
+                stores=[f"out[_U(o0 + {r * ow} + p)] = s0_{r}" for r in range(r_n)]).split("\n")
+        functions.append(_generated.fill(
+            _ROWS, r_n=r_n, chunks=-(-ow // CHUNK), chunk=CHUNK, last=ow - CHUNK, passes=passes_lines,
+            weights=[f"k0_{t} = w[_U(w0 + {t})]" for t in range(len(taps))] if len(bounds) == 1 else []))
+    return "\n".join(functions) + "\n"
+
+
+_ROWS = """
+
+@njit_serial
+def _rows{r_n}(out, o0, xs, x0, w, w0, bias):
+    {weights}
+    for c in range({chunks}):
+        p0 = min(c * {chunk}, {last})
+        {passes}"""
+
+_PASS = """{weights}
+for p in range(p0, p0 + {chunk}):
+    q = x0 + p
+    {starts}
+    {terms}
+    {stores}"""
 
 
 _DRIVER = '''
@@ -128,7 +145,7 @@ def forward(x, w, b, out, scratch):
                 for oy in range(oh):
                     _rows1(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])
             else:
-{blocks}
+                {blocks}
 '''
 
 
@@ -139,21 +156,20 @@ def module_source(spec) -> str:
     taps = tuple(int(t) for t in _packed.packed_tables(spec, 1)[2].ravel())
     wc, ow, rows = geo.wc, spec.out_size[1], rows_per_pass(spec)
     passes = kernel_row_passes(*spec.kernel_size)
-    indent = " " * 16
 
-    def call(r_n: int) -> str:
-        return f"{indent}    _rows{r_n}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])"
+    def call(r_n: int) -> str:  # in a loop over oy
+        return f"    _rows{r_n}(out_flat, plane + oy * {ow}, xs, oy * {wc}, w_flat, w0, b[oc])"
 
     if len(passes) == 1:
-        blocks = [f"{indent}for blk in range(0, oh, {rows}):",
-                  f"{indent}    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice", call(rows)]
+        blocks = [f"for blk in range(0, oh, {rows}):",
+                  f"    oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice", call(rows)]
     else:  # passes add to stored sums: no row may be computed twice, the rows past the blocks one by one
-        blocks = [f"{indent}for oy in range(0, oh - {rows} + 1, {rows}):", call(rows),
-                  f"{indent}for oy in range(oh - oh % {rows}, oh):", call(1)]
-    fmt = dict(taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps), blocks="\n".join(blocks))
+        blocks = [f"for oy in range(0, oh - {rows} + 1, {rows}):", call(rows),
+                  f"for oy in range(oh - oh % {rows}, oh):", call(1)]
+    fmt = dict(taps=taps, wc=wc, ow=ow, rows=rows, n_taps=len(taps), blocks=blocks)
     what = f"depthwise rows for taps {taps}, packed pitch {wc}, output width {ow}, {rows} rows per pass"
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
-    return header + _generated.pack_source(spec) + kernel_source(taps, wc, ow, rows, passes) + _DRIVER.format(**fmt)
+    return header + _generated.pack_source(spec) + kernel_source(taps, wc, ow, rows, passes) + _generated.fill(_DRIVER, **fmt)
 
 
 @functools.lru_cache(maxsize=128)

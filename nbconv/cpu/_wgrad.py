@@ -163,7 +163,7 @@ def weight_grad(x, gy, dw, scratch, gy_buf, tot_buf, ocs, zero):
                     if nk == {ob}:
                         _dots(tot, t0 + ci * {n_taps}, gb, xs, ci * {chan}, n_el, zero)
                     else:
-{remainder}
+                        {remainder}
                 oc += nk
         w0 = oc_lo * {w_oc}
         for i in range((oc_hi - oc_lo) * {w_oc}):
@@ -192,9 +192,9 @@ def module_source(spec, stack: int) -> str:
                stack=stack, ob=ob, ob_rem=ob_rem, oh=oh, ow=ow, hc=hc, wc=wc, round=ROUND, g_pitch=g_pitch,
                w_oc=w_oc, n_taps=len(taps), chan=geo.channel_elems, img=hc * wc,
                in_plane=spec.in_size[0] * spec.in_size[1])
-    remainder = " " * 24 + ("_dots_rem(tot, t0 + ci * {n_taps}, gb, xs, ci * {chan}, n_el, zero)".format(**fmt)
-                            if ob_rem else "pass")
-    return "\n".join(lines) + "\n" + _DRIVER.format(remainder=remainder, **fmt)
+    remainder = ["_dots_rem(tot, t0 + ci * {n_taps}, gb, xs, ci * {chan}, n_el, zero)".format(**fmt)
+                 if ob_rem else "pass"]
+    return "\n".join(lines) + "\n" + _generated.fill(_DRIVER, remainder=remainder, **fmt)
 
 
 @functools.lru_cache(maxsize=128)

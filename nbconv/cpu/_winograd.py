@@ -163,13 +163,13 @@ def _lincomb(coeffs, names) -> str:
     return expr[2:] if expr.startswith("+ ") else "-" + expr[2:]
 
 
-def _separable_lines(src: str, dst: str, tmp: str, rows, cols, indent: str) -> list[str]:
+def _separable_lines(src: str, dst: str, tmp: str, rows, cols) -> list[str]:
     """``dst[i][j] = sum rows[i][a] cols[j][b] src[a][b]``: first along the columns
     (``tmp{a}_{j}``), then along the rows; names ``{src}{a}_{b}``."""
     n_a, n_b = len(rows[0]), len(cols[0])
-    lines = [f"{indent}{tmp}{a}_{j} = {_lincomb(cols[j], [f'{src}{a}_{b}' for b in range(n_b)])}"
+    lines = [f"{tmp}{a}_{j} = {_lincomb(cols[j], [f'{src}{a}_{b}' for b in range(n_b)])}"
              for a in range(n_a) for j in range(len(cols))]
-    lines += [f"{indent}{dst}{i}_{j} = {_lincomb(rows[i], [f'{tmp}{a}_{j}' for a in range(n_a)])}"
+    lines += [f"{dst}{i}_{j} = {_lincomb(rows[i], [f'{tmp}{a}_{j}' for a in range(n_a)])}"
               for i in range(len(rows)) for j in range(len(cols))]
     return lines
 
@@ -189,7 +189,7 @@ def transform_weight(w, u):
         c = task % {cin_g}
         for o in range({cout_g}):
             w0 = ((g * {cout_g} + o) * {cin_g} + c) * {kk}
-{weight_body}
+            {weight_body}
 
 
 @njit_parallel
@@ -222,14 +222,14 @@ def pack(x, xp):
 def _input_transform(xp, base, v, v0):
     \"\"\"v[v0 + p * {cin_g} + c] = (B^T d B)[p] of the tile at xp[base:], every input channel c.\"\"\"
     for c in range({cin_g}):
-{input_body}
+        {input_body}
 
 
 @njit_serial
 def _products(m, m0, v, v0, u, u0):
     \"\"\"m[m0 + t * {ob} + o] = sum_c v[v0 + t * {v_tile} + c] * u[u0 + c * {cout_g} + o] for {tt} tiles t
     and {ob} output channels o: {kc} input channels at a time, their {tt} x {kc} tile values in registers.\"\"\"
-{gemm_body}
+    {gemm_body}
 
 
 @njit_serial
@@ -237,7 +237,7 @@ def _output_transform(m, m0, b, y, y0):
     \"\"\"y[y0 + (a * {mw} + c) * {ob} + o] = (A^T M A)[a, c] + b[o] of the tile whose products are at m[m0:]
     (position p at a stride of {tb} x {ob}), every output channel o of the block.\"\"\"
     for o in range({ob}):
-{output_body}
+        {output_body}
 
 
 @numba.njit(inline="always")
@@ -293,45 +293,42 @@ def module_source(spec) -> str:
     cin_g, cout_g = spec.in_per_group, spec.out_per_group
     kc, ob = blocking(spec)
     p_n = geo.positions
-    ind3, ind4 = " " * 12, " " * 8
     # weight: w{a}_{b} -> u{i}_{j}
-    weight_body = [f"{ind3}w{a}_{b} = w[_U(w0 + {a * kw + b})]" for a in range(kh) for b in range(kw)]
-    weight_body += _separable_lines("w", "u", "h", gh, gw, ind3)
-    weight_body += [f"{ind3}u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)] = u{i}_{j}"
+    weight_body = [f"w{a}_{b} = w[_U(w0 + {a * kw + b})]" for a in range(kh) for b in range(kw)]
+    weight_body += _separable_lines("w", "u", "h", gh, gw)
+    weight_body += [f"u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)] = u{i}_{j}"
                     for i in range(th) for j in range(tw)]
     # input: d{i}_{j} -> v{i}_{j}, vectorised over channels
-    input_body = [f"{ind4}d{i}_{j} = xp[_U(base + {(i * wp + j) * cin_g} + c)]" for i in range(th) for j in range(tw)]
-    input_body += _separable_lines("d", "v", "e", bth, btw, ind4)
-    input_body += [f"{ind4}v[_U(v0 + {(i * tw + j) * cin_g} + c)] = v{i}_{j}" for i in range(th) for j in range(tw)]
+    input_body = [f"d{i}_{j} = xp[_U(base + {(i * wp + j) * cin_g} + c)]" for i in range(th) for j in range(tw)]
+    input_body += _separable_lines("d", "v", "e", bth, btw)
+    input_body += [f"v[_U(v0 + {(i * tw + j) * cin_g} + c)] = v{i}_{j}" for i in range(th) for j in range(tw)]
     # output: m{i}_{j} -> y{a}_{b}, vectorised over output channels, stored where inside the plane
-    output_body = [f"{ind4}m{i}_{j} = m[_U(m0 + {(i * tw + j) * TB * ob} + o)]" for i in range(th) for j in range(tw)]
-    output_body += _separable_lines("m", "y", "s", ath, atw, ind4)
-    output_body += [f"{ind4}bias = b[o]"]
-    output_body += [f"{ind4}y[_U(y0 + {(a * mw + c) * ob} + o)] = y{a}_{c} + bias" for a in range(mh) for c in range(mw)]
+    output_body = [f"m{i}_{j} = m[_U(m0 + {(i * tw + j) * TB * ob} + o)]" for i in range(th) for j in range(tw)]
+    output_body += _separable_lines("m", "y", "s", ath, atw)
+    output_body += ["bias = b[o]"]
+    output_body += [f"y[_U(y0 + {(a * mw + c) * ob} + o)] = y{a}_{c} + bias" for a in range(mh) for c in range(mw)]
     # products: TT tiles x KC channels per pass over the output channels
     v_tile = p_n * cin_g
     gemm = []
     for first in (True, False):  # the first input channels start the sums, the others add to them
-        ind = " " * 4 if first else " " * 8
         c0 = "0" if first else "c0"
-        if not first:
-            gemm += [f"    for c0 in range({kc}, {cin_g}, {kc}):"]
-        gemm += [f"{ind}a{t}_{k} = v[_U(v0 + {t * v_tile + k} + {c0})]" for t in range(TT) for k in range(kc)]
-        gemm += [f"{ind}for o in range({ob}):"]
-        gemm += [f"{ind}    w{k} = u[_U(u0 + ({c0} + {k}) * {cout_g} + o)]" for k in range(kc)]
+        block = [f"a{t}_{k} = v[_U(v0 + {t * v_tile + k} + {c0})]" for t in range(TT) for k in range(kc)]
+        block += [f"for o in range({ob}):"]
+        per_output = [f"w{k} = u[_U(u0 + ({c0} + {k}) * {cout_g} + o)]" for k in range(kc)]
         for t in range(TT):
             terms = " + ".join(f"a{t}_{k} * w{k}" for k in range(kc))
             acc = "" if first else f"m[_U(m0 + {t * ob} + o)] + "
-            gemm += [f"{ind}    m[_U(m0 + {t * ob} + o)] = {acc}{terms}"]
+            per_output += [f"m[_U(m0 + {t * ob} + o)] = {acc}{terms}"]
+        block += _generated.nested(per_output)
+        gemm += block if first else [f"for c0 in range({kc}, {cin_g}, {kc}):", *_generated.nested(block)]
     what = f"Winograd F({mh}x{mw}, {kh}x{kw}), {cin_g} -> {cout_g} channels per group, {oh}x{ow} outputs"
     fmt = dict(groups=spec.groups, cin_g=cin_g, cout_g=cout_g, kh=kh, kw=kw, kk=kh * kw, pt=spec.padding[0],
                pl=spec.padding[2], hp=hp, wp=wp, rows_read=oh + kh - 1, cols_read=ow + kw - 1,
                in_h=spec.in_size[0], in_w=spec.in_size[1], ob=ob, kc=kc, tt=TT, tb=TB, v_tile=v_tile, tiles_img=ty_n * tx_n, tx_n=tx_n,
                ty_n=ty_n, y_tile=mh * mw * ob, plane=oh * ow, mh=mh, mw=mw, oh=oh, ow=ow, p_n=p_n, c_out=spec.out_channels,
-               weight_body="\n".join(weight_body), input_body="\n".join(input_body),
-               output_body="\n".join(output_body), gemm_body="\n".join(gemm))
+               weight_body=weight_body, input_body=input_body, output_body=output_body, gemm_body=gemm)
     return (_generated.HEADER.format(generator=__name__, version=__version__, what=what)
-            + _DRIVER.format(**fmt))
+            + _generated.fill(_DRIVER, **fmt))
 
 
 @functools.lru_cache(maxsize=64)

@@ -118,11 +118,11 @@ def transform(xcl, gcl, u, v):
         xb = ((g * {hp} + ty * {tile}) * {wp} + tx * {tile}) * {cin_g}
         vb = (g * {positions} * {n_tiles} + q) * {cin_g}
         for c in range({cin_g}):
-{input_body}
+            {input_body}
         gb = ((g * {gh} + ty * {tile}) * {gw} + tx * {tile}) * {cout_g}
         ub = (g * {positions} * {n_tiles} + q) * {cout_g}
         for o in range({cout_g}):
-{grad_body}
+            {grad_body}
 
 
 @njit_parallel
@@ -143,7 +143,7 @@ def output_transform(tot, dw):
         c = task % {cin_g}
         mb = (g * {positions} * {cin_g} + c) * {cout_g}
         for o in range({cout_g}):
-{output_body}
+            {output_body}
 '''
 
 
@@ -158,27 +158,26 @@ def module_source(spec) -> str:
     n_c, n_vec = blocking(spec)
     lanes = _simd.lanes(spec.dtype)
     n_tiles, positions = ty_n * tx_n, t * t
-    ind = " " * 12
-    input_body = [f"{ind}d{a}_{b} = xcl[_U(xb + {(a * wp + b) * cin_g} + c)]" for a in range(t) for b in range(t)]
-    input_body += _separable_lines("d", "w", "e", bt, bt, ind)
-    input_body += [f"{ind}v[_U(vb + {(i * t + j) * n_tiles * cin_g} + c)] = w{i}_{j}" for i in range(t) for j in range(t)]
-    grad_body = [f"{ind}d{a}_{b} = gcl[_U(gb + {(a * gw + b) * cout_g} + o)]" for a in range(TILE) for b in range(TILE)]
-    grad_body += _separable_lines("d", "w", "e", g_mat, g_mat, ind)
-    grad_body += [f"{ind}u[_U(ub + {(i * t + j) * n_tiles * cout_g} + o)] = w{i}_{j}" for i in range(t) for j in range(t)]
-    output_body = [f"{ind}d{a}_{b} = tot[_U(mb + {(a * t + b) * cin_g * cout_g} + o)]" for a in range(t) for b in range(t)]
-    output_body += _separable_lines("d", "w", "e", at, at, ind)
-    output_body += [f"{ind}dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {i * r + j})] = w{i}_{j}"
+    input_body = [f"d{a}_{b} = xcl[_U(xb + {(a * wp + b) * cin_g} + c)]" for a in range(t) for b in range(t)]
+    input_body += _separable_lines("d", "w", "e", bt, bt)
+    input_body += [f"v[_U(vb + {(i * t + j) * n_tiles * cin_g} + c)] = w{i}_{j}" for i in range(t) for j in range(t)]
+    grad_body = [f"d{a}_{b} = gcl[_U(gb + {(a * gw + b) * cout_g} + o)]" for a in range(TILE) for b in range(TILE)]
+    grad_body += _separable_lines("d", "w", "e", g_mat, g_mat)
+    grad_body += [f"u[_U(ub + {(i * t + j) * n_tiles * cout_g} + o)] = w{i}_{j}" for i in range(t) for j in range(t)]
+    output_body = [f"d{a}_{b} = tot[_U(mb + {(a * t + b) * cin_g * cout_g} + o)]" for a in range(t) for b in range(t)]
+    output_body += _separable_lines("d", "w", "e", at, at)
+    output_body += [f"dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {i * r + j})] = w{i}_{j}"
                     for i in range(r) for j in range(r)]
     what = (f"Winograd weight gradient F({r}x{r}, {TILE}x{TILE}), {cin_g} -> {cout_g} channels per group, "
             f"{n_tiles} tiles per image, blocks of {n_c} input channels x {n_vec} vectors")
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
     sums = (f"\nfrom nbconv.cpu._simd import outer_product_sums\n\n"
             f"_sums = outer_product_sums(1, 0, {tuple(range(n_c))}, {n_vec}, {cout_g}, 0, 1, {cin_g})\n")
-    return header + sums + _DRIVER.format(
+    return header + sums + _generated.fill(_DRIVER,
         groups=spec.groups, cin_g=cin_g, cout_g=cout_g, in_h=spec.in_size[0], in_w=spec.in_size[1],
         pt=spec.padding[0], pl=spec.padding[2], hp=hp, wp=wp, gh=gh, gw=gw, oh=spec.out_size[0], ow=spec.out_size[1],
         n_tiles=n_tiles, tx_n=tx_n, tile=TILE, positions=positions, n_c=n_c, block_o=n_vec * lanes,
-        input_body="\n".join(input_body), grad_body="\n".join(grad_body), output_body="\n".join(output_body))
+        input_body=input_body, grad_body=grad_body, output_body=output_body)
 
 
 @functools.lru_cache(maxsize=64)
