@@ -121,3 +121,16 @@ def test_same_bits_whatever_the_thread_count_or_the_batch(layer):
     from reference import assert_conv_close
 
     assert_conv_close(two, x, w, b, **args)
+
+
+@pytest.mark.parametrize("bits, registers, called", [(256, 16, True), (128, 16, True), (512, 32, False)])
+def test_the_products_call_the_blas_only_where_it_beats_the_own_blocks(bits, registers, called, monkeypatch):
+    """AVX2 and narrower: the BLAS (faster than 12 sums in registers); AVX-512: the own blocks of
+    24 sums (faster than NumPy's OpenBLAS on Zen 5, ``docs/performance.md``)."""
+    from nbconv.cpu import _target
+
+    monkeypatch.setattr(_blas, "target", lambda: _target.Target("cpu", "", bits, registers))
+    monkeypatch.setattr(_blas, "gemm_functions", lambda: "the BLAS")
+    assert _blas.for_products() == ("the BLAS" if called else None)
+    monkeypatch.setattr(_blas, "gemm_functions", lambda: None)
+    assert _blas.for_products() is None

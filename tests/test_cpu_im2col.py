@@ -50,7 +50,7 @@ def test_the_launcher_takes_it_for_dense_layers():
     grouped = conv2d_spec(np.zeros((2, 8, 9, 9), np.float32), np.zeros((16, 2, 3, 3), np.float32), None, 1, 1, 1, 4)
     assert _launch.forward_kernel(grouped) == "packed"  # 18 terms a group: not dense
     wide = conv2d_spec(np.zeros((1, 256, 8, 8), np.float32), np.zeros((16, 256, 3, 3), np.float32), None, 1, 1)
-    assert (_launch.forward_kernel(wide) == "im2col") == (_blas.gemm_functions() is not None)  # 2304 terms
+    assert (_launch.forward_kernel(wide) == "im2col") == (_blas.for_products() is not None)  # 2304 terms
     wider = conv2d_spec(np.zeros((1, 640, 8, 8), np.float32), np.zeros((16, 640, 3, 3), np.float32), None, 1, 1)
     assert not _im2col.applies(wider)  # 5760 terms
 

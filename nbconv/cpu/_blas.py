@@ -15,6 +15,16 @@ What is found: the OpenBLAS that NumPy's wheels bring (``scipy_cblas_sgemm64_``,
 builds) :func:`gemm_functions` is None and the kernels compute the products themselves.
 ``NBCONV_BLAS=0`` in the environment turns the BLAS off.
 
+Which is faster depends on the compile target (:func:`for_products`). With AVX2's 16 vector
+registers the kernels' own blocks hold 12 sums and the BLAS won: ResNeXt-50's 1x1 layers went from
+0.56-0.88x PyTorch to 0.95-1.0x on a 2-core Zen 3. With AVX-512's 32 registers of 512 bits the
+own blocks hold 24 sums of 16 lanes, and NumPy's OpenBLAS may not use them at all: the 0.3.31 of
+NumPy 2.4's wheels runs its Haswell (AVX2) kernels on a Zen 5 EPYC, where the kernels' own
+products were 1.5-2.2x its speed (all conv layers of eight networks at batch 2: 1.43x PyTorch
+against 0.96x, ``NBCONV_BLAS=0 nbconv bench --network all``) and 1.1x even its AVX-512
+(``OPENBLAS_CORETYPE=SkylakeX``) kernels on ResNeXt-50. So on AVX-512 targets the BLAS is not
+called (``docs/performance.md``, "The BLAS by target").
+
 Sums: a product's terms are added in the BLAS's order, after the bias (``beta = 1`` onto outputs
 holding the bias), not in the reference's channel order; the result is within the tolerance of
 any float32 sum, the same whatever the thread count, and may differ between BLAS builds and
@@ -40,6 +50,7 @@ from numba.extending import intrinsic
 
 from .._numba_options import CPU_SERIAL
 from ._simd import _data, _index
+from ._target import target
 
 #: (gemm name pattern, set_num_threads, get_num_threads) per known OpenBLAS build with 64-bit integers.
 _BUILDS = (
@@ -103,6 +114,19 @@ def gemm_functions() -> GemmFunctions | None:
             address = ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value
             return GemmFunctions(path, *address, set_threads, get_threads)
     return None
+
+
+def faster_than_own_blocks() -> bool:
+    """Whether the BLAS's products beat the kernels' own register blocks on the compile target:
+    with fewer than 32 vector registers (AVX2 and narrower), where the own blocks are small."""
+    return target().vector_registers < 32
+
+
+def for_products() -> GemmFunctions | None:
+    """The BLAS that the kernels' matrix products (``_pointwise``, ``_im2col``) call, or None
+    where they compute them themselves: no usable BLAS, or a target where the own blocks are
+    faster (:func:`faster_than_own_blocks`)."""
+    return gemm_functions() if faster_than_own_blocks() else None
 
 
 _lock = threading.Lock()

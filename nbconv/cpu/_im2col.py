@@ -41,7 +41,7 @@ def applies(spec) -> bool:
     one output."""
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
     terms = spec.in_per_group * kh * kw
-    most = MAX_TERMS if _blas.gemm_functions() is None else MAX_BLAS_TERMS
+    most = MAX_TERMS if _blas.for_products() is None else MAX_BLAS_TERMS
     return (spec.in_per_group > 1 and spec.out_per_group >= _pointwise.O_BLOCK and spec.lhs_dilation == (1, 1)
             and spec.batch > 0 and oh * ow > 0 and terms <= most)
 
@@ -186,7 +186,7 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     hw, terms = oh * ow, spec.in_per_group * kh * kw
     pix_block = _pointwise.pixel_vectors() * _pointwise.vector_lanes(x.dtype)
     threads = numba.get_num_threads()
-    blas = _blas.gemm_functions()
+    blas = _blas.for_products()
     if blas is not None and terms >= MIN_BLAS_TERMS and hw * terms * spec.out_per_group >= _blas.MIN_MACS:
         # spans and parts from the sizes alone (the BLAS's sums depend on the split)
         blocks = max(1, min(BLAS_MAX_SPAN // pix_block, BLAS_SPAN_ELEMS // (terms * pix_block), -(-hw // pix_block)))

@@ -16,8 +16,9 @@ channel moves back to end at it, and the last block of pixels moves left to end 
 end (a few outputs computed twice, to the same bits); only a plane smaller than one block is
 computed with masked loads and stores.
 
-From ``_blas.MIN_MACS`` multiply-adds per image and group, where NumPy's OpenBLAS is found, the
-products are the BLAS's instead (:func:`_forward_blas`): each of Numba's tasks calls a
+From ``_blas.MIN_MACS`` multiply-adds per image and group, where NumPy's OpenBLAS is found and
+the target has fewer than 32 vector registers (``_blas.for_products``: with AVX-512 this kernel is
+the faster), the products are the BLAS's instead (:func:`_forward_blas`): each of Numba's tasks calls a
 single-threaded ``cblas_sgemm`` on a block of output channels x a chunk of pixels, its outputs
 first set to the bias. On a 2-core Zen 3 (batch 2, float32) that took ResNeXt-50's 1x1 layers
 from 0.56-0.88x PyTorch to 0.95-1.0x (``nbconv bench --network resnext50_32x4d``). Its sums are
@@ -211,7 +212,7 @@ def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
         _subsample(x, kept, *spec.stride)
         x = kept
     hw = oh * ow
-    blas = _blas.gemm_functions()
+    blas = _blas.for_products()
     if blas is not None and hw * spec.in_per_group * spec.out_per_group >= _blas.MIN_MACS:
         pix_chunk, o_parts = _blas.product_split(spec.out_per_group, spec.in_per_group, hw)
         with _blas.single_threaded(blas):
