@@ -35,6 +35,11 @@ POINTWISE_CASES = [
     Case(1, 3, (32, 32), 7, (1, 1)),  # whole blocks of pixels
     Case(2, 8, (15, 14), 12, (1, 1), 2),  # stride 2 (a downsampling shortcut): odd rows kept
     Case(1, 6, (9, 11), 12, (1, 1), (3, 2), 0, 1, 2),  # strides 3 and 2, groups of 6 outputs
+    Case(2, 5, (14, 14), 30, (1, 1)),  # 196 pixels: wide blocks and a narrow last one of 4 pixels
+    Case(1, 4, (7, 10), 52, (1, 1), 1, 0, 1, 2),  # 70 pixels: a narrow last block; groups of 26
+    Case(1, 7, (1, 1), 50, (1, 1)),  # one pixel, one image: a masked narrow block per output chunk
+    Case(6, 6, (1, 1), 50, (1, 1), 1, 0, 1, 2),  # 1 x 1 planes: the batch as the pixels, groups
+    Case(3, 5, (2, 3), 24, (1, 1), 1, 0, 1, 1, False),  # 2 x 3 planes: the batch as the pixels
 ]
 
 
@@ -90,7 +95,7 @@ def test_reads_non_contiguous_and_read_only_inputs():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n=st.integers(1, 3), g=st.integers(1, 3), cin_g=st.integers(1, 9), cout_g=st.integers(6, 20),
+@given(n=st.integers(1, 4), g=st.integers(1, 3), cin_g=st.integers(1, 9), cout_g=st.integers(6, 40),
        h=st.integers(1, 12), w=st.integers(1, 30), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)))
 def test_property_against_the_reference(n, g, cin_g, cout_g, h, w, stride):
     check_path_forward(_pointwise.applies, _pointwise.pointwise_forward,
@@ -102,6 +107,26 @@ def test_block_fits_the_target_registers():
 
     sums = _pointwise.O_BLOCK * _pointwise.pixel_vectors()
     assert sums + _pointwise.pixel_vectors() + 1 <= target().vector_registers
+    assert _pointwise._N_O_NARROW + 1 + 1 <= target().vector_registers  # the narrow block: 1 pixel vector
+
+
+@pytest.mark.parametrize("hw, cout_g, narrow", [(196, 30, True), (784, 24, True), (3136, 64, False), (49, 64, False),
+                                                (1, 24, True), (1, 23, False), (80, 64, True)])
+def test_narrow_last_block(hw, cout_g, narrow):
+    """A narrow last block where at most a vector of pixels is left after the wide blocks (64
+    float32 pixels a block with 32 vector registers), and the group holds its output channels."""
+    lanes, pix_block = 16, 64
+    if _pointwise.pixel_vectors() * lanes != pix_block or _pointwise._N_O_NARROW != 24:
+        pytest.skip("the figures are those of a target with 32 vector registers of 512 bits")
+    assert _pointwise.narrow_tail(hw, pix_block, lanes, cout_g) == narrow
+
+
+def test_the_batch_as_pixels_gives_the_same_bits_as_image_by_image(monkeypatch):
+    x, w, b = random_arrays(Case(8, 40, (1, 1), 48, (1, 1)), np.float32)
+    folded = nbconv.conv2d(x, w, b)
+    one_by_one = np.concatenate([nbconv.conv2d(x[i:i + 1], w, b) for i in range(8)])
+    np.testing.assert_array_equal(folded, one_by_one)
+    assert_conv_close(folded, x, w, b)
 
 
 @pytest.mark.asm
@@ -119,10 +144,15 @@ def test_block_compiles_to_fmas_at_the_target_width_without_spills():
     def run(x, w, b, out, n_pix):
         _pointwise._block(x, 0, 64, 5, w, 0, 5, b, 0, out, 0, 64, n_pix)
 
+    @numba.njit(cache=False)
+    def run_narrow(x, w, b, out, n_pix):
+        _pointwise._block_narrow(x, 0, 64, 5, w, 0, 5, b, 0, out, 0, 64, n_pix)
+
     f32 = numba.types.float32[::1]
-    run.compile((f32, f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU
-    asm = compiled_body(run.inspect_asm(run.signatures[0]))
     bits = target().vector_bits
-    assert packed_fmas(asm, bits) >= _pointwise.O_BLOCK * _pointwise.pixel_vectors()
-    if target().vector_registers == 32:
-        assert not spills(asm, bits), spills(asm, bits)[:3]
+    for f in (run, run_narrow):
+        f.compile((f32, f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU
+        asm = compiled_body(f.inspect_asm(f.signatures[0]))
+        assert packed_fmas(asm, bits) >= _pointwise.O_BLOCK * _pointwise.pixel_vectors()
+        if target().vector_registers == 32:
+            assert not spills(asm, bits), spills(asm, bits)[:3]

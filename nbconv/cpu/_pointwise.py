@@ -160,6 +160,12 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
 _N_O, _N_PV, _BITS = O_BLOCK, pixel_vectors(), target().vector_bits
 _block = pointwise_block(_N_O, _N_PV, _BITS)
 _block_more = pointwise_block(_N_O, _N_PV, _BITS, accumulate=True)
+#: The narrow block: one vector of pixels by as many output channels as the wide block has sums
+#: (24 with 32 vector registers, 12 with 16). It takes a plane's last pixels where they fill at
+#: most one vector (a 14 x 14 plane is three wide blocks of 64 and 4 pixels; the wide block moved
+#: back would compute 60 of its 64 pixels twice) and planes of fewer pixels than a vector.
+_N_O_NARROW = O_BLOCK * _N_PV
+_block_narrow = pointwise_block(_N_O_NARROW, 1, _BITS)
 
 
 @numba.njit(**CPU_SERIAL)
@@ -176,6 +182,14 @@ def task_block(task, o_chunks, p_blocks, groups, hw, pix_block):
     return rest // groups, rest % groups, p0, min(pix_block, hw - p0), chunk
 
 
+@numba.njit(**CPU_SERIAL)
+def narrow_tail(hw, pix_block, lanes, cout_g):
+    """Whether the plane's last pixel block is a narrow one: at most ``lanes`` pixels past the
+    wide blocks, and a group wide enough for the narrow block's output channels."""
+    tail = hw % pix_block
+    return 0 < tail <= lanes and cout_g >= _N_O_NARROW
+
+
 def output_chunks(tasks: int, out_per_group: int) -> int:
     """Chunks of a group's output-channel blocks per task: 1 unless fewer than 4 tasks per
     thread would remain (each chunk reads its pixel block's inputs again)."""
@@ -184,16 +198,28 @@ def output_chunks(tasks: int, out_per_group: int) -> int:
 
 
 @numba.njit(**CPU_PARALLEL)
-def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block):
+def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes):
     """out (N, groups * cout_g, hw) = x (N, groups * cin_g, hw) by w (groups * cout_g, cin_g) + b,
-    all flat: tasks of (image, group, pixel block, chunk of output-channel blocks)."""
+    all flat: tasks of (image, group, pixel block, chunk of output-channel blocks). A last block
+    of at most ``lanes`` pixels (:func:`narrow_tail`) is one vector wide, ending at the plane's
+    end (masked where the plane is narrower than a vector)."""
     c_in, c_out = groups * cin_g, groups * cout_g
     n_img = x.shape[0] // (c_in * hw)
     p_blocks = (hw + pix_block - 1) // pix_block
+    narrow = narrow_tail(hw, pix_block, lanes, cout_g)
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     for task in numba.prange(n_img * groups * p_blocks * o_chunks):
         n, g, p0, n_pix, chunk = task_block(task, o_chunks, p_blocks, groups, hw, pix_block)
+        if narrow and (task // o_chunks) % p_blocks == p_blocks - 1:
+            p0 = max(0, hw - lanes)
+            n_pix = hw - p0
+            x0 = (n * c_in + g * cin_g) * hw + p0
+            for nb in range(chunk, (cout_g + _N_O_NARROW - 1) // _N_O_NARROW, o_chunks):  # chunks take turns
+                oc = g * cout_g + min(nb * _N_O_NARROW, cout_g - _N_O_NARROW)
+                _block_narrow(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw,
+                              n_pix)
+            continue
         x0 = (n * c_in + g * cin_g) * hw + p0
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
             oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
@@ -204,8 +230,9 @@ def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     """``out`` = the 1x1 convolution of ``spec`` (C-contiguous arrays, ``w`` (C_out, C_in/groups,
     1, 1), where :func:`applies`). With a stride, the pixels it keeps are copied together first:
     the kernel's input is then a plane of the output's size (ResNeXt-50's 1024 -> 2048 at 14 x 14,
-    stride 2, batch 2: 37 ms by ``_outer`` before, 6-7 ms so, on a 2-core Zen 3)."""
-    pix_block = pixel_vectors() * vector_lanes(x.dtype)
+    stride 2, batch 2: 37 ms by ``_outer`` before, 6-7 ms so, on a 2-core Zen 3). Planes of fewer
+    pixels than a vector (squeeze-and-excitation layers on 1 x 1) from two images on are computed
+    as one plane of the batch's pixels (:func:`_batch_as_pixels`) where the narrow block applies."""
     oh, ow = spec.out_size
     if spec.stride != (1, 1):
         kept = np.empty(x.shape[:2] + (oh, ow), x.dtype)
@@ -219,9 +246,33 @@ def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
             _forward_blas(blas.address(x.dtype), x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups,
                           spec.in_per_group, spec.out_per_group, hw, pix_chunk, o_parts)
         return
-    o_chunks = output_chunks(spec.batch * spec.groups * -(-hw // pix_block), spec.out_per_group)
-    _forward(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups, spec.in_per_group,
-             spec.out_per_group, hw, o_chunks, pix_block)
+    if hw < vector_lanes(x.dtype) and spec.batch > 1 and spec.out_per_group >= _N_O_NARROW:
+        _batch_as_pixels(x, w, b, out, spec)
+        return
+    _products(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.batch, spec.groups, spec.in_per_group,
+              spec.out_per_group, hw)
+
+
+def _products(x, w, b, out, images: int, groups: int, cin_g: int, cout_g: int, hw: int) -> None:
+    """:func:`_forward` on flat arrays, its pixel block and task chunks chosen for the sizes."""
+    lanes = vector_lanes(x.dtype)
+    pix_block = pixel_vectors() * lanes
+    o_chunks = output_chunks(images * groups * -(-hw // pix_block), cout_g)
+    _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes)
+
+
+def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
+    """The 1x1 convolution of N images of ``hw`` pixels as one of ``N * hw`` pixels: the input
+    copied to (groups, C_in/groups, N, hw), the product, and its (C_out, N, hw) copied into ``out``
+    (N, C_out, hw). Each output's sum is the same (bias, then the input channels in order), so the
+    bits are too; what changes is that a vector holds the batch's pixels, not one image's few
+    (at batch 8 on 1 x 1 planes, an eighth of the multiply-adds)."""
+    n, c_in, c_out, hw = spec.batch, x.shape[1], out.shape[1], x.shape[2] * x.shape[3]
+    x_t = np.ascontiguousarray(x.reshape(n, c_in, hw).transpose(1, 0, 2))
+    out_t = np.empty((c_out, n, hw), out.dtype)
+    _products(x_t.reshape(-1), w.reshape(-1), b, out_t.reshape(-1), 1, spec.groups, spec.in_per_group,
+              spec.out_per_group, n * hw)
+    out.reshape(n, c_out, hw)[...] = out_t.transpose(1, 0, 2)
 
 
 @numba.njit(**CPU_PARALLEL)
