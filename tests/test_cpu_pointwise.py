@@ -40,6 +40,8 @@ POINTWISE_CASES = [
     Case(1, 7, (1, 1), 50, (1, 1)),  # one pixel, one image: a masked narrow block per output chunk
     Case(6, 6, (1, 1), 50, (1, 1), 1, 0, 1, 2),  # 1 x 1 planes: the batch as the pixels, groups
     Case(3, 5, (2, 3), 24, (1, 1), 1, 0, 1, 1, False),  # 2 x 3 planes: the batch as the pixels
+    Case(2, 3, (9, 75), 6, (1, 1), 2),  # stride 2 on rows of 38 outputs: vector copies of the even pixels
+    Case(1, 4, (7, 34), 6, (1, 1), (1, 2)),  # column stride 2 only; rows of 17 outputs
 ]
 
 
@@ -156,3 +158,17 @@ def test_block_compiles_to_fmas_at_the_target_width_without_spills():
         assert packed_fmas(asm, bits) >= _pointwise.O_BLOCK * _pointwise.pixel_vectors()
         if target().vector_registers == 32:
             assert not spills(asm, bits), spills(asm, bits)[:3]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 70),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), double=st.booleans())
+def test_subsample_keeps_every_strided_pixel(n, c, h, w, sh, sw, double):
+    """The copy before a strided 1x1 product is ``x[:, :, ::sh, ::sw]``, whatever the row length
+    against the vector (the zeros a vector copy leaves past a row never reach another plane)."""
+    dtype = np.float64 if double else np.float32
+    x = np.random.default_rng(n * 1000 + w).standard_normal((n, c, h, w)).astype(dtype)
+    want = x[:, :, ::sh, ::sw]
+    got = np.full(want.shape, np.nan, dtype)
+    _pointwise._subsample(x, got, sh, sw, _pointwise.vector_lanes(dtype))
+    np.testing.assert_array_equal(got, want)
