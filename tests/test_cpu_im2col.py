@@ -31,7 +31,34 @@ IM2COL_CASES = [
     Case(2, 4, (11, 13), 7, (3, 5), (1, 2), (2, 0), (2, 1)),  # mixed stride, dilation, padding
     Case(1, 6, (8, 9), 12, (3, 3), 1, "same", 1, 2),  # groups of 3 -> 6
     Case(1, 2, (3, 3), 6, (3, 3), 1, "valid"),  # one output pixel: a masked block
+    Case(2, 6, (17, 40), 12, (2, 2), 2),  # ConvNeXt's downsampling: 2x2 patches, an odd row left out
+    Case(3, 4, (10, 9), 52, (3, 2), (3, 2), 0, 1, 2),  # 3x2 patches, groups of 26: narrow blocks
 ]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 3), g=st.integers(1, 2), cin_g=st.integers(1, 4), cout_g=st.integers(6, 30),
+       h=st.integers(2, 12), w=st.integers(2, 70), kh=st.integers(1, 3))
+def test_patches_give_the_bits_of_the_columns(n, g, cin_g, cout_g, h, w, kh, monkeypatch, products):
+    """Non-overlapping kh x 2 patches (:func:`_im2col.takes_patches`) copied as channels, then a
+    1x1 product: the reference's numbers, and with the kernels' own products the same bits as the
+    columns per task (the BLAS's sum order depends on how its products are split)."""
+    case = Case(n, g * cin_g, (h, w), g * cout_g, (kh, 2), (kh, 2), 0, 1, g)
+    assume(h >= kh)
+    x, w_, b = random_arrays(case, np.float32)
+    spec = conv2d_spec(x, w_, b, **case.conv_args())
+    if not _im2col.applies(spec):
+        return
+    assert _im2col.takes_patches(spec)
+    patches = np.empty((n, g * cout_g) + spec.out_size, np.float32)
+    _im2col.im2col_forward(x, w_, b, patches, spec)
+    assert_conv_close(patches, x, w_, b, **case.conv_args())
+    columns = np.empty_like(patches)
+    with monkeypatch.context() as m:  # per example: hypothesis runs many in one test call
+        m.setattr(_im2col, "takes_patches", lambda spec: False)
+        _im2col.im2col_forward(x, w_, b, columns, spec)
+    if products == "own":
+        np.testing.assert_array_equal(patches, columns)
 
 
 @pytest.mark.parametrize("case,dtype", [(c, d) for c in IM2COL_CASES for d in (np.float32, np.float64)], ids=str)

@@ -239,19 +239,28 @@ def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
         x_kept, = _scratch.reused(("subsample", x.dtype.str, shape), lambda: (np.empty(shape, x.dtype),))
         _subsample(x, x_kept, *spec.stride, vector_lanes(x.dtype))  # every element written: reusable
         x = x_kept
-    hw = oh * ow
+    plane_products(x, w, b, out, spec.groups, oh * ow)
+
+
+def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int) -> None:
+    """``out[n, o, p] = b[o] + sum_c w[o, c] x[n, g * C_in/groups + c, p]`` (``g`` the group of
+    ``o``): the products of a 1x1 convolution, x (N, C_in, hw...) and out (N, C_out, hw...)
+    C-contiguous, ``w`` (C_out, C_in/groups, ...) with one element per input channel. By the BLAS
+    where :func:`_blas.for_products` gives one and the product is large enough, as one plane of
+    the batch's pixels where planes are under a vector (:func:`_batch_as_pixels`), else by
+    :func:`_forward`."""
+    n, cin_g, cout_g = x.shape[0], x.shape[1] // groups, out.shape[1] // groups
     blas = _blas.for_products()
-    if blas is not None and hw * spec.in_per_group * spec.out_per_group >= _blas.MIN_MACS:
-        pix_chunk, o_parts = _blas.product_split(spec.out_per_group, spec.in_per_group, hw)
+    if blas is not None and hw * cin_g * cout_g >= _blas.MIN_MACS:
+        pix_chunk, o_parts = _blas.product_split(cout_g, cin_g, hw)
         with _blas.single_threaded(blas):
-            _forward_blas(blas.address(x.dtype), x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.groups,
-                          spec.in_per_group, spec.out_per_group, hw, pix_chunk, o_parts)
+            _forward_blas(blas.address(x.dtype), x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups,
+                          cin_g, cout_g, hw, pix_chunk, o_parts)
         return
-    if hw < vector_lanes(x.dtype) and spec.batch > 1 and spec.out_per_group >= _N_O_NARROW:
-        _batch_as_pixels(x, w, b, out, spec)
+    if hw < vector_lanes(x.dtype) and n > 1 and cout_g >= _N_O_NARROW:
+        _batch_as_pixels(x, w, b, out, groups, hw)
         return
-    _products(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), spec.batch, spec.groups, spec.in_per_group,
-              spec.out_per_group, hw)
+    _products(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), n, groups, cin_g, cout_g, hw)
 
 
 def _products(x, w, b, out, images: int, groups: int, cin_g: int, cout_g: int, hw: int) -> None:
@@ -262,17 +271,17 @@ def _products(x, w, b, out, images: int, groups: int, cin_g: int, cout_g: int, h
     _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes)
 
 
-def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
+def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int) -> None:
     """The 1x1 convolution of N images of ``hw`` pixels as one of ``N * hw`` pixels: the input
     copied to (groups, C_in/groups, N, hw), the product, and its (C_out, N, hw) copied into ``out``
     (N, C_out, hw). Each output's sum is the same (bias, then the input channels in order), so the
     bits are too; what changes is that a vector holds the batch's pixels, not one image's few
     (at batch 8 on 1 x 1 planes, an eighth of the multiply-adds)."""
-    n, c_in, c_out, hw = spec.batch, x.shape[1], out.shape[1], x.shape[2] * x.shape[3]
+    n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
     x_t = np.ascontiguousarray(x.reshape(n, c_in, hw).transpose(1, 0, 2))
     out_t = np.empty((c_out, n, hw), out.dtype)
-    _products(x_t.reshape(-1), w.reshape(-1), b, out_t.reshape(-1), 1, spec.groups, spec.in_per_group,
-              spec.out_per_group, n * hw)
+    _products(x_t.reshape(-1), w.reshape(-1), b, out_t.reshape(-1), 1, groups, c_in // groups, c_out // groups,
+              n * hw)
     out.reshape(n, c_out, hw)[...] = out_t.transpose(1, 0, 2)
 
 
