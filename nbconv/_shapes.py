@@ -48,6 +48,7 @@ STANDARD_SHAPES: tuple[Shape, ...] = (
 EXTRA_SHAPES: tuple[Shape, ...] = (
     Shape("odd_dw3_33", 48, 33, 48, 3, 1, 1, 48),
     Shape("pw_g4_28", 256, 28, 256, 1, 1, 0, 4),
+    Shape("pw_g8_c4_28", 32, 28, 32, 1, 1, 0, 8),  # 4 channels per group: fewer than a 1x1 block's 6
     Shape("dense_64_28", 64, 28, 64, 3, 1, 1, 1),
     Shape("dw_mult4_c8", 8, 64, 32, 3, 1, 1, 8),
     Shape("dw3_dil2_56", 64, 56, 64, 3, 1, 2, 64, dilation=2),

@@ -42,6 +42,10 @@ POINTWISE_CASES = [
     Case(3, 5, (2, 3), 24, (1, 1), 1, 0, 1, 1, False),  # 2 x 3 planes: the batch as the pixels
     Case(2, 3, (9, 75), 6, (1, 1), 2),  # stride 2 on rows of 38 outputs: vector copies of the even pixels
     Case(1, 4, (7, 34), 6, (1, 1), (1, 2)),  # column stride 2 only; rows of 17 outputs
+    Case(2, 8, (9, 13), 4, (1, 1), 1, 0, 1, 2),  # groups of 2 outputs: a block of the group's size
+    Case(1, 15, (7, 70), 5, (1, 1), 1, 0, 1, 5, False),  # groups of 1 output from 3 inputs
+    Case(3, 10, (5, 5), 10, (1, 1), 2, 0, 1, 2),  # groups of 5 outputs, stride 2
+    Case(2, 9, (1, 1), 4, (1, 1)),  # 4 outputs on 1 x 1 planes (EfficientNet's 96 -> 4)
 ]
 
 
@@ -62,7 +66,9 @@ def test_the_launcher_takes_it_for_1x1_layers_only():
     assert _launch.forward_kernel(conv2d_spec(x, w, b)) == "pointwise"
     assert _launch.forward_kernel(conv2d_spec(x, w, b, stride=2)) == "pointwise"
     assert _launch.forward_kernel(conv2d_spec(x, w, b, padding=1)) != "pointwise"
-    assert not _pointwise.applies(conv2d_spec(x, w[:4], b[:4]))  # fewer outputs than a block
+    assert _pointwise.applies(conv2d_spec(x, w[:4], b[:4]))  # fewer outputs than a block: a small block
+    multiplier = np.ones((32, 1, 1, 1), np.float32)  # depthwise, 2 outputs per channel: the depthwise kernels
+    assert not _pointwise.applies(conv2d_spec(x, multiplier, b, groups=16))
     assert not _pointwise.applies(conv2d_spec(x, np.ones((32, 16, 3, 3), np.float32), b, padding=1))
 
 
@@ -97,9 +103,11 @@ def test_reads_non_contiguous_and_read_only_inputs():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n=st.integers(1, 4), g=st.integers(1, 3), cin_g=st.integers(1, 9), cout_g=st.integers(6, 40),
+@given(n=st.integers(1, 4), g=st.integers(1, 3), cin_g=st.integers(1, 9), cout_g=st.integers(1, 40),
        h=st.integers(1, 12), w=st.integers(1, 30), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)))
 def test_property_against_the_reference(n, g, cin_g, cout_g, h, w, stride):
+    if cin_g == 1:  # one input per group: the kernel takes groups of O_BLOCK outputs or more
+        cout_g = max(cout_g, _pointwise.O_BLOCK)
     check_path_forward(_pointwise.applies, _pointwise.pointwise_forward,
                        Case(n, g * cin_g, (h, w), g * cout_g, (1, 1), stride, 0, 1, g), np.float64)
 

@@ -57,10 +57,13 @@ def vector_lanes(dtype) -> int:
 
 def applies(spec) -> bool:
     """1x1 kernel, no padding, no input dilation, at least one image, and at least ``O_BLOCK``
-    output channels per group (a block moves back within its group). A stride takes every
-    ``stride``-th pixel first (ResNet's downsampling shortcuts)."""
+    output channels per group (a block moves back within its group) or two input channels per
+    group (groups of fewer outputs take a block of their size, :func:`_forward_small`; depthwise
+    layers with a channel multiplier under ``O_BLOCK`` stay with the depthwise kernels). A stride
+    takes every ``stride``-th pixel first (ResNet's downsampling shortcuts)."""
     return (spec.kernel_size == (1, 1) and spec.lhs_dilation == (1, 1)
-            and not any(spec.padding) and spec.batch > 0 and spec.out_per_group >= O_BLOCK
+            and not any(spec.padding) and spec.batch > 0
+            and (spec.out_per_group >= O_BLOCK or spec.in_per_group >= 2)
             and spec.in_size[0] * spec.in_size[1] > 0)
 
 
@@ -168,6 +171,11 @@ _N_O_NARROW = O_BLOCK * _N_PV
 _block_narrow = pointwise_block(_N_O_NARROW, 1, _BITS)
 
 
+#: Blocks of all a group's output channels where it has fewer than ``O_BLOCK`` (grouped 1x1 layers
+#: of 1-5 outputs per group), one per size; compiled with :func:`_forward_small`, on its first use.
+_block1, _block2, _block3, _block4, _block5 = (pointwise_block(n, _N_PV, _BITS) for n in range(1, O_BLOCK))
+
+
 @numba.njit(**CPU_SERIAL)
 def task_block(task, o_chunks, p_blocks, groups, hw, pix_block):
     """(image, group, first pixel, pixels, chunk of output-channel blocks) of task ``task`` among
@@ -226,6 +234,31 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes
             _block(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw, n_pix)
 
 
+@numba.njit(**CPU_PARALLEL)
+def _forward_small(x, w, b, out, groups, cin_g, cout_g, hw, pix_block):
+    """As :func:`_forward` for groups of ``cout_g`` < ``O_BLOCK`` output channels: tasks of (image,
+    group, pixel block), each one block of all the group's outputs (``cout_g`` x the wide block's
+    pixel vectors). Sums as :func:`_forward`'s: bias, then the input channels in order."""
+    c_in, c_out = groups * cin_g, groups * cout_g
+    n_img = x.shape[0] // (c_in * hw)
+    p_blocks = (hw + pix_block - 1) // pix_block
+    for task in numba.prange(n_img * groups * p_blocks):
+        n, g, p0, n_pix, _ = task_block(task, 1, p_blocks, groups, hw, pix_block)
+        x0 = (n * c_in + g * cin_g) * hw + p0
+        oc = g * cout_g
+        o0 = (n * c_out + oc) * hw + p0
+        if cout_g == 1:
+            _block1(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, o0, hw, n_pix)
+        elif cout_g == 2:
+            _block2(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, o0, hw, n_pix)
+        elif cout_g == 3:
+            _block3(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, o0, hw, n_pix)
+        elif cout_g == 4:
+            _block4(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, o0, hw, n_pix)
+        else:
+            _block5(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, o0, hw, n_pix)
+
+
 def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
     """``out`` = the 1x1 convolution of ``spec`` (C-contiguous arrays, ``w`` (C_out, C_in/groups,
     1, 1), where :func:`applies`). With a stride, the pixels it keeps are copied together first:
@@ -247,7 +280,8 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     ``o``): the products of a 1x1 convolution, x (N, C_in, hw...) and out (N, C_out, hw...)
     C-contiguous, ``w`` (C_out, C_in/groups, ...) with one element per input channel. By the BLAS
     where :func:`_blas.for_products` gives one and the product is large enough, as one plane of
-    the batch's pixels where planes are under a vector (:func:`_batch_as_pixels`), else by
+    the batch's pixels where planes are under a vector (:func:`_batch_as_pixels`), by
+    :func:`_forward_small` for groups of fewer than ``O_BLOCK`` outputs, else by
     :func:`_forward`."""
     n, cin_g, cout_g = x.shape[0], x.shape[1] // groups, out.shape[1] // groups
     blas = _blas.for_products()
@@ -259,6 +293,10 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
         return
     if hw < vector_lanes(x.dtype) and n > 1 and cout_g >= _N_O_NARROW:
         _batch_as_pixels(x, w, b, out, groups, hw)
+        return
+    if cout_g < O_BLOCK:
+        _forward_small(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, cin_g, cout_g, hw,
+                       pixel_vectors() * vector_lanes(x.dtype))
         return
     _products(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), n, groups, cin_g, cout_g, hw)
 
