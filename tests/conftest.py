@@ -7,11 +7,13 @@ import pytest
 
 @pytest.fixture
 def generated_for_small_calls(monkeypatch):
-    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``); the
+    """The public ops take the generated kernels from a size on (``MIN_GENERATED_MACS``, and
+    ``MIN_KIND_MACS`` for the depthwise kernels compiled once per kind); the
     small cases of a test module marked with this fixture must reach them too."""
     import nbconv.cpu._launch as launch  # after the root conftest has set up Numba
 
     monkeypatch.setattr(launch, "MIN_GENERATED_MACS", 0)
+    monkeypatch.setattr(launch, "MIN_KIND_MACS", 0)
 
 
 @pytest.fixture(params=["own", "blas"])

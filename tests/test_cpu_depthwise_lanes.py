@@ -76,6 +76,19 @@ def test_the_launcher_takes_it_for_wide_kernels_and_strides():
     assert _launch.forward_kernel(conv2d_spec(x[:, :, :14, :14], w3, b, padding=1, groups=32)) == "depthwise_lanes"
 
 
+def test_compiled_once_per_kind_so_taken_from_a_smaller_size_than_per_geometry_kernels(monkeypatch):
+    """The launcher's thresholds as they ship (this module otherwise sets them to 0): ShuffleNetV2's
+    232-channel 3x3 layer at stride 2 on 14 x 14, batch 2 (2 x 10^5 multiply-adds, under
+    ``MIN_GENERATED_MACS``), takes this kernel; a tiny call keeps the packed kernel."""
+    monkeypatch.undo()
+    assert _launch.MIN_KIND_MACS < _launch.MIN_GENERATED_MACS
+    x, w, b = random_arrays(Case(2, 232, (14, 14), 232, (3, 3), 2, 1, 1, 232), np.float32)
+    spec = conv2d_spec(x, w, b, stride=2, padding=1, groups=232)
+    assert not _launch.worth_generating(spec) and _launch.forward_kernel(spec) == "depthwise_lanes"
+    tiny = conv2d_spec(x[:1, :16, :4, :4], w[:16], b[:16], padding=1, groups=16)
+    assert _launch.forward_kernel(tiny) == "packed"
+
+
 def test_applies_only_where_it_computes():
     x, w, b = random_arrays(Case(1, 4, (9, 9), 4, (5, 5), 1, 2, 1, 4), np.float64)
     spec = conv2d_spec(x, w, b, padding=2, groups=4)

@@ -89,11 +89,29 @@ def flipped_transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
 MIN_GENERATED_MACS = 1 << 18
 
 
+#: Fewest multiply-adds for the depthwise kernels compiled once per kernel size, stride and
+#: dilation (``_depthwise_lanes``, ``_depthwise``): their compile is paid once per kind, not per
+#: geometry, and they beat the packed kernel at every size measured (2-core Zen 5, float32:
+#: ShuffleNetV2's 232-channel 3x3 layers at batch 2, 2 x 10^5 multiply-adds, 151 -> 26 us at
+#: stride 2 and 58 -> 19 us at stride 1; 2 x 10^4: 24 -> 16 us). Below this, tiny calls (and the
+#: small cases of most tests) keep the packed kernel rather than compile a kind for themselves.
+MIN_KIND_MACS = 1 << 16
+
+
+def _macs(spec) -> int:
+    (oh, ow), (kh, kw) = spec.out_size, spec.kernel_size
+    return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw
+
+
 def worth_generating(spec) -> bool:
     """Whether the call is big enough for the per-geometry kernels (``_rowblock``, ``_grouped``,
     ``_wgrad``)."""
-    (oh, ow), (kh, kw) = spec.out_size, spec.kernel_size
-    return spec.batch * spec.out_channels * oh * ow * spec.in_per_group * kh * kw >= MIN_GENERATED_MACS
+    return _macs(spec) >= MIN_GENERATED_MACS
+
+
+def worth_compiling_kind(spec) -> bool:
+    """Whether the call is big enough for the depthwise kernels compiled once per kind."""
+    return _macs(spec) >= MIN_KIND_MACS
 
 
 #: Fewest terms per output (input channels per group x taps) for the kernels generated per
@@ -135,7 +153,7 @@ def direct_forward_kernel(spec) -> str:
         # compiled once, nothing per geometry; 2.3-4.7x ``_outer`` and the packed kernel on
         # ConvNeXt-T's downsampling layers (``nbconv bench --network convnext_tiny``)
         return "im2col"
-    if not worth_generating(spec):
+    if not worth_compiling_kind(spec):
         return "packed"
     if _depthwise_lanes.applies(spec) and _depthwise_lanes.prefers(spec):
         # channels in the lanes: no masked load, no idle lane on small planes; sizes at run time
@@ -145,6 +163,8 @@ def direct_forward_kernel(spec) -> str:
         # and ``_channels_last`` compile per geometry (0.76-1.2x them on the depthwise shapes of
         # ``python docs/generic_kernels.py``, faster than PyTorch on all: ``docs/performance.md``)
         return "depthwise"
+    if not worth_generating(spec):
+        return "packed"
     if 1 < spec.in_per_group and spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1] < MIN_GENERATED_TERMS:
         return "packed"
     if _outer.applies(spec):
