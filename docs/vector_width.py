@@ -11,6 +11,17 @@ with AVX-512; AMD Zen 4/5 take 512 bits.
 
 Run: ``python docs/vector_width.py [CPU ...]`` (default: skylake-avx512 sapphirerapids znver4
 znver5 haswell znver3).
+
+With ``--bench [ALTERNATIONS]`` it instead runs, on this machine, ``nbconv bench --op forward``
+on the depthwise shapes in fresh processes that alternate two compile settings: the host's
+features with ``+prefer-256-bit`` (LLVM vectorises loops 256 bits wide, as it does by default
+on Intel server CPUs) and with ``-prefer-256-bit`` (512 bits where the CPU has AVX-512, the
+default on AMD Zen 4/5), each with its own empty caches. Each process times nbconv against
+PyTorch interleaved; the table gives, per shape, the median over the alternations of that
+speedup with 512-bit loops divided by the one with 256-bit loops (above 1: 512-bit loops are
+the faster), so the machine's drift between processes cancels::
+
+    python docs/vector_width.py --bench [ALTERNATIONS] [--rounds N] [--shapes A,B,...]
 """
 
 from __future__ import annotations
@@ -88,8 +99,54 @@ def main(targets: list[str]) -> None:
         print(f"| {cpu} | {loop_bits}-bit | {name} | {bits}-bit | {fmas} | {spilled} |")
 
 
+#: Depthwise shapes of ``nbconv bench`` whose kernels hold loops LLVM vectorises itself.
+BENCH_SHAPES = "mbv2_dw_112,mbv2_dw_s2,mbv2_dw_56,mbv2_dw_7,effnet_dw5_28,effnet_dw5_14,convnext_dw7,dw_mult2"
+
+
+def bench(alternations: int, rounds: int, shapes: str) -> None:
+    """The ``--bench`` mode (module docstring)."""
+    import statistics
+
+    from llvmlite import binding as llvm
+
+    host = llvm.get_host_cpu_features().flatten()
+    settings = {256: host + ",+prefer-256-bit", 512: host + ",-prefer-256-bit"}
+    speedups: dict[int, list[dict]] = {bits: [] for bits in settings}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(alternations):
+            for bits, features in settings.items():
+                out = os.path.join(tmp, f"{bits}-{i}.json")
+                env = dict(os.environ, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=os.path.join(tmp, str(bits)),
+                           NBCONV_CACHE_DIR=os.path.join(tmp, str(bits), "generated"))
+                subprocess.run([sys.executable, "-m", "nbconv", "bench", "--op", "forward", "--shapes", shapes,
+                                "--rounds", str(rounds), "--json", out], env=env, check=True, capture_output=True)
+                with open(out) as f:
+                    results = json.load(f)
+                speedups[bits].append({r["name"]: r["speedup"] for r in results["results"]})
+                machine = results["machine"]
+    print(f"{machine.get('processor')}, {machine.get('threads')} threads, torch {machine.get('torch')}; LLVM host "
+          f"CPU {llvm.get_host_cpu_name()}; {alternations} alternations of "
+          f"`nbconv bench --op forward --rounds {rounds}`")
+    print("| shape | speedup, 256-bit loops | speedup, 512-bit loops | 512 / 256 (median) |")
+    print("|---|---:|---:|---:|")
+    for name in shapes.split(","):
+        s256 = [run[name] for run in speedups[256]]
+        s512 = [run[name] for run in speedups[512]]
+        ratio = statistics.median(b / a for a, b in zip(s256, s512))
+        print(f"| {name} | {statistics.median(s256):.2f}x | {statistics.median(s512):.2f}x | {ratio:.2f} |")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--child"]:
         print(json.dumps(_measure()))
+    elif sys.argv[1:2] == ["--bench"]:
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--bench", type=int, nargs="?", const=3, default=3, metavar="ALTERNATIONS")
+        parser.add_argument("--rounds", type=int, default=7)
+        parser.add_argument("--shapes", default=BENCH_SHAPES)
+        args = parser.parse_args()
+        bench(args.bench, args.rounds, args.shapes)
     else:
         main(sys.argv[1:] or TARGETS)
