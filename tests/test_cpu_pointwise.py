@@ -131,7 +131,7 @@ def test_narrow_last_block(hw, cout_g, narrow):
     assert _pointwise.narrow_tail(hw, pix_block, lanes, cout_g) == narrow
 
 
-def test_the_batch_as_pixels_gives_the_same_bits_as_image_by_image(monkeypatch):
+def test_the_batch_as_pixels_gives_the_same_bits_as_image_by_image():
     x, w, b = random_arrays(Case(8, 40, (1, 1), 48, (1, 1)), np.float32)
     folded = nbconv.conv2d(x, w, b)
     one_by_one = np.concatenate([nbconv.conv2d(x[i:i + 1], w, b) for i in range(8)])

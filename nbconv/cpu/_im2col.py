@@ -20,7 +20,7 @@ import numpy as np
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _pointwise, _scratch
-from ._pointwise import _N_O, _block, task_span
+from ._pointwise import _N_O, _block, copy_plane_rows, task_span
 from ._simd import copy_step1, copy_step2
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
@@ -196,23 +196,16 @@ def takes_patches(spec) -> bool:
 def _patches(x, out, kh, lanes):
     """out[n, (c * kh + i) * 2 + j, oy, ox] = x[n, c, oy * kh + i, ox * 2 + j]: each image's
     non-overlapping kh x 2 patches as channels, in the weight's order (input channel, kernel row,
-    column), a task per input plane; rows are vector copies of even lanes (``_simd.copy_step2``)
-    whose zeros past a row's end land on the rows written next, and each output plane's last
-    ``lanes - 1`` pixels are copied one by one (nothing lands on another task's planes)."""
+    column), a task per input plane, each output plane by ``_pointwise.copy_plane_rows`` (vector
+    copies of even lanes, nothing written past the plane)."""
     n_img, c, h, wd = x.shape
     oh, ow = out.shape[2], out.shape[3]
     xf, of = x.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * c):
-        src = task * h * wd
         for i in range(kh):
             for j in range(2):
-                dst = ((task * kh + i) * 2 + j) * oh * ow
-                for r in range(oh):
-                    s, d = src + (r * kh + i) * wd + j, dst + r * ow
-                    vector_part = max(0, min(ow, (oh - r) * ow - lanes + 1))
-                    copy_step2(xf, s, of, d, vector_part)
-                    for q in range(vector_part, ow):
-                        of[d + q] = xf[s + 2 * q]
+                copy_plane_rows(xf, task * h * wd + i * wd + j, kh * wd, 2, of, ((task * kh + i) * 2 + j) * oh * ow,
+                                oh, ow, lanes)
 
 
 def _patch_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:

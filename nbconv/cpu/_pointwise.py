@@ -323,28 +323,35 @@ def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarra
     out.reshape(n, c_out, hw)[...] = out_t.transpose(1, 0, 2)
 
 
+@numba.njit(**CPU_SERIAL)
+def copy_plane_rows(xf, src, row_pitch, step, of, dst, oh, ow, lanes):
+    """of[dst + r * ow + q] = xf[src + r * row_pitch + q * step] for r < oh, q < ow: one output
+    plane of ``oh`` rows taken every ``row_pitch`` elements, every ``step``-th element of each
+    (flat arrays). At step 2 each row is a vector copy of the even lanes of two loads
+    (``_simd.copy_step2``); its up to a vector of zeros past the row's end lands on the rows
+    written next, and the plane's last ``lanes - 1`` elements are copied one by one, so that
+    nothing lands past the plane (another task's). Other steps copy element by element."""
+    for r in range(oh):
+        s, d = src + r * row_pitch, dst + r * ow
+        vector_part = 0
+        if step == 2:  # its store's zeros end within the plane
+            vector_part = max(0, min(ow, (oh - r) * ow - lanes + 1))
+            copy_step2(xf, s, of, d, vector_part)
+        for q in range(vector_part, ow):
+            of[d + q] = xf[s + q * step]
+
+
 @numba.njit(**CPU_PARALLEL)
 def _subsample(x, out, sh, sw, lanes):
     """out[n, c, i, j] = x[n, c, i * sh, j * sw] (both C-contiguous): the pixels a strided 1x1
-    layer reads, a task per plane. At column stride 2 (ResNet's and RegNet's downsampling), each
-    row is a vector copy of the even lanes of two loads (``_simd.copy_step2``); its up to a vector
-    of zeros past the row's end lands on the next rows, written next, and the plane's last
-    ``lanes - 1`` pixels are copied one by one so that nothing lands on another task's plane. (A scalar
-    loop per pixel was 3-5 cycles a pixel: RegNetY's 32 -> 48 at 112 x 112, batch 8, spent 1.4 ms
-    copying, more than its product.)"""
+    layer reads, a task per plane (:func:`copy_plane_rows`: vector copies at column stride 2,
+    ResNet's and RegNet's downsampling; a scalar loop per pixel was 3-5 cycles a pixel, and
+    RegNetY's 32 -> 48 at 112 x 112, batch 8, spent 1.4 ms copying, more than its product)."""
     n_img, c, oh, ow = out.shape
     h, wd = x.shape[2], x.shape[3]
     xf, of = x.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * c):
-        src, dst = task * h * wd, task * oh * ow
-        for i in range(oh):
-            s, d = src + i * sh * wd, dst + i * ow
-            vector_part = 0
-            if sw == 2:  # its store's zeros end within the plane
-                vector_part = max(0, min(ow, (oh - i) * ow - lanes + 1))
-                copy_step2(xf, s, of, d, vector_part)
-            for j in range(vector_part, ow):
-                of[d + j] = xf[s + j * sw]
+        copy_plane_rows(xf, task * h * wd, sh * wd, sw, of, task * oh * ow, oh, ow, lanes)
 
 
 @numba.njit(**CPU_SERIAL)
