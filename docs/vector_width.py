@@ -1,8 +1,8 @@
 """What LLVM makes of nbconv's CPU inner loops on several x86 targets, without running them:
 the vector width of the packed FMAs, how many there are, and how many vector registers are
 spilled to the stack, for the loops LLVM vectorises itself (``_packed``'s tap rows, the generated
-row-block and channels-last kernels) and for one explicit 16-lane kernel (``_simd``'s outer
-product row).
+row-block kernel and the channels-last weight-gradient row) and for one explicit 16-lane kernel
+(``_simd``'s outer product row).
 
 Each target is compiled in its own process with ``NUMBA_CPU_NAME`` set and
 ``NUMBA_CPU_FEATURES`` empty (the CPU's own features), so this machine need not have them. On
@@ -64,10 +64,8 @@ def _measure() -> dict:
                                                       k.targetoptions), loop_bits))
     x = np.ones((2, 32, 7, 7), np.float32)
     spec = conv2d_spec(x, np.ones((32, 1, 3, 3), np.float32), None, 1, 1, 1, 32)
-    for source, name, sig in [(_channels_last.module_source(spec), "_block", (f32, i64) * 4),
-                              (_channels_last.weight_grad_source(spec), "_wrow", (f32, i64) * 2 + (f32,))]:
-        k = getattr(_generated.load(source, "nbconv_channels_last"), name)
-        kernels.append((f"_channels_last.{name} (3x3)", fresh_asm(k, sig, k.targetoptions), loop_bits))
+    k = _generated.load(_channels_last.weight_grad_source(spec), "nbconv_channels_last_wgrad")._wrow
+    kernels.append(("_channels_last._wrow (3x3)", fresh_asm(k, (f32, i64) * 2 + (f32,), k.targetoptions), loop_bits))
     row = _simd.outer_product_row(3, 70, (0, 1, 2, 20, 21, 22), 8, 2, 240, 40, 50)
 
     @numba.njit
