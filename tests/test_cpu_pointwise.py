@@ -46,6 +46,10 @@ POINTWISE_CASES = [
     Case(1, 15, (7, 70), 5, (1, 1), 1, 0, 1, 5, False),  # groups of 1 output from 3 inputs
     Case(3, 10, (5, 5), 10, (1, 1), 2, 0, 1, 2),  # groups of 5 outputs, stride 2
     Case(2, 9, (1, 1), 4, (1, 1)),  # 4 outputs on 1 x 1 planes (EfficientNet's 96 -> 4)
+    Case(3, 5, (7, 7), 13, (1, 1)),  # float32 7 x 7: three vectors, then the 3 images' last pixels; 13 outputs
+    Case(2, 8, (7, 8), 32, (1, 1), 1, 0, 1, 2),  # 56 pixels: three vectors and 8 pixels; groups of 16
+    Case(2, 6, (13, 14), 12, (1, 1), 2),  # stride 2 to 7 x 7 planes: the three vectors after the copy
+    Case(4, 3, (5, 5), 9, (1, 1)),  # float64 5 x 5: three vectors of 8 and the 4 images' last pixels
 ]
 
 
@@ -131,6 +135,30 @@ def test_narrow_last_block(hw, cout_g, narrow):
     assert _pointwise.narrow_tail(hw, pix_block, lanes, cout_g) == narrow
 
 
+@pytest.mark.parametrize("images, hw, cout_g, lanes, takes", [
+    (2, 49, 8, 16, True), (8, 49, 2048, 16, True), (1, 49, 64, 16, False), (2, 49, 7, 16, False),
+    (2, 63, 64, 16, False), (16, 63, 64, 16, True), (2, 56, 64, 16, True), (2, 48, 64, 16, False),
+    (2, 64, 64, 16, False), (2, 25, 64, 8, True)])
+def test_three_vectors_and_the_rest(images, hw, cout_g, lanes, takes):
+    """Planes of three vectors and a few pixels take the 8 x 3 block where the images' left
+    pixels together fill fewer vectors than there are images (with 32 vector registers)."""
+    if _pointwise._N_PV != 4:
+        pytest.skip("a target with 32 vector registers")
+    assert _pointwise._takes_three_vectors_and_rest(images, cout_g, hw, lanes) == takes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_three_vectors_and_the_rest_give_the_same_bits_as_image_by_image(dtype):
+    side = 5 if dtype == np.float64 else 7  # three vectors and one pixel
+    x, w, b = random_arrays(Case(6, 24, (side, side), 40, (1, 1), 1, 0, 1, 2), dtype)
+    assert _pointwise._takes_three_vectors_and_rest(6, 20, side * side, _pointwise.vector_lanes(dtype)) \
+        or _pointwise._N_PV != 4
+    together = nbconv.conv2d(x, w, b, groups=2)
+    one_by_one = np.concatenate([nbconv.conv2d(x[i:i + 1], w, b, groups=2) for i in range(6)])
+    np.testing.assert_array_equal(together, one_by_one)
+    assert_conv_close(together, x, w, b, groups=2)
+
+
 def test_the_batch_as_pixels_gives_the_same_bits_as_image_by_image():
     x, w, b = random_arrays(Case(8, 40, (1, 1), 48, (1, 1)), np.float32)
     folded = nbconv.conv2d(x, w, b)
@@ -158,9 +186,13 @@ def test_block_compiles_to_fmas_at_the_target_width_without_spills():
     def run_narrow(x, w, b, out, n_pix):
         _pointwise._block_narrow(x, 0, 64, 5, w, 0, 5, b, 0, out, 0, 64, n_pix)
 
+    @numba.njit(cache=False)
+    def run_three(x, w, b, out, n_pix):
+        _pointwise._block_three(x, 0, 64, 5, w, 0, 5, b, 0, out, 0, 64, n_pix)
+
     f32 = numba.types.float32[::1]
     bits = target().vector_bits
-    for f in (run, run_narrow):
+    for f in (run, run_narrow, run_three):
         f.compile((f32, f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU
         asm = compiled_body(f.inspect_asm(f.signatures[0]))
         assert packed_fmas(asm, bits) >= _pointwise.O_BLOCK * _pointwise.pixel_vectors()
@@ -180,3 +212,45 @@ def test_subsample_keeps_every_strided_pixel(n, c, h, w, sh, sw, double):
     got = np.full(want.shape, np.nan, dtype)
     _pointwise._subsample(x, got, sh, sw, _pointwise.vector_lanes(dtype))
     np.testing.assert_array_equal(got, want)
+
+
+def _ending_at_a_guard_page(n: int) -> np.ndarray:
+    """A float32 array of ``n`` elements whose last one is the last byte before a page that may
+    not be read (``PROT_NONE``): a read past it ends the process."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    data_pages = -(-n * 4 // page)
+    buf = mmap.mmap(-1, (data_pages + 1) * page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(start + data_pages * page, page, 0) == 0, ctypes.get_errno()
+    a = np.frombuffer(buf, np.float32, count=n, offset=data_pages * page - n * 4)
+    _ending_at_a_guard_page.kept.append(buf)  # the mapping outlives the test's arrays
+    return a
+
+
+_ending_at_a_guard_page.kept = []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork") or __import__("sys").platform != "linux",
+                    reason="mprotect guard pages: Linux")
+@pytest.mark.parametrize("hw", [1, 5, 15, 16, 17, 33, 49, 63, 64, 65])
+@pytest.mark.parametrize("c_in, c_out, groups", [(1, 6, 1), (3, 7, 1), (8, 24, 1), (2, 30, 1), (6, 4, 2)])
+def test_blocks_read_nothing_past_the_input(hw, c_in, c_out, groups):
+    """The short blocks' plain loads (lanes past the plane read the next channels) stop before
+    the input's end: the input ends at a page that cannot be read, and the products match."""
+    rng = np.random.default_rng(hw * 100 + c_in)
+    for n in (1, 3):
+        x = _ending_at_a_guard_page(n * c_in * hw).reshape(n, c_in, hw)
+        x[...] = rng.standard_normal((n, c_in, hw))
+        w = rng.standard_normal((c_out, c_in // groups, 1, 1)).astype(np.float32)
+        b = rng.standard_normal(c_out).astype(np.float32)
+        out = np.empty((n, c_out, hw), np.float32)
+        _pointwise.plane_products(x, w, b, out, groups, hw)
+        xg = x.reshape(n, groups, c_in // groups, hw)
+        wg = w.reshape(groups, c_out // groups, c_in // groups).astype(np.float64)
+        expected = np.einsum("goc,ngcp->ngop", wg, xg.astype(np.float64)).reshape(n, c_out, hw) + b[:, None]
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)

@@ -14,7 +14,7 @@ The sum of an output is ``bias``, then the input channels in order, each multipl
 same bits whatever the blocking, the thread count or the plane size. A block past the last output
 channel moves back to end at it, and the last block of pixels moves left to end at the plane's
 end (a few outputs computed twice, to the same bits); only a plane smaller than one block is
-computed with masked loads and stores.
+computed with masked stores (and, for its last input channels, masked loads).
 
 From ``_blas.MIN_MACS`` multiply-adds per image and group, where NumPy's OpenBLAS is found and
 the target has fewer than 32 vector registers (``_blas.for_products``: with AVX-512 this kernel is
@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _scratch
-from ._simd import _declared, _fma, _splat, _takes, copy_step2, lanes_below, vector_args
+from ._simd import _declared, _fma, _splat, _takes, copy_step2, vector_args
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -67,6 +67,19 @@ def applies(spec) -> bool:
             and spec.in_size[0] * spec.in_size[1] > 0)
 
 
+def _bit_mask(builder, count, lanes: int):
+    """The mask of the lanes ``j < count`` (``count`` clamped to ``[0, lanes]``) made from an
+    integer's low bits, not a vector compare: on AVX-512 a mask register loaded from a
+    general-purpose one, so the block's masked loop needs no vector register for it (with
+    ``_simd.lanes_below``'s compare it spilled one of the 32)."""
+    wide = count.type
+    zero, top = ir.Constant(wide, 0), ir.Constant(wide, lanes)
+    clamped = builder.select(builder.icmp_signed("<", count, zero), zero, count)
+    clamped = builder.select(builder.icmp_signed(">", clamped, top), top, clamped)
+    bits = builder.sub(builder.shl(ir.Constant(wide, 1), clamped), ir.Constant(wide, 1))
+    return builder.bitcast(builder.trunc(bits, ir.IntType(lanes)), ir.VectorType(ir.IntType(1), lanes))
+
+
 def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
     """An ``@intrinsic`` ``block(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch,
     n_pix)``:
@@ -79,8 +92,13 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
     and ``b0`` unused): a block over the next input channels continues the sums where the last
     stopped, to the same bits as one block over all of them. All but ``n_o``, ``n_pv``, the width
     and ``accumulate`` are run-time values. Full blocks use plain
-    vector loads and stores; a short one (``n_pix`` under the block's width) masks them: nothing
-    past ``n_pix`` is read or written. No bounds checks."""
+    vector loads and stores. A short one (``n_pix`` under the block's width) masks its stores:
+    nothing past ``n_pix`` is written. Its loads are plain for the channels whose block width
+    ends within ``x[x0 + (n_c - 1) * x_pitch + n_pix - 1]`` (the last element it must read; the
+    lanes past ``n_pix`` then hold the next channels' pixels, whose sums are never stored) and
+    masked for the rest, so nothing past that element is read: on 7 x 7 planes the masked
+    loads cost 13% of a 1024 -> 2048 product (their masks were computed again for every
+    channel). No bounds checks."""
 
     @intrinsic
     def block(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix):
@@ -124,18 +142,37 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
                     bias = _splat(builder, builder.load(at(b_p, builder.add(b0_i, const(o)), False)), vec)
                     for v in range(n_pv):
                         builder.store(bias, sums[o][v])
-                with cgutils.for_range(builder, n_c_i) as loop:
-                    xc = builder.add(x0_i, builder.mul(loop.index, x_pitch_i))
-                    values = []
-                    for v in range(n_pv):
-                        pointer = at(x_p, builder.add(xc, const(v * lanes)))
-                        values.append(builder.load(pointer, align=size) if masks is None else builder.call(
-                            masked_load, [pointer, ir.Constant(i32, size), masks[v], ir.Constant(vec, None)]))
-                    for o in range(n_o):
-                        w_at = builder.add(builder.add(w0_i, builder.mul(const(o), w_pitch_i)), loop.index)
-                        weight = _splat(builder, builder.load(at(w_p, w_at, False)), vec)
+                def channels(start, stop, load_masks):
+                    """The sums over input channels [start, stop), their pixel vectors loaded
+                    under ``load_masks`` (None: plain loads)."""
+                    with cgutils.for_range_slice(builder, start, stop, const(1), inc=True) as (index, _):
+                        xc = builder.add(x0_i, builder.mul(index, x_pitch_i))
+                        values = []
                         for v in range(n_pv):
-                            builder.store(_fma(builder, weight, values[v], builder.load(sums[o][v])), sums[o][v])
+                            pointer = at(x_p, builder.add(xc, const(v * lanes)))
+                            values.append(builder.load(pointer, align=size) if load_masks is None else builder.call(
+                                masked_load, [pointer, ir.Constant(i32, size), load_masks[v], ir.Constant(vec, None)]))
+                        for o in range(n_o):
+                            w_at = builder.add(builder.add(w0_i, builder.mul(const(o), w_pitch_i)), index)
+                            weight = _splat(builder, builder.load(at(w_p, w_at, False)), vec)
+                            for v in range(n_pv):
+                                builder.store(_fma(builder, weight, values[v], builder.load(sums[o][v])), sums[o][v])
+
+                if masks is None:
+                    channels(const(0), n_c_i, None)
+                else:
+                    # Channels whose whole block width lies within the input (the lanes past
+                    # n_pix read the next channels' pixels, whose sums are never stored) take
+                    # plain loads; the last ones masked loads.
+                    reach = builder.sub(builder.add(builder.mul(builder.sub(n_c_i, const(1)), x_pitch_i), n_pix_i),
+                                        const(n_pv * lanes))
+                    ok = builder.and_(builder.icmp_signed(">=", reach, const(0)),
+                                      builder.icmp_signed(">", x_pitch_i, const(0)))
+                    pitch = builder.select(ok, x_pitch_i, const(1))
+                    plain = builder.select(ok, builder.add(builder.sdiv(reach, pitch), const(1)), const(0))
+                    plain = builder.select(builder.icmp_signed("<", plain, n_c_i), plain, n_c_i)
+                    channels(const(0), plain, None)
+                    channels(plain, n_c_i, masks)
                 for o in range(n_o):
                     row = builder.add(o0_i, builder.mul(const(o), out_pitch_i))
                     for v in range(n_pv):
@@ -150,7 +187,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
                 with then:
                     body(None)
                 with otherwise:
-                    masks = [lanes_below(builder, builder.sub(n_pix_i, const(v * lanes)), lanes) for v in range(n_pv)]
+                    masks = [_bit_mask(builder, builder.sub(n_pix_i, const(v * lanes)), lanes) for v in range(n_pv)]
                     body(masks)
             return context.get_dummy_value()
 
@@ -169,6 +206,13 @@ _block_more = pointwise_block(_N_O, _N_PV, _BITS, accumulate=True)
 #: back would compute 60 of its 64 pixels twice) and planes of fewer pixels than a vector.
 _N_O_NARROW = O_BLOCK * _N_PV
 _block_narrow = pointwise_block(_N_O_NARROW, 1, _BITS)
+
+
+#: The block for planes of three whole vectors and a few pixels (7 x 7: 48 + 1): 8 output channels
+#: x 3 vectors, as many sums as the wide block; the few pixels left of every image are computed
+#: together afterwards (:func:`_three_vectors_and_rest`). Only with 32 vector registers.
+_N_O_THREE = 8
+_block_three = pointwise_block(_N_O_THREE, 3, _BITS)
 
 
 #: Blocks of all a group's output channels where it has fewer than ``O_BLOCK`` (grouped 1x1 layers
@@ -294,6 +338,9 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     if hw < vector_lanes(x.dtype) and n > 1 and cout_g >= _N_O_NARROW:
         _batch_as_pixels(x, w, b, out, groups, hw)
         return
+    if _takes_three_vectors_and_rest(n, cout_g, hw, vector_lanes(x.dtype)):
+        _three_vectors_and_rest(x, w, b, out, groups, hw)
+        return
     if cout_g < O_BLOCK:
         _forward_small(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, cin_g, cout_g, hw,
                        pixel_vectors() * vector_lanes(x.dtype))
@@ -307,6 +354,52 @@ def _products(x, w, b, out, images: int, groups: int, cin_g: int, cout_g: int, h
     pix_block = pixel_vectors() * lanes
     o_chunks = output_chunks(images * groups * -(-hw // pix_block), cout_g)
     _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes)
+
+
+def _takes_three_vectors_and_rest(images: int, cout_g: int, hw: int, lanes: int) -> bool:
+    """Planes of three whole vectors and 1 to ``lanes - 1`` pixels more (7 x 7: 48 + 1 pixels),
+    groups of at least ``_N_O_THREE`` outputs, 32 vector registers: there the wide block's fourth
+    vector would hold the few pixels left (1 of its 16 on 7 x 7) and the rest of its lanes would
+    be work for nothing. Taken where the images' left pixels together fill fewer vectors than
+    there are images (7 x 7 from batch 2 on)."""
+    return (3 * lanes < hw < 4 * lanes and cout_g >= _N_O_THREE and _N_PV == 4
+            and -(-images * (hw - 3 * lanes) // lanes) < images)
+
+
+@numba.njit(**CPU_PARALLEL)
+def _forward_three(x, w, b, out, groups, cin_g, cout_g, hw, lanes):
+    """out[n, o, p] for the first ``3 * lanes`` pixels ``p`` of each plane: tasks of (image,
+    group, block of ``_N_O_THREE`` output channels), each one :func:`_block_three` (the last
+    block of a group moved back to end at its last output)."""
+    c_in, c_out = groups * cin_g, groups * cout_g
+    n_img = x.shape[0] // (c_in * hw)
+    o_blocks = (cout_g + _N_O_THREE - 1) // _N_O_THREE
+    for task in numba.prange(n_img * groups * o_blocks):
+        ob = task % o_blocks
+        g = (task // o_blocks) % groups
+        n = task // (o_blocks * groups)
+        oc = g * cout_g + min(ob * _N_O_THREE, cout_g - _N_O_THREE)
+        _block_three(x, (n * c_in + g * cin_g) * hw, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out,
+                     (n * c_out + oc) * hw, hw, 3 * lanes)
+
+
+def _three_vectors_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int,
+                            hw: int) -> None:
+    """The products for planes of three vectors and a few pixels more: the three vectors by
+    :func:`_forward_three`, the pixels past them, from all images, as one plane (copied to
+    (C_in, N, rest), the product, copied back). Each output's sum is the same (bias, then the
+    input channels in order), so are the bits. On 7 x 7 planes at batch 8 a fourth of the
+    multiply-adds of the 4-vector block."""
+    n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
+    lanes = vector_lanes(x.dtype)
+    _forward_three(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, c_in // groups, c_out // groups, hw,
+                   lanes)
+    x3, o3 = x.reshape(n, c_in, hw), out.reshape(n, c_out, hw)
+    rest = hw - 3 * lanes
+    x_rest = np.ascontiguousarray(x3[:, :, 3 * lanes:].transpose(1, 0, 2))
+    out_rest = np.empty((c_out, n, rest), out.dtype)
+    plane_products(x_rest.reshape(1, c_in, n * rest), w, b, out_rest.reshape(1, c_out, n * rest), groups, n * rest)
+    o3[:, :, 3 * lanes:] = out_rest.transpose(1, 0, 2)
 
 
 def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int) -> None:
