@@ -193,3 +193,25 @@ class HostDLPack:
 
     def __dlpack_device__(self):
         return self._a.__dlpack_device__()
+
+
+def ending_at_a_guard_page(n: int, dtype) -> np.ndarray:
+    """An array of ``n`` elements of ``dtype`` whose last one ends right before a page that may
+    not be read (``PROT_NONE``, Linux): a kernel that reads past it ends the process, so a test
+    that passes shows that nothing past the array was read."""
+    import ctypes
+    import mmap
+
+    size = np.dtype(dtype).itemsize
+    page = mmap.PAGESIZE
+    data_pages = max(1, -(-n * size // page))
+    buf = mmap.mmap(-1, (data_pages + 1) * page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(start + data_pages * page, page, 0) == 0, ctypes.get_errno()
+    _GUARDED.append(buf)  # the mapping outlives the tests' arrays
+    return np.frombuffer(buf, dtype, count=n, offset=data_pages * page - n * size)
+
+
+_GUARDED: list = []

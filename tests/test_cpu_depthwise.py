@@ -7,6 +7,7 @@ reference, and so is the claim that a new geometry of one kind compiles nothing.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numba
 import numpy as np
@@ -16,6 +17,7 @@ from cases import (
     at_each_thread_count,
     check_non_finite_forward,
     check_path_forward,
+    ending_at_a_guard_page,
     random_arrays,
 )
 from hypothesis import given, settings
@@ -25,7 +27,7 @@ from reference import assert_conv_close, conv2d_input_reference, conv2d_referenc
 import nbconv
 import nbconv.grad
 from nbconv._spec import conv2d_input_spec, conv2d_spec
-from nbconv.cpu import _depthwise, _launch, _rowblock, _simd
+from nbconv.cpu import _depthwise, _launch, _pointwise, _rowblock, _simd
 from nbconv.cpu._target import target
 
 #: the small cases here must reach the kernel (``MIN_GENERATED_MACS``)
@@ -189,27 +191,36 @@ def test_property_against_the_reference(n, c, mult, h, w, kind, p):
                        np.float64)
 
 
-@pytest.mark.parametrize("step", [1, 2])
-def test_copy_span_copies_exactly_and_zeros_one_vector_past(step):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("step", [1, 2, 4])
+def test_copy_span_copies_exactly_and_zeros_one_vector_past(step, dtype):
+    """Each copy reads nothing past its last element (the source ends there, at a page that
+    cannot be read, on Linux) and writes zeros at most a vector minus one past its results."""
     copy = _simd.copy_span(step)
+    lanes = _pointwise.vector_lanes(dtype)
 
     @numba.njit
     def run(src, s0, dst, d0, n):
         copy(src, s0, dst, d0, n)
 
-    src = np.arange(1, 200, dtype=np.float32)
-    for n in range(3 * LANES32 + 2):
-        dst = np.full(4 * LANES32 + 8, -1, np.float32)
+    for n in range(3 * lanes + 2):
+        size = 3 + step * (n - 1) + 1 if n else 3
+        if sys.platform == "linux":
+            src = ending_at_a_guard_page(size, dtype)
+            src[:] = np.arange(1, size + 1)
+        else:
+            src = np.arange(1, size + 1, dtype=dtype)
+        dst = np.full(4 * lanes + 8, -1, dtype)
         run(src, 3, dst, 2, n)
         np.testing.assert_array_equal(dst[2:2 + n], src[3:3 + step * n:step])
         past = dst[2 + n:]
         touched = past[past != -1]
-        assert (touched == 0).all() and len(touched) < LANES32, (n, past)
+        assert (touched == 0).all() and len(touched) < lanes, (n, past)
         assert (dst[:2] == -1).all()
 
 
-def test_copy_span_takes_steps_of_one_or_two():
-    with pytest.raises(ValueError, match="steps of 1 or 2"):
+def test_copy_span_takes_steps_of_one_two_or_four():
+    with pytest.raises(ValueError, match="steps of 1, 2 or 4"):
         _simd.copy_span(3)
 
 

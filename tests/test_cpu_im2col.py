@@ -33,18 +33,20 @@ IM2COL_CASES = [
     Case(1, 2, (3, 3), 6, (3, 3), 1, "valid"),  # one output pixel: a masked block
     Case(2, 6, (17, 40), 12, (2, 2), 2),  # ConvNeXt's downsampling: 2x2 patches, an odd row left out
     Case(3, 4, (10, 9), 52, (3, 2), (3, 2), 0, 1, 2),  # 3x2 patches, groups of 26: narrow blocks
+    Case(2, 3, (22, 77), 8, (4, 4), 4),  # ConvNeXt's stem: 4x4 patches, rows of 19 (2 columns left out)
 ]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 3), g=st.integers(1, 2), cin_g=st.integers(1, 4), cout_g=st.integers(6, 30),
-       h=st.integers(2, 12), w=st.integers(2, 70), kh=st.integers(1, 3))
-def test_patches_give_the_bits_of_the_columns(n, g, cin_g, cout_g, h, w, kh, monkeypatch, products):
-    """Non-overlapping kh x 2 patches (:func:`_im2col.takes_patches`) copied as channels, then a
-    1x1 product: the reference's numbers, and with the kernels' own products the same bits as the
-    columns per task (the BLAS's sum order depends on how its products are split)."""
-    case = Case(n, g * cin_g, (h, w), g * cout_g, (kh, 2), (kh, 2), 0, 1, g)
-    assume(h >= kh)
+       h=st.integers(2, 12), w=st.integers(2, 90), kh=st.integers(1, 4), kw=st.sampled_from([2, 4]))
+def test_patches_give_the_bits_of_the_columns(n, g, cin_g, cout_g, h, w, kh, kw, monkeypatch, products):
+    """Non-overlapping kh x kw patches, kw 2 or 4 (:func:`_im2col.takes_patches`), copied as
+    channels, then a 1x1 product: the reference's numbers, and with the kernels' own products the
+    same bits as the columns per task (the BLAS's sum order depends on how its products are
+    split)."""
+    case = Case(n, g * cin_g, (h, w), g * cout_g, (kh, kw), (kh, kw), 0, 1, g)
+    assume(h >= kh and w >= kw)
     x, w_, b = random_arrays(case, np.float32)
     spec = conv2d_spec(x, w_, b, **case.conv_args())
     assume(_im2col.applies(spec))  # two input channels or more per group

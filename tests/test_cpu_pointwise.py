@@ -6,6 +6,8 @@ nothing."""
 
 from __future__ import annotations
 
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from cases import (
     at_each_thread_count,
     check_non_finite_forward,
     check_path_forward,
+    ending_at_a_guard_page,
     random_arrays,
 )
 from hypothesis import HealthCheck, given, settings
@@ -214,29 +217,7 @@ def test_subsample_keeps_every_strided_pixel(n, c, h, w, sh, sw, double):
     np.testing.assert_array_equal(got, want)
 
 
-def _ending_at_a_guard_page(n: int) -> np.ndarray:
-    """A float32 array of ``n`` elements whose last one is the last byte before a page that may
-    not be read (``PROT_NONE``): a read past it ends the process."""
-    import ctypes
-    import mmap
-
-    page = mmap.PAGESIZE
-    data_pages = -(-n * 4 // page)
-    buf = mmap.mmap(-1, (data_pages + 1) * page)
-    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    assert libc.mprotect(start + data_pages * page, page, 0) == 0, ctypes.get_errno()
-    a = np.frombuffer(buf, np.float32, count=n, offset=data_pages * page - n * 4)
-    _ending_at_a_guard_page.kept.append(buf)  # the mapping outlives the test's arrays
-    return a
-
-
-_ending_at_a_guard_page.kept = []
-
-
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork") or __import__("sys").platform != "linux",
-                    reason="mprotect guard pages: Linux")
+@pytest.mark.skipif(sys.platform != "linux", reason="mprotect guard pages: Linux")
 @pytest.mark.parametrize("hw", [1, 5, 15, 16, 17, 33, 49, 63, 64, 65])
 @pytest.mark.parametrize("c_in, c_out, groups", [(1, 6, 1), (3, 7, 1), (8, 24, 1), (2, 30, 1), (6, 4, 2)])
 def test_blocks_read_nothing_past_the_input(hw, c_in, c_out, groups):
@@ -244,7 +225,7 @@ def test_blocks_read_nothing_past_the_input(hw, c_in, c_out, groups):
     the input's end: the input ends at a page that cannot be read, and the products match."""
     rng = np.random.default_rng(hw * 100 + c_in)
     for n in (1, 3):
-        x = _ending_at_a_guard_page(n * c_in * hw).reshape(n, c_in, hw)
+        x = ending_at_a_guard_page(n * c_in * hw, np.float32).reshape(n, c_in, hw)
         x[...] = rng.standard_normal((n, c_in, hw))
         w = rng.standard_normal((c_out, c_in // groups, 1, 1)).astype(np.float32)
         b = rng.standard_normal(c_out).astype(np.float32)

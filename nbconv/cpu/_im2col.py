@@ -180,32 +180,33 @@ def span_blocks(terms: int, hw: int, pix_block: int, tasks_per_span: int) -> int
 
 
 def takes_patches(spec) -> bool:
-    """Whether the layer is one of non-overlapping patches two pixels wide (ConvNeXt's 2x2
-    downsampling at stride 2): kernel and stride equal, kernel columns 2, no padding, no
-    dilation. Those are computed as :func:`_patches`, then a 1x1 product
-    (``_pointwise.plane_products``): on a 2-core Zen 5 at batch 8, ConvNeXt-T's three took 3.5-4.4
-    ms as columns per task (most of it the fill's work per output row of 14-28 pixels), 2.9-3.2
-    ms so. (Its 4x4 stem, whose column copies at stride 4 are not vector copies, stays with the
-    columns: 1.24 ms against 1.41.)"""
+    """Whether the layer is one of non-overlapping patches 2 or 4 pixels wide (ConvNeXt's 2x2
+    downsampling at stride 2, its 4x4 stem at stride 4): kernel and stride equal, kernel
+    columns 2 or 4, no padding, no dilation. Those are computed as :func:`_patches`, then a 1x1
+    product (``_pointwise.plane_products``): on a 2-core Zen 5 at batch 8, ConvNeXt-T's three
+    downsamplings took 3.5-4.4 ms as columns per task (most of it the fill's work per output row
+    of 14-28 pixels), 2.9-3.2 ms so. The stem, while its column copies at stride 4 were element
+    by element, stayed with the columns; with vector copies of every fourth lane
+    (``_simd.copy_step4``) it takes the patches too (``docs/performance.md``)."""
     (kh, kw), (sh, sw) = spec.kernel_size, spec.stride
-    return (kw == sw == 2 and kh == sh and spec.dilation == (1, 1) and not any(spec.padding)
+    return (kw == sw and kw in (2, 4) and kh == sh and spec.dilation == (1, 1) and not any(spec.padding)
             and spec.lhs_dilation == (1, 1))
 
 
 @numba.njit(**CPU_PARALLEL)
-def _patches(x, out, kh, lanes):
-    """out[n, (c * kh + i) * 2 + j, oy, ox] = x[n, c, oy * kh + i, ox * 2 + j]: each image's
-    non-overlapping kh x 2 patches as channels, in the weight's order (input channel, kernel row,
-    column), a task per input plane, each output plane by ``_pointwise.copy_plane_rows`` (vector
-    copies of even lanes, nothing written past the plane)."""
+def _patches(x, out, kh, kw, lanes):
+    """out[n, (c * kh + i) * kw + j, oy, ox] = x[n, c, oy * kh + i, ox * kw + j]: each image's
+    non-overlapping kh x kw patches as channels, in the weight's order (input channel, kernel
+    row, column), a task per input plane, each output plane by ``_pointwise.copy_plane_rows``
+    (vector copies of every kw-th lane at kw 2 and 4, nothing written past the plane)."""
     n_img, c, h, wd = x.shape
     oh, ow = out.shape[2], out.shape[3]
     xf, of = x.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * c):
         for i in range(kh):
-            for j in range(2):
-                copy_plane_rows(xf, task * h * wd + i * wd + j, kh * wd, 2, of, ((task * kh + i) * 2 + j) * oh * ow,
-                                oh, ow, lanes)
+            for j in range(kw):
+                copy_plane_rows(xf, task * h * wd + i * wd + j, kh * wd, kw, of,
+                                ((task * kh + i) * kw + j) * oh * ow, oh, ow, lanes)
 
 
 def _patch_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
@@ -214,7 +215,7 @@ def _patch_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
     shape = (spec.batch, x.shape[1] * kh * kw, oh, ow)
     patches, = _scratch.reused(("patches", x.dtype.str, shape), lambda: (np.empty(shape, x.dtype),))
-    _patches(x, patches, kh, _pointwise.vector_lanes(x.dtype))  # every element written: reusable
+    _patches(x, patches, kh, kw, _pointwise.vector_lanes(x.dtype))  # every element written: reusable
     _pointwise.plane_products(patches, w, b, out, spec.groups, oh * ow)
 
 

@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _scratch
-from ._simd import _declared, _fma, _splat, _takes, copy_step2, vector_args
+from ._simd import _declared, _fma, _splat, _takes, copy_step2, copy_step4, vector_args
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -420,16 +420,20 @@ def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarra
 def copy_plane_rows(xf, src, row_pitch, step, of, dst, oh, ow, lanes):
     """of[dst + r * ow + q] = xf[src + r * row_pitch + q * step] for r < oh, q < ow: one output
     plane of ``oh`` rows taken every ``row_pitch`` elements, every ``step``-th element of each
-    (flat arrays). At step 2 each row is a vector copy of the even lanes of two loads
-    (``_simd.copy_step2``); its up to a vector of zeros past the row's end lands on the rows
-    written next, and the plane's last ``lanes - 1`` elements are copied one by one, so that
-    nothing lands past the plane (another task's). Other steps copy element by element."""
+    (flat arrays). At steps 2 and 4 each row is a vector copy of every ``step``-th lane of
+    ``step`` loads (``_simd.copy_step2``, ``copy_step4``); its up to a vector of zeros past the
+    row's end lands on the rows written next, and the plane's last ``lanes - 1`` elements are
+    copied one by one, so that nothing lands past the plane (another task's). Other steps copy
+    element by element."""
     for r in range(oh):
         s, d = src + r * row_pitch, dst + r * ow
         vector_part = 0
-        if step == 2:  # its store's zeros end within the plane
+        if step == 2 or step == 4:  # its store's zeros end within the plane
             vector_part = max(0, min(ow, (oh - r) * ow - lanes + 1))
-            copy_step2(xf, s, of, d, vector_part)
+            if step == 2:
+                copy_step2(xf, s, of, d, vector_part)
+            else:
+                copy_step4(xf, s, of, d, vector_part)
         for q in range(vector_part, ow):
             of[d + q] = xf[s + q * step]
 

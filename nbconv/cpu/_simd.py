@@ -556,13 +556,14 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
 
 def copy_span(step: int):
     """An ``@intrinsic`` ``copy(src, s0, dst, d0, n)``: ``dst[d0 + j] = src[s0 + j * step]`` for
-    ``j < n`` (``step`` 1 or 2, ``n`` a run-time count), in whole vectors of the target, the last
-    one loaded with a mask (nothing past the last element is read) and stored whole with zeros in
-    the lanes past ``n``: up to a vector minus one of zeros land past ``dst[d0 + n - 1]`` (a
-    masked store is microcoded and slow on AMD's AVX2). At step 2 each vector of results is the
-    even lanes of two loads. No bounds checks; ``src`` and ``dst`` must not overlap."""
-    if step not in (1, 2):
-        raise ValueError(f"copy_span takes steps of 1 or 2, not {step}")
+    ``j < n`` (``step`` 1, 2 or 4, ``n`` a run-time count), in whole vectors of the target, the
+    last one loaded with a mask (nothing past the last element is read) and stored whole with
+    zeros in the lanes past ``n``: up to a vector minus one of zeros land past ``dst[d0 + n - 1]``
+    (a masked store is microcoded and slow on AMD's AVX2). At step 2 each vector of results is
+    the even lanes of two loads, at step 4 every fourth lane of four. No bounds checks; ``src``
+    and ``dst`` must not overlap."""
+    if step not in (1, 2, 4):
+        raise ValueError(f"copy_span takes steps of 1, 2 or 4, not {step}")
 
     @intrinsic
     def copy(typingctx, src, s0, dst, d0, n):
@@ -580,7 +581,8 @@ def copy_span(step: int):
             suffix = f"v{lanes}{vec.element.intrinsic_name}.p0"
             masked_load = _declared(builder, f"llvm.masked.load.{suffix}",
                                     ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]))
-            evens = ir.Constant(ir.VectorType(i32, lanes), list(range(0, 2 * lanes, 2)))
+            kept = ir.Constant(ir.VectorType(i32, 2 * lanes // step), list(range(0, 2 * lanes, step)))
+            halves = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
 
             def const(i):
                 return ir.Constant(intp, i)
@@ -600,16 +602,18 @@ def copy_span(step: int):
             def results(k, count=None):  # results k .. k + lanes - 1 (the first ``count`` of them)
                 if step == 1:
                     return load(builder.add(s0_i, k), count)
-                first = builder.add(s0_i, builder.mul(k, const(2)))
+                first = builder.add(s0_i, builder.mul(k, const(step)))
                 if count is None:
-                    lo, hi = load(first), load(builder.add(first, const(lanes)))
-                else:
-                    reads = builder.sub(builder.mul(count, const(2)), const(1))
-                    lo, hi = load(first, reads), load(builder.add(first, const(lanes)), builder.sub(reads, const(lanes)))
-                return builder.shuffle_vector(lo, hi, evens)
+                    loads = [load(builder.add(first, const(v * lanes))) for v in range(step)]
+                else:  # the elements up to the last result's
+                    reads = builder.add(builder.mul(builder.sub(count, const(1)), const(step)), const(1))
+                    loads = [load(builder.add(first, const(v * lanes)), builder.sub(reads, const(v * lanes)))
+                             for v in range(step)]
+                parts = [builder.shuffle_vector(loads[v], loads[v + 1], kept) for v in range(0, step, 2)]
+                return parts[0] if step == 2 else builder.shuffle_vector(parts[0], parts[1], halves)
 
-            # at step 2 a whole vector's second load reads one element past its last result:
-            # the last vector always goes through the masked load, which reads none
+            # at steps 2 and 4 a whole vector's last load reads up to 3 elements past its last
+            # result: the last vector always goes through the masked loads, which read none
             full = builder.sdiv(n_i if step == 1 else builder.sub(n_i, const(1)), const(lanes))
             full = builder.select(builder.icmp_signed("<", full, const(0)), const(0), full)
             with cgutils.for_range(builder, full) as loop:
@@ -628,3 +632,5 @@ def copy_span(step: int):
 
 #: The two copies the CPU kernels pack planes and columns with (``_depthwise``, ``_im2col``).
 copy_step1, copy_step2 = copy_span(1), copy_span(2)
+#: Every fourth element (ConvNeXt's 4 x 4 patches at stride 4, ``_im2col._patches``).
+copy_step4 = copy_span(4)
