@@ -199,6 +199,7 @@ def test_block_compiles_to_fmas_at_the_target_width_without_spills():
         f.compile((f32, f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU
         asm = compiled_body(f.inspect_asm(f.signatures[0]))
         assert packed_fmas(asm, bits) >= _pointwise.O_BLOCK * _pointwise.pixel_vectors()
+        assert "prefetcht0" in asm  # the rows PREFETCH_CHANNELS ahead
         if target().vector_registers == 32:
             assert not spills(asm, bits), spills(asm, bits)[:3]
 
