@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _scratch
-from ._simd import _declared, _fma, _splat, _takes, copy_step2, copy_step4, vector_args
+from ._simd import _declared, _fma, _splat, _takes, copy_step2, copy_step4, lanes_below_bits, vector_args
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -72,19 +72,6 @@ def applies(spec) -> bool:
             and not any(spec.padding) and spec.batch > 0
             and (spec.out_per_group >= O_BLOCK or spec.in_per_group >= 2)
             and spec.in_size[0] * spec.in_size[1] > 0)
-
-
-def _bit_mask(builder, count, lanes: int):
-    """The mask of the lanes ``j < count`` (``count`` clamped to ``[0, lanes]``) made from an
-    integer's low bits, not a vector compare: on AVX-512 a mask register loaded from a
-    general-purpose one, so the block's masked loop needs no vector register for it (with
-    ``_simd.lanes_below``'s compare it spilled one of the 32)."""
-    wide = count.type
-    zero, top = ir.Constant(wide, 0), ir.Constant(wide, lanes)
-    clamped = builder.select(builder.icmp_signed("<", count, zero), zero, count)
-    clamped = builder.select(builder.icmp_signed(">", clamped, top), top, clamped)
-    bits = builder.sub(builder.shl(ir.Constant(wide, 1), clamped), ir.Constant(wide, 1))
-    return builder.bitcast(builder.trunc(bits, ir.IntType(lanes)), ir.VectorType(ir.IntType(1), lanes))
 
 
 def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
@@ -202,7 +189,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
                 with then:
                     body(None)
                 with otherwise:
-                    masks = [_bit_mask(builder, builder.sub(n_pix_i, const(v * lanes)), lanes) for v in range(n_pv)]
+                    masks = [lanes_below_bits(builder, builder.sub(n_pix_i, const(v * lanes)), lanes) for v in range(n_pv)]
                     body(masks)
             return context.get_dummy_value()
 

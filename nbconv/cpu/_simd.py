@@ -266,13 +266,29 @@ def copy_run(count: int, step: int = 1):
     return copy
 
 
+def _clamped(builder, count, lanes: int):
+    """``count`` clamped to ``[0, lanes]``."""
+    wide = count.type
+    clamped = builder.select(builder.icmp_signed("<", count, ir.Constant(wide, 0)), ir.Constant(wide, 0), count)
+    return builder.select(builder.icmp_signed(">", clamped, ir.Constant(wide, lanes)), ir.Constant(wide, lanes), clamped)
+
+
+def lanes_below_bits(builder, count, lanes: int):
+    """:func:`lanes_below` made from an integer's low bits instead of a vector compare: on
+    AVX-512 a mask register loaded from a general-purpose one, so a loop that keeps the mask
+    needs no vector register for it (``_pointwise``'s short block spilled one of its 32 with the
+    compare)."""
+    wide = count.type
+    bits = builder.sub(builder.shl(ir.Constant(wide, 1), _clamped(builder, count, lanes)), ir.Constant(wide, 1))
+    return builder.bitcast(builder.trunc(bits, ir.IntType(lanes)), ir.VectorType(ir.IntType(1), lanes))
+
+
 def lanes_below(builder, count, lanes: int):
     """The mask of the lanes ``j < count`` of a ``lanes``-wide vector, for a run-time integer
     ``count`` (any value: clamped to ``[0, lanes]``, then compared as 32-bit integers, one
     ``vpcmpgtd`` on AVX2 where 64-bit lanes take four instructions)."""
     wide = count.type
-    clamped = builder.select(builder.icmp_signed("<", count, ir.Constant(wide, 0)), ir.Constant(wide, 0), count)
-    clamped = builder.select(builder.icmp_signed(">", clamped, ir.Constant(wide, lanes)), ir.Constant(wide, lanes), clamped)
+    clamped = _clamped(builder, count, lanes)
     i32 = ir.IntType(32)
     narrow = builder.trunc(clamped, i32) if wide.width > 32 else clamped
     ids = ir.Constant(ir.VectorType(i32, lanes), list(range(lanes)))
