@@ -236,3 +236,34 @@ def test_blocks_read_nothing_past_the_input(hw, c_in, c_out, groups):
         wg = w.reshape(groups, c_out // groups, c_in // groups).astype(np.float64)
         expected = np.einsum("goc,ngcp->ngop", wg, xg.astype(np.float64)).reshape(n, c_out, hw) + b[:, None]
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 4, 12, 15])
+@pytest.mark.parametrize("hw, c_out, groups", [(128, 24, 1), (160, 30, 1), (208, 50, 2), (256, 48, 2), (144, 24, 1)])
+def test_blocks_aligned_to_vectors_give_the_same_bits(offset, hw, c_out, groups):
+    """Where planes are whole vectors and the input starts mid-vector, the wide blocks start at
+    the first aligned pixel and a narrow block takes the pixels before (:func:`aligning_shift`):
+    the same bits as unshifted blocks, and the reference's numbers."""
+    lanes = _pointwise.vector_lanes(np.float32)
+    pix_block = _pointwise.pixel_vectors() * lanes
+    if hw % lanes or hw < 2 * pix_block:
+        pytest.skip("these plane sizes are whole vectors of 16 float32 and two blocks of 64")
+    n, c_in = 2, 2 * groups
+    rng = np.random.default_rng(offset + hw)
+    buf = np.empty(n * c_in * hw + 64, np.float32)
+    start = (-(buf.ctypes.data // 4)) % 16 + offset  # ``offset`` elements past a 64-byte line
+    x = buf[start:start + n * c_in * hw].reshape(n, c_in, hw)
+    x[...] = rng.standard_normal(x.shape)
+    w = rng.standard_normal((c_out, c_in // groups, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    shift = _pointwise.aligning_shift(x, hw, pix_block, c_out // groups)
+    if lanes == 16 and c_out // groups >= _pointwise._N_O_NARROW:
+        assert shift == (16 - offset) % 16
+    shifted, plain = np.empty((n, c_out, hw), np.float32), np.empty((n, c_out, hw), np.float32)
+    for out, s in ((shifted, shift), (plain, 0)):
+        _pointwise._forward(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, c_in // groups, c_out // groups,
+                            hw, 1, pix_block, lanes, s)
+    np.testing.assert_array_equal(shifted, plain)
+    wg = w.reshape(groups, c_out // groups, c_in // groups).astype(np.float64)
+    expected = np.einsum("goc,ngcp->ngop", wg, x.reshape(n, groups, c_in // groups, hw).astype(np.float64))
+    np.testing.assert_allclose(shifted, expected.reshape(n, c_out, hw) + b[:, None], rtol=1e-5, atol=1e-4)

@@ -252,28 +252,37 @@ def output_chunks(tasks: int, out_per_group: int) -> int:
 
 
 @numba.njit(**CPU_PARALLEL)
-def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes):
+def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes, shift):
     """out (N, groups * cout_g, hw) = x (N, groups * cin_g, hw) by w (groups * cout_g, cin_g) + b,
     all flat: tasks of (image, group, pixel block, chunk of output-channel blocks). A last block
     of at most ``lanes`` pixels (:func:`narrow_tail`) is one vector wide, ending at the plane's
-    end (masked where the plane is narrower than a vector)."""
+    end (masked where the plane is narrower than a vector). With ``shift`` > 0
+    (:func:`aligning_shift`) the wide blocks start ``shift`` pixels on, where their loads take
+    whole cache lines, and a narrow block (one vector from the plane's start, ``lanes - shift``
+    of its pixels computed a second time, to the same bits) takes the pixels before."""
     c_in, c_out = groups * cin_g, groups * cout_g
     n_img = x.shape[0] // (c_in * hw)
-    p_blocks = (hw + pix_block - 1) // pix_block
-    narrow = narrow_tail(hw, pix_block, lanes, cout_g)
+    head = 1 if shift > 0 else 0
+    p_blocks = head + (hw - shift + pix_block - 1) // pix_block
+    narrow = narrow_tail(hw - shift, pix_block, lanes, cout_g)
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     for task in numba.prange(n_img * groups * p_blocks * o_chunks):
-        n, g, p0, n_pix, chunk = task_block(task, o_chunks, p_blocks, groups, hw, pix_block)
-        if narrow and (task // o_chunks) % p_blocks == p_blocks - 1:
-            p0 = max(0, hw - lanes)
-            n_pix = hw - p0
+        chunk = task % o_chunks
+        pb = (task // o_chunks) % p_blocks
+        g = (task // (o_chunks * p_blocks)) % groups
+        n = task // (o_chunks * p_blocks * groups)
+        if (narrow and pb == p_blocks - 1) or (head and pb == 0):
+            p0 = 0 if pb == 0 and head else max(0, hw - lanes)
+            n_pix = min(lanes, hw - p0)
             x0 = (n * c_in + g * cin_g) * hw + p0
             for nb in range(chunk, (cout_g + _N_O_NARROW - 1) // _N_O_NARROW, o_chunks):  # chunks take turns
                 oc = g * cout_g + min(nb * _N_O_NARROW, cout_g - _N_O_NARROW)
                 _block_narrow(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw,
                               n_pix)
             continue
+        p0 = max(0, min(shift + (pb - head) * pix_block, hw - pix_block))
+        n_pix = min(pix_block, hw - p0)
         x0 = (n * c_in + g * cin_g) * hw + p0
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
             oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
@@ -355,7 +364,21 @@ def _products(x, w, b, out, images: int, groups: int, cin_g: int, cout_g: int, h
     lanes = vector_lanes(x.dtype)
     pix_block = pixel_vectors() * lanes
     o_chunks = output_chunks(images * groups * -(-hw // pix_block), cout_g)
-    _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes)
+    _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes,
+             aligning_shift(x, hw, pix_block, cout_g))
+
+
+def aligning_shift(x: np.ndarray, hw: int, pix_block: int, cout_g: int) -> int:
+    """Pixels from a plane's start to the first whose address is a multiple of a vector's bytes,
+    where every plane's rows share that offset (``hw`` a whole number of vectors), the plane
+    holds two blocks or more and a group the narrow block's outputs; else 0. NumPy's large arrays start 16 bytes past a 64-byte line
+    (glibc's allocator), and on an Intel Xeon loads that straddle two lines made the 1x1 layers
+    on 28 x 28 and 56 x 56 planes 10-15% slower (``docs/performance.md``, round 16)."""
+    size = x.dtype.itemsize
+    lanes = vector_lanes(x.dtype)
+    if hw % lanes or hw < 2 * pix_block or x.ctypes.data % size or cout_g < _N_O_NARROW:
+        return 0
+    return (-(x.ctypes.data // size)) % lanes
 
 
 def _takes_three_vectors_and_rest(images: int, cout_g: int, hw: int, lanes: int) -> bool:
