@@ -62,3 +62,15 @@ def test_vector_width_script_reads_every_kernel():
     assert len(figures["kernels"]) >= 5
     for name, bits, fmas, _ in figures["kernels"]:
         assert fmas > 0, f"{name}: no packed {bits}-bit FMAs"
+
+
+def test_pointwise_blocks_script_runs(capsys, monkeypatch):
+    """``docs/pointwise_blocks.py`` (round 16's paired figures) still runs against the kernels it
+    names; one round of its cheapest sections, whose results it checks for equal bits."""
+    spec = importlib.util.spec_from_file_location("pointwise_blocks", ROOT / "docs" / "pointwise_blocks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr("sys.argv", ["pointwise_blocks.py", "--rounds", "1", "--only", "three,stem"])
+    script.main()
+    printed = capsys.readouterr().out
+    assert printed.count("\n| ") >= 2 + 5 + 3  # two headers, five 7 x 7 layers, three stems

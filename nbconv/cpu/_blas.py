@@ -23,7 +23,8 @@ NumPy 2.4's wheels runs its Haswell (AVX2) kernels on a Zen 5 EPYC, where the ke
 products were 1.5-2.2x its speed (all conv layers of eight networks at batch 2: 1.43x PyTorch
 against 0.96x, ``NBCONV_BLAS=0 nbconv bench --network all``) and 1.1x even its AVX-512
 (``OPENBLAS_CORETYPE=SkylakeX``) kernels on ResNeXt-50; on an Intel Xeon, where that OpenBLAS
-picks its AVX-512 kernels itself, the two were equal within noise. So on AVX-512 targets the
+picks its AVX-512 kernels itself, the own products were 1.03-1.85x its speed (``python
+docs/pointwise_blocks.py --only blas``). So on AVX-512 targets the
 BLAS is not called (``docs/performance.md``, "The BLAS by target", round 16).
 
 Sums: a product's terms are added in the BLAS's order, after the bias (``beta = 1`` onto outputs

@@ -37,7 +37,16 @@ from numba.extending import intrinsic
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _scratch
-from ._simd import _declared, _fma, _splat, _takes, copy_step2, copy_step4, lanes_below_bits, vector_args
+from ._simd import (
+    _declared,
+    _fma,
+    _splat,
+    _takes,
+    copy_step2,
+    copy_step4,
+    lanes_below_bits,
+    vector_args,
+)
 from ._target import target
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
@@ -45,9 +54,9 @@ O_BLOCK = 6
 
 #: Input channels ahead whose pixel vectors a block asks the cache for (software prefetch) while
 #: it multiplies the current ones. On a 2-core Intel Xeon the hardware's stride prefetcher does
-#: not follow rows more than 2 KB apart (planes over 512 float32 pixels), and ResNeXt-50's 1x1
-#: layers on 28 x 28 and 56 x 56 planes ran at 175-230 GFLOP/s; with 4 channels ahead 225-300
-#: (``docs/performance.md``, round 16; 2, 6 and 8 ahead were no better).
+#: not follow rows more than 2 KB apart (planes over 512 float32 pixels): without it ResNeXt-50's
+#: 1x1 layers on 28 x 28 and 56 x 56 planes took up to 1.26x the time (``python
+#: docs/pointwise_blocks.py --only prefetch,prefetch16``, ``docs/performance.md`` round 16).
 PREFETCH_CHANNELS = 4
 
 
@@ -74,7 +83,7 @@ def applies(spec) -> bool:
             and spec.in_size[0] * spec.in_size[1] > 0)
 
 
-def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
+def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False, prefetch: int = PREFETCH_CHANNELS):
     """An ``@intrinsic`` ``block(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch,
     n_pix)``:
 
@@ -90,9 +99,8 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
     nothing past ``n_pix`` is written. Its loads are plain for the channels whose block width
     ends within ``x[x0 + (n_c - 1) * x_pitch + n_pix - 1]`` (the last element it must read; the
     lanes past ``n_pix`` then hold the next channels' pixels, whose sums are never stored) and
-    masked for the rest, so nothing past that element is read: on 7 x 7 planes the masked
-    loads cost 13% of a 1024 -> 2048 product (their masks were computed again for every
-    channel). No bounds checks."""
+    masked for the rest, so nothing past that element is read (masked loads in every channel
+    had their masks computed again each time). No bounds checks."""
 
     @intrinsic
     def block(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix):
@@ -137,17 +145,17 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False):
                     for v in range(n_pv):
                         builder.store(bias, sums[o][v])
                 i8p = ir.IntType(8).as_pointer()
-                prefetch = _declared(builder, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-                ahead = builder.mul(const(PREFETCH_CHANNELS), x_pitch_i)
+                prefetch_fn = _declared(builder, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+                ahead = builder.mul(const(prefetch), x_pitch_i)
 
                 def channels(start, stop, load_masks):
                     """The sums over input channels [start, stop), their pixel vectors loaded
                     under ``load_masks`` (None: plain loads)."""
                     with cgutils.for_range_slice(builder, start, stop, const(1), inc=True) as (index, _):
                         xc = builder.add(x0_i, builder.mul(index, x_pitch_i))
-                        for v in range(n_pv):  # never faults, even past the input
+                        for v in range(n_pv if prefetch else 0):  # never faults, even past the input
                             p = builder.gep(x_p, [builder.add(builder.add(xc, ahead), const(v * lanes))])
-                            builder.call(prefetch, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                            builder.call(prefetch_fn, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
                                                     ir.Constant(i32, 1)])
                         values = []
                         for v in range(n_pv):
@@ -223,17 +231,20 @@ _block1, _block2, _block3, _block4, _block5 = (pointwise_block(n, _N_PV, _BITS) 
 
 
 @numba.njit(**CPU_SERIAL)
-def task_block(task, o_chunks, p_blocks, groups, hw, pix_block):
-    """(image, group, first pixel, pixels, chunk of output-channel blocks) of task ``task`` among
-    ``images x groups x p_blocks x o_chunks``. The last pixel block moves left to end at the
-    plane's end (its first pixels computed twice, to the same bits, by two tasks): only a plane
-    under one block is left to the masked block."""
+def task_block(task, o_chunks, p_blocks, groups, hw, pix_block, shift):
+    """(image, group, pixel block, its first pixel, its pixels, chunk of output-channel blocks)
+    of task ``task`` among ``images x groups x p_blocks x o_chunks``. Pixel blocks start at
+    ``shift + k * pix_block``, after a head block (``pb`` 0, left to the caller) where ``shift``
+    > 0. The last pixel block moves left to end at the plane's end (its first pixels computed
+    twice, to the same bits, by two tasks): only a plane under one block is left to the masked
+    block."""
     chunk = task % o_chunks
     rest = task // o_chunks
     pb = rest % p_blocks
     rest //= p_blocks
-    p0 = max(0, min(pb * pix_block, hw - pix_block))
-    return rest // groups, rest % groups, p0, min(pix_block, hw - p0), chunk
+    head = 1 if shift > 0 else 0
+    p0 = max(0, min(shift + (pb - head) * pix_block, hw - pix_block))
+    return rest // groups, rest % groups, pb, p0, min(pix_block, hw - p0), chunk
 
 
 @numba.njit(**CPU_SERIAL)
@@ -268,10 +279,7 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     for task in numba.prange(n_img * groups * p_blocks * o_chunks):
-        chunk = task % o_chunks
-        pb = (task // o_chunks) % p_blocks
-        g = (task // (o_chunks * p_blocks)) % groups
-        n = task // (o_chunks * p_blocks * groups)
+        n, g, pb, p0, n_pix, chunk = task_block(task, o_chunks, p_blocks, groups, hw, pix_block, shift)
         if (narrow and pb == p_blocks - 1) or (head and pb == 0):
             p0 = 0 if pb == 0 and head else max(0, hw - lanes)
             n_pix = min(lanes, hw - p0)
@@ -281,8 +289,6 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes
                 _block_narrow(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw,
                               n_pix)
             continue
-        p0 = max(0, min(shift + (pb - head) * pix_block, hw - pix_block))
-        n_pix = min(pix_block, hw - p0)
         x0 = (n * c_in + g * cin_g) * hw + p0
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
             oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
@@ -298,7 +304,7 @@ def _forward_small(x, w, b, out, groups, cin_g, cout_g, hw, pix_block):
     n_img = x.shape[0] // (c_in * hw)
     p_blocks = (hw + pix_block - 1) // pix_block
     for task in numba.prange(n_img * groups * p_blocks):
-        n, g, p0, n_pix, _ = task_block(task, 1, p_blocks, groups, hw, pix_block)
+        n, g, _, p0, n_pix, _ = task_block(task, 1, p_blocks, groups, hw, pix_block, 0)
         x0 = (n * c_in + g * cin_g) * hw + p0
         oc = g * cout_g
         o0 = (n * c_out + oc) * hw + p0
@@ -371,9 +377,10 @@ def _products(x, w, b, out, images: int, groups: int, cin_g: int, cout_g: int, h
 def aligning_shift(x: np.ndarray, hw: int, pix_block: int, cout_g: int) -> int:
     """Pixels from a plane's start to the first whose address is a multiple of a vector's bytes,
     where every plane's rows share that offset (``hw`` a whole number of vectors), the plane
-    holds two blocks or more and a group the narrow block's outputs; else 0. NumPy's large arrays start 16 bytes past a 64-byte line
-    (glibc's allocator), and on an Intel Xeon loads that straddle two lines made the 1x1 layers
-    on 28 x 28 and 56 x 56 planes 10-15% slower (``docs/performance.md``, round 16)."""
+    holds two blocks or more and a group the narrow block's outputs; else 0. NumPy's large
+    arrays start 16 bytes past a 64-byte line (glibc's allocator), and on an Intel Xeon loads
+    that straddle two lines made the 1x1 layers on 28 x 28 and 56 x 56 planes slower
+    (``python docs/pointwise_blocks.py``, ``docs/performance.md`` round 16)."""
     size = x.dtype.itemsize
     lanes = vector_lanes(x.dtype)
     if hw % lanes or hw < 2 * pix_block or x.ctypes.data % size or cout_g < _N_O_NARROW:
@@ -413,8 +420,8 @@ def _three_vectors_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np
     """The products for planes of three vectors and a few pixels more: the three vectors by
     :func:`_forward_three`, the pixels past them, from all images, as one plane (copied to
     (C_in, N, rest), the product, copied back). Each output's sum is the same (bias, then the
-    input channels in order), so are the bits. On 7 x 7 planes at batch 8 a fourth of the
-    multiply-adds of the 4-vector block."""
+    input channels in order), so are the bits. On 7 x 7 planes at batch 8 a fourth fewer
+    multiply-adds than the 4-vector block (``python docs/pointwise_blocks.py --only three``)."""
     n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
     lanes = vector_lanes(x.dtype)
     _forward_three(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, c_in // groups, c_out // groups, hw,

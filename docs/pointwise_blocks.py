@@ -1,0 +1,199 @@
+"""The 1x1 block's choices, each timed against its alternative in one process, interleaved
+(median of paired time ratios, above 1: the kept choice is the faster), float32, on this
+machine's threads:
+
+* ``aligned``: wide blocks from the first vector-aligned pixel (``_pointwise.aligning_shift``)
+  against blocks from the plane's start, on an input 16 bytes into a 64-byte line (where
+  NumPy's large arrays start);
+* ``prefetch``: the block with ``PREFETCH_CHANNELS`` of software prefetch against the same block
+  without, in one driver over whole pixel blocks, the input on a 64-byte line; ``prefetch16``:
+  the same, the input 16 bytes into a line (as for planes the aligned blocks do not take);
+* ``three``: 7 x 7 planes by three vectors and the images' left pixels
+  (``_pointwise._three_vectors_and_rest``) against the 4-vector block;
+* ``stem``: ConvNeXt's 4x4 stride-4 stem as patches (``_im2col.takes_patches``) against columns;
+* ``blas``: the kernel's own products against NumPy's OpenBLAS forced on (what
+  ``_blas.for_products`` gives on targets under 32 vector registers), where the BLAS is found.
+
+Run: ``python docs/pointwise_blocks.py [--rounds 15] [--only aligned,prefetch,prefetch16,three,stem,blas]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numba
+import numpy as np
+
+import nbconv
+from nbconv._numba_options import CPU_PARALLEL
+from nbconv.cpu import _blas, _im2col, _pointwise
+
+LARGE = [(128, 256, 56, 8), (256, 128, 56, 8), (64, 256, 56, 8), (256, 512, 28, 8), (512, 512, 28, 8),
+         (256, 512, 28, 2), (128, 256, 56, 2), (1024, 512, 14, 8)]
+
+
+def _paired(kept, other, rounds: int) -> tuple[float, float, float]:
+    """(median time of ``kept``, of ``other``, median of other / kept per round)."""
+    kept(), other()
+    t_k, t_o = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        other()
+        t_o.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        kept()
+        t_k.append(time.perf_counter() - t0)
+    return float(np.median(t_k)), float(np.median(t_o)), float(np.median(np.array(t_o) / np.array(t_k)))
+
+
+def _line_offset(shape, offset_bytes: int, rng) -> np.ndarray:
+    n = int(np.prod(shape))
+    buf = np.empty(n + 32, np.float32)
+    start = ((-buf.ctypes.data + offset_bytes) % 64) // 4
+    a = buf[start:start + n].reshape(shape)
+    a[...] = rng.standard_normal(shape)
+    return a
+
+
+def _row(name: str, flops: float, kept: float, other: float, ratio: float) -> str:
+    return (f"| {name} | {kept * 1e3:.3f} | {flops / kept / 1e9:.0f} | {other * 1e3:.3f} | {flops / other / 1e9:.0f} "
+            f"| {ratio:.2f} |")
+
+
+def aligned(rounds: int, rng) -> list[str]:
+    rows = []
+    lanes = _pointwise.vector_lanes(np.float32)
+    pix_block = _pointwise.pixel_vectors() * lanes
+    for ci, co, hw, n in LARGE:
+        p = hw * hw
+        x, w = _line_offset((n, ci, p), 16, rng), rng.standard_normal((co, ci)).astype(np.float32)
+        b = rng.standard_normal(co).astype(np.float32)
+        out = np.empty((n, co, p), np.float32)
+        chunks = _pointwise.output_chunks(n * -(-p // pix_block), co)
+        shift = _pointwise.aligning_shift(x, p, pix_block, co)
+
+        def run(s, x=x, w=w, b=b, out=out, ci=ci, co=co, p=p, chunks=chunks):
+            _pointwise._forward(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), 1, ci, co, p, chunks, pix_block,
+                                lanes, s)
+
+        rows.append(_row(f"{ci} -> {co} @{hw}, batch {n}, shift {shift}", 2 * ci * co * p * n,
+                         *_paired(lambda: run(shift), lambda: run(0), rounds)))
+    return rows
+
+
+def _whole_blocks_driver(block):
+    @numba.njit(**CPU_PARALLEL)
+    def run(x, w, b, out, cin, cout, hw, pix_block):
+        n_img = x.shape[0] // (cin * hw)
+        p_blocks = hw // pix_block
+        o_blocks = cout // _pointwise.O_BLOCK
+        for task in numba.prange(n_img * p_blocks):
+            n, p0 = task // p_blocks, (task % p_blocks) * pix_block
+            for ob in range(o_blocks):
+                oc = ob * _pointwise.O_BLOCK
+                block(x, n * cin * hw + p0, hw, cin, w, oc * cin, cin, b, oc, out, (n * cout + oc) * hw + p0, hw,
+                      pix_block)
+    return run
+
+
+def prefetch(rounds: int, rng, offset_bytes: int = 0) -> list[str]:
+    bits, lanes = _pointwise._BITS, _pointwise.vector_lanes(np.float32)
+    pix_block = _pointwise.pixel_vectors() * lanes
+    with_pf = _whole_blocks_driver(_pointwise._block)
+    without = _whole_blocks_driver(_pointwise.pointwise_block(_pointwise.O_BLOCK, _pointwise._N_PV, bits, prefetch=0))
+    rows = []
+    for ci, co, hw, n in LARGE:
+        p = hw * hw
+        co -= co % _pointwise.O_BLOCK  # whole blocks only
+        x, w = _line_offset((n, ci, p), offset_bytes, rng), rng.standard_normal((co, ci)).astype(np.float32)
+        b = rng.standard_normal(co).astype(np.float32)
+        o1, o2 = np.empty((n, co, p), np.float32), np.empty((n, co, p), np.float32)
+        args = (x.reshape(-1), w.reshape(-1), b)
+        rows.append(_row(f"{ci} -> {co} @{hw}, batch {n}", 2 * ci * co * (p - p % pix_block) * n,
+                         *_paired(lambda: with_pf(*args, o1.reshape(-1), ci, co, p, pix_block),
+                                  lambda: without(*args, o2.reshape(-1), ci, co, p, pix_block), rounds)))
+        whole = p - p % pix_block
+        assert np.array_equal(o1[..., :whole], o2[..., :whole])
+    return rows
+
+
+def three(rounds: int, rng) -> list[str]:
+    rows = []
+    for ci, co, n in [(1024, 2048, 8), (2048, 1024, 8), (192, 1152, 8), (320, 1280, 8), (1024, 2048, 2)]:
+        x = rng.standard_normal((n, ci, 49)).astype(np.float32)
+        w, b = rng.standard_normal((co, ci)).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+        o1, o2 = np.empty((n, co, 49), np.float32), np.empty((n, co, 49), np.float32)
+        rows.append(_row(f"{ci} -> {co} @7, batch {n}", 2 * ci * co * 49 * n,
+                         *_paired(lambda: _pointwise.plane_products(x, w, b, o1, 1, 49),
+                                  lambda: _pointwise._products(x.reshape(-1), w.reshape(-1), b, o2.reshape(-1), n, 1,
+                                                               ci, co, 49), rounds)))
+        assert np.array_equal(o1, o2)
+    return rows
+
+
+def stem(rounds: int, rng) -> list[str]:
+    rows = []
+    takes = _im2col.takes_patches
+    for n in (8, 2, 1):
+        x = rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
+        w, b = rng.standard_normal((96, 3, 4, 4)).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+
+        def columns():
+            _im2col.takes_patches = lambda spec: False
+            try:
+                nbconv.conv2d(x, w, b, stride=4)
+            finally:
+                _im2col.takes_patches = takes
+
+        rows.append(_row(f"3 -> 96 4x4 s4 @224, batch {n}", 2 * 48 * 96 * 56 * 56 * n,
+                         *_paired(lambda: nbconv.conv2d(x, w, b, stride=4), columns, rounds)))
+    return rows
+
+
+def blas(rounds: int, rng) -> list[str]:
+    if _blas.gemm_functions() is None:
+        return ["| (no usable BLAS found) | | | | | |"]
+    rows = []
+    own = _blas.faster_than_own_blocks
+    for ci, co, hw, n in [(1024, 2048, 7, 8), (1024, 512, 14, 8), (256, 512, 28, 8), (32, 192, 28, 8),
+                          (1024, 2048, 7, 2)]:
+        x = rng.standard_normal((n, ci, hw * hw)).astype(np.float32)
+        w, b = rng.standard_normal((co, ci)).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+        out = np.empty((n, co, hw * hw), np.float32)
+
+        def by_blas(x=x, w=w, b=b, out=out, hw=hw):
+            _blas.faster_than_own_blocks = lambda: True
+            try:
+                _pointwise.plane_products(x, w, b, out, 1, hw * hw)
+            finally:
+                _blas.faster_than_own_blocks = own
+
+        rows.append(_row(f"{ci} -> {co} @{hw}, batch {n}", 2 * ci * co * hw * hw * n,
+                         *_paired(lambda: _pointwise.plane_products(x, w, b, out, 1, hw * hw), by_blas, rounds)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--only", default="aligned,prefetch,prefetch16,three,stem,blas")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"{platform.processor() or platform.machine()}, {numba.get_num_threads()} threads, float32, "
+          f"{args.rounds} interleaved rounds; ratio = other's time / kept's (median of pairs)")
+    sections = {"aligned": ("aligned blocks", "from the plane's start", aligned),
+                "prefetch": ("prefetch", "no prefetch", prefetch),
+                "prefetch16": ("prefetch", "no prefetch", lambda rounds, rng: prefetch(rounds, rng, 16)),
+                "three": ("three vectors and the rest", "4-vector block", three),
+                "stem": ("patches", "columns", stem),
+                "blas": ("own products", "NumPy's BLAS", blas)}
+    for key in args.only.split(","):
+        kept, other, fn = sections[key]
+        print(f"\n{key}\n| layer | {kept} ms | GFLOP/s | {other} ms | GFLOP/s | ratio |\n|---|---:|---:|---:|---:|---:|")
+        print("\n".join(fn(args.rounds, rng)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
