@@ -3,12 +3,15 @@ the kernels the launcher would otherwise take, interleaved (medians of 30 rounds
 float32, Numba's threads): the forward against ``_winograd`` / ``_rowblock`` / ``_grouped`` /
 the packed kernel, the weight gradient against ``_wgrad``, and the transposed convolution of the
 output gradient (``conv_transpose2d``: at stride 2 ``_outer`` skips the inserted zeros) where the
-shape is marked for it. Groups of 4 or 8 float32 outputs share a vector (``group_pack``).
+shape is marked for it. Groups of 4 or 8 float32 outputs share a vector (``group_pack``), the
+last vector with idle groups where the group count is odd (RegNetY's 13 and 55 groups of 8).
 
-Run: ``python docs/outer.py``.
+Run: ``python docs/outer.py [--shapes NAME,NAME]``.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numba
 import numpy as np
@@ -33,6 +36,8 @@ SHAPES = [
     ("resnext_g32_s2", 256, 56, 256, 3, 2, 1, 32),  # 8 per group: pairs (stride 1: transposed only)
     ("g32_8_28", 256, 28, 256, 3, 1, 1, 32),
     ("pw_g32_8_28", 256, 28, 256, 1, 1, 0, 32),
+    ("regnety_g13_28", 104, 28, 104, 3, 1, 1, 13),  # 13 groups of 8: the last pair has an idle group
+    ("regnety_g55_7", 440, 7, 440, 3, 1, 1, 55),
 ]
 #: shapes whose transposed convolution is timed too
 TRANSPOSED = {"resnext_g32_14", "resnext_g32_56", "resnext_g32_s2", "g32_8_28", "g16_s2_56"}
@@ -66,10 +71,15 @@ def _forward_row(name, op, spec, x, w, b) -> None:
     print(f"| {name} | {op} | {t_outer:.3f} | {label} | {t_other:.3f} | {t_other / t_outer:.2f} |")
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", help="comma-separated names (default: all)")
+    chosen = parser.parse_args(argv).shapes
     print(f"batch 8, float32: medians of {ROUNDS} interleaved rounds (ms); ratio = other / outer")
     print("| shape | op | outer | other kernel | other | ratio |\n|---|---|---:|---|---:|---:|")
     for name, c_in, hw, c_out, k, stride, pad, groups in SHAPES:
+        if chosen and name not in chosen.split(","):
+            continue
         rng = np.random.default_rng(0)
         x = rng.standard_normal((8, c_in, hw, hw)).astype(np.float32)
         w = rng.standard_normal((c_out, c_in // groups, k, k)).astype(np.float32)

@@ -183,7 +183,30 @@ PACKED_CASES = [
     (Case(1, 24, (10, 13), 16, (3, 2), 1, 1, 2, 2, False), np.float32),  # pairs of 8, dilation 2
     (Case(2, 8, (7, 19), 16, (1, 1), 1, 0, 1, 4), np.float64),  # pairs of 4 (8 lanes), blocks 7 + 7 + 5
     (Case(2, 32, (6, 8), 32, (2, 3), 1, (1, 0), (2, 1), 8), np.float32),  # 8 groups: 2 vectors of 4
+    # group counts not a multiple of the pack: the last vector has idle groups
+    (Case(2, 52, (7, 10), 104, (3, 3), 1, 1, 1, 13), np.float32),  # 13 groups of 8: 7 pairs, one idle
+    (Case(1, 18, (6, 9), 36, (3, 2), 1, 1, 1, 9), np.float64),  # 9 groups of 4 (8 lanes): one idle
+    (Case(2, 22, (5, 17), 44, (3, 3), 1, (1, 0), (2, 1), 11), np.float32),  # 11 groups of 4: 3 fours, one idle
 ]
+
+
+@pytest.mark.parametrize("case,dtype", [c for c in PACKED_CASES if c[0].groups % 2], ids=str)
+def test_idle_groups_store_nothing(case, dtype):
+    """The idle groups of the last vector write nothing: the output lies at the end of a buffer
+    whose next elements must keep their values, and every output matches the reference."""
+    from reference import assert_conv_close
+
+    x, w, b = random_arrays(case, dtype)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    pack = _outer.group_pack(spec)
+    assert pack > 1 and _outer.idle_groups(spec.groups, pack) > 0
+    size = int(np.prod(spec.output_shape))
+    buffer = np.full(size + 4 * size, 7.0, dtype)  # room for an idle group's rows of every image
+    out = buffer[:size].reshape(spec.output_shape)
+    out[...] = np.nan
+    _outer.outer_forward(x, w, b, out, spec)
+    assert_conv_close(out, x, w, b, **case.conv_args())
+    assert (buffer[size:] == 7.0).all()
 
 
 @pytest.mark.parametrize("case,dtype", PACKED_CASES, ids=str)
@@ -202,6 +225,16 @@ def test_applies_to_whole_vectors_of_outputs_per_group():
     assert _outer.group_pack(spec(8, 2, np.float64)) == 2
     assert not _outer.applies(spec(16, 8))  # 2 outputs per group: not packed
     assert not _outer.applies(spec(8, 1))  # 8 outputs, but a single group
+    # idle groups in the last vector: at most an eighth of them
+    odd = conv2d_spec(np.zeros((2, 104, 8, 8), np.float32), np.zeros((104, 8, 3, 3), np.float32), None, 1, 1, 1, 13)
+    assert _outer.group_pack(odd) == 2 and _outer.idle_groups(13, 2) == 1
+    def groups_of(c_out_g, groups):
+        x = np.zeros((2, 2 * groups, 8, 8), np.float32)
+        return conv2d_spec(x, np.zeros((c_out_g * groups, 2, 3, 3), np.float32), None, 1, 1, 1, groups)
+    assert _outer.group_pack(groups_of(4, 11)) == 4  # 1 of 12 idle
+    assert _outer.group_pack(groups_of(4, 3)) == 0  # 1 of 4 idle
+    assert _outer.group_pack(groups_of(8, 3)) == 0
+    assert _outer.group_pack(groups_of(8, 7)) == 2  # 1 of 8 idle: the bound
     strided = conv2d_spec(np.zeros((2, 16, 8, 8), np.float32), np.zeros((16, 8, 3, 3), np.float32), None, 2, 1, 1, 2)
     assert not _outer.applies(strided)  # packed groups at stride 1 only
     assert not _outer.applies(spec(32, 2, batch=0))
@@ -306,6 +339,10 @@ def test_non_finite_pixels_reach_only_their_outputs(value):
     pixels = [(0, 2, 6, 8),  # last pixel of a plane
               (1, 15, 0, 0)]  # first pixel, last channel of a group
     check_non_finite_forward(_outer.outer_forward, Case(2, 16, (7, 9), 32, (3, 3), 1, 1, 1, 2), pixels, value)
+    # 9 groups of 4 float64 outputs (two per vector): the pixels of the last group, which shares
+    # its vector with an idle one, and of the one before
+    check_non_finite_forward(_outer.outer_forward, Case(2, 18, (7, 9), 36, (3, 3), 1, 1, 1, 9),
+                             [(1, 17, 6, 8), (0, 16, 0, 0), (1, 15, 3, 4)], value)
 
 
 def test_results_do_not_depend_on_threads():

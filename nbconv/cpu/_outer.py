@@ -42,6 +42,11 @@ MAX_SCRATCH_ELEMS = 1 << 18
 #: groups, 1.2-2.8x ``_grouped`` (which puts columns in the lanes); not 2 (dw_mult2: ``_rowblock``
 #: is 1.45x this); ``python docs/outer.py``.
 PACKED_OUT_PER_GROUP = (4, 8)
+#: Most idle groups in the packed vectors of a layer whose group count is not a multiple of the
+#: groups per vector, as a share of all: the last vector computes idle groups (zero weights, no
+#: stores). RegNetY's 13 and 55 groups of 8 (1/14 and 1/56 idle), 0.54 -> 0.97 and 0.83 -> 1.3x
+#: PyTorch at batch 8 against ``_grouped`` on an Intel Xeon (``python docs/outer.py --shapes regnety_g13_28,regnety_g55_7``).
+MAX_IDLE_SHARE = 1 / 8
 
 
 def group_pack(spec) -> int:
@@ -49,14 +54,16 @@ def group_pack(spec) -> int:
     ``PACKED_OUT_PER_GROUP`` outputs per group at stride 1, as many groups as fill a vector; 0
     for none. (At stride 2 the interleaved packing of four times as many input pixels as
     outputs costs what the lanes save: resnext_g32_s2's forward 1.9-2.4 ms against 1.9 for
-    ``_grouped``; its transposed form has stride 1.)"""
+    ``_grouped``; its transposed form has stride 1.) A group count that is not a multiple of the
+    pack leaves idle groups in the last vector, at most ``MAX_IDLE_SHARE`` of them."""
     lanes = _simd.lanes(spec.dtype)
     cout_g = spec.out_per_group
     if cout_g % lanes == 0:
         return 1
-    if (cout_g in PACKED_OUT_PER_GROUP and lanes % cout_g == 0 and spec.groups % (lanes // cout_g) == 0
-            and spec.stride == (1, 1)):
-        return lanes // cout_g
+    if cout_g in PACKED_OUT_PER_GROUP and lanes % cout_g == 0 and spec.stride == (1, 1):
+        pack = lanes // cout_g
+        if idle_groups(spec.groups, pack) <= MAX_IDLE_SHARE * (spec.groups + idle_groups(spec.groups, pack)):
+            return pack
     return 0
 
 
@@ -96,17 +103,34 @@ def choose_block(spec) -> tuple[int, int]:
 
 
 def packed_weight(weight: np.ndarray, groups: int, pack: int = 1) -> np.ndarray:
-    """(C_out, C_in/groups, kH, kW) as (groups / pack, C_in/groups, kH * kW, C_out/groups, pack),
-    flat: a tap's output channels of ``pack`` groups are one contiguous run, lane ``o * pack + j``
-    group ``j``'s channel ``o``."""
+    """(C_out, C_in/groups, kH, kW) as (ceil(groups / pack), C_in/groups, kH * kW, C_out/groups,
+    pack), flat: a tap's output channels of ``pack`` groups are one contiguous run, lane
+    ``o * pack + j`` group ``j``'s channel ``o``; the :func:`idle_groups` groups past the last
+    have zero weights."""
     c_out, cin_g, kh, kw = weight.shape
-    w = weight.reshape(groups // pack, pack, c_out // groups, cin_g, kh * kw).transpose(0, 3, 4, 2, 1)
-    return np.ascontiguousarray(w).reshape(-1)
+    w = weight.reshape(groups, c_out // groups, cin_g, kh * kw).transpose(0, 2, 3, 1)  # (g, ci, tap, o)
+    return _interleaved(w, groups, pack)
 
 
 def packed_bias(bias: np.ndarray, groups: int, pack: int) -> np.ndarray:
-    """The bias in the lane order of :func:`packed_weight`."""
-    return np.ascontiguousarray(bias.reshape(groups // pack, pack, -1).transpose(0, 2, 1)).reshape(-1)
+    """The bias in the lane order of :func:`packed_weight` (zeros for the idle groups)."""
+    return _interleaved(bias.reshape(groups, -1), groups, pack)
+
+
+def _interleaved(a: np.ndarray, groups: int, pack: int) -> np.ndarray:
+    """``a`` (groups, ...) as (ceil(groups / pack), ..., pack), flat, zeros past the last group."""
+    full = groups // pack
+    packed = np.zeros((-(-groups // pack),) + a.shape[1:] + (pack,), a.dtype)
+    packed[:full] = np.moveaxis(a[:full * pack].reshape((full, pack) + a.shape[1:]), 1, -1)
+    if full * pack < groups:
+        packed[full, ..., :groups - full * pack] = np.moveaxis(a[full * pack:], 0, -1)
+    return packed.reshape(-1)
+
+
+def idle_groups(groups: int, pack: int) -> int:
+    """Groups the last packed vector computes and drops: ``groups`` rounded up to a multiple of
+    ``pack``, less ``groups``."""
+    return -groups % pack
 
 
 def tap_phases(spec) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
@@ -160,7 +184,9 @@ def _sizes(spec, taps) -> dict:
 
 def _row_lines(spec, blocks, wc: int, pack: int) -> tuple[list[str], list[str]]:
     """(the definitions of the row intrinsics, the driver's calls for one output row ``oy``):
-    one intrinsic per block width and tap phase."""
+    one intrinsic per block width and tap phase (with idle groups, each call says how many of
+    the pack's groups are stored: ``live``)."""
+    idle = idle_groups(spec.groups, pack) > 0
     taps, _, chan = _packed_layout(spec)
     kw_n = spec.kernel_size[1]
     row_phases, col_phases = tap_phases(spec)
@@ -180,9 +206,10 @@ def _row_lines(spec, blocks, wc: int, pack: int) -> tuple[list[str], list[str]]:
                     for p in range(width))
                 defs[name] = (f"{name} = outer_product_row({spec.in_per_group}, {chan * pack}, {taps}, {width}, "
                               f"{n_vec}, {len(taps) * cout_g * pack}, {cout_g * pack}, {spec.out_size[0] * spec.out_size[1]}, "
-                              f"pack={pack}, pixel_taps={pixel_taps}, lane_channels={lane_channels})")
+                              f"pack={pack}, pixel_taps={pixel_taps}, lane_channels={lane_channels}"
+                              f"{', live_groups=True' if idle else ''})")
             branch.append(f"{name}(xs, (oy * {wc} + {p0}) * {pack}, wv, w0, b, c0, "
-                          f"out_flat, o0 + {p0})")
+                          f"out_flat, o0 + {p0}{', live' if idle else ''})")
         if len(row_phases) == 1:
             calls += branch
         else:
@@ -253,12 +280,18 @@ def module_source(spec, direct: bool = False) -> str:
         if pack == 1:
             per_channel = [f"_pack_plane(x_flat, (n * {spec.in_channels} + gp * {cin_g} + ci) * {in_plane}, xs, ci * {chan})"]
         else:
-            per_channel = [f"for j in range({pack}):",
-                           f"    _pack_plane(x_flat, (n * {spec.in_channels} + (gp * {pack} + j) * {cin_g} + ci) * "
-                           f"{in_plane}, xs, ci * {chan}, j)"]
-        pack_planes = [f"for ci in range({cin_g}):", *_generated.nested(per_channel)]
+            pack_one = (f"_pack_plane(x_flat, (n * {spec.in_channels} + (gp * {pack} + j) * {cin_g} + ci) * "
+                        f"{in_plane}, xs, ci * {chan}, j)")
+            if idle_groups(spec.groups, pack):  # an idle group's planes are zeros
+                per_channel = [f"for j in range({pack}):", "    if j < live:", f"        {pack_one}",
+                               "    else:", f"        for e in range({chan}):",
+                               f"            xs[_U((ci * {chan} + e) * {pack} + j)] = 0"]
+            else:
+                per_channel = [f"for j in range({pack}):", f"    {pack_one}"]
+        pack_planes = [f"live = min({pack}, {spec.groups} - gp * {pack})", f"for ci in range({cin_g}):",
+                       *_generated.nested(per_channel)]
     return "\n".join(lines + defs) + "\n" + _generated.fill(
-        _DRIVER, rows=calls, pack_planes=pack_planes, n_packs=spec.groups // pack, pack=pack,
+        _DRIVER, rows=calls, pack_planes=pack_planes, n_packs=-(-spec.groups // pack), pack=pack,
         pack_channels=pack * cout_g, n_vblocks=max(1, cout_g // (n_vec * lanes)), block_channels=n_vec * lanes,
         w_group=cin_g * len(taps) * cout_g * pack, **_sizes(spec, taps))
 

@@ -368,7 +368,8 @@ def flat_plane_sums(n_pix: int, offsets: tuple[int, ...], valid: tuple[tuple[boo
 def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: int, n_vec: int,
                       w_ci_pitch: int, w_tap_pitch: int, out_pitch: int, *, pack: int = 1,
                       pixel_taps: tuple[tuple[int, ...], ...] | None = None,
-                      lane_channels: tuple[int, ...] | None = None, x_pixel_step: int = 1):
+                      lane_channels: tuple[int, ...] | None = None, x_pixel_step: int = 1,
+                      live_groups: bool = False):
     """An ``@intrinsic`` ``row(xs, x0, w, w0, b, b0, out, o0)`` for one block of a convolution's
     output: ``n_pix`` consecutive output pixels x ``n_vec`` vectors of output channels (channels
     in the lanes, as oneDNN's direct convolution has them):
@@ -392,6 +393,10 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
     default lane ``c``'s). ``pixel_taps[p]``: the taps pixel ``p`` sums (default all), so that a
     transposed convolution skips the zeros between its input pixels, and a convolution that reads
     its input where it lies (``x_pixel_step`` its column stride) skips the padding.
+
+    ``live_groups``: the intrinsic takes a ninth argument ``live``, and only the lanes of the
+    first ``live`` of the ``pack`` groups are stored (a layer whose group count is not a multiple
+    of ``pack`` computes its last vector with idle groups, their weights zeros).
     """
     taps = tuple(int(t) for t in taps)
     if pixel_taps is None:
@@ -399,83 +404,95 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
     if len(pixel_taps) != n_pix:
         raise ValueError(f"pixel_taps has {len(pixel_taps)} entries for {n_pix} pixels")
 
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+
+        xs_v, x0_v, w_v, w0_v, b_v, b0_v, out_v, o0_v = args[:8]
+        a_xs, t_x0, a_w, t_w0, a_b, t_b0, a_out, t_o0 = signature.args[:8]
+        scalar = context.get_data_type(a_xs.dtype)
+        size = a_xs.dtype.bitwidth // 8
+        n = VECTOR_BYTES // size
+        if n_pix > n:
+            raise ValueError(f"at most {n} pixels per row block, not {n_pix}")
+        if n % pack:
+            raise ValueError(f"{pack} groups do not share a vector of {n} lanes")
+        channels = lane_channels or tuple(range(n_vec * n))
+        vec = ir.VectorType(scalar, n)
+        run = ir.VectorType(scalar, pack)
+        intp = context.get_value_type(types.intp)
+
+        data = functools.partial(_data, context, builder)
+
+        def at(base, index, vector_type=None):
+            p = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(p, vector_type.as_pointer()) if vector_type else p
+
+        def const(i):
+            return ir.Constant(intp, i)
+
+        def broadcast(index):
+            if pack == 1:
+                return _splat(builder, builder.load(at(xs_p, index)), vec)
+            value = builder.load(at(xs_p, index, run), align=size)
+            return builder.shuffle_vector(value, ir.Constant(run, ir.Undefined),
+                                          ir.Constant(ir.VectorType(ir.IntType(32), n), [i % pack for i in range(n)]))
+
+        xs_p, w_p, b_p, out_p = (data(v, t) for v, t in ((xs_v, a_xs), (w_v, a_w), (b_v, a_b), (out_v, a_out)))
+        x0_i = _index(context, builder, x0_v, t_x0)
+        w0_i = _index(context, builder, w0_v, t_w0)
+        b0_i = _index(context, builder, b0_v, t_b0)
+        o0_i = _index(context, builder, o0_v, t_o0)
+        live_i = _index(context, builder, args[8], signature.args[8]) if live_groups else None
+        sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_vec)] for _ in range(n_pix)]
+        for v in range(n_vec):
+            bias = builder.load(at(b_p, builder.add(b0_i, const(v * n)), vec), align=size)
+            for p in range(n_pix):
+                builder.store(bias, sums[p][v])
+        with cgutils.for_range(builder, const(n_ci)) as loop:
+            xb = builder.add(x0_i, builder.mul(loop.index, const(ci_pitch)))
+            wb = builder.add(w0_i, builder.mul(loop.index, const(w_ci_pitch)))
+            for t, tap in enumerate(taps):
+                users = [p for p in range(n_pix) if t in pixel_taps[p]]
+                if not users:
+                    continue
+                weights = [builder.load(at(w_p, builder.add(wb, const(t * w_tap_pitch + v * n)), vec), align=size)
+                           for v in range(n_vec)]
+                for p in users:
+                    value = broadcast(builder.add(xb, const((tap + p * x_pixel_step) * pack)))
+                    for v in range(n_vec):
+                        builder.store(_fma(builder, weights[v], value, builder.load(sums[p][v])), sums[p][v])
+        mask_type = ir.VectorType(ir.IntType(32), n)
+        zero = ir.Constant(vec, None)
+        for v in range(n_vec):
+            rows = [builder.load(sums[p][v]) for p in range(n_pix)] + [zero] * (n - n_pix)
+            for stage in transpose_plan(n):
+                new = [None] * n
+                for d, a, bb, mask in stage:
+                    new[d] = builder.shuffle_vector(rows[a], rows[bb], ir.Constant(mask_type, mask))
+                rows = new
+            for c in range(n):
+                target = at(out_p, builder.add(o0_i, const(channels[v * n + c] * out_pitch)), vec)
+                if live_i is None:
+                    _masked_store(builder, rows[c], target, n_pix, size)
+                    continue
+                with cgutils.if_likely(builder, builder.icmp_signed("<", const(c % pack), live_i)):
+                    _masked_store(builder, rows[c], target, n_pix, size)
+        return context.get_dummy_value()
+
+    if live_groups:
+        @intrinsic
+        def row_of_live_groups(typingctx, xs, x0, w, w0, b, b0, out, o0, live):
+            if not _takes((xs, w, b, out), (x0, w0, b0, o0, live)):
+                return None
+            return types.void(xs, x0, w, w0, b, b0, out, o0, live), codegen
+
+        return row_of_live_groups
+
     @intrinsic
     def row(typingctx, xs, x0, w, w0, b, b0, out, o0):
         if not _takes((xs, w, b, out), (x0, w0, b0, o0)):
             return None
-        sig = types.void(xs, x0, w, w0, b, b0, out, o0)
-
-        def codegen(context, builder, signature, args):
-            from numba.core import cgutils
-
-            xs_v, x0_v, w_v, w0_v, b_v, b0_v, out_v, o0_v = args
-            a_xs, t_x0, a_w, t_w0, a_b, t_b0, a_out, t_o0 = signature.args
-            scalar = context.get_data_type(a_xs.dtype)
-            size = a_xs.dtype.bitwidth // 8
-            n = VECTOR_BYTES // size
-            if n_pix > n:
-                raise ValueError(f"at most {n} pixels per row block, not {n_pix}")
-            if n % pack:
-                raise ValueError(f"{pack} groups do not share a vector of {n} lanes")
-            channels = lane_channels or tuple(range(n_vec * n))
-            vec = ir.VectorType(scalar, n)
-            run = ir.VectorType(scalar, pack)
-            intp = context.get_value_type(types.intp)
-
-            data = functools.partial(_data, context, builder)
-
-            def at(base, index, vector_type=None):
-                p = builder.gep(base, [index], inbounds=True)
-                return builder.bitcast(p, vector_type.as_pointer()) if vector_type else p
-
-            def const(i):
-                return ir.Constant(intp, i)
-
-            def broadcast(index):
-                if pack == 1:
-                    return _splat(builder, builder.load(at(xs_p, index)), vec)
-                value = builder.load(at(xs_p, index, run), align=size)
-                return builder.shuffle_vector(value, ir.Constant(run, ir.Undefined),
-                                              ir.Constant(ir.VectorType(ir.IntType(32), n), [i % pack for i in range(n)]))
-
-            xs_p, w_p, b_p, out_p = (data(v, t) for v, t in ((xs_v, a_xs), (w_v, a_w), (b_v, a_b), (out_v, a_out)))
-            x0_i = _index(context, builder, x0_v, t_x0)
-            w0_i = _index(context, builder, w0_v, t_w0)
-            b0_i = _index(context, builder, b0_v, t_b0)
-            o0_i = _index(context, builder, o0_v, t_o0)
-            sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_vec)] for _ in range(n_pix)]
-            for v in range(n_vec):
-                bias = builder.load(at(b_p, builder.add(b0_i, const(v * n)), vec), align=size)
-                for p in range(n_pix):
-                    builder.store(bias, sums[p][v])
-            with cgutils.for_range(builder, const(n_ci)) as loop:
-                xb = builder.add(x0_i, builder.mul(loop.index, const(ci_pitch)))
-                wb = builder.add(w0_i, builder.mul(loop.index, const(w_ci_pitch)))
-                for t, tap in enumerate(taps):
-                    users = [p for p in range(n_pix) if t in pixel_taps[p]]
-                    if not users:
-                        continue
-                    weights = [builder.load(at(w_p, builder.add(wb, const(t * w_tap_pitch + v * n)), vec), align=size)
-                               for v in range(n_vec)]
-                    for p in users:
-                        value = broadcast(builder.add(xb, const((tap + p * x_pixel_step) * pack)))
-                        for v in range(n_vec):
-                            builder.store(_fma(builder, weights[v], value, builder.load(sums[p][v])), sums[p][v])
-            mask_type = ir.VectorType(ir.IntType(32), n)
-            zero = ir.Constant(vec, None)
-            for v in range(n_vec):
-                rows = [builder.load(sums[p][v]) for p in range(n_pix)] + [zero] * (n - n_pix)
-                for stage in transpose_plan(n):
-                    new = [None] * n
-                    for d, a, bb, mask in stage:
-                        new[d] = builder.shuffle_vector(rows[a], rows[bb], ir.Constant(mask_type, mask))
-                    rows = new
-                for c in range(n):
-                    target = at(out_p, builder.add(o0_i, const(channels[v * n + c] * out_pitch)), vec)
-                    _masked_store(builder, rows[c], target, n_pix, size)
-            return context.get_dummy_value()
-
-        return sig, codegen
+        return types.void(xs, x0, w, w0, b, b0, out, o0), codegen
 
     return row
 
