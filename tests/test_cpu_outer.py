@@ -240,6 +240,33 @@ def test_applies_to_whole_vectors_of_outputs_per_group():
     assert not _outer.applies(spec(32, 2, batch=0))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_out,cin_g,k,groups,pack", [
+    (64, 32, (3, 3), 2, 1),  # 288 per row: whole tiles
+    (32, 3, (3, 3), 1, 1),  # 27 per row: the last tile moved back
+    (16, 1, (3, 3), 1, 1),  # 9 per row: fewer than a vector, element by element
+    (48, 2, (1, 2), 3, 1),  # 2 per row, three groups of 16
+    (104, 8, (3, 3), 13, 2),  # pairs of groups of 8, one idle
+    (44, 4, (2, 3), 11, 4),  # fours of groups of 4, one idle
+])
+def test_packed_weight_layout(c_out, cin_g, k, groups, pack, dtype):
+    """Lane ``o * pack + j`` of tap ``t`` of input channel ``ci`` in pack ``gp`` holds group
+    ``gp * pack + j``'s output ``o``: checked element by element, zeros for idle groups."""
+    w = np.random.default_rng(0).standard_normal((c_out, cin_g) + k).astype(dtype)
+    cout_g, taps = c_out // groups, k[0] * k[1]
+    got = _outer.packed_weight(w, groups, pack).reshape(-1, cin_g, taps, cout_g, pack)
+    assert got.shape[0] * pack == groups + _outer.idle_groups(groups, pack)
+    for gp, ci, t, o, j in np.ndindex(got.shape):
+        g = gp * pack + j
+        want = w[g * cout_g + o, ci].reshape(-1)[t] if g < groups else 0
+        assert got[gp, ci, t, o, j] == want
+    b = np.arange(c_out, dtype=dtype)
+    lanes = _outer.packed_bias(b, groups, pack).reshape(-1, cout_g, pack)
+    assert [lanes[gp, o, j] for gp in range(lanes.shape[0]) for o in range(cout_g) for j in range(pack)
+            if gp * pack + j < groups] == [(gp * pack + j) * cout_g + o for gp in range(lanes.shape[0])
+                                           for o in range(cout_g) for j in range(pack) if gp * pack + j < groups]
+
+
 def test_tap_phases():
     """A transposed convolution's output rows and columns read input pixels through some taps
     only (the others meet the zeros its stride inserts)."""

@@ -25,8 +25,10 @@ import numba
 import numpy as np
 
 from .._divisors import largest_divisor
+from .._numba_options import njit_serial
 from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
+from ._simd import transpose_tile
 from ._target import target
 from ._valid import flat_tap_offsets, reads_padding, valid_intervals, valid_tap_regions
 
@@ -106,10 +108,38 @@ def packed_weight(weight: np.ndarray, groups: int, pack: int = 1) -> np.ndarray:
     """(C_out, C_in/groups, kH, kW) as (ceil(groups / pack), C_in/groups, kH * kW, C_out/groups,
     pack), flat: a tap's output channels of ``pack`` groups are one contiguous run, lane
     ``o * pack + j`` group ``j``'s channel ``o``; the :func:`idle_groups` groups past the last
-    have zero weights."""
+    have zero weights. Compiled (:func:`_interleave_weights`): NumPy's strided copy took 0.16 ms
+    of resnext's 1024-channel 3x3 g32 layer (0.46 ms at batch 2), the tiles 0.04."""
     c_out, cin_g, kh, kw = weight.shape
-    w = weight.reshape(groups, c_out // groups, cin_g, kh * kw).transpose(0, 2, 3, 1)  # (g, ci, tap, o)
-    return _interleaved(w, groups, pack)
+    cout_g = c_out // groups
+    out = np.empty(-(-groups // pack) * pack * cout_g * cin_g * kh * kw, weight.dtype)
+    _interleave_weights(np.ascontiguousarray(weight).reshape(-1), groups, cout_g, cin_g * kh * kw, pack,
+                        _simd.lanes(weight.dtype), out)
+    return out
+
+
+@njit_serial
+def _interleave_weights(w, groups, cout_g, k_n, pack, lanes, out):
+    """:func:`packed_weight` of ``w`` (groups x cout_g rows of ``k_n`` = C_in/groups x taps) into
+    ``out``: one group's (cout_g, k_n) matrix transposed by tiles of lanes x lanes in registers
+    (the last tile of a row moved back to end at its end) where groups are whole vectors of
+    outputs, else element by element, zeros for the idle groups."""
+    if pack == 1 and k_n >= lanes:
+        for g in range(groups):
+            for o0 in range(0, cout_g, lanes):
+                s0 = (g * cout_g + o0) * k_n
+                d0 = g * cout_g * k_n + o0
+                for k0 in range(0, k_n - lanes + 1, lanes):
+                    transpose_tile(w, s0 + k0, k_n, out, d0 + k0 * cout_g, cout_g)
+                if k_n % lanes:
+                    transpose_tile(w, s0 + k_n - lanes, k_n, out, d0 + (k_n - lanes) * cout_g, cout_g)
+        return
+    for gp in range((groups + pack - 1) // pack):
+        for j in range(pack):
+            g = gp * pack + j
+            for o in range(cout_g):
+                for k in range(k_n):
+                    out[(gp * k_n + k) * cout_g * pack + o * pack + j] = w[(g * cout_g + o) * k_n + k] if g < groups else 0
 
 
 def packed_bias(bias: np.ndarray, groups: int, pack: int) -> np.ndarray:
@@ -118,7 +148,8 @@ def packed_bias(bias: np.ndarray, groups: int, pack: int) -> np.ndarray:
 
 
 def _interleaved(a: np.ndarray, groups: int, pack: int) -> np.ndarray:
-    """``a`` (groups, ...) as (ceil(groups / pack), ..., pack), flat, zeros past the last group."""
+    """``a`` (groups, ...) as (ceil(groups / pack), ..., pack), flat, zeros past the last group
+    (the bias's lanes: small, so NumPy's copy)."""
     full = groups // pack
     packed = np.zeros((-(-groups // pack),) + a.shape[1:] + (pack,), a.dtype)
     packed[:full] = np.moveaxis(a[:full * pack].reshape((full, pack) + a.shape[1:]), 1, -1)
@@ -159,8 +190,8 @@ def forward(x, wv, b, out, scratch):
     x_flat, out_flat = x.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * {n_packs}):
         xs = scratch[numba.get_thread_id()]
-        gp = task % {n_packs}
-        n = task // {n_packs}
+        n = task % n_img
+        gp = task // n_img
         {pack_planes}
         for vb in range({n_vblocks}):
             c0 = gp * {pack_channels} + vb * {block_channels}
