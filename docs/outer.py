@@ -38,6 +38,9 @@ SHAPES = [
     ("pw_g32_8_28", 256, 28, 256, 1, 1, 0, 32),
     ("regnety_g13_28", 104, 28, 104, 3, 1, 1, 13),  # 13 groups of 8: the last pair has an idle group
     ("regnety_g55_7", 440, 7, 440, 3, 1, 1, 55),
+    ("regnety_g6_s2_112", 48, 112, 48, 3, 2, 1, 6),  # stride 2: pairs of groups of 8
+    ("regnety_g55_s2_14", 440, 14, 440, 3, 2, 1, 55),
+    ("resnext_g32_s2_4", 128, 56, 128, 3, 2, 1, 32),  # fours at stride 2: not packed
 ]
 #: shapes whose transposed convolution is timed too
 TRANSPOSED = {"resnext_g32_14", "resnext_g32_56", "resnext_g32_s2", "g32_8_28", "g16_s2_56"}

@@ -16,6 +16,7 @@ from cases import (
     at_each_thread_count,
     check_non_finite_forward,
     check_path_forward,
+    ending_at_a_guard_page,
     random_arrays,
 )
 from hypothesis import given, settings
@@ -187,6 +188,9 @@ PACKED_CASES = [
     (Case(2, 52, (7, 10), 104, (3, 3), 1, 1, 1, 13), np.float32),  # 13 groups of 8: 7 pairs, one idle
     (Case(1, 18, (6, 9), 36, (3, 2), 1, 1, 1, 9), np.float64),  # 9 groups of 4 (8 lanes): one idle
     (Case(2, 22, (5, 17), 44, (3, 3), 1, (1, 0), (2, 1), 11), np.float32),  # 11 groups of 4: 3 fours, one idle
+    # pairs at stride 2 (the packing's spread copies of phase columns)
+    (Case(2, 32, (13, 20), 64, (3, 3), 2, 1, 1, 8), np.float32),
+    (Case(1, 26, (12, 15), 52, (3, 3), (2, 1), (1, 0), 1, 13), np.float64),  # 13 groups of 4 (8 lanes): one idle
 ]
 
 
@@ -235,8 +239,10 @@ def test_applies_to_whole_vectors_of_outputs_per_group():
     assert _outer.group_pack(groups_of(4, 3)) == 0  # 1 of 4 idle
     assert _outer.group_pack(groups_of(8, 3)) == 0
     assert _outer.group_pack(groups_of(8, 7)) == 2  # 1 of 8 idle: the bound
-    strided = conv2d_spec(np.zeros((2, 16, 8, 8), np.float32), np.zeros((16, 8, 3, 3), np.float32), None, 2, 1, 1, 2)
-    assert not _outer.applies(strided)  # packed groups at stride 1 only
+    strided = conv2d_spec(np.zeros((2, 16, 8, 8), np.float32), np.zeros((16, 4, 3, 3), np.float32), None, 2, 1, 1, 4)
+    assert not _outer.applies(strided)  # fours of packed groups at stride 1 only
+    pairs = conv2d_spec(np.zeros((2, 16, 8, 8), np.float32), np.zeros((16, 8, 3, 3), np.float32), None, 2, 1, 1, 2)
+    assert _outer.group_pack(pairs) == 2  # pairs at any stride
     assert not _outer.applies(spec(32, 2, batch=0))
 
 
@@ -384,13 +390,18 @@ def test_results_do_not_depend_on_threads():
     n=st.integers(1, 2), groups=st.sampled_from([1, 2, 4]), cin_g=st.integers(1, 5), h=st.integers(1, 9),
     wd=st.integers(1, 20), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 2),
     sw=st.integers(1, 2), dh=st.integers(1, 2), dw=st.integers(1, 2), pad=st.integers(0, 2),
-    cout_g=st.sampled_from([8, 4]), dtype=st.sampled_from([np.float32, np.float64]),
+    cout_g=st.sampled_from([8, 4]), dtype=st.sampled_from([np.float32, np.float64]), idle=st.booleans(),
 )
-def test_outer_property(n, groups, cin_g, h, wd, kh, kw, sh, sw, dh, dw, pad, cout_g, dtype):
-    """Whole vectors of outputs per group (8 float64) and packed groups (4 or 8 float32, 4 float64)."""
+def test_outer_property(n, groups, cin_g, h, wd, kh, kw, sh, sw, dh, dw, pad, cout_g, dtype, idle):
+    """Whole vectors of outputs per group (8 float64) and packed groups (4 or 8 float32, 4
+    float64): enough of them to fill a vector, or 8 vectors less one group (an idle group in the
+    last); any stride for pairs of groups, stride 1 for fours."""
     lanes = 16 if dtype == np.float32 else 8
-    if cout_g < lanes:  # packed groups: enough of them to fill a vector, stride 1
-        groups, sh, sw = max(groups, lanes // cout_g), 1, 1
+    if cout_g < lanes:
+        pack = lanes // cout_g
+        groups = 8 * pack - 1 if idle else max(groups, pack)
+        if pack > 2:
+            sh, sw = 1, 1
     case = Case(n, groups * cin_g, (h + (kh - 1) * dh, wd + (kw - 1) * dw), groups * cout_g, (kh, kw), (sh, sw), pad,
                 (dh, dw), groups)
     check_path_forward(_outer.applies, _outer.outer_forward, case, dtype)
@@ -549,25 +560,30 @@ def test_sums_by_region_keep_their_sums_in_registers():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("count", [8, 14, 16, 37])
 @pytest.mark.parametrize("step", [1, 2])
-def test_copy_run(dtype, count, step):
-    """The packing's row copies (and a stride's phase columns, step 2): whole vectors, then
-    masked loads and stores; at unaligned offsets, nothing past the run written. At the end of
-    ``src`` (no element after the last one read: a read past it would fault only by chance, so
-    the source is a view ending there and the check is on the values)."""
-    copy = _simd.copy_run(count, step)
+@pytest.mark.parametrize("spread", [1, 2, 4])
+def test_copy_run(dtype, count, step, spread):
+    """The packing's row copies (and a stride's phase columns, step 2; the planes of 2 or 4
+    packed groups interleaved, spread 2 or 4): whole vectors, then masked loads and stores; at
+    unaligned offsets, only the run's elements written (the other groups' and those past the run
+    keep their values). The source ends at a guard page: a read past its last element ends the
+    process."""
+    copy = _simd.copy_run(count, step, spread)
 
     @numba.njit
     def run(src, s0, dst, d0):
         copy(src, s0, dst, d0)
 
-    src = np.arange(3 + (count - 1) * step + 1, dtype=dtype) + 1
-    dst = np.full(80, -1, dtype)
+    src = ending_at_a_guard_page(3 + (count - 1) * step + 1, dtype)
+    src[:] = np.arange(src.size) + 1
+    dst = np.full(8 + count * spread + 80, -1, dtype)
     run(src, 3, dst, 5)
-    want = np.full(80, -1, dtype)
-    want[5:5 + count] = src[3::step][:count]
+    want = np.full(dst.size, -1, dtype)
+    want[5:5 + count * spread:spread] = src[3::step][:count]
     np.testing.assert_array_equal(dst, want)
 
 
 def test_copy_run_rejects_other_steps():
     with pytest.raises(ValueError, match="steps of 1 or 2"):
         _simd.copy_run(8, 3)
+    with pytest.raises(ValueError, match="spreads by 1, 2 or 4"):
+        _simd.copy_run(8, 1, 3)

@@ -232,15 +232,16 @@ def pack_source(spec, stack: int = 1, interleave: int = 1) -> str:
             lines += [f"    for m in range({count}):",
                       f"        d = d0 + {dst0} + m * {step[1]}", f"        s = s0 + ({iy0} + m * {step[0]}) * {in_w}"]
             for dst, dst_step, src, src_step, cnt in runs.tolist():
-                if dst_step == 1 and src_step in (1, 2) and interleave == 1 and cnt >= MIN_VECTOR_RUN:
+                if dst_step == 1 and src_step in (1, 2) and interleave in (1, 2, 4) and cnt >= MIN_VECTOR_RUN:
                     copies.add((cnt, src_step))
-                    lines.append(f"        _copy{cnt}_{src_step}(x_flat, s + {src}, xs, d + {dst})")
+                    at = f"(d + {dst}) * {interleave} + lane" if interleave > 1 else f"d + {dst}"
+                    lines.append(f"        _copy{cnt}_{src_step}(x_flat, s + {src}, xs, {at})")
                     continue
                 at = f"d + {dst} + j * {dst_step}"
                 at = f"({at}) * {interleave} + lane" if interleave > 1 else at
                 lines += [f"        for j in range({cnt}):",
                           f"            xs[_U({at})] = x_flat[_U(s + {src} + j * {src_step})]"]
             i = j
-    header = ["", "from nbconv.cpu._simd import copy_run", ""] + [f"_copy{c}_{st} = copy_run({c}, {st})"
+    header = ["", "from nbconv.cpu._simd import copy_run", ""] + [f"_copy{c}_{st} = copy_run({c}, {st}, {interleave})"
                                                                  for c, st in sorted(copies)]
     return "\n".join((header if copies else []) + lines) + "\n"

@@ -54,15 +54,17 @@ MAX_IDLE_SHARE = 1 / 8
 def group_pack(spec) -> int:
     """Groups per vector of output channels: 1 when a group's outputs are whole vectors; for
     ``PACKED_OUT_PER_GROUP`` outputs per group at stride 1, as many groups as fill a vector; 0
-    for none. (At stride 2 the interleaved packing of four times as many input pixels as
-    outputs costs what the lanes save: resnext_g32_s2's forward 1.9-2.4 ms against 1.9 for
-    ``_grouped``; its transposed form has stride 1.) A group count that is not a multiple of the
-    pack leaves idle groups in the last vector, at most ``MAX_IDLE_SHARE`` of them."""
+    for none. At strides other than 1 only pairs: the packing's four input pixels per output
+    are copied into the interleaved planes with vector shuffles and masked stores
+    (``_simd.copy_run``'s spread), and pairs of groups then beat ``_grouped`` (resnext_g32_s2,
+    RegNetY's stride-2 layers), fours do not (``python docs/outer.py``; when the packing was
+    element by element, not even pairs did). A group count that is not a multiple of the pack
+    leaves idle groups in the last vector, at most ``MAX_IDLE_SHARE`` of them."""
     lanes = _simd.lanes(spec.dtype)
     cout_g = spec.out_per_group
     if cout_g % lanes == 0:
         return 1
-    if cout_g in PACKED_OUT_PER_GROUP and lanes % cout_g == 0 and spec.stride == (1, 1):
+    if cout_g in PACKED_OUT_PER_GROUP and lanes % cout_g == 0 and (spec.stride == (1, 1) or lanes == 2 * cout_g):
         pack = lanes // cout_g
         if idle_groups(spec.groups, pack) <= MAX_IDLE_SHARE * (spec.groups + idle_groups(spec.groups, pack)):
             return pack

@@ -198,11 +198,11 @@ def _fma(builder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
-def _masked_store(builder, value, pointer, count: int, align: int):
-    """Store the first ``count`` lanes of ``value`` at ``pointer`` (``vmovups`` with a mask on
-    AVX-512); a plain store when ``count`` is every lane."""
+def _masked_store(builder, value, pointer, count: int, align: int, lanes_on: tuple[bool, ...] | None = None):
+    """Store the first ``count`` lanes of ``value`` at ``pointer`` (or the lanes ``lanes_on``;
+    ``vmovups`` with a mask on AVX-512); a plain store when that is every lane."""
     vec = value.type
-    if count == vec.count:
+    if lanes_on is None and count == vec.count:
         builder.store(value, pointer, align=align)
         return
     mask_type = ir.VectorType(ir.IntType(1), vec.count)
@@ -211,20 +211,25 @@ def _masked_store(builder, value, pointer, count: int, align: int):
     pointer_name = "p0" if llvm_binding.llvm_version_info[0] >= 15 else f"p0{name}"
     fn = _declared(builder, f"llvm.masked.store.{name}.{pointer_name}",
                    ir.FunctionType(ir.VoidType(), [vec, pointer.type, ir.IntType(32), mask_type]))
-    mask = ir.Constant(mask_type, [i < count for i in range(vec.count)])
+    mask = ir.Constant(mask_type, list(lanes_on) if lanes_on is not None else [i < count for i in range(vec.count)])
     builder.call(fn, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
 
 
-def copy_run(count: int, step: int = 1):
-    """An ``@intrinsic`` ``copy(src, s0, dst, d0)``: ``dst[d0 + j] = src[s0 + j * step]`` for
-    ``j < count`` (``step`` 1 or 2), in whole vectors and one masked load and store for the rest
-    (a copy loop of a short constant length, 14 say, is left to scalar moves or a vector of 8 and
-    a scalar tail; a loop at step 2 to scalar moves). At step 2 each vector of results takes two
-    vector loads and one shuffle of their even lanes (a stride-2 convolution's packing into phase
-    planes). Unaligned; nothing past the last element read is touched; no bounds checks; ``src``
+def copy_run(count: int, step: int = 1, spread: int = 1):
+    """An ``@intrinsic`` ``copy(src, s0, dst, d0)``: ``dst[d0 + j * spread] = src[s0 + j * step]``
+    for ``j < count`` (``step`` 1 or 2), in whole vectors and one masked load and store for the
+    rest (a copy loop of a short constant length, 14 say, is left to scalar moves or a vector of 8
+    and a scalar tail; a loop at step 2 to scalar moves). At step 2 each vector of results takes
+    two vector loads and one shuffle of their even lanes (a stride-2 convolution's packing into
+    phase planes). At ``spread`` 2 or 4 (the planes of 2 or 4 groups interleaved, ``_outer``'s
+    packed groups) each vector of results is shuffled apart into ``spread`` vectors stored with
+    masks that leave the other groups' elements as they are. Unaligned; nothing past the last
+    element read is touched, nothing but the ``count`` results written; no bounds checks; ``src``
     and ``dst`` must not overlap."""
     if step not in (1, 2):
         raise ValueError(f"copy_run takes steps of 1 or 2, not {step}")
+    if spread not in (1, 2, 4):
+        raise ValueError(f"copy_run spreads by 1, 2 or 4, not {spread}")
 
     @intrinsic
     def copy(typingctx, src, s0, dst, d0):
@@ -258,7 +263,15 @@ def copy_run(count: int, step: int = 1):
                     lo, hi = load(2 * k, reads), load(2 * k + n, reads - n) if reads > n else ir.Constant(vec, None)
                     value = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), n),
                                                                        list(range(0, 2 * n, 2))))
-                _masked_store(builder, value, at(dst_p, d0_i, k), lanes_k, size)
+                if spread == 1:
+                    _masked_store(builder, value, at(dst_p, d0_i, k), lanes_k, size)
+                    continue
+                for m in range(spread):  # dst[d0 + k * spread + m * n + p] for p < n: result (m * n + p) / spread
+                    on = tuple((m * n + p) % spread == 0 and (m * n + p) // spread < lanes_k for p in range(n))
+                    if any(on):
+                        spread_out = builder.shuffle_vector(value, ir.Constant(vec, ir.Undefined), ir.Constant(
+                            ir.VectorType(ir.IntType(32), n), [(m * n + p) // spread if on[p] else 0 for p in range(n)]))
+                        _masked_store(builder, spread_out, at(dst_p, d0_i, k * spread + m * n), n, size, on)
             return context.get_dummy_value()
 
         return sig, codegen
