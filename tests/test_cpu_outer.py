@@ -254,6 +254,8 @@ def test_applies_to_whole_vectors_of_outputs_per_group():
     (48, 2, (1, 2), 3, 1),  # 2 per row, three groups of 16
     (104, 8, (3, 3), 13, 2),  # pairs of groups of 8, one idle
     (44, 4, (2, 3), 11, 4),  # fours of groups of 4, one idle
+    (36, 2, (3, 3), 9, 2),  # pairs of groups of 4 (float64's 8 lanes), one idle
+    (64, 3, (2, 3), 16, 4),  # fours of groups of 4, 18 per row: the last tile moved back
 ])
 def test_packed_weight_layout(c_out, cin_g, k, groups, pack, dtype):
     """Lane ``o * pack + j`` of tap ``t`` of input channel ``ci`` in pack ``gp`` holds group

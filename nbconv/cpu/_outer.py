@@ -28,7 +28,7 @@ from .._divisors import largest_divisor
 from .._numba_options import njit_serial
 from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
-from ._simd import transpose_tile
+from ._simd import transpose_tile, transpose_tile_of_groups
 from ._target import target
 from ._valid import flat_tap_offsets, reads_padding, valid_intervals, valid_tap_regions
 
@@ -51,6 +51,7 @@ PACKED_OUT_PER_GROUP = (4, 8)
 MAX_IDLE_SHARE = 1 / 8
 
 
+@functools.lru_cache(maxsize=1024)
 def group_pack(spec) -> int:
     """Groups per vector of output channels: 1 when a group's outputs are whole vectors; for
     ``PACKED_OUT_PER_GROUP`` outputs per group at stride 1, as many groups as fill a vector; 0
@@ -106,37 +107,48 @@ def choose_block(spec) -> tuple[int, int]:
     return pixels, per_block
 
 
-def packed_weight(weight: np.ndarray, groups: int, pack: int = 1) -> np.ndarray:
+def packed_weight(weight: np.ndarray, groups: int, pack: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """(C_out, C_in/groups, kH, kW) as (ceil(groups / pack), C_in/groups, kH * kW, C_out/groups,
-    pack), flat: a tap's output channels of ``pack`` groups are one contiguous run, lane
-    ``o * pack + j`` group ``j``'s channel ``o``; the :func:`idle_groups` groups past the last
-    have zero weights. Compiled (:func:`_interleave_weights`): NumPy's strided copy took 0.16 ms
-    of resnext's 1024-channel 3x3 g32 layer (0.46 ms at batch 2), the tiles 0.04."""
+    pack), flat (into ``out`` if given): a tap's output channels of ``pack`` groups are one
+    contiguous run, lane ``o * pack + j`` group ``j``'s channel ``o``; the :func:`idle_groups`
+    groups past the last have zero weights. Compiled (:func:`_interleave_weights`): NumPy's
+    strided copy took 0.16 ms of resnext's 1024-channel 3x3 g32 layer (0.46 ms at batch 2), the
+    tiles 0.04."""
     c_out, cin_g, kh, kw = weight.shape
     cout_g = c_out // groups
-    out = np.empty(-(-groups // pack) * pack * cout_g * cin_g * kh * kw, weight.dtype)
+    if out is None:
+        out = np.empty(-(-groups // pack) * pack * cout_g * cin_g * kh * kw, weight.dtype)
     _interleave_weights(np.ascontiguousarray(weight).reshape(-1), groups, cout_g, cin_g * kh * kw, pack,
                         _simd.lanes(weight.dtype), out)
     return out
 
 
+_tile_pairs, _tile_fours = transpose_tile_of_groups(2), transpose_tile_of_groups(4)
+
+
 @njit_serial
 def _interleave_weights(w, groups, cout_g, k_n, pack, lanes, out):
     """:func:`packed_weight` of ``w`` (groups x cout_g rows of ``k_n`` = C_in/groups x taps) into
-    ``out``: one group's (cout_g, k_n) matrix transposed by tiles of lanes x lanes in registers
-    (the last tile of a row moved back to end at its end) where groups are whole vectors of
-    outputs, else element by element, zeros for the idle groups."""
-    if pack == 1 and k_n >= lanes:
-        for g in range(groups):
-            for o0 in range(0, cout_g, lanes):
-                s0 = (g * cout_g + o0) * k_n
-                d0 = g * cout_g * k_n + o0
-                for k0 in range(0, k_n - lanes + 1, lanes):
-                    transpose_tile(w, s0 + k0, k_n, out, d0 + k0 * cout_g, cout_g)
-                if k_n % lanes:
-                    transpose_tile(w, s0 + k_n - lanes, k_n, out, d0 + (k_n - lanes) * cout_g, cout_g)
-        return
-    for gp in range((groups + pack - 1) // pack):
+    ``out``: each vector of groups' (lanes, k_n) rows transposed by tiles of lanes x lanes in
+    registers (the last tile of a row moved back to end at its end; the rows of packed groups
+    taken interleaved), where a row holds a tile and the groups fill whole vectors (as
+    :func:`group_pack` packs them); element by element otherwise, and for a last vector with
+    idle groups (zeros)."""
+    tiles = k_n >= lanes and (cout_g * pack == lanes or (pack == 1 and cout_g % lanes == 0))
+    full = groups // pack if tiles else 0
+    for gp in range(full):
+        for o0 in range(0, cout_g * pack, lanes):
+            s0 = (gp * pack * cout_g + o0) * k_n
+            d0 = gp * pack * cout_g * k_n + o0
+            for k0 in range(0, k_n, lanes):
+                k = min(k0, k_n - lanes)
+                if pack == 1:
+                    transpose_tile(w, s0 + k, k_n, out, d0 + k * cout_g, cout_g)
+                elif pack == 2:
+                    _tile_pairs(w, s0 + k, k_n, out, d0 + k * cout_g * 2, cout_g * 2)
+                else:
+                    _tile_fours(w, s0 + k, k_n, out, d0 + k * cout_g * 4, cout_g * 4)
+    for gp in range(full, (groups + pack - 1) // pack):
         for j in range(pack):
             g = gp * pack + j
             for o in range(cout_g):
@@ -144,20 +156,13 @@ def _interleave_weights(w, groups, cout_g, k_n, pack, lanes, out):
                     out[(gp * k_n + k) * cout_g * pack + o * pack + j] = w[(g * cout_g + o) * k_n + k] if g < groups else 0
 
 
-def packed_bias(bias: np.ndarray, groups: int, pack: int) -> np.ndarray:
-    """The bias in the lane order of :func:`packed_weight` (zeros for the idle groups)."""
-    return _interleaved(bias.reshape(groups, -1), groups, pack)
-
-
-def _interleaved(a: np.ndarray, groups: int, pack: int) -> np.ndarray:
-    """``a`` (groups, ...) as (ceil(groups / pack), ..., pack), flat, zeros past the last group
-    (the bias's lanes: small, so NumPy's copy)."""
-    full = groups // pack
-    packed = np.zeros((-(-groups // pack),) + a.shape[1:] + (pack,), a.dtype)
-    packed[:full] = np.moveaxis(a[:full * pack].reshape((full, pack) + a.shape[1:]), 1, -1)
-    if full * pack < groups:
-        packed[full, ..., :groups - full * pack] = np.moveaxis(a[full * pack:], 0, -1)
-    return packed.reshape(-1)
+def packed_bias(bias: np.ndarray, groups: int, pack: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The bias in the lane order of :func:`packed_weight` (zeros for the idle groups), into
+    ``out`` if given."""
+    if out is None:
+        out = np.empty(-(-groups // pack) * pack * (bias.size // groups), bias.dtype)
+    _interleave_weights(np.ascontiguousarray(bias), groups, bias.size // groups, 1, pack, _simd.lanes(bias.dtype), out)
+    return out
 
 
 def idle_groups(groups: int, pack: int) -> int:
@@ -345,14 +350,19 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
     pack = group_pack(spec)
     if direct is None:
         direct = direct_applies(spec) and bool(np.isfinite(w).all())
-    bias = packed_bias(b, spec.groups, pack) if pack > 1 else b
+    lanes_of_groups = -(-spec.groups // pack) * pack * spec.out_per_group
+    # the interleaved weights and bias: rewritten every call, their buffers kept (no page faults)
+    wv, bias = _scratch.reused(("outer weights", spec.groups, pack, w.shape, w.dtype.str), lambda: (
+        np.empty(lanes_of_groups * w[0].size, w.dtype), np.empty(lanes_of_groups, w.dtype)))
+    packed_weight(w, spec.groups, pack, wv)
+    bias = packed_bias(b, spec.groups, pack, bias) if pack > 1 else b
     threads = numba.get_num_threads()
     if direct:
-        _module(spec, True).forward(x, packed_weight(w, spec.groups), bias, out, np.empty((threads, 0), x.dtype))
+        _module(spec, True).forward(x, wv, bias, out, np.empty((threads, 0), x.dtype))
         return
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
     scratch, = _scratch.reused(("outer", spec, threads), lambda: (np.zeros((threads, scratch_elems * pack), x.dtype),))
-    _module(spec).forward(x, packed_weight(w, spec.groups, pack), bias, out, scratch)
+    _module(spec).forward(x, wv, bias, out, scratch)
 
 
 # --- the weight gradient -------------------------------------------------------------------

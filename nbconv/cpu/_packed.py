@@ -253,6 +253,7 @@ class Packing(NamedTuple):
     acc_elems: int
 
 
+@functools.lru_cache(maxsize=1024)
 def packed_geometry(spec, stack: int = 1) -> Packing:
     """The packed layout for stacks of ``stack`` images, and the scratch and accumulator elements
     per thread it takes."""

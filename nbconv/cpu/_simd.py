@@ -141,6 +141,21 @@ def _takes(arrays, offsets, float64_arrays=()) -> bool:
     return all(a.dtype == types.float64 for a in float64_arrays) and all(isinstance(i, types.Integer) for i in offsets)
 
 
+def transpose_tile_of_groups(pack: int):
+    """An ``@intrinsic`` ``tile(src, s0, s_pitch, dst, d0, d_pitch)``: :func:`transpose_tile` with
+    the source rows taken group-interleaved, ``dst[d0 + j * d_pitch + i] = src[s0 + r(i) * s_pitch
+    + j]`` with ``r(o * pack + q) = q * lanes / pack + o``: the rows of ``pack`` groups of ``lanes /
+    pack`` rows each, lane ``o * pack + q`` group ``q``'s row ``o`` (``_outer``'s packed weights)."""
+
+    @intrinsic
+    def tile(typingctx, src, s0, s_pitch, dst, d0, d_pitch):
+        if not _takes((src, dst), (s0, s_pitch, d0, d_pitch)):
+            return None
+        return types.void(src, s0, s_pitch, dst, d0, d_pitch), functools.partial(_transpose_codegen, pack)
+
+    return tile
+
+
 @intrinsic
 def transpose_tile(typingctx, src, s0, s_pitch, dst, d0, d_pitch):
     """``dst[d0 + j * d_pitch + i] = src[s0 + i * s_pitch + j]`` for ``i, j < lanes(dtype)``.
@@ -150,33 +165,34 @@ def transpose_tile(typingctx, src, s0, s_pitch, dst, d0, d_pitch):
     destination row, unaligned; no bounds checks (the caller's offsets must be in range)."""
     if not _takes((src, dst), (s0, s_pitch, d0, d_pitch)):
         return None
-    sig = types.void(src, s0, s_pitch, dst, d0, d_pitch)
+    return types.void(src, s0, s_pitch, dst, d0, d_pitch), functools.partial(_transpose_codegen, 1)
 
-    def codegen(context, builder, signature, args):
-        src_v, s0_v, sp_v, dst_v, d0_v, dp_v = args
-        a_src, t_s0, t_sp, a_dst, t_d0, t_dp = signature.args
-        size, n, vec, intp = _vector_of(context, a_src.dtype)
 
-        def row_pointers(array_value, array_type, start, pitch):
-            data = _data(context, builder, array_value, array_type)
-            for i in range(n):
-                index = builder.add(start, builder.mul(pitch, ir.Constant(intp, i)))
-                yield builder.bitcast(builder.gep(data, [index], inbounds=True), vec.as_pointer())
+def _transpose_codegen(pack, context, builder, signature, args):
+    """The code of :func:`transpose_tile` (``pack`` 1) and :func:`transpose_tile_of_groups`."""
+    src_v, s0_v, sp_v, dst_v, d0_v, dp_v = args
+    a_src, t_s0, t_sp, a_dst, t_d0, t_dp = signature.args
+    size, n, vec, intp = _vector_of(context, a_src.dtype)
+    source_row = [(i % pack) * (n // pack) + i // pack for i in range(n)]
 
-        rows = [builder.load(p, align=size) for p in row_pointers(
-            src_v, a_src, _index(context, builder, s0_v, t_s0), _index(context, builder, sp_v, t_sp))]
-        mask_type = ir.VectorType(ir.IntType(32), n)
-        for stage in transpose_plan(n):
-            new = [None] * n
-            for d, a, b, mask in stage:
-                new[d] = builder.shuffle_vector(rows[a], rows[b], ir.Constant(mask_type, mask))
-            rows = new
-        for row, p in zip(rows, row_pointers(
-                dst_v, a_dst, _index(context, builder, d0_v, t_d0), _index(context, builder, dp_v, t_dp))):
-            builder.store(row, p, align=size)
-        return context.get_dummy_value()
+    def row_pointers(array_value, array_type, start, pitch, order):
+        data = _data(context, builder, array_value, array_type)
+        for i in order:
+            index = builder.add(start, builder.mul(pitch, ir.Constant(intp, i)))
+            yield builder.bitcast(builder.gep(data, [index], inbounds=True), vec.as_pointer())
 
-    return sig, codegen
+    rows = [builder.load(p, align=size) for p in row_pointers(
+        src_v, a_src, _index(context, builder, s0_v, t_s0), _index(context, builder, sp_v, t_sp), source_row)]
+    mask_type = ir.VectorType(ir.IntType(32), n)
+    for stage in transpose_plan(n):
+        new = [None] * n
+        for d, a, b, mask in stage:
+            new[d] = builder.shuffle_vector(rows[a], rows[b], ir.Constant(mask_type, mask))
+        rows = new
+    for row, p in zip(rows, row_pointers(
+            dst_v, a_dst, _index(context, builder, d0_v, t_d0), _index(context, builder, dp_v, t_dp), range(n))):
+        builder.store(row, p, align=size)
+    return context.get_dummy_value()
 
 
 def _splat(builder, value, vec):
