@@ -46,16 +46,17 @@ MAX_SCRATCH_ELEMS = 1 << 18
 PACKED_OUT_PER_GROUP = (4, 8)
 #: Most idle groups in the packed vectors of a layer whose group count is not a multiple of the
 #: groups per vector, as a share of all: the last vector computes idle groups (zero weights, no
-#: stores). RegNetY's 13 and 55 groups of 8 (1/14 and 1/56 idle), 0.54 -> 0.97 and 0.83 -> 1.3x
-#: PyTorch at batch 8 against ``_grouped`` on an Intel Xeon (``python docs/outer.py --shapes regnety_g13_28,regnety_g55_7``).
+#: stores). RegNetY's 13 and 55 groups of 8 (1/14 and 1/56 idle): ``_grouped`` took 1.65x and
+#: 2.24x this kernel's time at batch 8 on an Intel Xeon (``python docs/outer.py --shapes
+#: regnety_g13_28,regnety_g55_7``).
 MAX_IDLE_SHARE = 1 / 8
 
 
 @functools.lru_cache(maxsize=1024)
 def group_pack(spec) -> int:
     """Groups per vector of output channels: 1 when a group's outputs are whole vectors; for
-    ``PACKED_OUT_PER_GROUP`` outputs per group at stride 1, as many groups as fill a vector; 0
-    for none. At strides other than 1 only pairs: the packing's four input pixels per output
+    ``PACKED_OUT_PER_GROUP`` outputs per group, as many groups as fill a vector; 0 for none.
+    At strides other than 1 only pairs: the packing's four input pixels per output
     are copied into the interleaved planes with vector shuffles and masked stores
     (``_simd.copy_run``'s spread), and pairs of groups then beat ``_grouped`` (resnext_g32_s2,
     RegNetY's stride-2 layers), fours do not (``python docs/outer.py``; when the packing was
