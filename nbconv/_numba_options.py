@@ -2,10 +2,91 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import warnings
 
 import numba
+
+#: The sources whose code Numba compiles into nbconv's CPU kernels, relative to the package: a
+#: kernel inlines the intrinsics and jitted helpers of other modules than its own.
+KERNEL_SOURCES = ("cpu", "_numba_options.py", "_numba_types.py", "_version.py")
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest(package: str | None = None) -> str:
+    """A digest of the :data:`KERNEL_SOURCES` of the nbconv package at ``package`` (default:
+    this one): the name of the folder Numba keeps nbconv's compiled kernels in.
+
+    Numba keys a cached function on its own file's contents only, not on the intrinsics and
+    jitted functions of other files that it inlines: after a change to ``cpu/_simd.py`` a
+    kernel of ``cpu/_outer.py`` (or a generated module, whose text need not change) would be
+    loaded as compiled from the old intrinsics, from a development tree or after an upgrade that
+    left ``__pycache__`` behind. Keyed on this digest, any change to those sources compiles anew.
+    """
+    root = package or os.path.dirname(os.path.abspath(__file__))
+    files = []
+    for name in KERNEL_SOURCES:
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
+        elif os.path.exists(path):
+            files.append(path)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def _install_digest_locator() -> None:
+    """Put Numba's compiled code of nbconv's functions (the package's modules and the generated
+    ``nbconv_*`` ones) in a subfolder ``nbconv-<source_digest()>`` of where Numba would keep it
+    (the first of its locators that can write there). Other functions are left to Numba."""
+    try:
+        from numba.core.caching import CacheImpl, _CacheLocator
+    except ImportError:  # a Numba that moved them: its own locators, unkeyed
+        return
+    defaults = [c for c in CacheImpl._locator_classes if not getattr(c, "_nbconv", False)]
+
+    class KeyedBySources(_CacheLocator):
+        _nbconv = True
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def get_cache_path(self):
+            return os.path.join(self._inner.get_cache_path(), "nbconv-" + source_digest())
+
+        def get_source_stamp(self):
+            return self._inner.get_source_stamp()
+
+        def get_disambiguator(self):
+            return self._inner.get_disambiguator()
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            module = getattr(py_func, "__module__", "") or ""
+            if not (module == "nbconv" or module.startswith(("nbconv.", "nbconv_"))):
+                return None
+            for locator in defaults:
+                try:
+                    inner = locator.from_function(py_func, py_file)
+                    if inner is None:
+                        continue
+                    keyed = cls(inner)
+                    keyed.ensure_cache_path()
+                except OSError:
+                    continue
+                return keyed
+            return None
+
+    CacheImpl._locator_classes[:] = [KeyedBySources] + defaults
+
+
+_install_digest_locator()
 
 
 def disk_cache_folder(py_file: str) -> str | None:

@@ -162,3 +162,77 @@ def test_cache_info_and_clear_on_the_command_line(folder, monkeypatch, capsys):
     assert __main__.main(["cache", "clear"]) == 0
     assert "deleted 3 files" in capsys.readouterr().out
     assert _files(folder) == ["notes.txt"] and list(compiled.iterdir()) == []
+
+
+def test_the_source_digest_follows_every_kernel_source(tmp_path):
+    """The folder of nbconv's compiled code is named by a digest of every source Numba compiles
+    into a kernel: a change to an intrinsic's module (which a cached kernel of another module
+    inlines, and which Numba's own key does not see) changes it; other files do not."""
+    import shutil
+
+    import nbconv
+    from nbconv import _numba_options
+
+    package = tmp_path / "nbconv"
+    shutil.copytree(os.path.dirname(nbconv.__file__), package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    digest = _numba_options.source_digest.__wrapped__
+    before = digest(str(package))
+    assert before == digest(os.path.dirname(nbconv.__file__)) == _numba_options.source_digest()
+    with open(package / "_conv.py", "a") as f:  # not compiled into a CPU kernel
+        f.write("\n# an edit\n")
+    assert digest(str(package)) == before
+    for name in ("cpu/_simd.py", "cpu/_outer.py", "_numba_options.py", "_version.py"):
+        with open(package / name, "a") as f:
+            f.write("\n# an edit\n")
+        changed = digest(str(package))
+        assert changed != before, name
+        before = changed
+
+
+def test_compiled_code_is_kept_under_the_source_digest(tmp_path):
+    """Every function of nbconv that Numba caches, the package's and the generated modules', is
+    kept in an ``nbconv-<digest>`` folder; a function of another module is left where Numba
+    puts it."""
+    from nbconv import _numba_options
+
+    cache = tmp_path / "numba-cache"
+    (tmp_path / "elsewhere.py").write_text("import numba\n\n@numba.njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    env = {k: v for k, v in os.environ.items() if k != "NBCONV_CACHE_DIR"}
+    env.update(NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(tmp_path) + os.pathsep + env.get("PYTHONPATH", ""))
+    code = textwrap.dedent("""
+        import numpy as np, nbconv, elsewhere
+        x = np.ones((2, 32, 9, 9), np.float32); w = np.ones((32, 8, 3, 3), np.float32)
+        assert float(nbconv.conv2d(x, w, padding=1, groups=4)[0, 0, 4, 4]) == 72.0
+        assert elsewhere.f(1) == 2
+        """)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    index = list(cache.rglob("*.nbi"))
+    ours = [p for p in index if p.name.startswith(("nbconv_", "_")) or "nbconv" in p.parent.parent.name]
+    others = [p for p in index if p.name.startswith("elsewhere.")]
+    assert ours and others and len(ours) + len(others) == len(index)
+    assert {p.parent.name for p in ours} == {"nbconv-" + _numba_options.source_digest()}
+    assert any(p.name.startswith("nbconv_outer_") for p in ours)  # a generated module's
+    assert not others[0].parent.name.startswith("nbconv-")
+
+
+def test_cache_clear_takes_the_code_of_earlier_sources(folder, monkeypatch):
+    """``nbconv cache clear`` deletes the compiled code of the generated modules kept under the
+    digests of earlier sources too, and that kept before there were digests."""
+    from nbconv import _numba_options
+
+    compiled = folder / "__pycache__" / "nbconv-0123456789abcdef"
+    old = folder / "__pycache__" / "nbconv-fedcba9876543210"
+    compiled.mkdir(parents=True)
+    old.mkdir()
+    monkeypatch.setattr(_numba_options, "disk_cache_folder", lambda py_file: str(compiled))
+    (folder / "nbconv_outer_0123.py").write_text("x = 1\n")
+    (compiled / "nbconv_outer_0123.forward-10.py311.nbi").write_bytes(b"0")
+    (old / "nbconv_outer_0123.forward-10.py311.nbi").write_bytes(b"0")
+    (old / "nbconv_outer_0123.forward-10.py311.1.nbc").write_bytes(b"0")
+    (folder / "__pycache__" / "nbconv_outer_0123.forward-10.py311.nbi").write_bytes(b"0")  # before digests
+    assert len(_generated.cache_files()) == 5
+    assert _generated.clear_cache() == 5
+    assert list(compiled.iterdir()) == list(old.iterdir()) == []
+    assert sorted(p.name for p in (folder / "__pycache__").iterdir()) == [compiled.name, old.name]

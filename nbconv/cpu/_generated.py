@@ -133,12 +133,20 @@ def load(source: str, prefix: str) -> ModuleType:
 
 
 def cache_files() -> list[str]:
-    """The generated modules in ``source_dir()`` and Numba's compiled code for them, as paths."""
+    """The generated modules in ``source_dir()`` and Numba's compiled code for them, as paths:
+    the code compiled from these sources and that of earlier ones (the ``nbconv-<digest>``
+    folders beside it, see :func:`nbconv._numba_options.source_digest`, and their parent, where
+    nbconv before those folders kept it)."""
     folder = source_dir()
     modules = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("nbconv_"))
     compiled = _numba_options.disk_cache_folder(modules[0]) if modules else None
-    if compiled and os.path.isdir(compiled) and os.path.realpath(compiled) != os.path.realpath(folder):
-        modules += sorted(os.path.join(compiled, n) for n in os.listdir(compiled) if n.startswith("nbconv_"))
+    folders = [compiled] if compiled else []
+    parent = os.path.dirname(compiled) if compiled else None
+    if compiled and os.path.basename(compiled).startswith("nbconv-") and os.path.isdir(parent):
+        folders = [parent] + sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith("nbconv-"))
+    for path in folders:
+        if os.path.isdir(path) and os.path.realpath(path) != os.path.realpath(folder):
+            modules += sorted(os.path.join(path, n) for n in os.listdir(path) if n.startswith("nbconv_"))
     return modules
 
 
