@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="where the generated CPU kernels and their compiled code are kept; clear them",
                        description="The CPU kernels generated per geometry are Python modules kept in one folder "
                        "($NBCONV_CACHE_DIR, else $NUMBA_CACHE_DIR/nbconv-generated, else ~/.cache/nbconv/generated), "
-                       "with Numba's compiled code beside them. 'clear' deletes both; they are made again when needed.")
+                       "with Numba's compiled code beside them. 'clear' deletes both (they are made again when needed) "
+                       "and the compiled code of nbconv's own kernels that earlier versions or sources left beside the "
+                       "package (upgrades keep __pycache__).")
     c.add_argument("action", choices=["info", "clear"])
     e = sub.add_parser("explain", help="which input channels feed which output channel for these groups",
                        description="Explains a grouped convolution: per group the input and output channel ranges, "
@@ -70,7 +72,10 @@ def cache(args: argparse.Namespace) -> int:
 
     if args.action == "clear":
         print(f"deleted {_generated.clear_cache()} files from {_generated.source_dir()}")
+        print(f"deleted {_numba_options.remove_stale_package_code()} files of compiled code from earlier versions "
+              "of nbconv's kernels")
         return 0
+    stale = _numba_options.stale_package_code()
     files = _generated.cache_files()
     modules = [f for f in files if f.endswith(".py")]
     size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
@@ -78,6 +83,10 @@ def cache(args: argparse.Namespace) -> int:
     print(f"  {len(modules)} modules, {len(files) - len(modules)} files of compiled code, {size / 2**20:.1f} MiB")
     print(f"Numba's on-disk cache: {'on' if _numba_options.CACHE else 'off (no writable cache folder)'}"
           + (f", NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}" if os.environ.get("NUMBA_CACHE_DIR") else ""))
+    if stale:
+        stale_size = sum(os.path.getsize(f) for f in stale if os.path.exists(f))
+        print(f"  {len(stale)} files ({stale_size / 2**20:.1f} MiB) of compiled code from earlier versions of nbconv's "
+              "kernels: 'nbconv cache clear' deletes them")
     return 0
 
 

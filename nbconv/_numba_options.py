@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -110,6 +111,54 @@ def disk_cache_folder(py_file: str) -> str | None:
         if found is not None:
             return found.get_cache_path()
     return None
+
+
+def _stale_package_caches(package: str | None) -> tuple[list[str], list[str]]:
+    """(files, folders) of :func:`stale_package_code`: the folders are the ``nbconv-<digest>``
+    ones of other digests, empty or not."""
+    root = package or os.path.dirname(os.path.abspath(__file__))
+    current = "nbconv-" + source_digest(package)
+    files, folders = [], []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        sources = sorted(f for f in names if f.endswith(".py"))
+        compiled = disk_cache_folder(os.path.join(folder, sources[0])) if sources else None
+        if compiled is None or os.path.basename(compiled) != current:
+            continue
+        parent = os.path.dirname(compiled)
+        for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
+            path = os.path.join(parent, name)
+            if name.endswith((".nbi", ".nbc")) and os.path.isfile(path):
+                files.append(path)
+            elif name.startswith("nbconv-") and name != current and os.path.isdir(path):
+                folders.append(path)
+                files += sorted(os.path.join(path, f) for f in os.listdir(path))
+    return files, folders
+
+
+def stale_package_code(package: str | None = None) -> list[str]:
+    """Numba's compiled code of the package's own functions that its current sources no longer
+    use: in each of its source folders' cache folders (see :func:`disk_cache_folder`), the files
+    of the ``nbconv-<digest>`` folders of other digests than :func:`source_digest` (left by an
+    upgrade or an edit: pip does not remove ``__pycache__``), and the ``.nbi``/``.nbc`` files kept
+    before there were digests. Never the code of the current sources, nor another package's."""
+    return _stale_package_caches(package)[0]
+
+
+def remove_stale_package_code(package: str | None = None) -> int:
+    """Delete :func:`stale_package_code` and the folders of earlier digests; the count of files
+    deleted. Not done on its own at import: a process of the earlier version may still be running
+    and writing there."""
+    files, folders = _stale_package_caches(package)
+    count = 0
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            count += 1
+    for folder in folders:
+        with contextlib.suppress(OSError):  # a file written there meanwhile: kept
+            os.rmdir(folder)
+    return count
 
 
 def disk_cache_usable(py_file: str) -> bool:

@@ -236,3 +236,41 @@ def test_cache_clear_takes_the_code_of_earlier_sources(folder, monkeypatch):
     assert _generated.clear_cache() == 5
     assert list(compiled.iterdir()) == list(old.iterdir()) == []
     assert sorted(p.name for p in (folder / "__pycache__").iterdir()) == [compiled.name, old.name]
+
+
+def test_cache_clear_takes_the_package_code_of_earlier_sources(tmp_path, monkeypatch, capsys):
+    """Numba's code of the package's own kernels from earlier sources (other digests' folders, and
+    the files kept before digests) is reported by ``nbconv cache info`` and deleted by ``clear``;
+    the current sources' code and the bytecode beside it are kept."""
+    from nbconv import __main__, _numba_options
+
+    package = tmp_path / "nbconv"
+    (package / "cpu").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cpu" / "_kernel.py").write_text("x = 1\n")
+    current = "nbconv-" + _numba_options.source_digest(str(package))
+    monkeypatch.setattr(_numba_options, "disk_cache_folder",
+                        lambda py_file: os.path.join(os.path.dirname(py_file), "__pycache__", current))
+    real = _numba_options._stale_package_caches
+    monkeypatch.setattr(_numba_options, "_stale_package_caches", lambda package_=None: real(str(package)))
+    kept, stale = [], []
+    for folder in (package / "__pycache__", package / "cpu" / "__pycache__"):
+        (folder / current).mkdir(parents=True)
+        (folder / "nbconv-0123456789abcdef").mkdir()  # an earlier digest's, empty
+        kept += [folder / current / "_kernel.f-3.py311.nbi", folder / "_kernel.cpython-311.pyc"]
+        stale += [folder / "_kernel.f-3.py311.nbi", folder / "_kernel.f-3.py311.1.nbc"]
+    old = package / "cpu" / "__pycache__" / "nbconv-fedcba9876543210"
+    old.mkdir()
+    stale += [old / "_kernel.f-3.py311.nbi", old / "_kernel.f-3.py311.1.nbc"]
+    for path in kept + stale:
+        path.write_bytes(b"0" * 1000)
+    assert sorted(_numba_options.stale_package_code()) == sorted(map(str, stale))
+    assert __main__.main(["cache", "info"]) == 0
+    assert "6 files (0.0 MiB) of compiled code from earlier versions" in capsys.readouterr().out
+    monkeypatch.setattr(_generated, "source_dir", lambda: str(tmp_path / "generated"))
+    (tmp_path / "generated").mkdir()
+    assert __main__.main(["cache", "clear"]) == 0
+    assert "deleted 6 files of compiled code from earlier versions" in capsys.readouterr().out
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    assert sorted(p.name for p in (package / "cpu" / "__pycache__").iterdir()) == ["_kernel.cpython-311.pyc", current]
+    assert _numba_options.stale_package_code() == []
