@@ -11,10 +11,16 @@ machine's threads:
 * ``three``: 7 x 7 planes by three vectors and the images' left pixels
   (``_pointwise._three_vectors_and_rest``) against the 4-vector block;
 * ``stem``: ConvNeXt's 4x4 stride-4 stem as patches (``_im2col.takes_patches``) against columns;
+* ``patches``: ConvNeXt-T's stem and 2x2 downsamplings at batches 8 and 2, patches copied and
+  multiplied a span of output rows per task (``_im2col._forward_patch_spans``) against the whole
+  batch's patches copied first, each call after a 64 MiB buffer is written (``cold``, as in a
+  network pass, where a layer meets its input out of cache) or right after the last (``warm``);
+  ``kept`` is what ``_im2col.patch_span_rows`` chooses, the other the alternative (spans of a
+  size chosen without its thresholds);
 * ``blas``: the kernel's own products against NumPy's OpenBLAS forced on (what
   ``_blas.for_products`` gives on targets under 32 vector registers), where the BLAS is found.
 
-Run: ``python docs/pointwise_blocks.py [--rounds 15] [--only aligned,prefetch,prefetch16,three,stem,blas]``
+Run: ``python docs/pointwise_blocks.py [--rounds 15] [--only aligned,prefetch,prefetch16,three,stem,patches,blas]``
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 
 import nbconv
 from nbconv._numba_options import CPU_PARALLEL
+from nbconv._spec import conv2d_spec
 from nbconv.cpu import _blas, _im2col, _pointwise
 
 LARGE = [(128, 256, 56, 8), (256, 128, 56, 8), (64, 256, 56, 8), (256, 512, 28, 8), (512, 512, 28, 8),
@@ -152,6 +159,63 @@ def stem(rounds: int, rng) -> list[str]:
     return rows
 
 
+def _paired_after(before, kept, other, rounds: int) -> tuple[float, float, float]:
+    """As :func:`_paired`, ``before()`` run untimed ahead of every timed call."""
+    kept(), other()
+    t_k, t_o = [], []
+    for _ in range(rounds):
+        for fn, times in ((other, t_o), (kept, t_k)):
+            before()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(t_k)), float(np.median(t_o)), float(np.median(np.array(t_o) / np.array(t_k)))
+
+
+def patches(rounds: int, rng) -> list[str]:
+    rows = []
+    threads = numba.get_num_threads()
+    junk = np.zeros(1 << 24, np.float32)
+    for n in (8, 2):
+        for ci, co, k, side in [(3, 96, 4, 224), (96, 192, 2, 56), (192, 384, 2, 28), (384, 768, 2, 14)]:
+            x = rng.standard_normal((n, ci, side, side), dtype=np.float32)
+            w = rng.standard_normal((co, ci, k, k), dtype=np.float32)
+            b = rng.standard_normal(co, dtype=np.float32)
+            spec = conv2d_spec(x, w, b, k)
+            out = np.empty((n, co) + spec.out_size, np.float32)
+            chosen = _im2col.patch_span_rows(spec, threads)
+            saved = _im2col.SPAN_PATCHES_MIN_BYTES, _im2col.PATCH_SPAN_MAX_WORK
+            _im2col.SPAN_PATCHES_MIN_BYTES, _im2col.PATCH_SPAN_MAX_WORK = 0, float("inf")
+            try:
+                span_rows = chosen or _im2col.patch_span_rows(spec, threads) or spec.out_size[0]
+            finally:
+                _im2col.SPAN_PATCHES_MIN_BYTES, _im2col.PATCH_SPAN_MAX_WORK = saved
+            lanes = _pointwise.vector_lanes(np.float32)
+            size = ci * k * k * span_rows * spec.out_size[1]
+            scratch = np.empty((threads, size), np.float32)
+            oh, ow = spec.out_size
+
+            def spans(x=x, w=w, b=b, out=out, scratch=scratch, k=k, oh=oh, ow=ow, span_rows=span_rows):
+                _im2col._forward_patch_spans(x, w, b, out, scratch, 1, k, k, oh, ow, span_rows,
+                                             _pointwise.pixel_vectors() * lanes, lanes)
+
+            def whole(x=x, w=w, b=b, out=out, spec=spec):
+                keep = _im2col.patch_span_rows
+                _im2col.patch_span_rows = lambda spec, threads: 0
+                try:
+                    _im2col.im2col_forward(x, w, b, out, spec)
+                finally:
+                    _im2col.patch_span_rows = keep
+
+            kept, other = (spans, whole) if chosen else (whole, spans)
+            kind = f"spans of {span_rows} rows" if chosen else f"whole batch (spans of {span_rows} rows)"
+            flops = 2 * ci * k * k * co * oh * ow * n
+            for label, before in (("cold", lambda: junk.__iadd__(1)), ("warm", lambda: None)):
+                rows.append(_row(f"{ci} -> {co} {k}x{k} s{k} @{side}, batch {n}, {label}: {kind}", flops,
+                                 *_paired_after(before, kept, other, rounds)))
+    return rows
+
+
 def blas(rounds: int, rng) -> list[str]:
     if _blas.gemm_functions() is None:
         return ["| (no usable BLAS found) | | | | | |"]
@@ -178,7 +242,7 @@ def blas(rounds: int, rng) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--only", default="aligned,prefetch,prefetch16,three,stem,blas")
+    parser.add_argument("--only", default="aligned,prefetch,prefetch16,three,stem,patches,blas")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"{platform.processor() or platform.machine()}, {numba.get_num_threads()} threads, float32, "
@@ -188,6 +252,7 @@ def main() -> None:
                 "prefetch16": ("prefetch", "no prefetch", lambda rounds, rng: prefetch(rounds, rng, 16)),
                 "three": ("three vectors and the rest", "4-vector block", three),
                 "stem": ("patches", "columns", stem),
+                "patches": ("kept", "other", patches),
                 "blas": ("own products", "NumPy's BLAS", blas)}
     for key in args.only.split(","):
         kept, other, fn = sections[key]

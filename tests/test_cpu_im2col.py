@@ -20,7 +20,7 @@ from reference import assert_conv_close
 
 import nbconv
 from nbconv._spec import conv2d_spec
-from nbconv.cpu import _blas, _im2col, _launch
+from nbconv.cpu import _blas, _im2col, _launch, _pointwise
 
 #: every test with the kernel's own products and with the BLAS's (``conftest.products``)
 pytestmark = pytest.mark.usefixtures("products")
@@ -60,6 +60,66 @@ def test_patches_give_the_bits_of_the_columns(n, g, cin_g, cout_g, h, w, kh, kw,
         _im2col.im2col_forward(x, w_, b, columns, spec)
     if products == "own":
         np.testing.assert_array_equal(patches, columns)
+
+
+def _patch_spans_against_the_whole_batch(n, g, cin_g, cout_g, oh, ow, kh, kw, extra, rows, dtype, products):
+    """The layer's result with ``rows`` output rows per span against the whole batch's patches:
+    the same bits with the kernels' own products, the reference's numbers with the BLAS's."""
+    case = Case(n, g * cin_g, (oh * kh + extra[0] % kh, ow * kw + extra[1] % kw), g * cout_g, (kh, kw), (kh, kw), 0, 1,
+                g)
+    x, w, b = random_arrays(case, dtype)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    assert _im2col.applies(spec) and _im2col.takes_patches(spec) and spec.out_size == (oh, ow)
+    spans = np.full(spec.output_shape, np.nan, dtype)
+    whole = np.full(spec.output_shape, np.nan, dtype)
+    chosen = _im2col.patch_span_rows
+    try:
+        _im2col.patch_span_rows = lambda spec, threads: min(rows, oh)
+        _im2col.im2col_forward(x, w, b, spans, spec)
+        _im2col.patch_span_rows = lambda spec, threads: 0
+        _im2col.im2col_forward(x, w, b, whole, spec)
+    finally:
+        _im2col.patch_span_rows = chosen
+    assert_conv_close(spans, x, w, b, **case.conv_args())
+    if products == "own":
+        np.testing.assert_array_equal(spans, whole)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 3), g=st.integers(1, 2), cin_g=st.integers(2, 3), cout_g=st.sampled_from([6, 7, 24, 25]),
+       oh=st.integers(1, 9), ow=st.integers(1, 40), kh=st.integers(1, 3), kw=st.sampled_from([2, 4]),
+       extra=st.tuples(st.integers(0, 1), st.integers(0, 3)), rows=st.integers(1, 9),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_patch_spans_give_the_bits_of_the_whole_batch(n, g, cin_g, cout_g, oh, ow, kh, kw, extra, rows, dtype,
+                                                      products):
+    """A span of output rows per task (:func:`_im2col._forward_patch_spans`), at any span size:
+    a last span shorter, spans under one block (masked), rows and columns of the input left out."""
+    _patch_spans_against_the_whole_batch(n, g, cin_g, cout_g, oh, ow, kh, kw, extra, rows, dtype, products)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cout_g,oh,ow,rows", [
+    (24, 3, 40, 2),  # 80 pixels a span: a wide block and a narrow vector (float32: 64 + 16)
+    (30, 5, 20, 2),  # 40 a span, float64: a wide block and a narrow vector (32 + 8); the last span 20
+    (25, 4, 17, 4),  # 68: a tail of 4 past a wide block, a narrow block moved back within the group
+    (12, 3, 40, 2),  # too few outputs for the narrow block: the last wide block moved left
+])
+def test_patch_spans_with_a_narrow_tail(cout_g, oh, ow, rows, dtype, products):
+    _patch_spans_against_the_whole_batch(2, 1, 3, cout_g, oh, ow, 2, 2, (1, 1), rows, dtype, products)
+
+
+def test_patch_spans_where_the_batch_patches_leave_the_cache(products):
+    """ConvNeXt-T's stem and 2x2 downsamplings: at batch 8 on 2 threads the stem and the first two
+    take spans (their patches 4.8-9.6 MB), the last (7 x 7 outputs: a span's block would compute
+    64 lanes for 49 pixels) and every one at batch 2 copy the whole batch; never with the BLAS."""
+    if _pointwise.pixel_vectors() * _pointwise.vector_lanes(np.float32) != 64:
+        pytest.skip("the table is for blocks of 4 vectors of 16 float32 (AVX-512)")
+    layers = [(3, 96, 4, 224), (96, 192, 2, 56), (192, 384, 2, 28), (384, 768, 2, 14)]
+    for batch, want in ((8, [56, 16, 14, 0]), (2, [0, 0, 0, 0])):
+        got = [_im2col.patch_span_rows(conv2d_spec(np.empty((batch, ci, side, side), np.float32),
+                                                   np.empty((co, ci, k, k), np.float32), None, k), 2)
+               for ci, co, k, side in layers]
+        assert got == (want if products == "own" else [0, 0, 0, 0]), batch
 
 
 @pytest.mark.parametrize("case,dtype", [(c, d) for c in IM2COL_CASES for d in (np.float32, np.float64)], ids=str)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._numba_options import CPU_PARALLEL, CPU_SERIAL
 from . import _blas, _pointwise, _scratch
-from ._pointwise import _N_O, _block, copy_plane_rows, task_span
+from ._pointwise import _N_O, _N_O_NARROW, _block, _block_narrow, copy_plane_rows, task_span
 from ._simd import copy_step1, copy_step2
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
@@ -210,10 +210,123 @@ def _patches(x, out, kh, kw, lanes):
                                 ((task * kh + i) * kw + j) * oh * ow, oh, ow, lanes)
 
 
+#: Patches of a whole batch from this many bytes on are copied a span of output rows at a time,
+#: into a task's scratch, and multiplied there (:func:`_forward_patch_spans`): the whole batch's
+#: copy is written to memory and read back, and in a network pass, where the layer meets its
+#: input cold, that traffic cost ConvNeXt-T's stem and first two downsamplings 10-20% of their
+#: time at batch 8 on a 2-core Intel Xeon; smaller copies stay in cache, and there (batch 2) the
+#: spans' shorter products were 5-10% slower (``python docs/pointwise_blocks.py --only patches``).
+SPAN_PATCHES_MIN_BYTES = 1 << 22
+#: Most column elements of a span (its scratch: 1 MiB of float32, the L2 of one core).
+PATCH_SPAN_ELEMS = 1 << 18
+#: Most lane work of a span's blocks for its pixels, as a multiple of them (a last block moved left computes pixels
+#: twice; a block over fewer pixels than its width computes lanes for nothing).
+PATCH_SPAN_MAX_WORK = 1.1
+
+
+def _span_lane_work(m: int, pix_block: int, lanes: int, narrow: bool) -> int:
+    """Lanes computed per output channel by :func:`_forward_patch_spans` for a span of ``m``
+    pixels: whole blocks (the last moved left), or a narrow vector for a tail of at most
+    ``lanes`` pixels where ``narrow`` (groups of ``_N_O_NARROW`` outputs or more)."""
+    tail = m % pix_block
+    if narrow and m > pix_block and 0 < tail <= lanes:
+        return m - tail + lanes
+    return -(-m // pix_block) * pix_block
+
+
+def patch_span_rows(spec, threads: int) -> int:
+    """Output rows per task of :func:`_forward_patch_spans` for a layer that
+    :func:`takes_patches`, or 0 where the whole batch's patches are copied first: patches under
+    ``SPAN_PATCHES_MIN_BYTES``, a BLAS for the products (its own packing), or no span size whose
+    blocks waste at most ``PATCH_SPAN_MAX_WORK`` and that gives every thread 4 tasks. Of those
+    that do, the least waste, then the most rows. A function of the sizes and the thread count:
+    the sums are in one order whatever the split."""
+    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
+    terms = spec.in_per_group * kh * kw
+    size = np.dtype(spec.dtype).itemsize
+    if spec.batch * spec.groups * terms * oh * ow * size < SPAN_PATCHES_MIN_BYTES or _blas.for_products() is not None:
+        return 0
+    lanes = _pointwise.vector_lanes(spec.dtype)
+    pix_block = _pointwise.pixel_vectors() * lanes
+    narrow = spec.out_per_group >= _N_O_NARROW
+    best, best_key = 0, None
+    for rows in range(1, min(oh, PATCH_SPAN_ELEMS // max(1, terms * ow)) + 1):
+        spans = -(-oh // rows)
+        if spec.batch * spec.groups * spans < 4 * threads:
+            continue
+        work = sum(_span_lane_work(min(rows, oh - s * rows) * ow, pix_block, lanes, narrow) for s in range(spans))
+        waste = work / (oh * ow)
+        key = (round(waste, 2), -rows)
+        if waste <= PATCH_SPAN_MAX_WORK and (best_key is None or key < best_key):
+            best, best_key = rows, key
+    return best
+
+
+@numba.njit(**CPU_PARALLEL)
+def _forward_patch_spans(x, w, b, out, scratch, groups, kh, kw, oh, ow, span_rows, pix_block, lanes):
+    """:func:`_patch_forward`'s result, a span of ``span_rows`` output rows per task: tasks of
+    (image, group, span), each copying its span's patches (terms x the span's pixels, in the
+    weight's order) into its scratch row (``_pointwise.copy_plane_rows``), then multiplying them
+    by the weights as ``_pointwise``'s blocks do: wide blocks (the last moved left to end at the
+    span's end), or, for a tail of at most ``lanes`` pixels in groups of ``_N_O_NARROW`` outputs
+    or more, wide blocks and one narrow vector. Each output is the bias plus its terms in the
+    weight's order, as by the whole batch's patches."""
+    n_img, c_in, h, wd = x.shape
+    c_out = out.shape[1]
+    cin_g, cout_g = c_in // groups, c_out // groups
+    terms = cin_g * kh * kw
+    hw = oh * ow
+    spans = (oh + span_rows - 1) // span_rows
+    pitch = span_rows * ow
+    o_blocks = (cout_g + _N_O - 1) // _N_O
+    x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
+    for task in numba.prange(n_img * groups * spans):
+        s = task % spans
+        g = (task // spans) % groups
+        n = task // (spans * groups)
+        oy0 = s * span_rows
+        rows = min(span_rows, oh - oy0)
+        m = rows * ow
+        cols = scratch[numba.get_thread_id()]
+        for ci in range(cin_g):
+            src = ((n * c_in + g * cin_g + ci) * h + oy0 * kh) * wd
+            for i in range(kh):
+                for j in range(kw):
+                    copy_plane_rows(x_flat, src + i * wd + j, kh * wd, kw, cols, ((ci * kh + i) * kw + j) * pitch,
+                                    rows, ow, lanes)
+        tail = m % pix_block
+        narrow = m > pix_block and 0 < tail <= lanes and cout_g >= _N_O_NARROW
+        wide = m - tail if narrow else m
+        o0 = n * c_out * hw + oy0 * ow
+        for q in range(0, wide, pix_block):
+            q0 = max(0, min(q, wide - pix_block))
+            for ob in range(o_blocks):
+                oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
+                _block(cols, q0, pitch, terms, w_flat, oc * terms, terms, b, oc, out_flat, o0 + oc * hw + q0, hw,
+                       min(pix_block, wide - q0))
+        if narrow:
+            for nb in range((cout_g + _N_O_NARROW - 1) // _N_O_NARROW):
+                oc = g * cout_g + min(nb * _N_O_NARROW, cout_g - _N_O_NARROW)
+                _block_narrow(cols, m - lanes, pitch, terms, w_flat, oc * terms, terms, b, oc, out_flat,
+                              o0 + oc * hw + m - lanes, hw, lanes)
+
+
 def _patch_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
     """:func:`im2col_forward` where :func:`takes_patches`: the patches as channels, then their 1x1
-    product. Each output is the bias plus its terms in the weight's order, as by the columns."""
+    product, the whole batch's at once, or a span of output rows per task where
+    :func:`patch_span_rows` says. Each output is the bias plus its terms in the weight's order,
+    as by the columns."""
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
+    threads = numba.get_num_threads()
+    rows = patch_span_rows(spec, threads)
+    if rows:
+        lanes = _pointwise.vector_lanes(x.dtype)
+        size = spec.in_per_group * kh * kw * rows * ow
+        scratch, = _scratch.reused(("patch spans", x.dtype.str, size, threads),
+                                   lambda: (np.empty((threads, size), x.dtype),))
+        _forward_patch_spans(x, w, b, out, scratch, spec.groups, kh, kw, oh, ow, rows,
+                             _pointwise.pixel_vectors() * lanes, lanes)
+        return
     shape = (spec.batch, x.shape[1] * kh * kw, oh, ow)
     patches, = _scratch.reused(("patches", x.dtype.str, shape), lambda: (np.empty(shape, x.dtype),))
     _patches(x, patches, kh, kw, _pointwise.vector_lanes(x.dtype))  # every element written: reusable
