@@ -221,8 +221,8 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
         _run_forward(kernel, x, w, b, dest, spec)
         # A tile's transform mixes its pixels (and could overflow where the direct sums do not):
         # a non-finite result is computed again by the direct kernels, whose non-finite outputs
-        # are exactly those the sums make. (The check: 0.1 ms on alexnet_g2 at batch 8.)
-        if np.isfinite(dest).all() or _explain_nonfinite_forward(x, w, b, dest, spec):
+        # are exactly those the sums make. (The check: one parallel pass, no temporary.)
+        if _nonfinite.all_finite(dest) or _explain_nonfinite_forward(x, w, b, dest, spec):
             kernel = None
         else:
             kernel = direct_forward_kernel(spec)
@@ -258,7 +258,7 @@ def conv2d_weight(spec, input: np.ndarray, grad_output: np.ndarray, out: np.ndar
         _winograd_wgrad.winograd_weight_grad(x, gy, dest, spec)
         # a tile's transforms mix its values (and could overflow where the direct sums do not): a
         # non-finite result is computed again by the direct kernels below
-        if not np.isfinite(dest).all():
+        if not _nonfinite.all_finite(dest):
             _exact_nonfinite_weight_grad(spec, x, gy, dest, direct=False)
     elif narrow and _flat.applies_weight_grad(spec):
         # the padding's zeros are the masked lanes: the reference's terms, 0 x inf included
@@ -282,7 +282,7 @@ def _packed_layout_weight_grad(spec, x: np.ndarray, gy: np.ndarray, dest: np.nda
     # exact; only otherwise is the input scanned (a pass over it: 0.9 ms of resnext_g32_s2's
     # 4.1 ms at batch 8, so not done up front).
     _weight_grad_kernel(spec, x, gy, dest)
-    if not np.isfinite(dest).all():
+    if not _nonfinite.all_finite(dest):
         _exact_nonfinite_weight_grad(spec, x, gy, dest, direct=True)
 
 

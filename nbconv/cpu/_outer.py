@@ -27,7 +27,7 @@ import numpy as np
 from .._divisors import largest_divisor
 from .._numba_options import njit_serial
 from .._version import __version__
-from . import _generated, _packed, _scratch, _simd
+from . import _generated, _nonfinite, _packed, _scratch, _simd
 from ._simd import transpose_tile, transpose_tile_of_groups
 from ._target import target
 from ._valid import flat_tap_offsets, reads_padding, valid_intervals, valid_tap_regions
@@ -350,7 +350,7 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
     the reference does."""
     pack = group_pack(spec)
     if direct is None:
-        direct = direct_applies(spec) and bool(np.isfinite(w).all())
+        direct = direct_applies(spec) and _nonfinite.all_finite(w)
     lanes_of_groups = -(-spec.groups // pack) * pack * spec.out_per_group
     # the interleaved weights and bias: rewritten every call, their buffers kept (no page faults)
     wv, bias = _scratch.reused(("outer weights", spec.groups, pack, w.shape, w.dtype.str), lambda: (
