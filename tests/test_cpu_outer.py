@@ -275,6 +275,27 @@ def test_packed_weight_layout(c_out, cin_g, k, groups, pack, dtype):
                                            for o in range(cout_g) for j in range(pack) if gp * pack + j < groups]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_out,cin_g,k,groups,pack", [
+    (64, 32, (3, 3), 2, 1), (32, 3, (3, 3), 1, 1), (104, 8, (3, 3), 13, 2), (44, 4, (2, 3), 11, 4),
+    (64, 3, (2, 3), 16, 4),
+])
+def test_packed_finite_weight_finds_every_non_finite_weight(c_out, cin_g, k, groups, pack, dtype):
+    """The parallel interleave writes :func:`_outer.packed_weight`'s layout and says whether
+    every weight is finite: one inf or NaN anywhere (first, a middle and the last group's last
+    weight) makes it False."""
+    w = np.random.default_rng(1).standard_normal((c_out, cin_g) + k).astype(dtype)
+    want = _outer.packed_weight(w, groups, pack)
+    got = np.full_like(want, np.nan)
+    assert _outer.packed_finite_weight(w, groups, pack, got)
+    np.testing.assert_array_equal(got, want)
+    for index in (0, w.size // 2, w.size - 1):
+        for value in (np.inf, -np.inf, np.nan):
+            bad = w.copy()
+            bad.reshape(-1)[index] = value
+            assert not _outer.packed_finite_weight(bad, groups, pack, got), (index, value)
+
+
 def test_tap_phases():
     """A transposed convolution's output rows and columns read input pixels through some taps
     only (the others meet the zeros its stride inserts)."""
