@@ -219,6 +219,10 @@ def _patches(x, out, kh, kw, lanes):
 SPAN_PATCHES_MIN_BYTES = 1 << 22
 #: Most column elements of a span (its scratch: 1 MiB of float32, the L2 of one core).
 PATCH_SPAN_ELEMS = 1 << 18
+#: Most pixels of a span: ConvNeXt-T's stem at batch 8 (2-core Intel Xeon, after a PyTorch pass,
+#: as in ``nbconv bench --network``) took 1.87 ms in spans of its whole 56 x 56 plane, 1.69 in
+#: spans of 16 rows (896 pixels), 1.79 in spans of 8 (one-off timing; script not kept).
+PATCH_SPAN_PIXELS = 1024
 #: Most lane work of a span's blocks for its pixels, as a multiple of them (a last block moved left computes pixels
 #: twice; a block over fewer pixels than its width computes lanes for nothing).
 PATCH_SPAN_MAX_WORK = 1.1
@@ -237,7 +241,8 @@ def _span_lane_work(m: int, pix_block: int, lanes: int, narrow: bool) -> int:
 def patch_span_rows(spec, threads: int) -> int:
     """Output rows per task of :func:`_forward_patch_spans` for a layer that
     :func:`takes_patches`, or 0 where the whole batch's patches are copied first: patches under
-    ``SPAN_PATCHES_MIN_BYTES``, a BLAS for the products (its own packing), or no span size whose
+    ``SPAN_PATCHES_MIN_BYTES``, a BLAS for the products (its own packing), or no span size (at
+    most ``PATCH_SPAN_ELEMS`` column elements and ``PATCH_SPAN_PIXELS`` pixels, or one row) whose
     blocks waste at most ``PATCH_SPAN_MAX_WORK`` and that gives every thread 4 tasks. Of those
     that do, the least waste, then the most rows. A function of the sizes and the thread count:
     the sums are in one order whatever the split."""
@@ -250,7 +255,7 @@ def patch_span_rows(spec, threads: int) -> int:
     pix_block = _pointwise.pixel_vectors() * lanes
     narrow = spec.out_per_group >= _N_O_NARROW
     best, best_key = 0, None
-    for rows in range(1, min(oh, PATCH_SPAN_ELEMS // max(1, terms * ow)) + 1):
+    for rows in range(1, max(1, min(oh, PATCH_SPAN_ELEMS // max(1, terms * ow), PATCH_SPAN_PIXELS // ow)) + 1):
         spans = -(-oh // rows)
         if spec.batch * spec.groups * spans < 4 * threads:
             continue
