@@ -16,7 +16,7 @@ machine's threads:
   batch's patches copied first, each call after a 64 MiB buffer is written (``cold``, as in a
   network pass, where a layer meets its input out of cache) or right after the last (``warm``);
   ``kept`` is what ``_im2col.patch_span_rows`` chooses, the other the alternative (spans of a
-  size chosen without its thresholds);
+  size chosen without its bound on wasted lanes);
 * ``blas``: the kernel's own products against NumPy's OpenBLAS forced on (what
   ``_blas.for_products`` gives on targets under 32 vector registers), where the BLAS is found.
 
@@ -184,12 +184,12 @@ def patches(rounds: int, rng) -> list[str]:
             spec = conv2d_spec(x, w, b, k)
             out = np.empty((n, co) + spec.out_size, np.float32)
             chosen = _im2col.patch_span_rows(spec, threads)
-            saved = _im2col.SPAN_PATCHES_MIN_BYTES, _im2col.PATCH_SPAN_MAX_WORK
-            _im2col.SPAN_PATCHES_MIN_BYTES, _im2col.PATCH_SPAN_MAX_WORK = 0, float("inf")
+            saved = _im2col.PATCH_SPAN_MAX_WORK
+            _im2col.PATCH_SPAN_MAX_WORK = float("inf")
             try:
                 span_rows = chosen or _im2col.patch_span_rows(spec, threads) or spec.out_size[0]
             finally:
-                _im2col.SPAN_PATCHES_MIN_BYTES, _im2col.PATCH_SPAN_MAX_WORK = saved
+                _im2col.PATCH_SPAN_MAX_WORK = saved
             lanes = _pointwise.vector_lanes(np.float32)
             size = ci * k * k * span_rows * spec.out_size[1]
             scratch = np.empty((threads, size), np.float32)

@@ -210,13 +210,14 @@ def _patches(x, out, kh, kw, lanes):
                                 ((task * kh + i) * kw + j) * oh * ow, oh, ow, lanes)
 
 
-#: Patches of a whole batch from this many bytes on are copied a span of output rows at a time,
-#: into a task's scratch, and multiplied there (:func:`_forward_patch_spans`): the whole batch's
-#: copy is written to memory and read back, and in a network pass, where the layer meets its
-#: input cold, that traffic cost ConvNeXt-T's stem and first two downsamplings 10-20% of their
-#: time at batch 8 on a 2-core Intel Xeon; smaller copies stay in cache, and there (batch 2) the
-#: spans' shorter products were 5-10% slower (``python docs/pointwise_blocks.py --only patches``).
-SPAN_PATCHES_MIN_BYTES = 1 << 22
+#: Patches are copied and multiplied a span of output rows at a time, into a task's scratch
+#: (:func:`_forward_patch_spans`), where a span size wastes little of the blocks' lanes: the whole
+#: batch's patches are written to memory and read back. On a 2-core Intel Xeon (``python
+#: docs/pointwise_blocks.py --only patches``) the whole batch's copy took ConvNeXt-T's stem and
+#: first two downsamplings 1.09-1.11x the spans' time at batch 8 with the input out of cache (as
+#: in a network pass), 1.02-1.03x in cache; at batch 2 the stem 1.27-1.48x, the first
+#: downsampling 1.10x out of cache and 0.97x in it.
+#:
 #: Most column elements of a span (its scratch: 1 MiB of float32, the L2 of one core).
 PATCH_SPAN_ELEMS = 1 << 18
 #: Most pixels of a span: ConvNeXt-T's stem at batch 8 (2-core Intel Xeon, after a PyTorch pass,
@@ -240,16 +241,15 @@ def _span_lane_work(m: int, pix_block: int, lanes: int, narrow: bool) -> int:
 
 def patch_span_rows(spec, threads: int) -> int:
     """Output rows per task of :func:`_forward_patch_spans` for a layer that
-    :func:`takes_patches`, or 0 where the whole batch's patches are copied first: patches under
-    ``SPAN_PATCHES_MIN_BYTES``, a BLAS for the products (its own packing), or no span size (at
+    :func:`takes_patches`, or 0 where the whole batch's patches are copied first: a BLAS for the
+    products (its own packing), or no span size (at
     most ``PATCH_SPAN_ELEMS`` column elements and ``PATCH_SPAN_PIXELS`` pixels, or one row) whose
     blocks waste at most ``PATCH_SPAN_MAX_WORK`` and that gives every thread 4 tasks. Of those
     that do, the least waste, then the most rows. A function of the sizes and the thread count:
     the sums are in one order whatever the split."""
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
     terms = spec.in_per_group * kh * kw
-    size = np.dtype(spec.dtype).itemsize
-    if spec.batch * spec.groups * terms * oh * ow * size < SPAN_PATCHES_MIN_BYTES or _blas.for_products() is not None:
+    if _blas.for_products() is not None:
         return 0
     lanes = _pointwise.vector_lanes(spec.dtype)
     pix_block = _pointwise.pixel_vectors() * lanes
