@@ -182,10 +182,12 @@ def span_blocks(terms: int, hw: int, pix_block: int, tasks_per_span: int) -> int
 def takes_patches(spec) -> bool:
     """Whether the layer is one of non-overlapping patches 2 or 4 pixels wide (ConvNeXt's 2x2
     downsampling at stride 2, its 4x4 stem at stride 4): kernel and stride equal, kernel
-    columns 2 or 4, no padding, no dilation. Those are computed as :func:`_patches`, then a 1x1
-    product (``_pointwise.plane_products``): on a 2-core Zen 5 at batch 8, ConvNeXt-T's three
-    downsamplings took 3.5-4.4 ms as columns per task (most of it the fill's work per output row
-    of 14-28 pixels), 2.9-3.2 ms so. The stem, while its column copies at stride 4 were element
+    columns 2 or 4, no padding, no dilation. Those are computed as patches copied as channels
+    (:func:`_patch_forward`: a span of output rows per task, or the whole batch's by
+    :func:`_patches`), then a 1x1 product by ``_pointwise``'s blocks: on a 2-core Zen 5 at
+    batch 8, ConvNeXt-T's three downsamplings took 3.5-4.4 ms as columns per task (most of it
+    the fill's work per output row of 14-28 pixels), 2.9-3.2 ms as the whole batch's patches.
+    The stem, while its column copies at stride 4 were element
     by element, stayed with the columns; with vector copies of every fourth lane
     (``_simd.copy_step4``) it takes the patches too: columns took 1.20-1.32x the time
     (``python docs/pointwise_blocks.py --only stem``)."""
