@@ -83,7 +83,7 @@ def applies(spec) -> bool:
             and spec.in_size[0] * spec.in_size[1] > 0)
 
 
-def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False, prefetch: int = PREFETCH_CHANNELS):
+def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHANNELS):
     """An ``@intrinsic`` ``block(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch,
     n_pix)``:
 
@@ -91,10 +91,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False, pr
     x[x0 + c * x_pitch + p]``
 
     for ``o < n_o`` and ``p < min(n_pix, n_pv * lanes)``, ``lanes`` the elements of a ``bits``
-    vector. With ``accumulate`` the sums start from ``out``'s values instead of the bias (``b``
-    and ``b0`` unused): a block over the next input channels continues the sums where the last
-    stopped, to the same bits as one block over all of them. All but ``n_o``, ``n_pv``, the width
-    and ``accumulate`` are run-time values. Full blocks use plain
+    vector. All but ``n_o``, ``n_pv`` and the width are run-time values. Full blocks use plain
     vector loads and stores. A short one (``n_pix`` under the block's width) masks its stores:
     nothing past ``n_pix`` is written. Its loads are plain for the channels whose block width
     ends within ``x[x0 + (n_c - 1) * x_pitch + n_pix - 1]`` (the last element it must read; the
@@ -133,14 +130,6 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False, pr
                 """The block; ``masks`` None (full vectors) or one lane mask per pixel vector."""
                 sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_pv)] for _ in range(n_o)]
                 for o in range(n_o):
-                    if accumulate:
-                        row = builder.add(o0_i, builder.mul(const(o), out_pitch_i))
-                        for v in range(n_pv):
-                            pointer = at(out_p, builder.add(row, const(v * lanes)))
-                            builder.store(builder.load(pointer, align=size) if masks is None else builder.call(
-                                masked_load, [pointer, ir.Constant(i32, size), masks[v], ir.Constant(vec, None)]),
-                                sums[o][v])
-                        continue
                     bias = _splat(builder, builder.load(at(b_p, builder.add(b0_i, const(o)), False)), vec)
                     for v in range(n_pv):
                         builder.store(bias, sums[o][v])
@@ -209,7 +198,6 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, accumulate: bool = False, pr
 #: The target's block, fixed per process (Numba's disk cache keeps a compiled kernel per target).
 _N_O, _N_PV, _BITS = O_BLOCK, pixel_vectors(), target().vector_bits
 _block = pointwise_block(_N_O, _N_PV, _BITS)
-_block_more = pointwise_block(_N_O, _N_PV, _BITS, accumulate=True)
 #: The narrow block: one vector of pixels by as many output channels as the wide block has sums
 #: (24 with 32 vector registers, 12 with 16). It takes a plane's last pixels where they fill at
 #: most one vector (a 14 x 14 plane is three wide blocks of 64 and 4 pixels; the wide block moved
