@@ -17,10 +17,14 @@ machine's threads:
   network pass, where a layer meets its input out of cache) or right after the last (``warm``);
   ``kept`` is what ``_im2col.patch_span_rows`` chooses, the other the alternative (spans of a
   size chosen without its bound on wasted lanes);
+* ``rest``: ResNeXt-50's 1x1 layers on 14 x 14 planes (batches 8 and 2), whole blocks per
+  image and the images' last 4 pixels together as one plane (``_pointwise._wide_blocks_and_rest``)
+  against a narrow block for each image's last pixels (``_forward``), with the
+  ``REST_MIN_MACS`` bound lifted;
 * ``blas``: the kernel's own products against NumPy's OpenBLAS forced on (what
   ``_blas.for_products`` gives on targets under 32 vector registers), where the BLAS is found.
 
-Run: ``python docs/pointwise_blocks.py [--rounds 15] [--only aligned,prefetch,prefetch16,three,stem,patches,blas]``
+Run: ``python docs/pointwise_blocks.py [--rounds 15] [--only aligned,prefetch,prefetch16,three,stem,patches,rest,blas]``
 """
 
 from __future__ import annotations
@@ -216,6 +220,29 @@ def patches(rounds: int, rng) -> list[str]:
     return rows
 
 
+def rest(rounds: int, rng) -> list[str]:
+    rows = []
+    takes, bound = _pointwise._takes_wide_blocks_and_rest, _pointwise.REST_MIN_MACS
+    for ci, co, n in [(1024, 512, 8), (512, 1024, 8), (1024, 1024, 8), (1024, 512, 2), (1024, 1024, 2),
+                      (256, 1024, 8), (672, 112, 8), (96, 576, 8), (64, 384, 2)]:
+        x = rng.standard_normal((n, ci, 196)).astype(np.float32)
+        w, b = rng.standard_normal((co, ci)).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+        out = np.empty((n, co, 196), np.float32)
+
+        def run(gathered: bool, x=x, w=w, b=b, out=out):
+            _pointwise.REST_MIN_MACS = 0
+            _pointwise._takes_wide_blocks_and_rest = takes if gathered else (lambda *args: False)
+            try:
+                _pointwise.plane_products(x, w, b, out, 1, 196)
+            finally:
+                _pointwise._takes_wide_blocks_and_rest, _pointwise.REST_MIN_MACS = takes, bound
+
+        macs = n * 196 * ci * co
+        rows.append(_row(f"{ci} -> {co} @14, batch {n}{' (taken)' if macs >= bound else ''}", 2 * macs,
+                         *_paired(lambda: run(True), lambda: run(False), rounds)))
+    return rows
+
+
 def blas(rounds: int, rng) -> list[str]:
     if _blas.gemm_functions() is None:
         return ["| (no usable BLAS found) | | | | | |"]
@@ -242,7 +269,7 @@ def blas(rounds: int, rng) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--only", default="aligned,prefetch,prefetch16,three,stem,patches,blas")
+    parser.add_argument("--only", default="aligned,prefetch,prefetch16,three,stem,patches,rest,blas")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"{platform.processor() or platform.machine()}, {numba.get_num_threads()} threads, float32, "
@@ -253,6 +280,7 @@ def main() -> None:
                 "three": ("three vectors and the rest", "4-vector block", three),
                 "stem": ("patches", "columns", stem),
                 "patches": ("kept", "other", patches),
+                "rest": ("wide blocks and the rest", "narrow blocks", rest),
                 "blas": ("own products", "NumPy's BLAS", blas)}
     for key in args.only.split(","):
         kept, other, fn = sections[key]

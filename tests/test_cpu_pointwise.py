@@ -162,6 +162,45 @@ def test_three_vectors_and_the_rest_give_the_same_bits_as_image_by_image(dtype):
     assert_conv_close(together, x, w, b, groups=2)
 
 
+@pytest.mark.parametrize("images,cin_g,cout_g,hw,macs_bound,takes", [
+    (8, 1024, 512, 196, None, True),  # ResNeXt-50's 1024 -> 512 at 14 x 14, batch 8
+    (2, 1024, 512, 196, None, False),  # batch 2: under REST_MIN_MACS
+    (1, 1024, 1024, 196, 0, False),  # one image: nothing to put together
+    (8, 1024, 512, 784, 0, False),  # 28 x 28: whole vectors (an aligning shift instead)
+    (8, 1024, 20, 196, 0, False),  # too few outputs for the narrow block
+    (8, 64, 384, 196, 0, True),  # small, with the bound lifted
+])
+def test_wide_blocks_and_the_rest(images, cin_g, cout_g, hw, macs_bound, takes, monkeypatch):
+    """Planes of whole wide blocks and a vector's pixels or fewer more, from ``REST_MIN_MACS``
+    (with 32 vector registers and float32's 16 lanes)."""
+    if _pointwise.pixel_vectors() * _pointwise.vector_lanes(np.float32) != 64:
+        pytest.skip("blocks of 4 vectors of 16 float32")
+    if macs_bound is not None:
+        monkeypatch.setattr(_pointwise, "REST_MIN_MACS", macs_bound)
+    assert _pointwise._takes_wide_blocks_and_rest(images, cin_g, cout_g, hw, 16) == takes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,c_in,side,c_out,groups", [
+    (3, 20, (14, 14), 48, 1),  # 196 pixels: whole blocks and 4 more (float64: 6 blocks of 32 and 4)
+    (2, 12, (7, 19), 60, 2),  # 133 pixels, groups of 30: the last output block moved back
+])
+def test_wide_blocks_and_the_rest_give_the_same_bits_as_narrow_blocks(n, c_in, side, c_out, groups, dtype,
+                                                                      monkeypatch):
+    """The images' last pixels as one plane: the bits of each image's narrow block, the
+    reference's numbers."""
+    x, w, b = random_arrays(Case(n, c_in, side, c_out, (1, 1), 1, 0, 1, groups), dtype)
+    hw = side[0] * side[1]
+    monkeypatch.setattr(_pointwise, "REST_MIN_MACS", 0)
+    assert _pointwise._takes_wide_blocks_and_rest(n, c_in // groups, c_out // groups, hw,
+                                                  _pointwise.vector_lanes(dtype)) or _pointwise._N_PV != 4
+    together = nbconv.conv2d(x, w, b, groups=groups)
+    monkeypatch.setattr(_pointwise, "_takes_wide_blocks_and_rest", lambda *args: False)
+    narrow = nbconv.conv2d(x, w, b, groups=groups)
+    np.testing.assert_array_equal(together, narrow)
+    assert_conv_close(together, x, w, b, groups=groups)
+
+
 def test_the_batch_as_pixels_gives_the_same_bits_as_image_by_image():
     x, w, b = random_arrays(Case(8, 40, (1, 1), 48, (1, 1)), np.float32)
     folded = nbconv.conv2d(x, w, b)

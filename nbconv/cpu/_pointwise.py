@@ -329,9 +329,11 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     ``o``): the products of a 1x1 convolution, x (N, C_in, hw...) and out (N, C_out, hw...)
     C-contiguous, ``w`` (C_out, C_in/groups, ...) with one element per input channel. By the BLAS
     where :func:`_blas.for_products` gives one and the product is large enough, as one plane of
-    the batch's pixels where planes are under a vector (:func:`_batch_as_pixels`), by
-    :func:`_forward_small` for groups of fewer than ``O_BLOCK`` outputs, else by
-    :func:`_forward`."""
+    the batch's pixels where planes are under a vector (:func:`_batch_as_pixels`), with the
+    images' last few pixels as one plane where planes are three vectors and a few pixels
+    (:func:`_three_vectors_and_rest`) or whole wide blocks and a few pixels
+    (:func:`_wide_blocks_and_rest`), by :func:`_forward_small` for groups of fewer than
+    ``O_BLOCK`` outputs, else by :func:`_forward`."""
     n, cin_g, cout_g = x.shape[0], x.shape[1] // groups, out.shape[1] // groups
     blas = _blas.for_products()
     if blas is not None and hw * cin_g * cout_g >= _blas.MIN_MACS:
@@ -345,6 +347,9 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
         return
     if _takes_three_vectors_and_rest(n, cout_g, hw, vector_lanes(x.dtype)):
         _three_vectors_and_rest(x, w, b, out, groups, hw)
+        return
+    if _takes_wide_blocks_and_rest(n, cin_g, cout_g, hw, vector_lanes(x.dtype)):
+        _wide_blocks_and_rest(x, w, b, out, groups, hw)
         return
     if cout_g < O_BLOCK:
         _forward_small(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, cin_g, cout_g, hw,
@@ -420,6 +425,63 @@ def _three_vectors_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np
     out_rest = np.empty((c_out, n, rest), out.dtype)
     plane_products(x_rest.reshape(1, c_in, n * rest), w, b, out_rest.reshape(1, c_out, n * rest), groups, n * rest)
     o3[:, :, 3 * lanes:] = out_rest.transpose(1, 0, 2)
+
+
+#: Multiply-adds per group from which :func:`_wide_blocks_and_rest` takes a layer: below, its
+#: copies and second parallel loop cost more than the narrow blocks it saves (ResNeXt-50's
+#: 1x1 layers on 14 x 14 planes took 1.02-1.09x its time the narrow way, EfficientNet's and
+#: MobileNetV2's 0.80-0.96x, in a one-off timing on a 2-core Intel Xeon).
+REST_MIN_MACS = 1 << 28
+
+
+def _takes_wide_blocks_and_rest(images: int, cin_g: int, cout_g: int, hw: int, lanes: int) -> bool:
+    """Planes of whole wide blocks and at most a vector of pixels more, which no shift aligns
+    (``hw`` not a whole number of vectors: 14 x 14), from two images on, in groups wide enough
+    for the narrow block that :func:`_forward` would give those pixels (one vector of 16 lanes
+    for 4 pixels of each image), from ``REST_MIN_MACS`` on (``python docs/pointwise_blocks.py
+    --only rest``)."""
+    pix_block = pixel_vectors() * lanes
+    return (images > 1 and hw > pix_block and hw % lanes != 0 and 0 < hw % pix_block <= lanes
+            and cout_g >= _N_O_NARROW and images * hw * cin_g * cout_g >= REST_MIN_MACS)
+
+
+@numba.njit(**CPU_PARALLEL)
+def _forward_wide(x, w, b, out, groups, cin_g, cout_g, hw, wide, o_chunks, pix_block):
+    """out[n, o, p] for the first ``wide`` pixels ``p`` of each plane (a multiple of
+    ``pix_block``): tasks of (image, group, pixel block, chunk of output-channel blocks), each
+    a whole :func:`_block` (the last of a group moved back to end at its last output)."""
+    c_in, c_out = groups * cin_g, groups * cout_g
+    n_img = x.shape[0] // (c_in * hw)
+    p_blocks = wide // pix_block
+    o_blocks = (cout_g + _N_O - 1) // _N_O
+    per_chunk = (o_blocks + o_chunks - 1) // o_chunks
+    for task in numba.prange(n_img * groups * p_blocks * o_chunks):
+        n, g, _, p0, _, chunk = task_block(task, o_chunks, p_blocks, groups, wide, pix_block, 0)
+        x0 = (n * c_in + g * cin_g) * hw + p0
+        for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
+            oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
+            _block(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw, pix_block)
+
+
+def _wide_blocks_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int,
+                          hw: int) -> None:
+    """The products for planes of whole wide blocks and a few pixels more: the blocks by
+    :func:`_forward_wide`, the pixels past them, from all images, as one plane (copied to
+    (C_in, N, rest), the product, copied back), as :func:`_three_vectors_and_rest` does. Each
+    output's sum is the same (bias, then the input channels in order), so are the bits."""
+    n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
+    pix_block = pixel_vectors() * vector_lanes(x.dtype)
+    wide = hw - hw % pix_block
+    cin_g, cout_g = c_in // groups, c_out // groups
+    o_chunks = output_chunks(n * groups * (wide // pix_block), cout_g)
+    _forward_wide(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, cin_g, cout_g, hw, wide, o_chunks,
+                  pix_block)
+    x3, o3 = x.reshape(n, c_in, hw), out.reshape(n, c_out, hw)
+    rest = hw - wide
+    x_rest = np.ascontiguousarray(x3[:, :, wide:].transpose(1, 0, 2))
+    out_rest = np.empty((c_out, n, rest), out.dtype)
+    plane_products(x_rest.reshape(1, c_in, n * rest), w, b, out_rest.reshape(1, c_out, n * rest), groups, n * rest)
+    o3[:, :, wide:] = out_rest.transpose(1, 0, 2)
 
 
 def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int) -> None:
