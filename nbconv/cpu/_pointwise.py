@@ -415,16 +415,23 @@ def _three_vectors_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np
     (C_in, N, rest), the product, copied back). Each output's sum is the same (bias, then the
     input channels in order), so are the bits. On 7 x 7 planes at batch 8 a fourth fewer
     multiply-adds than the 4-vector block (``python docs/pointwise_blocks.py --only three``)."""
-    n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
+    c_in, c_out = x.shape[1], out.shape[1]
     lanes = vector_lanes(x.dtype)
     _forward_three(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, c_in // groups, c_out // groups, hw,
                    lanes)
-    x3, o3 = x.reshape(n, c_in, hw), out.reshape(n, c_out, hw)
-    rest = hw - 3 * lanes
-    x_rest = np.ascontiguousarray(x3[:, :, 3 * lanes:].transpose(1, 0, 2))
+    _rest_as_one_plane(x, w, b, out, groups, hw, 3 * lanes)
+
+
+def _rest_as_one_plane(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int,
+                       start: int) -> None:
+    """``out``'s pixels from ``start`` on in every plane, from all images as one plane: copied
+    to (C_in, N, hw - start), its product, copied back."""
+    n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
+    rest = hw - start
+    x_rest = np.ascontiguousarray(x.reshape(n, c_in, hw)[:, :, start:].transpose(1, 0, 2))
     out_rest = np.empty((c_out, n, rest), out.dtype)
     plane_products(x_rest.reshape(1, c_in, n * rest), w, b, out_rest.reshape(1, c_out, n * rest), groups, n * rest)
-    o3[:, :, 3 * lanes:] = out_rest.transpose(1, 0, 2)
+    out.reshape(n, c_out, hw)[:, :, start:] = out_rest.transpose(1, 0, 2)
 
 
 #: Multiply-adds per group from which :func:`_wide_blocks_and_rest` takes a layer: below, its
@@ -476,12 +483,7 @@ def _wide_blocks_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.n
     o_chunks = output_chunks(n * groups * (wide // pix_block), cout_g)
     _forward_wide(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, cin_g, cout_g, hw, wide, o_chunks,
                   pix_block)
-    x3, o3 = x.reshape(n, c_in, hw), out.reshape(n, c_out, hw)
-    rest = hw - wide
-    x_rest = np.ascontiguousarray(x3[:, :, wide:].transpose(1, 0, 2))
-    out_rest = np.empty((c_out, n, rest), out.dtype)
-    plane_products(x_rest.reshape(1, c_in, n * rest), w, b, out_rest.reshape(1, c_out, n * rest), groups, n * rest)
-    o3[:, :, wide:] = out_rest.transpose(1, 0, 2)
+    _rest_as_one_plane(x, w, b, out, groups, hw, wide)
 
 
 def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int) -> None:
