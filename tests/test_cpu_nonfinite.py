@@ -126,3 +126,17 @@ def test_public_ops_on_a_diverged_input(case, fill):
         np.testing.assert_array_equal(_kinds_of(got), _kinds_of(want))
         finite = np.isfinite(want)
         np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want[finite]).max(initial=0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_classify_names_every_kind(dtype):
+    """Each element's kind (finite, NaN, +inf, -inf: subnormals, -0.0 and the largest finite
+    values are finite) and the counts, at sizes that leave a remainder past any vector."""
+    info = np.finfo(dtype)
+    values = np.array([0.0, -0.0, 1.5, info.max, -info.max, info.tiny / 4, np.nan, np.inf, -np.inf, -np.nan], dtype)
+    want = [_nonfinite.FINITE] * 6 + [_nonfinite.NAN, _nonfinite.POS_INF, _nonfinite.NEG_INF, _nonfinite.NAN]
+    for repeat in (1, 7, 33):
+        kinds = _nonfinite.classify(np.tile(values, repeat).reshape(repeat, -1))
+        assert kinds.kinds.shape == (repeat, values.size)
+        assert kinds.kinds.reshape(-1).tolist() == want * repeat
+        assert (kinds.nonfinite, kinds.infinite) == (4 * repeat, 2 * repeat)

