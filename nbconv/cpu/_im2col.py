@@ -15,6 +15,8 @@ fused: the reference's order.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -226,8 +228,9 @@ PATCH_SPAN_ELEMS = 1 << 18
 #: as in ``nbconv bench --network``) took 1.87 ms in spans of its whole 56 x 56 plane, 1.69 in
 #: spans of 16 rows (896 pixels), 1.79 in spans of 8 (one-off timing; script not kept).
 PATCH_SPAN_PIXELS = 1024
-#: Most lane work of a span's blocks for its pixels, as a multiple of them (a last block moved left computes pixels
-#: twice; a block over fewer pixels than its width computes lanes for nothing).
+#: Most lane work of a span's blocks for its pixels, as a multiple of them (a last block moved
+#: left computes pixels twice; a block over fewer pixels than its width computes lanes for
+#: nothing).
 PATCH_SPAN_MAX_WORK = 1.1
 
 
@@ -243,28 +246,35 @@ def _span_lane_work(m: int, pix_block: int, lanes: int, narrow: bool) -> int:
 
 def patch_span_rows(spec, threads: int) -> int:
     """Output rows per task of :func:`_forward_patch_spans` for a layer that
-    :func:`takes_patches`, or 0 where the whole batch's patches are copied first: a BLAS for the
-    products (its own packing), or no span size (at
-    most ``PATCH_SPAN_ELEMS`` column elements and ``PATCH_SPAN_PIXELS`` pixels, or one row) whose
-    blocks waste at most ``PATCH_SPAN_MAX_WORK`` and that gives every thread 4 tasks. Of those
-    that do, the least waste, then the most rows. A function of the sizes and the thread count:
-    the sums are in one order whatever the split."""
-    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
-    terms = spec.in_per_group * kh * kw
+    :func:`takes_patches`, or 0 where the whole batch's patches are copied first: with a BLAS
+    for the products (it packs them itself), or where no span size of at most
+    ``PATCH_SPAN_ELEMS`` column elements and ``PATCH_SPAN_PIXELS`` pixels (or one row) wastes at
+    most ``PATCH_SPAN_MAX_WORK`` of the blocks' lanes and gives every thread 4 tasks. Of those
+    that do, the least waste, then the most rows. A function of the sizes and the thread count
+    (the sums are in one order whatever the split), kept per layer (``functools.lru_cache``:
+    the search took 50-70 us, a fifth of the stem's call at batch 2)."""
     if _blas.for_products() is not None:
         return 0
+    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
     lanes = _pointwise.vector_lanes(spec.dtype)
-    pix_block = _pointwise.pixel_vectors() * lanes
-    narrow = spec.out_per_group >= _N_O_NARROW
+    return _span_rows(spec.batch * spec.groups, spec.in_per_group * kh * kw, oh, ow,
+                      spec.out_per_group >= _N_O_NARROW, threads, lanes, _pointwise.pixel_vectors() * lanes,
+                      PATCH_SPAN_ELEMS, PATCH_SPAN_PIXELS, PATCH_SPAN_MAX_WORK)
+
+
+@functools.lru_cache(maxsize=1024)
+def _span_rows(planes: int, terms: int, oh: int, ow: int, narrow: bool, threads: int, lanes: int, pix_block: int,
+               most_elems: int, most_pixels: int, max_work: float) -> int:
+    """:func:`patch_span_rows` of ``planes`` (images x groups) output planes of oh x ow."""
     best, best_key = 0, None
-    for rows in range(1, max(1, min(oh, PATCH_SPAN_ELEMS // max(1, terms * ow), PATCH_SPAN_PIXELS // ow)) + 1):
+    for rows in range(1, max(1, min(oh, most_elems // max(1, terms * ow), most_pixels // ow)) + 1):
         spans = -(-oh // rows)
-        if spec.batch * spec.groups * spans < 4 * threads:
+        if planes * spans < 4 * threads:
             continue
         work = sum(_span_lane_work(min(rows, oh - s * rows) * ow, pix_block, lanes, narrow) for s in range(spans))
         waste = work / (oh * ow)
         key = (round(waste, 2), -rows)
-        if waste <= PATCH_SPAN_MAX_WORK and (best_key is None or key < best_key):
+        if waste <= max_work and (best_key is None or key < best_key):
             best, best_key = rows, key
     return best
 
