@@ -252,7 +252,7 @@ def patch_span_rows(spec, threads: int) -> int:
     most ``PATCH_SPAN_MAX_WORK`` of the blocks' lanes and gives every thread 4 tasks. Of those
     that do, the least waste, then the most rows. A function of the sizes and the thread count
     (the sums are in one order whatever the split), kept per layer (``functools.lru_cache``:
-    the search took 50-70 us, a fifth of the stem's call at batch 2)."""
+    the search took 50-70 us in a one-off timing, a fifth of the stem's call at batch 2)."""
     if _blas.for_products() is not None:
         return 0
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size

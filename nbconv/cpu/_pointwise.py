@@ -435,9 +435,10 @@ def _rest_as_one_plane(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndar
 
 
 #: Multiply-adds per group from which :func:`_wide_blocks_and_rest` takes a layer: below, its
-#: copies and second parallel loop cost more than the narrow blocks it saves (ResNeXt-50's
-#: 1x1 layers on 14 x 14 planes took 1.02-1.09x its time the narrow way, EfficientNet's and
-#: MobileNetV2's 0.80-0.96x, in a one-off timing on a 2-core Intel Xeon).
+#: copies and second parallel loop cost more than the narrow blocks it saves. On a 2-core Intel
+#: Xeon (``python docs/pointwise_blocks.py --only rest``) ResNeXt-50's 1x1 layers on 14 x 14
+#: planes took 1.02-1.08x its time the narrow way, the smaller layers of EfficientNet and
+#: MobileNetV2 0.84-0.95x.
 REST_MIN_MACS = 1 << 28
 
 
