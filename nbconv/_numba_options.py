@@ -191,13 +191,22 @@ CPU_REDUCTION = dict(cache=CACHE, nogil=True, error_model="numpy", fastmath={"co
 CPU_PARALLEL_UNFUSED = {"parallel": True, "cache": CACHE, "nogil": True, "error_model": "numpy"}
 
 
-def njit_parallel(fn):
-    return numba.njit(**CPU_PARALLEL)(fn)
+def jit(options: dict):
+    """``numba.njit(**options)`` for nbconv's kernels: where ``options`` keep compiled code on
+    disk, a miss of that cache is compiled by a helper process and loaded from the disk cache
+    (:mod:`nbconv._compile_process`: this process keeps only the machine code)."""
+    def decorate(fn):
+        dispatcher = numba.njit(**options)(fn)
+        if options.get("cache"):
+            from . import _compile_process
+
+            _compile_process.route(dispatcher)
+        return dispatcher
+
+    return decorate
 
 
-def njit_serial(fn):
-    return numba.njit(**CPU_SERIAL)(fn)
-
-
-def njit_reduction(fn):
-    return numba.njit(**CPU_REDUCTION)(fn)
+njit_parallel = jit(CPU_PARALLEL)
+njit_serial = jit(CPU_SERIAL)
+njit_reduction = jit(CPU_REDUCTION)
+njit_parallel_unfused = jit(CPU_PARALLEL_UNFUSED)

@@ -44,13 +44,12 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .._numba_options import CPU_SERIAL
+from .._numba_options import njit_serial
 from ._simd import _data, _index
 from ._target import target
 
@@ -219,7 +218,7 @@ def gemm(typingctx, fn, m, n, k, a, a0, lda, b, b0, ldb, beta, c, c0, ldc):
     return sig, codegen
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def product_onto_bias(fn, rows, columns, inner, w, w0, b, b0, x, x0, x_pitch, out, o0, out_pitch):
     """``out[o0 + r * out_pitch + p] = b[b0 + r] + sum_c w[w0 + r * inner + c] * x[x0 + c * x_pitch +
     p]`` for ``r < rows``, ``p < columns``: the outputs set to the bias, then the BLAS's product

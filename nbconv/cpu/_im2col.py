@@ -20,7 +20,7 @@ import functools
 import numba
 import numpy as np
 
-from .._numba_options import CPU_PARALLEL, CPU_SERIAL
+from .._numba_options import njit_parallel, njit_serial
 from . import _blas, _pointwise, _scratch
 from ._pointwise import _N_O, _N_O_NARROW, _block, _block_narrow, copy_plane_rows, task_span
 from ._simd import copy_step1, copy_step2
@@ -48,7 +48,7 @@ def applies(spec) -> bool:
             and spec.batch > 0 and oh * ow > 0 and terms <= most)
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def _fill_row(cols, row, x_flat, plane0, h, wd, oy0, ox0, n_pix, ow, sh, sw, dy, dx):
     """cols[row + p] = x_flat[plane0 + iy * wd + ix], with (iy, ix) = (oy * sh + dy, ox * sw + dx)
     (0 outside the h x wd plane), for the ``n_pix`` output pixels (oy, ox) from (oy0, ox0) on in
@@ -86,7 +86,7 @@ def _fill_row(cols, row, x_flat, plane0, h, wd, oy0, ox0, n_pix, ow, sh, sw, dy,
         oy += 1
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def _fill_span(cols, pitch, x_flat, plane0, cin_g, h, wd, kh_n, kw_n, s0, m, ow, sh, sw, dh, dw, pt, pl):
     """The columns of output pixels ``s0 .. s0 + m - 1`` (row-major in planes ``ow`` wide) into
     ``cols``, a row of ``pitch`` per term, in the weight's order (input channel, kernel row,
@@ -100,7 +100,7 @@ def _fill_span(cols, pitch, x_flat, plane0, cin_g, h, wd, kh_n, kw_n, s0, m, ow,
                           m, ow, sh, sw, i * dh - pt, j * dw - pl)
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh, ow, pix_block, span_blocks,
              o_chunks):
     """out (N, C_out, OH, OW) = the convolution of x (N, C_in, H, W) by w (C_out, C_in/groups, kH,
@@ -133,7 +133,7 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
                        (n * c_out + oc) * hw + s0 + q0, hw, n_pix)
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward_blas(fn, x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh, ow, pitch, o_parts):
     """As :func:`_forward`, the products by the BLAS at address ``fn`` (``_blas.gemm``): tasks of
     (image, group, span of ``pitch`` pixels, part of the group's output channels), each filling
@@ -198,7 +198,7 @@ def takes_patches(spec) -> bool:
             and spec.lhs_dilation == (1, 1))
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _patches(x, out, kh, kw, lanes):
     """out[n, (c * kh + i) * kw + j, oy, ox] = x[n, c, oy * kh + i, ox * kw + j]: each image's
     non-overlapping kh x kw patches as channels, in the weight's order (input channel, kernel
@@ -279,7 +279,7 @@ def _span_rows(planes: int, terms: int, oh: int, ow: int, narrow: bool, threads:
     return best
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward_patch_spans(x, w, b, out, scratch, groups, kh, kw, oh, ow, span_rows, pix_block, lanes):
     """:func:`_patch_forward`'s result, a span of ``span_rows`` output rows per task: tasks of
     (image, group, span), each copying its span's patches (terms x the span's pixels, in the

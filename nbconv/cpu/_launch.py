@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._numba_options import CPU_PARALLEL_UNFUSED
+from .._numba_options import njit_parallel_unfused
 from . import (
     _channels_last,
     _depthwise,
@@ -343,7 +343,7 @@ def _add_pixel_terms(dw: np.ndarray, pixels: np.ndarray, x: np.ndarray, gy: np.n
     pixel_terms(dw, by_group, starts, x, gy, spec.padding[0], spec.padding[2], sh, sw, dh, dwl, kh_n, kw_n, oh, ow)
 
 
-@numba.njit(**CPU_PARALLEL_UNFUSED)
+@njit_parallel_unfused
 def pixel_terms(dw, pixels, starts, x, gy, pt, pl, sh, sw, dh, dwl, kh_n, kw_n, oh, ow):
     """One task per output channel, over its group's pixels (``starts[g]:starts[g + 1]``)."""
     cout_g = dw.shape[0] // (starts.shape[0] - 1)

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .._numba_options import CPU_PARALLEL, CPU_SERIAL
+from .._numba_options import njit_parallel, njit_serial
 
 #: Kinds of a value (:func:`classify`), and of a result (:func:`forward_kinds`,
 #: :func:`weight_grad_kinds`): 0 is finite (a result with no non-finite term).
@@ -46,7 +46,7 @@ MASK_BYTES = 1 << 23
 _RESULT_VALUES = (0.0, np.nan, np.inf, -np.inf)
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _classify(values, kinds):
     """``kinds[i]`` = the kind of ``values[i]``; returns (how many are not finite, how many are
     infinite). Without branches, so that LLVM vectorises the loop (with them: 3 ms instead of
@@ -79,7 +79,7 @@ def classify(a: np.ndarray) -> Kinds:
     return Kinds(kinds.reshape(a.shape), int(nonfinite), int(infinite))
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _all_finite(values):
     bad = 0
     for i in numba.prange(values.size):
@@ -92,7 +92,7 @@ def all_finite(a: np.ndarray) -> bool:
     return bool(_all_finite(a.reshape(-1))) if a.size else True
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _sign_masks(values, groups, masks):
     """``values`` (N, C, P), finite: masks[n, g, p, s, o // 64] has bit ``o % 64`` set where
     channel ``o`` of group ``g`` has sign ``s`` (``_POS``, ``_NEG``, ``_ZERO``) at ``p``."""
@@ -134,7 +134,7 @@ def sign_masks(values: np.ndarray, groups: int) -> np.ndarray:
     return masks
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def _add_term(acc, masks, kind):
     """acc (3, words) of NaN / +inf / -inf bits |= the kinds of ``x * v`` for an input of ``kind``
     (+inf or -inf) and the sign masks ``masks`` (3, words) of ``v``."""
@@ -145,7 +145,7 @@ def _add_term(acc, masks, kind):
         acc[2, j] |= masks[lo, j]
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def _all_nan(acc, channels):
     """Whether every one of ``channels`` output channels is decided NaN (a NaN term, or both
     infinities)."""
@@ -157,7 +157,7 @@ def _all_nan(acc, channels):
     return True
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def _result_kind(acc, o, nan_all):
     if nan_all:
         return NAN
@@ -168,7 +168,7 @@ def _result_kind(acc, o, nan_all):
     return POS_INF if pos else (NEG_INF if neg else FINITE)
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward_kinds(xk, wm, out, sh, sw, dh, dwl, pt, pl, lh, lw, kh_n, kw_n):
     """out[n, o, oy, ox] = the kind of forward result (n, o, oy, ox): input kinds ``xk``
     (N, C_in, H, W), the weight's sign masks ``wm`` (groups, C_in/groups * kH * kW, 3, words),
@@ -221,7 +221,7 @@ def forward_kinds(x_kinds: Kinds, w: np.ndarray, spec) -> np.ndarray:
     return out
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _weight_grad_kinds(xk, gm, n0, acc, state, cout_g, sh, sw, dh, dwl, pt, pl, kh_n, kw_n, ow):
     """Adds images ``n0 ..`` (``gm``: their output gradient's sign masks, (images, groups,
     H_out * W_out, 3, words)) to the kinds ``acc`` (groups * C_in/groups * kH * kW, 3, words) of the
@@ -264,7 +264,7 @@ def _weight_grad_kinds(xk, gm, n0, acc, state, cout_g, sh, sw, dh, dwl, pt, pl, 
             state[t] = 1
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _weight_grad_result(acc, state, out, groups):
     """out (C_out, C_in/groups, kH, kW) = the kinds found in ``acc`` and ``state``."""
     c_out, cin_g, kh_n, kw_n = out.shape
@@ -305,7 +305,7 @@ def weight_grad_kinds(x_kinds: Kinds, gy: np.ndarray, spec, mask_bytes: int = MA
     return out
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _apply(dest, kinds, values):
     """dest[i] = values[kinds[i]] where the kind is not finite; returns how many results are
     non-finite without a non-finite term (they need the exact sums)."""

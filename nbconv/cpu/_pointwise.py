@@ -35,7 +35,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .._numba_options import CPU_PARALLEL, CPU_SERIAL
+from .._numba_options import njit_parallel, njit_serial
 from . import _blas, _scratch
 from ._simd import (
     _declared,
@@ -218,7 +218,7 @@ _block_three = pointwise_block(_N_O_THREE, 3, _BITS)
 _block1, _block2, _block3, _block4, _block5 = (pointwise_block(n, _N_PV, _BITS) for n in range(1, O_BLOCK))
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def task_block(task, o_chunks, p_blocks, groups, hw, pix_block, shift):
     """(image, group, pixel block, its first pixel, its pixels, chunk of output-channel blocks)
     of task ``task`` among ``images x groups x p_blocks x o_chunks``. Pixel blocks start at
@@ -235,7 +235,7 @@ def task_block(task, o_chunks, p_blocks, groups, hw, pix_block, shift):
     return rest // groups, rest % groups, pb, p0, min(pix_block, hw - p0), chunk
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def narrow_tail(hw, pix_block, lanes, cout_g):
     """Whether the plane's last pixel block is a narrow one: at most ``lanes`` pixels past the
     wide blocks, and a group wide enough for the narrow block's output channels."""
@@ -250,7 +250,7 @@ def output_chunks(tasks: int, out_per_group: int) -> int:
     return max(1, min(o_blocks, -(-4 * numba.get_num_threads() // max(1, tasks))))
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes, shift):
     """out (N, groups * cout_g, hw) = x (N, groups * cin_g, hw) by w (groups * cout_g, cin_g) + b,
     all flat: tasks of (image, group, pixel block, chunk of output-channel blocks). A last block
@@ -283,7 +283,7 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes
             _block(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw, n_pix)
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward_small(x, w, b, out, groups, cin_g, cout_g, hw, pix_block):
     """As :func:`_forward` for groups of ``cout_g`` < ``O_BLOCK`` output channels: tasks of (image,
     group, pixel block), each one block of all the group's outputs (``cout_g`` x the wide block's
@@ -391,7 +391,7 @@ def _takes_three_vectors_and_rest(images: int, cout_g: int, hw: int, lanes: int)
             and -(-images * (hw - 3 * lanes) // lanes) < images)
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward_three(x, w, b, out, groups, cin_g, cout_g, hw, lanes):
     """out[n, o, p] for the first ``3 * lanes`` pixels ``p`` of each plane: tasks of (image,
     group, block of ``_N_O_THREE`` output channels), each one :func:`_block_three` (the last
@@ -453,7 +453,7 @@ def _takes_wide_blocks_and_rest(images: int, cin_g: int, cout_g: int, hw: int, l
             and cout_g >= _N_O_NARROW and images * hw * cin_g * cout_g >= REST_MIN_MACS)
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward_wide(x, w, b, out, groups, cin_g, cout_g, hw, wide, o_chunks, pix_block):
     """out[n, o, p] for the first ``wide`` pixels ``p`` of each plane (a multiple of
     ``pix_block``): tasks of (image, group, pixel block, chunk of output-channel blocks), each
@@ -501,7 +501,7 @@ def _batch_as_pixels(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarra
     out.reshape(n, c_out, hw)[...] = out_t.transpose(1, 0, 2)
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def copy_plane_rows(xf, src, row_pitch, step, of, dst, oh, ow, lanes):
     """of[dst + r * ow + q] = xf[src + r * row_pitch + q * step] for r < oh, q < ow: one output
     plane of ``oh`` rows taken every ``row_pitch`` elements, every ``step``-th element of each
@@ -523,7 +523,7 @@ def copy_plane_rows(xf, src, row_pitch, step, of, dst, oh, ow, lanes):
             of[d + q] = xf[s + q * step]
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _subsample(x, out, sh, sw, lanes):
     """out[n, c, i, j] = x[n, c, i * sh, j * sw] (both C-contiguous): the pixels a strided 1x1
     layer reads, a task per plane (:func:`copy_plane_rows`: vector copies at column stride 2,
@@ -536,7 +536,7 @@ def _subsample(x, out, sh, sw, lanes):
         copy_plane_rows(xf, task * h * wd, sh * wd, sw, of, task * oh * ow, oh, ow, lanes)
 
 
-@numba.njit(**CPU_SERIAL)
+@njit_serial
 def task_span(task, parts, spans, pitch, groups, hw):
     """(image, group, first pixel, pixels, part of the output channels) of task ``task`` among
     ``images x groups x spans x parts``, the plane's pixels in spans of ``pitch`` (the last one
@@ -548,7 +548,7 @@ def task_span(task, parts, spans, pitch, groups, hw):
     return rest // groups, rest % groups, s0, min(pitch, hw - s0), part
 
 
-@numba.njit(**CPU_PARALLEL)
+@njit_parallel
 def _forward_blas(fn, x, w, b, out, groups, cin_g, cout_g, hw, pix_chunk, o_parts):
     """As :func:`_forward`, by the BLAS at address ``fn`` (``_blas.gemm``): tasks of (image, group,
     chunk of ``pix_chunk`` pixels, part of the group's output channels), each setting its outputs
