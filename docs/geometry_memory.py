@@ -4,7 +4,10 @@ geometry compiles nothing), then as many random grouped 3x3 layers (``--grouped`
 generated per geometry), each called once, float32. Prints the resident set size (``VmRSS``)
 before, after the size-generic kinds, and after the grouped ones, each read with the script's own
 arrays released (what stays is nbconv's, Numba's and the compiler's), and the generated modules
-loaded. Linux only (``/proc/self/status``)::
+loaded. With empty caches, kernels are compiled by a helper process (``nbconv._compile_process``)
+and loaded here from the disk cache; the helper's largest resident size is printed too (it exits
+when idle). ``NBCONV_COMPILE_PROCESS=0`` compiles them in this process. Linux only
+(``/proc/self/status``)::
 
     python docs/geometry_memory.py [--count 200] [--grouped 0] [--seed 0]
 """
@@ -55,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
     import nbconv
+    from nbconv import _compile_process
 
     rng = np.random.default_rng(a.seed)
     start = rss_mib()
@@ -71,6 +75,14 @@ def main(argv=None) -> int:
     modules = sum(1 for name in sys.modules if name.startswith("nbconv_"))
     print(f"resident: {start:.0f} MiB at start, {generic:.0f} MiB after {a.count} size-generic layers, "
           f"{end:.0f} MiB after {a.grouped} grouped layers; {modules} generated modules loaded")
+    helper = _compile_process.helper
+    if helper.started:
+        print(f"compile helper process: {helper.compiled} kernels compiled there, {helper.started} started, "
+              f"largest {helper.peak_mib:.0f} MiB resident (it exits when idle {_compile_process.IDLE_SECONDS:.0f} s, "
+              f"or above {_compile_process.MAX_HELPER_MIB:.0f} MiB after a compile)")
+    else:
+        print("compile helper process: none started (every kernel loaded from the disk cache, or compiled here: "
+              f"{_compile_process.ENV}=0)")
     return 0
 
 

@@ -83,6 +83,11 @@ def cache(args: argparse.Namespace) -> int:
     print(f"  {len(modules)} modules, {len(files) - len(modules)} files of compiled code, {size / 2**20:.1f} MiB")
     print(f"Numba's on-disk cache: {'on' if _numba_options.CACHE else 'off (no writable cache folder)'}"
           + (f", NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}" if os.environ.get("NUMBA_CACHE_DIR") else ""))
+    from . import _compile_process
+
+    print("compiled by a helper process: " + ("yes (a miss of that cache is compiled there, then loaded)"
+                                               if _compile_process.enabled() else
+                                               f"no ({_compile_process.ENV}=0 or no disk cache)"))
     if stale:
         stale_size = sum(os.path.getsize(f) for f in stale if os.path.exists(f))
         print(f"  {len(stale)} files ({stale_size / 2**20:.1f} MiB) of compiled code from earlier versions of nbconv's "

@@ -23,6 +23,7 @@ compile Numba does without it, in this process. ``NBCONV_COMPILE_PROCESS=0`` tur
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -38,7 +39,9 @@ from numba.core import event
 #: A helper idle this long exits (seconds).
 IDLE_SECONDS = 20.0
 #: A helper larger than this after a compile exits (MiB resident): the next miss starts a new one.
-MAX_HELPER_MIB = 600.0
+MAX_HELPER_MIB = 400.0
+#: Kernels compiled by a helper that then did not load here, before no more helpers are started.
+MAX_NOT_LOADED = 3
 #: The environment variable that turns the helper off ("0") and that a helper is started with.
 ENV = "NBCONV_COMPILE_PROCESS"
 
@@ -95,12 +98,18 @@ class Helper:
         self.broken = False  # a helper that could not start, or runs another target: no more tries
         self.compiled = 0  # kernels compiled by helpers for this process
         self.started = 0  # helpers started
+        self.unloaded = 0  # compiled by a helper, yet not found in the disk cache here
+        self.peak_mib = 0.0  # the largest resident size a helper reported after a compile (MiB; 0 where unknown)
 
     def _start(self) -> bool:
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+        import numba
+
+        here = os.path.abspath(__file__)
+        # -c puts the working folder first on the path: this nbconv instead, whatever it holds
+        boot = (f"import sys; sys.path[0:1] = [{os.path.dirname(os.path.dirname(here))!r}]; "
                 f"from nbconv._compile_process import serve; serve({IDLE_SECONDS!r}, {MAX_HELPER_MIB!r})")
-        env = dict(os.environ, **{ENV: "0"})
+        # the disk cache this process reads, even where the environment changed after Numba read it
+        env = dict(os.environ, NUMBA_CACHE_DIR=numba.config.CACHE_DIR, **{ENV: "0"})
         try:
             proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     env=env, close_fds=True)
@@ -108,9 +117,9 @@ class Helper:
         except Exception as error:  # noqa: BLE001 (any failure to start: compile here)
             self._give_up(f"no helper process could start ({error!r})")
             return False
-        if ready != ("ready", _target_key()):
+        if ready != ("ready", _target_key(), here):
             self._stop(proc)
-            self._give_up("the helper process compiles for another target or Numba: " + repr(ready[1:])[:200])
+            self._give_up("the helper process compiles for another target, Numba or nbconv: " + repr(ready[1:])[:300])
             return False
         self.proc, self.pid = proc, os.getpid()
         self.started += 1
@@ -136,9 +145,23 @@ class Helper:
         self.proc = None
 
     def _request(self, message):
-        pickle.dump(message, self.proc.stdin)
-        self.proc.stdin.flush()
-        return pickle.load(self.proc.stdout)
+        try:
+            pickle.dump(message, self.proc.stdin)
+            self.proc.stdin.flush()
+            return pickle.load(self.proc.stdout)
+        except BaseException:  # KeyboardInterrupt included: its answer would be read as the next one's
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            self.proc = None
+            raise
+
+    def not_loaded(self) -> None:
+        """Say that code the helper compiled did not load from the disk cache here; after
+        :data:`MAX_NOT_LOADED` of them, no more helpers."""
+        self.unloaded += 1
+        if self.unloaded >= MAX_NOT_LOADED and not self.broken:
+            self.stop()
+            self._give_up(f"{self.unloaded} kernels the helper process compiled did not load from the disk cache")
 
     def compile(self, dispatcher, sig) -> bool:
         """Have a helper compile ``dispatcher`` for ``sig`` into the disk cache; whether it did."""
@@ -152,10 +175,11 @@ class Helper:
                 try:
                     reply = self._request(message)
                 except (OSError, EOFError, pickle.UnpicklingError):
-                    self.proc = None
                     continue
                 if reply[0] == "exit":  # compiled, then grew past MAX_HELPER_MIB and left
                     self.stop()
+                if reply[0] in ("ok", "exit"):
+                    self.peak_mib = max(self.peak_mib, reply[1] or 0.0)
                 self.compiled += reply[0] in ("ok", "exit")
                 return reply[0] in ("ok", "exit")
         return False
@@ -181,6 +205,8 @@ class _MissesToHelper:
         cres = self._cache.load_overload(sig, target_context)
         if cres is None and getattr(_local, "depth", 0) == 0 and enabled() and helper.compile(self._dispatcher, sig):
             cres = self._cache.load_overload(sig, target_context)
+            if cres is None:
+                helper.not_loaded()
         return cres
 
 
@@ -222,7 +248,7 @@ def serve(idle_seconds: float, max_mib: float) -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     requests = sys.stdin.buffer
-    pickle.dump(("ready", _target_key()), replies)
+    pickle.dump(("ready", _target_key(), os.path.abspath(__file__)), replies)
     replies.flush()
     state = {"busy": False, "last": time.monotonic()}
 
@@ -245,7 +271,7 @@ def serve(idle_seconds: float, max_mib: float) -> None:
                 warnings.simplefilter("ignore")  # this process's compile says what it has to say
                 _function(module_name, path, qualname).compile(sig)
             resident = _resident_mib()
-            reply = ("exit",) if resident is not None and resident > max_mib else ("ok",)
+            reply = ("exit" if resident is not None and resident > max_mib else "ok", resident)
         except Exception as error:  # noqa: BLE001 (the parent compiles it and meets the error there)
             reply = ("error", repr(error)[:2000])
         pickle.dump(reply, replies)

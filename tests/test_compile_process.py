@@ -192,3 +192,16 @@ def test_real_kernels_same_bits_and_no_helper_left(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"helper process {pid} still running after its parent exited")
+
+
+def test_code_that_does_not_load_here_stops_the_helpers(module, helper, monkeypatch):
+    """The helper's code written where this process does not look (a cache folder changed under
+    it): each kernel compiled here as well, and after MAX_NOT_LOADED of them no more helpers."""
+    cache = module.affine._cache._cache
+    monkeypatch.setattr(cache, "load_overload", lambda sig, target_context: None)
+    kinds = [np.float64, np.float32, np.int64, np.int32][:_compile_process.MAX_NOT_LOADED + 1]
+    with pytest.warns(RuntimeWarning, match="did not load from the disk cache"):
+        for kind in kinds:
+            module.affine(np.arange(3, dtype=kind), kind(2))
+    assert helper.compiled == _compile_process.MAX_NOT_LOADED and helper.broken and helper.proc is None
+    assert compiled_here(module.affine) == len(kinds)
