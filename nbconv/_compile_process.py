@@ -105,8 +105,9 @@ class Helper:
         import numba
 
         here = os.path.abspath(__file__)
-        # -c puts the working folder first on the path: this nbconv instead, whatever it holds
-        boot = (f"import sys; sys.path[0:1] = [{os.path.dirname(os.path.dirname(here))!r}]; "
+        # this nbconv first on the path, and not the working folder (-c puts it there), whatever it holds
+        boot = (f"import sys; sys.path[:] = [{os.path.dirname(os.path.dirname(here))!r}] + "
+                "[p for p in sys.path if p != '']; "
                 f"from nbconv._compile_process import serve; serve({IDLE_SECONDS!r}, {MAX_HELPER_MIB!r})")
         # the disk cache this process reads, even where the environment changed after Numba read it
         env = dict(os.environ, NUMBA_CACHE_DIR=numba.config.CACHE_DIR, **{ENV: "0"})
@@ -150,8 +151,9 @@ class Helper:
             self.proc.stdin.flush()
             return pickle.load(self.proc.stdout)
         except BaseException:  # KeyboardInterrupt included: its answer would be read as the next one's
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):
                 self.proc.kill()
+                self.proc.wait(timeout=10)
             self.proc = None
             raise
 

@@ -205,3 +205,24 @@ def test_code_that_does_not_load_here_stops_the_helpers(module, helper, monkeypa
             module.affine(np.arange(3, dtype=kind), kind(2))
     assert helper.compiled == _compile_process.MAX_NOT_LOADED and helper.broken and helper.proc is None
     assert compiled_here(module.affine) == len(kinds)
+
+
+def test_an_interrupted_request_leaves_no_stale_answer(module, helper, monkeypatch):
+    """Ctrl-C while waiting for the helper: its answer must not be read as the next request's."""
+    import pickle
+    import types
+
+    module.affine(np.arange(3.0), 1.0)
+    first = helper.proc
+
+    def interrupted(stream):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_compile_process, "pickle", types.SimpleNamespace(dump=pickle.dump, load=interrupted,
+                                                                         UnpicklingError=pickle.UnpicklingError))
+    with pytest.raises(KeyboardInterrupt):
+        module.affine(np.arange(3, dtype=np.float32), np.float32(1))
+    assert helper.proc is None and first.poll() is not None
+    monkeypatch.setattr(_compile_process, "pickle", pickle)
+    np.testing.assert_array_equal(module.affine(np.arange(3, dtype=np.int64), 2), [1.0, 3.0, 5.0])
+    assert helper.started == 2 and compiled_here(module.affine) == 0
