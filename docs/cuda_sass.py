@@ -10,7 +10,8 @@ them) goes through ``ptxas -v`` (registers, spill bytes, shared memory) and ``cu
     python docs/cuda_sass.py --json FILE     # also the figures as JSON
     python docs/cuda_sass.py --limit 20      # the first 20 only
     python docs/cuda_sass.py --standard      # per standard shape (batch 32, float32): the kernel
-                                             # launched against the general tiled kernel
+                                             # launched against the general tiled kernel, and the
+                                             # weight gradient's tile kernel against the pair kernel
 
 Exits 1 if any kernel spills to local memory (the test suite runs it that way when ptxas is there).
 Columns: registers per thread, spill stores/loads (bytes), SASS instructions, FFMA (and HFMA2 /
@@ -35,7 +36,11 @@ from sass import cuda_tool, ptxas_report  # noqa: E402 (after the path insert)
 def _describe(key, dtype) -> str:
     from nbconv.cuda._planes import PlaneKey
     from nbconv.cuda._reduce import ReduceKey
+    from nbconv.cuda._wgrad_tiles import TileReduceKey
 
+    if isinstance(key, TileReduceKey):
+        return (f"weight grad tiles {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]} d{key.dilation[0]} "
+                f"tile{'x'.join(map(str, key.tile))} micro{key.micro[0]}x{key.micro[1]} {dtype.name}")
     if isinstance(key, ReduceKey):
         what = "bias grad" if key.bias_only else f"weight grad {key.kernel_size[0]}x{key.kernel_size[1]}"
         return f"{what} s{key.stride[0]} d{key.dilation[0]} {dtype.name}"
@@ -58,15 +63,23 @@ def resident_threads(registers: int, threads: int, smem: int) -> int:
 
 
 def standard_table() -> list[dict]:
-    """Forward and input gradient of every standard shape (batch 32, float32): the kernel the
-    launcher picks and the general tiled kernel, as ptxas compiles them for sm_90."""
+    """Forward, input and weight gradient of every standard shape (batch 32, float32): the kernel
+    the launcher picks and the general one (tiled forward, pair reduction), as ptxas compiles
+    them for sm_90."""
     import numpy as np
     from compile_kernels import DeviceStandIn
 
     from nbconv._shapes import STANDARD_SHAPES
     from nbconv._spec import conv2d_input_spec, conv2d_spec
-    from nbconv.cuda._compile import compile_forward
-    from nbconv.cuda._launch import PlaneLaunch, launch_configs, tile_launch_config
+    from nbconv.cuda._compile import compile_forward, compile_key
+    from nbconv.cuda._launch import (
+        REDUCE_THREADS,
+        PlaneLaunch,
+        launch_configs,
+        reduce_key,
+        tile_launch_config,
+        tile_reduce_launch,
+    )
 
     dt = np.dtype(np.float32)
     rows = []
@@ -85,6 +98,18 @@ def standard_table() -> list[dict]:
                 rows.append({"shape": shape.name, "op": op, "kernel": _describe(cfg.key, dt),
                              "launched": any(cfg is c for c in launched), "threads": threads, "outputs_per_thread": per_thread,
                              "resident": resident_threads(fn["registers"], threads, fn["smem"]), **fn})
+        # the weight gradient's pass 1: by tiles where a group has many output channels, else by
+        # pairs (shown in both cases); outputs per thread: its micro-tile, or the pair's taps
+        tiles = tile_reduce_launch(fwd)
+        pairs = reduce_key(fwd, bias_only=False)
+        kernels = [(pairs, REDUCE_THREADS, pairs.kernel_size[0] * pairs.kernel_size[1], tiles is None)]
+        if tiles is not None:
+            kernels.insert(0, (tiles.key, tiles.key.threads, tiles.key.micro[0] * tiles.key.micro[1], True))
+        for key, threads, per_thread, launched in kernels:
+            fn = ptxas_report(compile_key(key, dt, (9, 0))[0])[0]
+            rows.append({"shape": shape.name, "op": "weight grad", "kernel": _describe(key, dt), "launched": launched,
+                         "threads": threads, "outputs_per_thread": per_thread,
+                         "resident": resident_threads(fn["registers"], threads, fn["smem"]), **fn})
     return rows
 
 
@@ -112,12 +137,11 @@ def main(argv=None) -> int:
         return 1 if any(r["spill_stores"] or r["spill_loads"] for r in rows) else 0
     from compile_kernels import specialisations
 
-    from nbconv.cuda._compile import compile_forward, compile_reduce
-    from nbconv.cuda._reduce import ReduceKey
+    from nbconv.cuda._compile import compile_key
 
     rows = []
     for key, dtype in list(specialisations())[:args.limit]:
-        ptxs = compile_reduce(key, dtype, (9, 0)) if isinstance(key, ReduceKey) else [compile_forward(key, dtype, (9, 0))]
+        ptxs = compile_key(key, dtype, (9, 0))
         for part, ptx in enumerate(ptxs):
             for fn in ptxas_report(ptx):
                 rows.append({"kernel": _describe(key, dtype) + (f" pass {part + 1}" if len(ptxs) > 1 else ""), **fn})

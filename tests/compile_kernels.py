@@ -56,9 +56,10 @@ def problems():
 
 def specialisations():
     """(forward key, dtype) of conv2d and of its input gradient, and (reduce key, dtype) of the
-    weight and bias gradients, for every problem."""
+    weight and bias gradients (the pair kernel's, and the tile kernel's where it applies), for
+    every problem."""
     from nbconv._spec import conv2d_input_spec, conv2d_spec
-    from nbconv.cuda._launch import launch_configs, reduce_key
+    from nbconv.cuda._launch import launch_configs, reduce_key, tile_reduce_launch
     seen = set()
     for x_shape, w_shape, bias, kwargs in problems():
         for dtype in (np.float16, np.float32, np.float64):
@@ -71,6 +72,9 @@ def specialisations():
             for bias_only in (False, True):
                 key = reduce_key(spec, bias_only)
                 items.append((key, np.dtype(dtype)))
+            tiles = tile_reduce_launch(spec)  # the weight gradient of layers with many channels per group
+            if tiles is not None:
+                items.append((tiles.key, np.dtype(dtype)))
             for item in items:
                 if item not in seen:
                     seen.add(item)
@@ -87,6 +91,8 @@ def _field_values(key) -> set:
     values = {(name, clip(v)) for name, v in key._asdict().items()}
     if type(key).__name__ == "PlaneKey":  # registers per thread grow with the taps and channels
         values.add(("taps", key.kernel_size, key.stride, key.oc_block))
+    if type(key).__name__ == "TileReduceKey":  # and with the tile's loads per thread
+        values.add(("tile", key.tile))
     return values
 
 
@@ -102,8 +108,9 @@ def covering(items):
 
 
 def main(argv):
-    from nbconv.cuda._compile import compile_forward, compile_reduce
+    from nbconv.cuda._compile import compile_forward, compile_key, compile_reduce
     from nbconv.cuda._reduce import ReduceKey
+    from nbconv.cuda._wgrad_tiles import TileReduceKey
 
     cover, no_spill = "--cover" in argv, "--no-spill" in argv
     argv = [a for a in argv if a not in ("--cover", "--no-spill")]
@@ -121,7 +128,7 @@ def main(argv):
         t0 = time.perf_counter()
         for key, dtype in items:
             try:
-                ptxs = compile_reduce(key, dtype, cc) if isinstance(key, ReduceKey) else [compile_forward(key, dtype, cc)]
+                ptxs = compile_key(key, dtype, cc)
             except Exception as exc:
                 print(f"FAILED cc={cc} dtype={dtype} {key}: {exc!r}")
                 return 1
@@ -133,12 +140,14 @@ def main(argv):
                             print(f"SPILLS cc={cc} dtype={dtype} {key}: {fn}")
                             spills += 1
         # one strided-layout build per dtype: the kernels also take non-contiguous arrays; and
-        # the 64-bit-index reduction (sizes past 2**32, which no test problem reaches)
+        # the 64-bit-index reductions (sizes past 2**32, which no test problem reaches)
         for dtype in (np.float16, np.float32, np.float64):
             compile_forward(items[0][0], np.dtype(dtype), cc, layout="A")
         wide = next(k for k, _ in items if isinstance(k, ReduceKey))._replace(wide_index=True)
         compile_reduce(wide, np.dtype(np.float32), cc)
-        print(f"compiled {len(items) + 4} kernel specialisations{' (covering subset)' if cover else ''} "
+        wide = next(k for k, _ in items if isinstance(k, TileReduceKey))._replace(wide_index=True)
+        compile_key(wide, np.dtype(np.float32), cc)
+        print(f"compiled {len(items) + 5} kernel specialisations{' (covering subset)' if cover else ''} "
               f"(forward, input-gradient, weight/bias-gradient) for cc {cc[0]}.{cc[1]}"
               f"{', checked for local-memory spills (ptxas)' if no_spill else ''} "
               f"in {time.perf_counter() - t0:.1f} s")

@@ -13,6 +13,7 @@ from .._numba_types import NUMBA_FLOAT
 from ._forward import ForwardKey, forward_kernel
 from ._planes import PlaneKey, launch_bounds, plane_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
+from ._wgrad_tiles import TileReduceKey, tile_kernel
 
 
 def forward_signature(key: ForwardKey | PlaneKey, dtype, layout: str = "C"):
@@ -41,3 +42,23 @@ def compile_reduce(key: ReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
     p1, _ = cuda.compile_ptx(partial_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 4, cc=cc)
     p2, _ = cuda.compile_ptx(finish_kernel(key.bias_only).py_func, (acc, out), cc=cc)
     return [p1, p2]
+
+
+def compile_tiles(key: TileReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
+    """PTX of the weight gradient by tiles for ``key`` and ``dtype``, and of its finish pass."""
+    arr4 = types.Array(NUMBA_FLOAT[dtype], 4, "A")
+    acc = types.Array(types.float64 if key.acc_double else types.float32, 5, "C")
+    out = types.Array(NUMBA_FLOAT[dtype], 4, "A")
+    p1, _ = cuda.compile_ptx(tile_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 6, cc=cc,
+                             launch_bounds=(key.threads, 1))
+    p2, _ = cuda.compile_ptx(finish_kernel(False).py_func, (acc, out), cc=cc)
+    return [p1, p2]
+
+
+def compile_key(key, dtype, cc: tuple[int, int]) -> list[str]:
+    """PTX of every kernel a launch with ``key`` runs (one, or a reduction's two passes)."""
+    if isinstance(key, ReduceKey):
+        return compile_reduce(key, dtype, cc)
+    if isinstance(key, TileReduceKey):
+        return compile_tiles(key, dtype, cc)
+    return [compile_forward(key, dtype, cc)]

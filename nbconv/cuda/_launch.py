@@ -16,6 +16,7 @@ from ._forward import ForwardKey, forward_kernel
 from ._phases import Phase, phases
 from ._planes import MAX_REGISTERS, PlaneKey, plane_kernel, registers_needed
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
+from ._wgrad_tiles import TileReduceKey, tile_kernel
 
 #: Static shared memory a block may use without opting in (all GPUs since Kepler).
 SHARED_LIMIT_BYTES = 48 * 1024
@@ -33,6 +34,18 @@ PLANE_ROWS = 4
 PLANE_MAX_REGISTERS = 128
 #: The largest grid.y and grid.z CUDA allows; plane blocks beyond it are looped over.
 MAX_GRID_YZ = 65535
+#: The weight gradient by tiles (``_wgrad_tiles``) from this many output channels per group; a
+#: tile's rows are the group's output channels (16-64, a power of 2), its columns 64 (input
+#: channel, tap) pairs, 4 x 4 outputs a thread (64-256 threads), and TK positions a step: at most
+#: 16, and few enough that each thread loads at most 8 columns of a step (its column decode is
+#: kept in registers: 16 took ResNeXt's 16-row tiles to 166 registers). Fewer channels
+#: (depthwise, ResNeXt's 4 per group) keep the pair kernel: a tile's rows would be mostly empty.
+#: Under the simulator the tiles are small (8 x 16, 16 threads).
+TILES_MIN_OUT = 8
+TILES_ROWS = (8, 8) if config.ENABLE_CUDASIM else (16, 64)  # (fewest, most) rows of a tile
+TILES_COLUMNS, TILES_MAX_STEP, TILES_MICRO = (16, 4, (2, 4)) if config.ENABLE_CUDASIM else (64, 16, (4, 4))
+#: Steps of TK positions a tile block adds at least (fewer blocks, larger chunks, beyond that).
+TILES_MIN_STEPS = 8
 
 
 class LaunchConfig(NamedTuple):
@@ -226,6 +239,64 @@ def reduce_key(spec, bias_only: bool) -> ReduceKey:
                      bias_only, wide)
 
 
+class TileLaunch(NamedTuple):
+    key: TileReduceKey
+    grid: tuple[int, int, int]  # (column tiles, groups * row tiles, P)
+    block: tuple[int, int]  # key.thread_grid
+    m_tiles: int  # row tiles per group
+    chunk: int  # positions per block, a multiple of TK
+    n_part: int  # P: partial sums per weight element, added by the finish kernel
+
+
+def choose_tile_rows(out_per_group: int, rows: tuple[int, int] = TILES_ROWS) -> int:
+    """TM: the group's output channels rounded up to a power of 2, within ``rows``."""
+    return min(rows[1], max(rows[0], _pow2_at_least(out_per_group)))
+
+
+def choose_tile_chunks(tiles: int, positions: int, step: int, target_blocks: int = REDUCE_TARGET_BLOCKS,
+                       min_steps: int = TILES_MIN_STEPS) -> tuple[int, int]:
+    """(P, chunk): split the ``positions`` into P chunks of ``chunk`` (a multiple of ``step``)
+    so that ``tiles * P`` blocks fill the GPU, each adding at least ``min_steps`` steps."""
+    most = max(1, positions // (min_steps * step))
+    p = max(1, min(most, MAX_GRID_YZ, -(-target_blocks // max(1, tiles))))
+    chunk = -(-positions // p)
+    chunk = -(-chunk // step) * step
+    return -(-positions // chunk), chunk
+
+
+@functools.lru_cache(maxsize=1024)
+def tile_reduce_launch(spec) -> TileLaunch | None:
+    """The weight gradient of ``spec`` by tiles (``_wgrad_tiles``), or None where the pair
+    kernel takes it (fewer than TILES_MIN_OUT output channels per group; a grid past CUDA's
+    limits). Cached per spec."""
+    if spec.out_per_group < TILES_MIN_OUT:
+        return None
+    kh, kw = spec.kernel_size
+    positions = spec.batch * spec.out_size[0] * spec.out_size[1]
+    tm = choose_tile_rows(spec.out_per_group)
+    m_tiles = -(-spec.out_per_group // tm)
+    n_tiles = -(-(spec.in_per_group * kh * kw) // TILES_COLUMNS)
+    if spec.groups * m_tiles > MAX_GRID_YZ or n_tiles >= 2**31 or positions == 0:
+        return None
+    threads = (tm // TILES_MICRO[0]) * (TILES_COLUMNS // TILES_MICRO[1])
+    step = min(TILES_MAX_STEP, threads * 8 // TILES_COLUMNS)
+    n_part, chunk = choose_tile_chunks(n_tiles * spec.groups * m_tiles, positions, step)
+    key = TileReduceKey(spec.kernel_size, spec.stride, spec.dilation, (tm, TILES_COLUMNS, step),
+                        TILES_MICRO, spec.dtype == np.float64, positions + step >= 2**32)
+    return TileLaunch(key, (n_tiles, spec.groups * m_tiles, n_part), key.thread_grid, m_tiles, chunk, n_part)
+
+
+def _reduce_tiles(spec, cfg: TileLaunch, x, gy, out) -> None:
+    kh, kw = spec.kernel_size
+    dtype = np.float64 if cfg.key.acc_double else np.float32
+    partial = device_scratch(spec.kind, (cfg.n_part, spec.out_channels, spec.in_per_group, kh, kw), dtype)
+    stream = launch_stream(spec.kind)
+    tile_kernel(cfg.key)[cfg.grid, cfg.block, stream](
+        x, gy, partial, spec.padding[0], spec.padding[2], spec.in_per_group, spec.out_per_group, cfg.m_tiles, cfg.chunk
+    )
+    _finish(spec, partial, out, False, stream)
+
+
 def _reduce(spec, x, gy, out, bias_only: bool) -> None:
     n_pairs = spec.out_channels * (1 if bias_only else spec.in_per_group)
     kh, kw = (1, 1) if bias_only else spec.kernel_size
@@ -240,6 +311,12 @@ def _reduce(spec, x, gy, out, bias_only: bool) -> None:
     partial_kernel(key)[(n_pairs, n_part), REDUCE_THREADS, stream](
         x, gy, partial, spec.padding[0], spec.padding[2], groups, chunk
     )
+    _finish(spec, partial, out, bias_only, stream)
+
+
+def _finish(spec, partial, out, bias_only: bool, stream) -> None:
+    kh, kw = (1, 1) if bias_only else spec.kernel_size
+    cin_g = 1 if bias_only else spec.in_per_group
     n_out = spec.out_channels * cin_g * kh * kw
     finish_kernel(bias_only)[-(-n_out // 128), 128, stream](partial, out)
 
@@ -248,7 +325,11 @@ def conv2d_weight(spec, input: Any, grad_output: Any, out: Any) -> Any:
     """Launch the weight gradient of ``spec`` into ``out``; deterministic, no host sync."""
     x = as_batched_device_array(input, spec.unbatched)
     gy = as_batched_device_array(grad_output, spec.unbatched)
-    _reduce(spec, x, gy, as_batched_device_array(out, False), bias_only=False)
+    cfg = tile_reduce_launch(spec)
+    if cfg is not None:
+        _reduce_tiles(spec, cfg, x, gy, as_batched_device_array(out, False))
+    else:
+        _reduce(spec, x, gy, as_batched_device_array(out, False), bias_only=False)
     return out
 
 

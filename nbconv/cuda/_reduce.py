@@ -3,11 +3,12 @@
 Pass 1 (``partial_kernel``): block ``(pair, p)`` sums, for one (output channel, input channel)
 pair of the weight, the ``kH x kW`` taps over the ``p``-th chunk of the (n, y, x) positions of
 ``grad_output`` (decoded with 32-bit divisions unless the sizes need 64 bits: a 64-bit
-division is a call to a software routine on the GPU). Each thread keeps the taps in registers, then the block adds its threads'
-values with a fixed shared-memory tree and writes ``partial[p, o, c, i, j]``. Pass 2
-(``finish_kernel``) adds the partials over ``p`` in order. No atomics, so the result is
-bit-identical run after run. The bias gradient is the same pass with one tap and no input.
-"""
+division is a call to a software routine on the GPU). Each thread keeps the taps in registers,
+then the block adds its threads' values with a fixed shared-memory tree and writes
+``partial[p, o, c, i, j]``. Pass 2 (``finish_kernel``) adds the partials over ``p`` in order. No
+atomics, so the result is bit-identical run after run. The bias gradient is the same pass with
+one tap and no input. Layers with many output channels per group take pass 1 by tiles instead
+(:mod:`nbconv.cuda._wgrad_tiles`, same partial layout, same pass 2)."""
 
 from __future__ import annotations
 
