@@ -9,6 +9,7 @@ them) goes through ``ptxas -v`` (registers, spill bytes, shared memory) and ``cu
     python docs/cuda_sass.py                 # a table of every specialisation
     python docs/cuda_sass.py --json FILE     # also the figures as JSON
     python docs/cuda_sass.py --limit 20      # the first 20 only
+    python docs/cuda_sass.py --steps         # the tile kernels: instructions executed per step
     python docs/cuda_sass.py --standard      # per standard shape (batch 32, float32): the kernel
                                              # launched against the general tiled kernel, and the
                                              # weight gradient's tile kernel against the pair kernel
@@ -34,10 +35,16 @@ from sass import cuda_tool, ptxas_report  # noqa: E402 (after the path insert)
 
 
 def _describe(key, dtype) -> str:
+    from nbconv.cuda._conv_tiles import ConvTileKey
     from nbconv.cuda._planes import PlaneKey
     from nbconv.cuda._reduce import ReduceKey
     from nbconv.cuda._wgrad_tiles import TileReduceKey
 
+    if isinstance(key, ConvTileKey):
+        kind = "tiles, transposed" if key.transposed_weight else "tiles"
+        return (f"{kind} {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]}{key.stride[1]} "
+                f"d{key.dilation[0]}{key.dilation[1]} tile{'x'.join(map(str, key.tile))} "
+                f"micro{key.micro[0]}x{key.micro[1]} {dtype.name}")
     if isinstance(key, TileReduceKey):
         return (f"weight grad tiles {key.kernel_size[0]}x{key.kernel_size[1]} s{key.stride[0]} d{key.dilation[0]} "
                 f"tile{'x'.join(map(str, key.tile))} micro{key.micro[0]}x{key.micro[1]} {dtype.name}")
@@ -74,8 +81,10 @@ def standard_table() -> list[dict]:
     from nbconv.cuda._compile import compile_forward, compile_key
     from nbconv.cuda._launch import (
         REDUCE_THREADS,
+        ConvTileLaunch,
         PlaneLaunch,
         launch_configs,
+        plane_launch_config,
         reduce_key,
         tile_launch_config,
         tile_reduce_launch,
@@ -90,13 +99,19 @@ def standard_table() -> list[dict]:
         for op, spec in (("forward", fwd), ("input grad", conv2d_input_spec(shape.input_shape(32), w, gy,
                                                                                **shape.conv_args()))):
             launched = launch_configs(spec)  # one, or one per output phase
-            configs = launched + ([tile_launch_config(spec)] if isinstance(launched[0], PlaneLaunch) else [])
-            for cfg in configs:
+            # against the general tiled kernel, or for the product by tiles against the plane kernel
+            other = plane_launch_config(spec) if isinstance(launched[0], ConvTileLaunch) else \
+                tile_launch_config(spec) if isinstance(launched[0], PlaneLaunch) else None
+            for cfg in launched + ([other] if other is not None else []):
                 fn = ptxas_report(compile_forward(cfg.key, dt, (9, 0)))[0]
                 threads = int(np.prod(cfg.block))
-                per_thread = cfg.key.oc_block * (cfg.key.rows_per_thread if isinstance(cfg, PlaneLaunch) else 1)
+                if isinstance(cfg, ConvTileLaunch):
+                    per_thread = cfg.key.micro[0] * cfg.key.micro[1]
+                else:
+                    per_thread = cfg.key.oc_block * (cfg.key.rows_per_thread if isinstance(cfg, PlaneLaunch) else 1)
                 rows.append({"shape": shape.name, "op": op, "kernel": _describe(cfg.key, dt),
-                             "launched": any(cfg is c for c in launched), "threads": threads, "outputs_per_thread": per_thread,
+                             "launched": any(cfg is c for c in launched), "threads": threads,
+                             "outputs_per_thread": per_thread,
                              "resident": resident_threads(fn["registers"], threads, fn["smem"]), **fn})
         # the weight gradient's pass 1: by tiles where a group has many output channels, else by
         # pairs (shown in both cases); outputs per thread: its micro-tile, or the pair's taps
@@ -113,15 +128,68 @@ def standard_table() -> list[dict]:
     return rows
 
 
+def steps_table() -> list[dict]:
+    """The tile kernels of the standard and extra shapes (batch 32, float32): instructions
+    executed per step of TK values (forward, input gradient) or positions (weight gradient),
+    counted from the SASS loops (:func:`sass.step_loop_mix`), and the FFMA share of them."""
+    import numpy as np
+    from compile_kernels import DeviceStandIn
+    from sass import step_loop_mix
+
+    from nbconv._shapes import EXTRA_SHAPES, STANDARD_SHAPES
+    from nbconv._spec import conv2d_input_spec, conv2d_spec
+    from nbconv.cuda._compile import compile_key
+    from nbconv.cuda._launch import ConvTileLaunch, forward_launch_config, tile_reduce_launch
+
+    dt = np.dtype(np.float32)
+    rows = []
+    for shape in STANDARD_SHAPES + EXTRA_SHAPES:
+        x, w = DeviceStandIn(shape.input_shape(32), dt), DeviceStandIn(shape.weight_shape(), dt)
+        fwd = conv2d_spec(x, w, None, **shape.conv_args())
+        gy = DeviceStandIn(fwd.output_shape, dt)
+        inp = conv2d_input_spec(shape.input_shape(32), w, gy, **shape.conv_args())
+        for op, cfg in (("forward", forward_launch_config(fwd)), ("input grad", forward_launch_config(inp)),
+                        ("weight grad", tile_reduce_launch(fwd))):
+            if cfg is None or (op != "weight grad" and not isinstance(cfg, ConvTileLaunch)):
+                continue
+            key = cfg.key
+            mix = step_loop_mix(compile_key(key, dt, (9, 0))[0])
+            ffma = key.micro[0] * key.micro[1] * key.tile[2]  # a thread's products per step
+            if "products_ffma" in mix:  # the products' loop, partly unrolled, runs several passes
+                passes = ffma // mix["products_ffma"]
+                executed = mix["step_instructions"] + (passes - 1) * mix["products_instructions"]
+                lds = mix["step_lds"] + (passes - 1) * mix["products_lds"]
+            else:  # unrolled whole into the step
+                assert mix["step_ffma"] == ffma, (mix, ffma)
+                executed, lds = mix["step_instructions"], mix["step_lds"]
+            loads = (key.tile[0] + key.tile[1]) * key.tile[2] // key.threads
+            rows.append({"shape": shape.name, "op": op, "kernel": _describe(key, dt), "ffma": ffma,
+                         "loads": loads, "lds": lds, "executed": executed,
+                         "ffma_share": ffma / executed, **mix})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--standard", action="store_true")
+    parser.add_argument("--steps", action="store_true")
     args = parser.parse_args(argv)
     if not (cuda_tool("ptxas") and cuda_tool("cuobjdump")):
         print("needs ptxas and cuobjdump: pip install nvidia-cuda-nvcc nvidia-cuda-cuobjdump")
         return 2
+    if args.steps:
+        rows = steps_table()
+        print("| shape | op | kernel | global loads | LDS | FFMA | instructions | FFMA share |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['shape']} | {r['op']} | {r['kernel']} | {r['loads']} | {r['lds']} | {r['ffma']} | "
+                  f"{r['executed']} | {100 * r['ffma_share']:.0f}% |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
     if args.standard:
         rows = standard_table()
         print("| shape | op | kernel | launched | regs | resident threads/SM | outputs/thread | SASS instr | FFMA "

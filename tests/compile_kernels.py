@@ -91,7 +91,7 @@ def _field_values(key) -> set:
     values = {(name, clip(v)) for name, v in key._asdict().items()}
     if type(key).__name__ == "PlaneKey":  # registers per thread grow with the taps and channels
         values.add(("taps", key.kernel_size, key.stride, key.oc_block))
-    if type(key).__name__ == "TileReduceKey":  # and with the tile's loads per thread
+    if type(key).__name__ in ("TileReduceKey", "ConvTileKey"):  # and with the tile's loads per thread
         values.add(("tile", key.tile))
     return values
 

@@ -73,3 +73,36 @@ def ptxas_report(ptx: str, cc: str = "90") -> list[dict]:
                     "ldg": ops["LDG"] + ops["LD"], "lds": ops["LDS"], "calls": ops["CALL"],
                     "top": ops.most_common(6)})
     return out
+
+
+_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.M)
+
+
+def step_loop_mix(ptx: str, cc: str = "90") -> dict:
+    """Executed instructions per step of a tile kernel (``_conv_tiles``, ``_wgrad_tiles``), from
+    its SASS: the step is the loop around both barriers (loads into shared memory, products);
+    the products' loop inside it runs ``products_per_step / ffma_per_pass`` passes per step.
+    Returns the loop sizes and the FFMA and LDS counts, static (``step_*``: one pass of the
+    products) and per step (``per_step_*``: the products' loop repeated)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _, cubin = _ptxas(ptx, cc, tmp)
+        sass = subprocess.run([cuda_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+    lines = [(int(a, 16), text) for a, text in _LINE.findall(sass)]
+    addresses = [a for a, _ in lines]
+    ops = [text.split()[1] if text.startswith("@") else text.split()[0] for _, text in lines]
+    bars = [i for i, op in enumerate(ops) if op.startswith("BAR")]
+    loops = []  # (first, last) instruction index of each backward branch's loop
+    for i, (a, text) in enumerate(lines):
+        m = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < a and int(m.group(1), 16) in addresses:
+            loops.append((addresses.index(int(m.group(1), 16)), i))
+    first, last = max(((f, l) for f, l in loops if f < bars[0] and l > bars[1]), key=lambda fl: fl[1] - fl[0])
+    inner = [(f, l) for f, l in loops if first < f and l < last]
+    step = Counter(op.split(".")[0] for op in ops[first:last + 1])
+    out = {"step_instructions": last - first + 1, "step_ffma": step["FFMA"] + step["DFMA"], "step_lds": step["LDS"]}
+    if inner:
+        f, l = max(inner, key=lambda fl: fl[1] - fl[0])
+        pas = Counter(op.split(".")[0] for op in ops[f:l + 1])
+        out.update(products_instructions=l - f + 1, products_ffma=pas["FFMA"] + pas["DFMA"], products_lds=pas["LDS"])
+    return out

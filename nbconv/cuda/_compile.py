@@ -10,24 +10,28 @@ from __future__ import annotations
 from numba import cuda, types
 
 from .._numba_types import NUMBA_FLOAT
+from ._conv_tiles import ConvTileKey, conv_tile_kernel
 from ._forward import ForwardKey, forward_kernel
 from ._planes import PlaneKey, launch_bounds, plane_kernel
 from ._reduce import ReduceKey, finish_kernel, partial_kernel
 from ._wgrad_tiles import TileReduceKey, tile_kernel
 
 
-def forward_signature(key: ForwardKey | PlaneKey, dtype, layout: str = "C"):
-    """Argument types of the forward (tiled or plane) kernel as the launcher passes them."""
+def forward_signature(key: ForwardKey | PlaneKey | ConvTileKey, dtype, layout: str = "C"):
+    """Argument types of the forward (tiled, plane or tile-product) kernel as the launcher passes them."""
     arr4 = types.Array(NUMBA_FLOAT[dtype], 4, layout)
     bias = types.Array(NUMBA_FLOAT[dtype], 1, layout) if key.has_bias else arr4
-    n_ints = 7 if isinstance(key, PlaneKey) else 6
+    n_ints = 7 if isinstance(key, PlaneKey) else 5 if isinstance(key, ConvTileKey) else 6
     return (arr4, arr4, bias, arr4) + (types.int64,) * n_ints
 
 
-def compile_forward(key: ForwardKey | PlaneKey, dtype, cc: tuple[int, int], layout: str = "C") -> str:
-    """PTX of the forward (tiled or plane) kernel for ``key`` and ``dtype`` on compute capability ``cc``."""
+def compile_forward(key: ForwardKey | PlaneKey | ConvTileKey, dtype, cc: tuple[int, int], layout: str = "C") -> str:
+    """PTX of the forward (tiled, plane or tile-product) kernel for ``key`` and ``dtype`` on
+    compute capability ``cc``."""
     if isinstance(key, PlaneKey):
         kernel, options = plane_kernel(key), {"launch_bounds": launch_bounds(key)}
+    elif isinstance(key, ConvTileKey):
+        kernel, options = conv_tile_kernel(key), {"launch_bounds": (key.threads, 1)}
     else:
         kernel, options = forward_kernel(key), {}
     ptx, _ = cuda.compile_ptx(kernel.py_func, forward_signature(key, dtype, layout), cc=cc, **options)

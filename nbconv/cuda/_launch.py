@@ -12,6 +12,7 @@ from numba import config
 from .._arrays import CUPY
 from . import _raw
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
+from ._conv_tiles import ConvTileKey, conv_tile_kernel
 from ._forward import ForwardKey, forward_kernel
 from ._phases import Phase, phases
 from ._planes import MAX_REGISTERS, PlaneKey, plane_kernel, registers_needed
@@ -46,6 +47,12 @@ TILES_ROWS = (8, 8) if config.ENABLE_CUDASIM else (16, 64)  # (fewest, most) row
 TILES_COLUMNS, TILES_MAX_STEP, TILES_MICRO = (16, 4, (2, 4)) if config.ENABLE_CUDASIM else (64, 16, (4, 4))
 #: Steps of TK positions a tile block adds at least (fewer blocks, larger chunks, beyond that).
 TILES_MIN_STEPS = 8
+#: The convolution by tiles (``_conv_tiles``, the same tile shapes with positions for columns)
+#: from this many output channels per group and (input channel, tap) terms per output: where
+#: the plane kernel, at most 4 output channels a thread, would stage each input tile over and
+#: over (AlexNet's 128 per group: 32 times; dense layers). Fewer keep the plane kernel.
+CONV_TILES_MIN_OUT = 32
+CONV_TILES_MIN_TERMS = 32
 
 
 class LaunchConfig(NamedTuple):
@@ -136,12 +143,48 @@ def plane_launch_config(spec, threads: int = PLANE_THREADS) -> PlaneLaunch | Non
     return PlaneLaunch(key, (tiles[0], tiles[1], plane_blocks), key.block, n_oc_blocks, planes)
 
 
+class ConvTileLaunch(NamedTuple):
+    key: ConvTileKey
+    grid: tuple[int, int]  # (position tiles, groups * row tiles)
+    block: tuple[int, int]  # key.thread_grid
+    m_tiles: int  # row (output-channel) tiles per group
+
+
+def tile_step(tile_rows: int, columns: int = TILES_COLUMNS, micro: tuple[int, int] = TILES_MICRO,
+              most: int = TILES_MAX_STEP) -> int:
+    """TK of a tile kernel: at most ``most``, and few enough that a thread loads at most 8
+    values of the 64-column slice per step."""
+    threads = (tile_rows // micro[0]) * (columns // micro[1])
+    return min(most, threads * 8 // columns)
+
+
+def conv_tile_launch_config(spec) -> ConvTileLaunch | None:
+    """The convolution of ``spec`` by tiles (``_conv_tiles``), or None where the plane kernel
+    takes it (fewer than CONV_TILES_MIN_OUT output channels per group or CONV_TILES_MIN_TERMS
+    terms per output; strided transposed convolutions, split by phase; no output)."""
+    kh, kw = spec.kernel_size
+    if (spec.lhs_dilation != (1, 1) or spec.out_per_group < CONV_TILES_MIN_OUT
+            or spec.in_per_group * kh * kw < CONV_TILES_MIN_TERMS):
+        return None
+    positions = spec.batch * spec.out_size[0] * spec.out_size[1]
+    tm = choose_tile_rows(spec.out_per_group)
+    m_tiles = -(-spec.out_per_group // tm)
+    n_tiles = -(-positions // TILES_COLUMNS)
+    if positions == 0 or n_tiles >= 2**31 or spec.groups * m_tiles > MAX_GRID_YZ:
+        return None
+    key = ConvTileKey(spec.kernel_size, spec.stride, spec.dilation, (tm, TILES_COLUMNS, tile_step(tm)), TILES_MICRO,
+                      spec.dtype == np.float64, spec.has_bias, spec.transposed_weight,
+                      positions + TILES_COLUMNS >= 2**32)
+    return ConvTileLaunch(key, (n_tiles, spec.groups * m_tiles), key.thread_grid, m_tiles)
+
+
 @functools.lru_cache(maxsize=1024)
-def forward_launch_config(spec) -> PlaneLaunch | LaunchConfig:
-    """The launch of ``spec``'s convolution: the plane kernel where it applies, else the
-    general tiled kernel (strided transposed convolutions, huge dilated kernels). Cached per
-    spec (specs are frozen): a network's layers are launched over and over."""
-    return plane_launch_config(spec) or tile_launch_config(spec)
+def forward_launch_config(spec) -> ConvTileLaunch | PlaneLaunch | LaunchConfig:
+    """The launch of ``spec``'s convolution: by tiles where a group has many output channels,
+    else the plane kernel where it applies, else the general tiled kernel (strided transposed
+    convolutions, huge dilated kernels). Cached per spec (specs are frozen): a network's layers
+    are launched over and over."""
+    return conv_tile_launch_config(spec) or plane_launch_config(spec) or tile_launch_config(spec)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -155,7 +198,7 @@ def phase_launches(spec) -> tuple[tuple[Phase, PlaneLaunch], ...] | None:
     return None if any(cfg is None for _, cfg in launches) else launches
 
 
-def launch_configs(spec) -> list[PlaneLaunch | LaunchConfig]:
+def launch_configs(spec) -> list[ConvTileLaunch | PlaneLaunch | LaunchConfig]:
     """Every kernel launch ``conv2d_forward`` makes for ``spec`` (one, or one per phase)."""
     split = phase_launches(spec)
     return [cfg for _, cfg in split] if split else [forward_launch_config(spec)]
@@ -204,6 +247,11 @@ def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
                 x, w[:, :, ph.rows, ph.cols], b, o[:, :, ph.out_rows, ph.out_cols], ph.spec.padding[0],
                 ph.spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group, pcfg.n_oc_blocks, pcfg.planes,
             )
+        return out
+    if isinstance(cfg, ConvTileLaunch):
+        conv_tile_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
+            x, w, b, o, spec.padding[0], spec.padding[2], spec.in_per_group, spec.out_per_group, cfg.m_tiles
+        )
         return out
     if isinstance(cfg, PlaneLaunch):
         plane_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
@@ -278,8 +326,7 @@ def tile_reduce_launch(spec) -> TileLaunch | None:
     n_tiles = -(-(spec.in_per_group * kh * kw) // TILES_COLUMNS)
     if spec.groups * m_tiles > MAX_GRID_YZ or n_tiles >= 2**31 or positions == 0:
         return None
-    threads = (tm // TILES_MICRO[0]) * (TILES_COLUMNS // TILES_MICRO[1])
-    step = min(TILES_MAX_STEP, threads * 8 // TILES_COLUMNS)
+    step = tile_step(tm)
     n_part, chunk = choose_tile_chunks(n_tiles * spec.groups * m_tiles, positions, step)
     key = TileReduceKey(spec.kernel_size, spec.stride, spec.dilation, (tm, TILES_COLUMNS, step),
                         TILES_MICRO, spec.dtype == np.float64, positions + step >= 2**32)

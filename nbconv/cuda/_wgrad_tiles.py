@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from numba import config, cuda, float32, float64, int32, int64, uint32
+from numba import config, cuda, float32, float64, int32, int64, uint32, uint64
 
 
 class TileReduceKey(NamedTuple):
@@ -152,24 +152,27 @@ def tile_kernel(key: TileReduceKey):
             else:
                 q = int64(uint32(k) // uint32(out_w))
                 n = int64(uint32(q) // uint32(out_h))
-            ox = k - q * out_w
-            oy = q - n * out_h
+            # unsigned indices from here (no wraparound for negative values), 32-bit where they fit
+            ox = uint32(k - q * out_w)
+            oy = uint32(q - n * out_h)
+            n = uint64(n)
             for i in range(LA):
                 m = lrow + i * LSTEP
-                o = tm0 + m
+                o = uint32(tm0 + m)
                 v = ACC(0)
                 if live and o < cout_g:
-                    v = ACC(gy[n, g * cout_g + o, oy, ox])
+                    v = ACC(gy[n, uint32(g * cout_g) + o, oy, ox])
                 a_tile[kk, m] = v
             for i in range(LB):
-                iy = oy * SH + dy[i]
-                ix = ox * SW + dx[i]
+                iy = int32(oy * SH) + dy[i]
+                ix = int32(ox * SW) + dx[i]
                 v = ACC(0)
                 if live and 0 <= iy < in_h and 0 <= ix < in_w:
-                    v = ACC(x[n, chan[i], iy, ix])
+                    v = ACC(x[n, uint32(chan[i]), uint32(iy), uint32(ix)])
                 b_tile[kk, lrow + i * LSTEP] = v
             cuda.syncthreads()
-            for kq in range(TK):
+            kq = int32(0)
+            while kq < TK:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
                 for i in range(RM):
                     av[i] = a_tile[kq, ty + i * BY]
                 for j in range(RN):
@@ -177,6 +180,7 @@ def tile_kernel(key: TileReduceKey):
                 for i in range(RM):
                     for j in range(RN):
                         acc[i * RN + j] += av[i] * bv[j]
+                kq += int32(1)
             cuda.syncthreads()
             k0 += TK
 
