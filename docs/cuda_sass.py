@@ -9,7 +9,8 @@ them) goes through ``ptxas -v`` (registers, spill bytes, shared memory) and ``cu
     python docs/cuda_sass.py                 # a table of every specialisation
     python docs/cuda_sass.py --json FILE     # also the figures as JSON
     python docs/cuda_sass.py --limit 20      # the first 20 only
-    python docs/cuda_sass.py --steps         # the tile kernels: instructions executed per step
+    python docs/cuda_sass.py --steps         # instructions executed per step of the tile kernels,
+                                             # and per output of the weight gradient's pair kernel
     python docs/cuda_sass.py --standard      # per standard shape (batch 32, float32): the kernel
                                              # launched against the general tiled kernel, and the
                                              # weight gradient's tile kernel against the pair kernel
@@ -169,6 +170,39 @@ def steps_table() -> list[dict]:
     return rows
 
 
+def pairs_table() -> list[dict]:
+    """The pair reduction's pass 1 (the weight gradient of the standard depthwise and ResNeXt
+    shapes): instructions executed per output position, from its loop over strips."""
+    import numpy as np
+    from compile_kernels import DeviceStandIn
+    from sass import step_loop_mix
+
+    from nbconv._shapes import STANDARD_SHAPES
+    from nbconv._spec import conv2d_spec
+    from nbconv.cuda._compile import compile_key
+    from nbconv.cuda._launch import reduce_key, tile_reduce_launch
+    from nbconv.cuda._reduce import reduce_launch_bounds
+
+    dt = np.dtype(np.float32)
+    rows, seen = [], {}
+    for shape in STANDARD_SHAPES:
+        spec = conv2d_spec(DeviceStandIn(shape.input_shape(32), dt), DeviceStandIn(shape.weight_shape(), dt), None,
+                           **shape.conv_args())
+        if tile_reduce_launch(spec) is not None:
+            continue
+        key = reduce_key(spec, bias_only=False)
+        if key not in seen:
+            mix = step_loop_mix(compile_key(key, dt, (9, 0))[0], pairs=True)
+            taps = key.kernel_size[0] * key.kernel_size[1]
+            outputs = mix["step_ffma"] // taps  # outputs a pass of the loop takes (strips x unrolling)
+            seen[key] = {"kernel": _describe(key, dt), "strip": key.strip, "outputs_per_pass": outputs,
+                         "instructions_per_output": mix["step_instructions"] / outputs,
+                         "loads_per_output": mix["step_loads"] / outputs,
+                         "resident_blocks": reduce_launch_bounds(key)[1], **mix}
+        rows.append({"shape": shape.name, **seen[key]})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE")
@@ -186,9 +220,16 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"| {r['shape']} | {r['op']} | {r['kernel']} | {r['loads']} | {r['lds']} | {r['ffma']} | "
                   f"{r['executed']} | {100 * r['ffma_share']:.0f}% |")
+        pairs = pairs_table()
+        print()
+        print("| shape | weight gradient by pairs | strip | instructions per output | loads per output |")
+        print("|---|---|---:|---:|---:|")
+        for r in pairs:
+            print(f"| {r['shape']} | {r['kernel']} | {r['strip']} | {r['instructions_per_output']:.0f} | "
+                  f"{r['loads_per_output']:.1f} |")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+                json.dump({"tiles": rows, "pairs": pairs}, f, indent=1)
         return 0
     if args.standard:
         rows = standard_table()

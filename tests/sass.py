@@ -78,9 +78,10 @@ def ptxas_report(ptx: str, cc: str = "90") -> list[dict]:
 _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.M)
 
 
-def step_loop_mix(ptx: str, cc: str = "90") -> dict:
+def step_loop_mix(ptx: str, cc: str = "90", pairs: bool = False) -> dict:
     """Executed instructions per step of a tile kernel (``_conv_tiles``, ``_wgrad_tiles``), from
-    its SASS: the step is the loop around both barriers (loads into shared memory, products);
+    its SASS: the step is the loop around both barriers (loads into shared memory, products), or
+    with ``pairs`` (the pair reduction of ``_reduce``) its largest loop before the first barrier;
     the products' loop inside it runs ``products_per_step / ffma_per_pass`` passes per step.
     Returns the loop sizes and the FFMA and LDS counts, static (``step_*``: one pass of the
     products) and per step (``per_step_*``: the products' loop repeated)."""
@@ -97,6 +98,11 @@ def step_loop_mix(ptx: str, cc: str = "90") -> dict:
         m = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
         if m and int(m.group(1), 16) < a and int(m.group(1), 16) in addresses:
             loops.append((addresses.index(int(m.group(1), 16)), i))
+    if pairs:  # the pair reduction: its loop over strips, before the first barrier
+        first, last = max(((f, l) for f, l in loops if l < bars[0]), key=lambda fl: fl[1] - fl[0])
+        step = Counter(op.split(".")[0] for op in ops[first:last + 1])
+        return {"step_instructions": last - first + 1, "step_ffma": step["FFMA"] + step["DFMA"],
+                "step_lds": step["LDS"], "step_loads": step["LDG"] + step["LD"]}
     first, last = max(((f, l) for f, l in loops if f < bars[0] and l > bars[1]), key=lambda fl: fl[1] - fl[0])
     inner = [(f, l) for f, l in loops if first < f and l < last]
     step = Counter(op.split(".")[0] for op in ops[first:last + 1])

@@ -227,3 +227,37 @@ def test_tiles_compute_the_stride_1_input_gradient(small_layers_take_the_tiles):
     ref = conv2d_input_reference(x_shape, w, gy, **kw)
     bound = conv2d_input_reference(x_shape, np.abs(w.astype(np.float64)), np.abs(gy.astype(np.float64)), **kw)
     assert_within_bound(got, ref, bound, w_shape[0] // kw["groups"] * w_shape[2] * w_shape[3], np.float32)
+
+
+# ---- the pair kernel's strips (nbconv/cuda/_reduce.py): depthwise weight gradients
+
+@pytest.mark.parametrize("strip", [1, 3, 4])
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((1, 2, 5, 11), (4, 1, 3, 3), dict(padding=1, groups=2)),  # x2 multiplier; 11 = 2 strips of 4 and 3
+    ((1, 2, 9, 10), (2, 1, 3, 2), dict(stride=(2, 3), dilation=(2, 1), padding=(2, 1), groups=2)),
+])
+def test_pair_kernel_strips_compute_the_weight_and_bias_gradients(x_shape, w_shape, kw, strip, monkeypatch):
+    from nbconv.cuda import _launch
+
+    monkeypatch.setattr(_launch, "REDUCE_STRIP", strip)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    gy = rng.standard_normal(conv2d_reference(x, np.zeros(w_shape, np.float32), **kw).shape).astype(np.float32)
+    got = to_host(nbconv.grad.conv2d_weight(to_backend(x, "cuda"), w_shape, to_backend(gy, "cuda"), **kw))
+    ref = conv2d_weight_reference(x, w_shape, gy, **kw)
+    bound = conv2d_weight_reference(np.abs(x.astype(np.float64)), w_shape, np.abs(gy.astype(np.float64)), **kw)
+    assert_within_bound(got, ref, bound, gy.shape[0] * gy.shape[2] * gy.shape[3], np.float32)
+    bias = to_host(nbconv.grad.conv2d_bias(to_backend(gy, "cuda")))
+    np.testing.assert_allclose(bias, gy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_pair_kernel_strips_follow_the_registers():
+    from nbconv.cuda._launch import REDUCE_STRIP, choose_reduce_strip
+
+    assert choose_reduce_strip((3, 3), (1, 1), False, False) == REDUCE_STRIP
+    assert choose_reduce_strip((7, 7), (2, 1), False, False) == REDUCE_STRIP
+    assert choose_reduce_strip((5, 5), (1, 1), True, False) == REDUCE_STRIP
+    assert choose_reduce_strip((7, 7), (1, 1), True, False) == 1  # 49 float64 sums: no room for a strip
+    assert choose_reduce_strip((3, 3), (1, 2), False, False) == 1  # half the strip's row unread
+    assert choose_reduce_strip((7, 9), (1, 1), False, False) == 1
+    assert choose_reduce_strip((7, 7), (1, 3), True, True) == REDUCE_STRIP  # the bias gradient: one sum

@@ -13,7 +13,7 @@ from .._numba_types import NUMBA_FLOAT
 from ._conv_tiles import ConvTileKey, conv_tile_kernel
 from ._forward import ForwardKey, forward_kernel
 from ._planes import PlaneKey, launch_bounds, plane_kernel
-from ._reduce import ReduceKey, finish_kernel, partial_kernel
+from ._reduce import ReduceKey, finish_kernel, partial_kernel, reduce_launch_bounds
 from ._wgrad_tiles import TileReduceKey, tile_kernel
 
 
@@ -43,7 +43,8 @@ def compile_reduce(key: ReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
     arr4 = types.Array(NUMBA_FLOAT[dtype], 4, "A")
     acc = types.Array(types.float64 if key.acc_double else types.float32, 5, "C")
     out = types.Array(NUMBA_FLOAT[dtype], 1 if key.bias_only else 4, "A")
-    p1, _ = cuda.compile_ptx(partial_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 4, cc=cc)
+    p1, _ = cuda.compile_ptx(partial_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 4, cc=cc,
+                             launch_bounds=reduce_launch_bounds(key))
     p2, _ = cuda.compile_ptx(finish_kernel(key.bias_only).py_func, (acc, out), cc=cc)
     return [p1, p2]
 

@@ -26,6 +26,8 @@ MAX_OC_BLOCK = 4
 #: Under Numba's simulator (every thread a Python thread) the blocks are made smaller.
 REDUCE_THREADS = 32 if config.ENABLE_CUDASIM else 256
 REDUCE_TARGET_BLOCKS = 1024
+#: Outputs of a row a thread of the pair reduction takes at a time (see ``ReduceKey.strip``).
+REDUCE_STRIP = 4
 #: Threads per block of the plane kernel (fewer under the simulator, where each is a thread).
 PLANE_THREADS = 64 if config.ENABLE_CUDASIM else 256
 #: Outputs per thread down a column in the plane kernel (the reuse of each staged load).
@@ -268,8 +270,8 @@ def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
 
 def choose_partials(pairs: int, positions: int, threads: int = REDUCE_THREADS,
                     target_blocks: int = REDUCE_TARGET_BLOCKS) -> tuple[int, int]:
-    """(P, chunk): split the ``positions`` summed for each of ``pairs`` weight rows into P chunks
-    of ``chunk`` positions, so that pairs * P blocks fill the GPU, with at least 4 positions per
+    """(P, chunk): split the ``positions`` (or strips of them) summed for each of ``pairs`` weight
+    rows into P chunks of ``chunk``, so that pairs * P blocks fill the GPU, with at least 4 per
     thread in a chunk."""
     most = max(1, -(-positions // (4 * threads)))
     p = max(1, min(most, -(-target_blocks // max(1, pairs))))
@@ -277,14 +279,32 @@ def choose_partials(pairs: int, positions: int, threads: int = REDUCE_THREADS,
     return -(-positions // chunk), chunk
 
 
+def choose_reduce_strip(kernel_size: tuple[int, int], dilation: tuple[int, int], acc_double: bool,
+                        bias_only: bool) -> int:
+    """Outputs of a row a pair-kernel thread takes at a time: REDUCE_STRIP, or 1 with a column
+    dilation (the strip's input row would hold mostly values no tap reads) and where the taps'
+    sums alone fill the registers (more than 49 taps; float64 from 25: a 7x7 float64 kernel
+    spilled 24 bytes with one output at a time)."""
+    if bias_only:
+        return REDUCE_STRIP
+    taps = kernel_size[0] * kernel_size[1]
+    return 1 if dilation[1] > 1 or taps > (25 if acc_double else 49) else REDUCE_STRIP
+
+
 def reduce_key(spec, bias_only: bool) -> ReduceKey:
     """The weight (or bias) gradient's pass-1 key: 32-bit index arithmetic unless the positions
     (plus a block's stride past the end) or the weight pairs reach 2**32."""
     n_pairs = spec.out_channels * (1 if bias_only else spec.in_per_group)
     positions = spec.batch * spec.out_size[0] * spec.out_size[1]
-    wide = max(positions + REDUCE_THREADS, n_pairs) >= 2**32
-    return ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS, spec.dtype == np.float64,
-                     bias_only, wide)
+    wide = max(positions + REDUCE_THREADS * REDUCE_STRIP, n_pairs) >= 2**32
+    acc_double = spec.dtype == np.float64
+    return ReduceKey(spec.kernel_size, spec.stride, spec.dilation, REDUCE_THREADS, acc_double, bias_only, wide,
+                     choose_reduce_strip(spec.kernel_size, spec.dilation, acc_double, bias_only))
+
+
+def reduce_strips(spec, strip: int) -> int:
+    """Strips of ``strip`` outputs over every row of the output gradient (a row's last may be short)."""
+    return spec.batch * spec.out_size[0] * -(-spec.out_size[1] // strip)
 
 
 class TileLaunch(NamedTuple):
@@ -347,8 +367,8 @@ def _reduce_tiles(spec, cfg: TileLaunch, x, gy, out) -> None:
 def _reduce(spec, x, gy, out, bias_only: bool) -> None:
     n_pairs = spec.out_channels * (1 if bias_only else spec.in_per_group)
     kh, kw = (1, 1) if bias_only else spec.kernel_size
-    n_part, chunk = choose_partials(n_pairs, spec.batch * spec.out_size[0] * spec.out_size[1])
     key = reduce_key(spec, bias_only)
+    n_part, chunk = choose_partials(n_pairs, reduce_strips(spec, key.strip))
     acc_double = key.acc_double
     cin_g = 1 if bias_only else spec.in_per_group
     partial = device_scratch(spec.kind, (n_part, spec.out_channels, cin_g, kh, kw),

@@ -2,8 +2,10 @@
 
 Pass 1 (``partial_kernel``): block ``(pair, p)`` sums, for one (output channel, input channel)
 pair of the weight, the ``kH x kW`` taps over the ``p``-th chunk of the (n, y, x) positions of
-``grad_output`` (decoded with 32-bit divisions unless the sizes need 64 bits: a 64-bit
-division is a call to a software routine on the GPU). Each thread keeps the taps in registers,
+``grad_output``, taken a strip of ``strip`` outputs of a row at a time (decoded with 32-bit
+divisions unless the sizes need 64 bits: a 64-bit division is a call to a software routine
+on the GPU): per kernel row, the strip's input values are loaded once into registers and
+feed ``strip * kW`` products. Each thread keeps the taps in registers,
 then the block adds its threads' values with a fixed shared-memory tree and writes
 ``partial[p, o, c, i, j]``. Pass 2 (``finish_kernel``) adds the partials over ``p`` in order. No
 atomics, so the result is bit-identical run after run. The bias gradient is the same pass with
@@ -15,7 +17,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from numba import cuda, float32, float64, int64, uint32
+from numba import config, cuda, float32, float64, int64, uint32, uint64
 
 
 class ReduceKey(NamedTuple):
@@ -27,11 +29,41 @@ class ReduceKey(NamedTuple):
     bias_only: bool  # grad_output summed alone (the bias gradient): one tap, no input
     #: positions (N * H_out * W_out) or weight pairs beyond 32 bits: decode indices in 64 bits
     wide_index: bool = False
+    #: outputs a thread takes at a time along a row: a strip of them shares each input row's
+    #: loads between its taps (``(strip - 1) * SW + (KW - 1) * DW + 1`` loads for ``strip * KW``
+    #: products; with a dilation most of them would go unused: strips are for DW = 1)
+    strip: int = 1
+
+    @property
+    def strip_span(self) -> int:
+        """Input values of one row under a strip's outputs and taps."""
+        kw = 1 if self.bias_only else self.kernel_size[1]
+        return (self.strip - 1) * self.stride[1] + (kw - 1) * self.dilation[1] + 1
+
+
+#: Registers a pair-kernel thread needs beyond twice its sums, output gradients and input values
+#: (NVVM unrolls the loop over strips twice) for addresses and loop state, and the SM's register
+#: file.
+REDUCE_OVERHEAD_REGISTERS = 64
+REGISTERS_PER_SM = 65536
+
+
+def reduce_launch_bounds(key: ReduceKey) -> tuple[int, int]:
+    """(threads per block, min resident blocks per SM) of pass 1: ptxas caps the registers at
+    ``65536 / (threads * blocks)``, so ``blocks`` (at most 4: 1024 threads) leaves a thread room
+    for its values; checked by ptxas (``tests/compile_kernels.py --no-spill``: a cap from the
+    values once over spilled)."""
+    taps = 1 if key.bias_only else key.kernel_size[0] * key.kernel_size[1]
+    span = key.strip_span if key.strip > 1 else 1
+    values = 2 * (taps + key.strip + span) * (2 if key.acc_double else 1)
+    needed = -(-(values + REDUCE_OVERHEAD_REGISTERS) // 8) * 8
+    return key.threads, max(1, min(4, REGISTERS_PER_SM // (key.threads * needed)))
 
 
 @functools.lru_cache(maxsize=None)
 def partial_kernel(key: ReduceKey):
-    """Pass 1 for ``key``; grid (C_out * C_in/groups, P), block ``key.threads``."""
+    """Pass 1 for ``key``; grid (C_out * C_in/groups, P), block ``key.threads``; ``chunk``
+    counts strips (``key.strip`` outputs of a row; a row's last strip may be shorter)."""
     KH, KW = (1, 1) if key.bias_only else key.kernel_size
     SH, SW = key.stride
     DH, DW = key.dilation
@@ -40,8 +72,12 @@ def partial_kernel(key: ReduceKey):
     ACC = float64 if key.acc_double else float32
     BIAS_ONLY = key.bias_only
     WIDE = key.wide_index
+    RW = key.strip
+    SPAN = key.strip_span if RW > 1 else 1
 
-    @cuda.jit
+    options = {} if config.ENABLE_CUDASIM else {"launch_bounds": reduce_launch_bounds(key)}
+
+    @cuda.jit(**options)
     def _partial(x, gy, partial, pad_h, pad_w, groups, chunk):
         n_img, c_out, out_h, out_w = gy.shape
         cin_g = partial.shape[2]
@@ -55,29 +91,48 @@ def partial_kernel(key: ReduceKey):
         ci = pair - oc * cin_g
         cout_g = c_out // groups if WIDE else int64(uint32(c_out) // uint32(groups))
         c = (oc // cout_g if WIDE else int64(uint32(oc) // uint32(cout_g))) * cin_g + ci
+        row_strips = (out_w + RW - 1) // RW if WIDE else int64((uint32(out_w) + uint32(RW - 1)) // uint32(RW))
 
+        ocu, cu = uint64(oc), uint64(c)
         acc = cuda.local.array(NTAPS, ACC)
+        g = cuda.local.array(RW, ACC)
+        xs = cuda.local.array(SPAN, ACC)
         for t in range(NTAPS):
             acc[t] = 0
-        total = n_img * out_h * out_w
+        total = n_img * out_h * row_strips
         end = min(total, (p + 1) * chunk)
         idx = p * chunk + tid
         while idx < end:
-            q = idx // out_w if WIDE else int64(uint32(idx) // uint32(out_w))  # (n, oy) row of the position
-            ox = idx - q * out_w
+            q = idx // row_strips if WIDE else int64(uint32(idx) // uint32(row_strips))  # (n, oy) row
+            ox0 = (idx - q * row_strips) * RW
             n = q // out_h if WIDE else int64(uint32(q) // uint32(out_h))
             oy = q - n * out_h
             idx += NT
-            gv = ACC(gy[n, oc, oy, ox])
+            # unsigned indices below: no wraparound code for negative values
+            nu, ou = uint64(n), uint64(oy)
+            for r in range(RW):  # the strip's output gradients (zeros past the row's end)
+                g[r] = ACC(gy[nu, ocu, ou, uint64(ox0 + r)]) if ox0 + r < out_w else ACC(0)
             if BIAS_ONLY:
-                acc[0] += gv
-            else:
+                for r in range(RW):
+                    acc[0] += g[r]
+            elif RW == 1:  # one output: each tap's input value loaded where it is used
                 for kh in range(KH):
                     iy = oy * SH - pad_h + kh * DH
                     for kw in range(KW):
-                        ix = ox * SW - pad_w + kw * DW
+                        ix = ox0 * SW - pad_w + kw * DW
                         if 0 <= iy < in_h and 0 <= ix < in_w:
-                            acc[kh * KW + kw] += gv * ACC(x[n, c, iy, ix])
+                            acc[kh * KW + kw] += g[0] * ACC(x[nu, cu, uint64(iy), uint64(ix)])
+            else:
+                ix0 = ox0 * SW - pad_w
+                for kh in range(KH):
+                    iy = oy * SH - pad_h + kh * DH
+                    if 0 <= iy < in_h:
+                        for i in range(SPAN):  # the input values of this row under the strip, once
+                            ix = ix0 + i
+                            xs[i] = ACC(x[nu, cu, uint64(iy), uint64(ix)]) if 0 <= ix < in_w else ACC(0)
+                        for kw in range(KW):
+                            for r in range(RW):
+                                acc[kh * KW + kw] += g[r] * xs[r * SW + kw * DW]
 
         buf = cuda.shared.array(NT, ACC)
         for t in range(NTAPS):
