@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 from numba import config, cuda, float32, float64, int32, int64, uint32, uint64
 
+from . import _tiles
+
 
 class TileReduceKey(NamedTuple):
     """Everything the tile kernel is specialised on (besides the argument types)."""
@@ -51,21 +53,9 @@ class TileReduceKey(NamedTuple):
     #: positions beyond 32 bits: decode them in 64 bits
     wide_index: bool = False
 
-    @property
-    def thread_grid(self) -> tuple[int, int]:
-        """(BX, BY): threads along the tile's columns and rows."""
-        (tm, tn, _), (rm, rn) = self.tile, self.micro
-        return tn // rn, tm // rm
-
-    @property
-    def threads(self) -> int:
-        bx, by = self.thread_grid
-        return bx * by
-
-    @property
-    def shared_bytes(self) -> int:
-        tm, tn, tk = self.tile
-        return tk * (tm + 1 + tn) * (8 if self.acc_double else 4)
+    thread_grid = property(_tiles.thread_grid)
+    threads = property(_tiles.threads)
+    shared_bytes = property(_tiles.shared_bytes)
 
     def check(self) -> None:
         """Raise ValueError unless the tile splits evenly between the threads."""
