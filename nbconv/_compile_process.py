@@ -39,8 +39,8 @@ from numba.core import event
 #: A helper idle this long exits (seconds).
 IDLE_SECONDS = 20.0
 #: A helper larger than this after a compile exits (MiB resident): the next miss starts a new one.
-#: 320 keeps it under 400 MiB (at most 324 over 200 random layers and 10 grouped ones, three
-#: helpers one after the other, the same time as with 400: `python docs/geometry_memory.py`).
+#: 320 keeps it under 400 MiB (at most 324-332 over 200 random layers and 10 grouped ones, two
+#: or three helpers one after the other, the same time as with 400: `python docs/geometry_memory.py`).
 MAX_HELPER_MIB = 320.0
 #: Kernels compiled by a helper that then did not load here, before no more helpers are started.
 MAX_NOT_LOADED = 3
