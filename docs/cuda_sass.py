@@ -11,6 +11,7 @@ them) goes through ``ptxas -v`` (registers, spill bytes, shared memory) and ``cu
     python docs/cuda_sass.py --limit 20      # the first 20 only
     python docs/cuda_sass.py --steps         # instructions executed per step of the tile kernels,
                                              # and per output of the weight gradient's pair kernel
+    python docs/cuda_sass.py --steps --strip 1   # the pair kernel one output at a time
     python docs/cuda_sass.py --standard      # per standard shape (batch 32, float32): the kernel
                                              # launched against the general tiled kernel, and the
                                              # weight gradient's tile kernel against the pair kernel
@@ -209,11 +210,17 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--standard", action="store_true")
     parser.add_argument("--steps", action="store_true")
+    parser.add_argument("--strip", type=int, default=None,
+                        help="with --steps: the pair kernel's outputs a strip (1: one at a time)")
     args = parser.parse_args(argv)
     if not (cuda_tool("ptxas") and cuda_tool("cuobjdump")):
         print("needs ptxas and cuobjdump: pip install nvidia-cuda-nvcc nvidia-cuda-cuobjdump")
         return 2
     if args.steps:
+        if args.strip is not None:
+            from nbconv.cuda import _launch
+
+            _launch.REDUCE_STRIP = args.strip
         rows = steps_table()
         print("| shape | op | kernel | global loads | LDS | FFMA | instructions | FFMA share |")
         print("|---|---|---|---:|---:|---:|---:|---:|")
