@@ -5,11 +5,11 @@ pair of the weight, the ``kH x kW`` taps over the ``p``-th chunk of the (n, y, x
 ``grad_output``, taken a strip of ``strip`` outputs of a row at a time (decoded with 32-bit
 divisions unless the sizes need 64 bits: a 64-bit division is a call to a software routine
 on the GPU): per kernel row, the strip's input values are loaded once into registers and
-feed ``strip * kW`` products. Each thread keeps the taps in registers,
-then the block adds its threads' values with a fixed shared-memory tree and writes
-``partial[p, o, c, i, j]``. Pass 2 (``finish_kernel``) adds the partials over ``p`` in order. No
-atomics, so the result is bit-identical run after run. The bias gradient is the same pass with
-one tap and no input. Layers with many output channels per group take pass 1 by tiles instead
+feed ``strip * kW`` products. Each thread keeps the taps in registers, then the block adds its
+threads' values with a fixed shared-memory tree and writes ``partial[p, o, c, i, j]``. Pass 2
+(``finish_kernel``) adds the partials over ``p`` in order. No atomics, so the result is
+bit-identical run after run. The bias gradient is the same pass with one tap and no input.
+Layers with many output channels per group take pass 1 by tiles instead
 (:mod:`nbconv.cuda._wgrad_tiles`, same partial layout, same pass 2)."""
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ class ReduceKey(NamedTuple):
 
     @property
     def strip_span(self) -> int:
-        """Input values of one row under a strip's outputs and taps."""
+        """Input values of one row a thread holds: those under a strip's outputs and taps (one
+        output at a time loads each where it is used: 1)."""
+        if self.strip == 1:
+            return 1
         kw = 1 if self.bias_only else self.kernel_size[1]
         return (self.strip - 1) * self.stride[1] + (kw - 1) * self.dilation[1] + 1
 
@@ -54,8 +57,7 @@ def reduce_launch_bounds(key: ReduceKey) -> tuple[int, int]:
     for its values; checked by ptxas (``tests/compile_kernels.py --no-spill``: a cap from the
     values once over spilled)."""
     taps = 1 if key.bias_only else key.kernel_size[0] * key.kernel_size[1]
-    span = key.strip_span if key.strip > 1 else 1
-    values = 2 * (taps + key.strip + span) * (2 if key.acc_double else 1)
+    values = 2 * (taps + key.strip + key.strip_span) * (2 if key.acc_double else 1)
     needed = -(-(values + REDUCE_OVERHEAD_REGISTERS) // 8) * 8
     return key.threads, max(1, min(4, REGISTERS_PER_SM // (key.threads * needed)))
 
@@ -73,7 +75,7 @@ def partial_kernel(key: ReduceKey):
     BIAS_ONLY = key.bias_only
     WIDE = key.wide_index
     RW = key.strip
-    SPAN = key.strip_span if RW > 1 else 1
+    SPAN = key.strip_span
 
     options = {} if config.ENABLE_CUDASIM else {"launch_bounds": reduce_launch_bounds(key)}
 
