@@ -45,7 +45,7 @@ def compile_reduce(key: ReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
     out = types.Array(NUMBA_FLOAT[dtype], 1 if key.bias_only else 4, "A")
     p1, _ = cuda.compile_ptx(partial_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 4, cc=cc,
                              launch_bounds=reduce_launch_bounds(key))
-    p2, _ = cuda.compile_ptx(finish_kernel(key.bias_only).py_func, (acc, out), cc=cc)
+    p2, _ = cuda.compile_ptx(finish_kernel(key.bias_only, key.wide_index).py_func, (acc, out), cc=cc)
     return [p1, p2]
 
 

@@ -385,7 +385,7 @@ def _finish(spec, partial, out, bias_only: bool, stream) -> None:
     kh, kw = (1, 1) if bias_only else spec.kernel_size
     cin_g = 1 if bias_only else spec.in_per_group
     n_out = spec.out_channels * cin_g * kh * kw
-    finish_kernel(bias_only)[-(-n_out // 128), 128, stream](partial, out)
+    finish_kernel(bias_only, n_out >= 2**32)[-(-n_out // 128), 128, stream](partial, out)
 
 
 def conv2d_weight(spec, input: Any, grad_output: Any, out: Any) -> Any:

@@ -154,9 +154,11 @@ def partial_kernel(key: ReduceKey):
 
 
 @functools.lru_cache(maxsize=None)
-def finish_kernel(out_1d: bool):
+def finish_kernel(out_1d: bool, wide: bool = False):
     """Pass 2: ``out[o, c, i, j] = sum over p of partial[p, o, c, i, j]`` (in order of p);
-    ``out_1d``: the bias gradient, ``out[o] = sum over p of partial[p, o, 0, 0, 0]``."""
+    ``out_1d``: the bias gradient, ``out[o] = sum over p of partial[p, o, 0, 0, 0]``. The
+    element index is decoded with 32-bit divisions unless ``wide`` (2**32 weight elements or
+    more: 64-bit divisions, calls to a software routine)."""
 
     @cuda.jit
     def _finish(partial, out):
@@ -164,12 +166,20 @@ def finish_kernel(out_1d: bool):
         idx = cuda.grid(1)
         if idx >= c_out * cin_g * kh_n * kw_n:
             return
-        kw = idx % kw_n
-        rest = idx // kw_n
-        kh = rest % kh_n
-        rest //= kh_n
-        ci = rest % cin_g
-        oc = rest // cin_g
+        if wide:
+            rest = idx // kw_n
+            kw = idx - rest * kw_n
+            rest2 = rest // kh_n
+            kh = rest - rest2 * kh_n
+            oc = rest2 // cin_g
+            ci = rest2 - oc * cin_g
+        else:
+            rest = uint32(idx) // uint32(kw_n)
+            kw = uint32(idx) - rest * uint32(kw_n)
+            rest2 = rest // uint32(kh_n)
+            kh = rest - rest2 * uint32(kh_n)
+            oc = rest2 // uint32(cin_g)
+            ci = rest2 - oc * uint32(cin_g)
         s = partial[0, oc, ci, kh, kw]
         for p in range(1, n_part):
             s += partial[p, oc, ci, kh, kw]
