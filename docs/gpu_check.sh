@@ -45,7 +45,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 }
 
 # 1. the CUDA tests at full size, through Numba arrays, CuPy and torch CUDA tensors; then the
-#    CuPy-array tests again through the raw launch path (the plane kernel loaded by CuPy)
+#    CuPy-array tests again through the raw launch path (every kernel's PTX loaded by CuPy and
+#    launched by the driver with one parameter buffer: NBCONV_CUDA_LAUNCH=raw)
 step tests 240 python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda tests
 step tests_raw_launch 120 env NBCONV_CUDA_LAUNCH=raw python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda \
     tests/test_conv2d.py tests/test_grad.py
@@ -60,7 +61,7 @@ for dtype in float32 float16; do
             --json "$results/bench-$op-$dtype.json"
     done
 done
-# 4. the host cost of one launch by each launch path, and of one nbconv call by each
+# 4. the host cost of one launch by each launch path, and of one call of each op by each
 step launch_paths 60 python3 docs/launch_paths.py
 step host_cost 60 python3 docs/host_cost.py
 # 5. the ASV suite's kept-history benchmarks on the CUDA backend, in ASV's layout

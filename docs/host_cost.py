@@ -1,15 +1,18 @@
 """Host time of one nbconv call on CuPy arrays, by launch path, against PyTorch (needs a GPU).
 
-A tiny depthwise conv (1 x 32 x 8 x 8, 3x3), 2000 calls without synchronisation: the time is
-the host's (validation, dispatch, argument packing, the launch), not the kernel's. Each launch
-path runs in a fresh interpreter (``NBCONV_CUDA_LAUNCH`` is read at import).
+Every op on a tiny depthwise layer (1 x 32 x 8 x 8, 3x3), 2000 calls each without
+synchronisation: the time is the host's (validation, dispatch, argument packing, the launches),
+not the kernels'. Each launch path runs in a fresh interpreter (``NBCONV_CUDA_LAUNCH`` is read
+at import), and PyTorch's twins of the ops in another.
 
     python docs/host_cost.py              # on a GPU machine
     python docs/host_cost.py --offline    # no GPU: the Python part of the raw launch path
 
-``--offline`` times what the raw launch path does in Python for one call, on stand-in arrays
-(shape, strides and pointer only) with CuPy's launch replaced by a no-op: validation (the spec,
-cached per geometry), the launch configuration (cached per spec) and the argument packing.
+``--offline`` times what the raw launch path does in Python for one call of each op (forward by
+the plane kernel and by tiles, the transposed convolution by phases, the input, weight and bias
+gradients), on stand-in arrays (shape, strides and pointer only) with CuPy's launch replaced by
+a no-op: validation (the spec, cached per geometry), the launch configuration (cached per spec)
+and the argument packing.
 """
 
 from __future__ import annotations
@@ -18,34 +21,57 @@ import os
 import subprocess
 import sys
 
-_ONE = r"""
+# Each op on CuPy arrays (or torch tensors), checked once, then timed: host time per call.
+_NBCONV = r"""
 import time
 import cupy as cp
+import numpy as np
 import nbconv
 x = cp.ones((1, 32, 8, 8), cp.float32); w = cp.ones((32, 1, 3, 3), cp.float32); b = cp.ones(32, cp.float32)
+xt = cp.ones((1, 32, 4, 4), cp.float32); gy = cp.ones((1, 32, 8, 8), cp.float32)
 out = nbconv.conv2d(x, w, b, padding=1, groups=32)
 cp.cuda.Device().synchronize()
 assert float(out[0, 0, 4, 4]) == 10.0 and float(out[0, 0, 0, 0]) == 5.0, "wrong result"
-for _ in range(200):
-    nbconv.conv2d(x, w, b, padding=1, groups=32)
-cp.cuda.Device().synchronize()
-t0 = time.perf_counter()
-for _ in range(2000):
-    nbconv.conv2d(x, w, b, padding=1, groups=32)
-t1 = time.perf_counter()
-cp.cuda.Device().synchronize()
-print(f"{(t1 - t0) / 2000 * 1e6:.1f}")
+OPS = {
+    "conv2d": lambda: nbconv.conv2d(x, w, b, padding=1, groups=32),
+    "conv_transpose2d, stride 2": lambda: nbconv.conv_transpose2d(xt, w, b, stride=2, padding=1, output_padding=1,
+                                                                  groups=32),
+    "grad.conv2d_input": lambda: nbconv.grad.conv2d_input(x.shape, w, gy, padding=1, groups=32),
+    "grad.conv2d_weight": lambda: nbconv.grad.conv2d_weight(x, w.shape, gy, padding=1, groups=32),
+    "grad.conv2d_bias": lambda: nbconv.grad.conv2d_bias(gy),
+}
 """
 
 _TORCH = r"""
 import time, torch
 F = torch.nn.functional
 x = torch.ones((1, 32, 8, 8), device="cuda"); w = torch.ones((32, 1, 3, 3), device="cuda"); b = torch.ones(32, device="cuda")
-for _ in range(200): F.conv2d(x, w, b, padding=1, groups=32)
-torch.cuda.synchronize(); t0 = time.perf_counter()
-for _ in range(2000): F.conv2d(x, w, b, padding=1, groups=32)
-t1 = time.perf_counter(); torch.cuda.synchronize()
-print(f"{(t1 - t0) / 2000 * 1e6:.1f}")
+xt = torch.ones((1, 32, 4, 4), device="cuda"); gy = torch.ones((1, 32, 8, 8), device="cuda")
+OPS = {
+    "conv2d": lambda: F.conv2d(x, w, b, padding=1, groups=32),
+    "conv_transpose2d, stride 2": lambda: F.conv_transpose2d(xt, w, b, stride=2, padding=1, output_padding=1,
+                                                             groups=32),
+    "grad.conv2d_input": lambda: torch.nn.grad.conv2d_input(x.shape, w, gy, padding=1, groups=32),
+    "grad.conv2d_weight": lambda: torch.nn.grad.conv2d_weight(x, w.shape, gy, padding=1, groups=32),
+    "grad.conv2d_bias": lambda: gy.sum((0, 2, 3)),
+}
+"""
+
+_TIME = r"""
+import json
+sync = (lambda: cp.cuda.Device().synchronize()) if "cp" in globals() else torch.cuda.synchronize
+times = {}
+for name, op in OPS.items():
+    for _ in range(200):
+        op()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        op()
+    t1 = time.perf_counter()
+    sync()
+    times[name] = round((t1 - t0) / 2000 * 1e6, 1)
+print(json.dumps(times))
 """
 
 
@@ -55,33 +81,68 @@ def offline() -> int:
     import numpy as np
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import ctypes
+    import types
+
     from test_cuda_raw_launch import FakeCupyArray
 
-    from nbconv._spec import conv2d_spec
+    import nbconv
     from nbconv.cuda import _launch, _raw
 
-    _raw._function = lambda *key: (lambda grid, block, args: None)  # no CuPy, no launch
+    launches = []
+    function = types.SimpleNamespace(ptr=1)  # a CuPy function's handle, never called
+    _raw._function = lambda key, signature, cc: launches.append(key) or function
     _raw._compute_capability = lambda: (9, 0)
-    x, w, b = (FakeCupyArray(s, np.float32) for s in ((1, 32, 8, 8), (32, 1, 3, 3), (32,)))
-    out = FakeCupyArray((1, 32, 8, 8), np.float32)
-    spec = conv2d_spec(x, w, b, padding=1, groups=32)
-    cfg = _launch.forward_launch_config(spec)
+    # the driver's cuLaunchKernel replaced by a C function that does nearly nothing (sched_yield:
+    # the same ctypes call with the same 11 arguments, which it ignores, and a system call)
+    noop = ctypes.CDLL(None).sched_yield
+    noop.restype = ctypes.c_int
+    _raw._driver_launch = lambda: noop
+    stream = types.SimpleNamespace(ptr=0)
 
-    def whole():
-        s = conv2d_spec(x, w, b, padding=1, groups=32)
-        _raw.launch_plane(s, _launch.forward_launch_config(s), x, w, b, out)
+    def empty(shape, dtype):  # a stand-in cupy.empty: shape, strides and a pointer, no memory
+        return FakeCupyArray(shape, dtype)
 
-    print("| step (stand-in arrays, no launch) | us per call |\n|---|---:|")
-    for label, fn in (("validation (conv2d_spec)", lambda: conv2d_spec(x, w, b, padding=1, groups=32)),
-                      ("launch configuration", lambda: _launch.forward_launch_config(spec)),
-                      ("argument packing", lambda: _raw.arguments(spec, cfg, x, w, b, out)),
-                      ("all of it (launch_plane with a no-op launch)", whole)):
+    sys.modules["cupy"] = types.SimpleNamespace(ndarray=FakeCupyArray, empty=empty, cuda=types.SimpleNamespace(
+        get_current_stream=lambda: stream))  # the stand-in arrays are of CuPy's kind
+    run = _raw.RawLauncher()
+    _launch.launcher = lambda spec: run  # what NBCONV_CUDA_LAUNCH=raw picks for CuPy arrays
+
+    def arrays(*shapes):
+        return [FakeCupyArray(s, np.float32) for s in shapes]
+
+    x, w, b = arrays((1, 32, 8, 8), (32, 1, 3, 3), (32,))
+    xg, wg = arrays((1, 64, 8, 8), (64, 32, 3, 3))
+    xt = arrays((1, 32, 4, 4))[0]
+    y, yg = arrays((1, 32, 8, 8), (1, 64, 8, 8))
+    ops = {
+        "conv2d, depthwise 3x3 (plane)": lambda: nbconv.conv2d(x, w, b, padding=1, groups=32),
+        "conv2d, 64 -> 64 g2 3x3 (tiles)": lambda: nbconv.conv2d(xg, wg, padding=1, groups=2),
+        "conv_transpose2d, stride 2 (4 phases)": lambda: nbconv.conv_transpose2d(
+            xt, w, b, stride=2, padding=1, output_padding=1, groups=32),
+        "grad.conv2d_input, depthwise (plane)": lambda: nbconv.grad.conv2d_input(x.shape, w, y, padding=1, groups=32),
+        "grad.conv2d_weight, depthwise (pairs, finish)": lambda: nbconv.grad.conv2d_weight(
+            x, w.shape, y, padding=1, groups=32),
+        "grad.conv2d_weight, 64 -> 64 g2 (tiles, finish)": lambda: nbconv.grad.conv2d_weight(
+            xg, wg.shape, yg, padding=1, groups=2),
+        "grad.conv2d_bias (pairs, finish)": lambda: nbconv.grad.conv2d_bias(y),
+    }
+    print("The public call on stand-in CuPy arrays (shape, strides, pointer), with NBCONV_CUDA_LAUNCH=raw's")
+    print("launcher, the driver's cuLaunchKernel replaced by a C call that does nearly nothing and cupy.empty")
+    print("by a stand-in: validation (cached per geometry), launch configuration (cached per spec), the")
+    print("output, argument packing into one buffer and the ctypes call. The driver's own work and CuPy's")
+    print("allocations come on top.\n")
+    print("| op (1 x 32 x 8 x 8, float32) | launches | us per call |\n|---|---:|---:|")
+    for label, fn in ops.items():
+        launches.clear()
+        fn()
+        n = len(launches)
         for _ in range(200):
             fn()
         t0 = time.perf_counter()
         for _ in range(5000):
             fn()
-        print(f"| {label} | {(time.perf_counter() - t0) / 5000 * 1e6:.1f} |")
+        print(f"| {label} | {n} | {(time.perf_counter() - t0) / 5000 * 1e6:.1f} |")
     return 0
 
 
@@ -89,14 +150,23 @@ def main() -> int:
     if "--offline" in sys.argv[1:]:
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
         return offline()
+    import json
+
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    print("| path | host us per call |\n|---|---:|")
-    for label, code, extra in (("nbconv, numba-cuda dispatcher", _ONE, {"NBCONV_CUDA_LAUNCH": "numba"}),
-                               ("nbconv, CuPy RawModule (NBCONV_CUDA_LAUNCH=raw)", _ONE, {"NBCONV_CUDA_LAUNCH": "raw"}),
-                               ("PyTorch F.conv2d", _TORCH, {})):
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra})
-        print(f"| {label} | {res.stdout.strip() if res.returncode == 0 else 'failed: ' + res.stderr[-300:]} |")
+    columns = {}
+    for label, code, extra in (("dispatcher", _NBCONV, {"NBCONV_CUDA_LAUNCH": "numba"}),
+                               ("raw (NBCONV_CUDA_LAUNCH=raw)", _NBCONV, {"NBCONV_CUDA_LAUNCH": "raw"}),
+                               ("PyTorch", _TORCH, {})):
+        res = subprocess.run([sys.executable, "-c", code + _TIME], capture_output=True, text=True,
+                             env={**env, **extra})
+        if res.returncode:
+            print(f"{label}: failed: {res.stderr[-600:]}")
+        columns[label] = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {}
+    print("Host us per call (1 x 32 x 8 x 8 depthwise 3x3, float32; 2000 calls, no synchronisation):\n")
+    print("| op | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns))
+    for op in ("conv2d", "conv_transpose2d, stride 2", "grad.conv2d_input", "grad.conv2d_weight", "grad.conv2d_bias"):
+        print(f"| {op} | " + " | ".join(str(col.get(op, "-")) for col in columns.values()) + " |")
     return 0
 
 

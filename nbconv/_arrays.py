@@ -56,12 +56,31 @@ def _dlpack_kind(x: Any) -> str | None:
     return {_DLPACK_CPU: DLPACK_CPU, _DLPACK_CUDA: DLPACK_CUDA}.get(device_type)
 
 
+#: Kinds that follow from an object's type alone (NumPy, CuPy and Numba arrays), learnt per type:
+#: validation runs on every call, and a network's calls meet a handful of types.
+_KIND_OF_TYPE: dict[type, str] = {}
+
+
 def array_kind(x: Any) -> str | None:
     """Return the kind of ``x`` (one of the module constants) or None for a non-array."""
+    kind = _KIND_OF_TYPE.get(type(x))
+    if kind is not None:
+        return kind
     if isinstance(x, np.ndarray):
-        return NUMPY
-    if is_cupy_array(x):
-        return CUPY
+        kind = NUMPY
+    elif is_cupy_array(x):
+        kind = CUPY
+    elif is_numba_device_array(x) and not is_torch_tensor(x):
+        kind = NUMBA
+    else:
+        return _instance_kind(x)
+    _KIND_OF_TYPE[type(x)] = kind
+    return kind
+
+
+def _instance_kind(x: Any) -> str | None:
+    """The kind of ``x`` where it may depend on the object (a tensor's device, an interface
+    set on the instance)."""
     if is_torch_tensor(x):
         return TORCH_CUDA if x.device.type == "cuda" else TORCH_CPU if x.device.type == "cpu" else None
     if is_numba_device_array(x):
@@ -137,7 +156,7 @@ def array_dtype(x: Any, kind: str) -> np.dtype:
 
 
 def array_shape(x: Any, kind: str) -> tuple[int, ...]:
-    if kind == NUMPY:
+    if kind == NUMPY or kind == CUPY:
         return x.shape  # already a tuple of Python ints
     if kind == CAI:
         return tuple(int(s) for s in x.__cuda_array_interface__["shape"])

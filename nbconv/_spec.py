@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -262,10 +262,13 @@ def _check_dtypes(op: str, kind: str, dtypes: dict[str, np.dtype]) -> np.dtype:
 
 
 def _array_shapes_dtype(op: str, kind: str, arrays: dict[str, Any]) -> tuple[dict[str, tuple], np.dtype]:
-    kinds = {n: _arrays.array_kind(a) for n, a in arrays.items() if a is not None}
-    shapes = {n: _arrays.array_shape(arrays[n], k) for n, k in kinds.items()}
-    dtype = _check_dtypes(op, kind, {n: _arrays.array_dtype(arrays[n], k) for n, k in kinds.items()})
-    return shapes, dtype
+    shapes, dtypes = {}, {}
+    for name, a in arrays.items():
+        if a is not None:
+            k = _arrays.array_kind(a)
+            shapes[name] = _arrays.array_shape(a, k)
+            dtypes[name] = _arrays.array_dtype(a, k)
+    return shapes, _check_dtypes(op, kind, dtypes)
 
 
 def _size(op: str, name: str, value: Any, lengths: tuple[int, ...], what: str) -> tuple[int, ...]:
@@ -383,14 +386,22 @@ def conv2d_spec(
     kind = classify(op, arrays)
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
     meta = (op, kind, dtype, shapes["input"], shapes["weight"], shapes.get("bias"), stride, padding, dilation, groups)
-    try:  # a network calls each layer's geometry over and over: validate it once
-        key = (meta[:6], _typed_key(stride), _typed_key(padding), _typed_key(dilation), _typed_key(groups))
+    return _cached(meta[:6], (stride, padding, dilation, groups), lambda: _conv2d_spec_from(*meta))
+
+
+def _cached(validated: tuple, arguments: tuple, build: Callable[[], ConvSpec]) -> ConvSpec:
+    """``build()``, or the spec it gave before for the same ``validated`` facts (op, kind, dtype,
+    array shapes) and ``arguments`` (compared with their types): a network calls each layer's
+    geometry over and over, and validates it once. An unhashable argument (a NumPy array) is
+    validated the same way, not cached; a build that raises caches nothing."""
+    try:
+        key = (validated, tuple(_typed_key(a) for a in arguments))
         hash(key)
-    except TypeError:  # an unhashable argument (a NumPy array): validated the same way, not cached
-        return _conv2d_spec_from(*meta)
+    except TypeError:
+        return build()
     spec = _SPEC_CACHE.get(key)
     if spec is None:
-        spec = _conv2d_spec_from(*meta)
+        spec = build()
         if len(_SPEC_CACHE) >= _SPEC_CACHE_SIZE:
             _SPEC_CACHE.clear()
         _SPEC_CACHE[key] = spec
@@ -425,6 +436,13 @@ def conv2d_input_spec(
     arrays = {"grad_output": grad_output, "weight": weight}
     kind = classify(op, arrays, optional=())
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    return _cached((op, kind, dtype, shapes["grad_output"], shapes["weight"]),
+                   (input_size, stride, padding, dilation, groups),
+                   lambda: _conv2d_input_spec_from(op, kind, dtype, shapes, input_size, stride, padding, dilation,
+                                                   groups))
+
+
+def _conv2d_input_spec_from(op, kind, dtype, shapes, input_size, stride, padding, dilation, groups) -> ConvSpec:
     in_shape = _size(op, "input_size", input_size, (3, 4), "(N, C_in, H, W) or (C_in, H, W)")
     geo = _forward_geometry(op, in_shape, shapes["weight"], stride, padding, dilation, groups, in_name="input_size")
     _check_grad_output(op, shapes["grad_output"], geo, f"for input_size {in_shape}")
@@ -451,6 +469,14 @@ def conv_transpose2d_spec(
     arrays = {"input": input, "weight": weight, "bias": bias}
     kind = classify(op, arrays)
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    return _cached((op, kind, dtype, shapes["input"], shapes["weight"], shapes.get("bias")),
+                   (stride, padding, output_padding, groups, dilation),
+                   lambda: _conv_transpose2d_spec_from(op, kind, dtype, shapes, bias is not None, stride, padding,
+                                                       output_padding, groups, dilation))
+
+
+def _conv_transpose2d_spec_from(op, kind, dtype, shapes, has_bias, stride, padding, output_padding, groups,
+                                dilation) -> ConvSpec:
     unbatched, batch, c_in, h, w = _input_shape(op, "input", shapes["input"])
     w_shape = shapes["weight"]
     if len(w_shape) != 4:
@@ -466,7 +492,7 @@ def conv_transpose2d_spec(
             f"has shape (C_in, C_out/groups, kH, kW)"
         )
     c_out, kh, kw = w_shape[1] * groups, w_shape[2], w_shape[3]
-    if bias is not None and shapes["bias"] != (c_out,):
+    if has_bias and shapes["bias"] != (c_out,):
         raise ValueError(
             f"{op}: bias must have shape (out_channels,) = ({c_out},) (weight.shape[1] * groups), got {shapes['bias']}"
         )
@@ -494,7 +520,7 @@ def conv_transpose2d_spec(
         batch=batch, in_channels=c_out, in_size=out_size, out_channels=c_in, kernel_size=(kh, kw), stride=stride_,
         padding=pad, dilation=dilation_, groups=groups, out_size=(h, w), unbatched=unbatched,
     )
-    return _transposed(op, geo, opad, out_size, dtype=dtype, has_bias=bias is not None, kind=kind)
+    return _transposed(op, geo, opad, out_size, dtype=dtype, has_bias=has_bias, kind=kind)
 
 
 def conv2d_weight_spec(
@@ -505,6 +531,13 @@ def conv2d_weight_spec(
     arrays = {"input": input, "grad_output": grad_output}
     kind = classify(op, arrays, optional=())
     shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    return _cached((op, kind, dtype, shapes["input"], shapes["grad_output"]),
+                   (weight_size, stride, padding, dilation, groups),
+                   lambda: _conv2d_weight_spec_from(op, kind, dtype, shapes, weight_size, stride, padding, dilation,
+                                                    groups))
+
+
+def _conv2d_weight_spec_from(op, kind, dtype, shapes, weight_size, stride, padding, dilation, groups) -> ConvSpec:
     w_shape = _size(op, "weight_size", weight_size, (4,), "(C_out, C_in/groups, kH, kW)")
     geo = _forward_geometry(
         op, shapes["input"], w_shape, stride, padding, dilation, groups, w_name="weight_size"

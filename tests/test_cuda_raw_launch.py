@@ -1,10 +1,22 @@
-"""The plane kernel's launch through CuPy (``NBCONV_CUDA_LAUNCH=raw``), checked without a GPU:
-the hand-packed arguments (Python ints, which CuPy passes as int64) match the compiled PTX's
-parameter list (count, and 8 bytes each) for every layout and dtype; the launcher hands CuPy the grid, block and arguments the dispatcher would.
+"""The kernels' launch through CuPy (``NBCONV_CUDA_LAUNCH=raw``, :mod:`nbconv.cuda._raw`), checked
+without a GPU, for every op and every kind of launch (plane, tiles, the tiled kernel, phases of
+a transposed convolution, the reductions and their finish pass):
+
+- the hand-packed arguments (Python ints, which CuPy passes as int64) match the compiled PTX's
+  parameter list (count, and 8 bytes each), compiled for real for the signature the launcher
+  asks for;
+- under Numba's simulator the kernels run from nothing but the packed arguments (a stand-in for
+  CuPy's function rebuilds each array from its pointer, shape and strides as the kernel would,
+  indexing a "C" array from its shape alone) and give bit for bit the dispatcher's result;
+- the Python cost of a call, with the driver call replaced, is measured by ``python
+  docs/host_cost.py --offline``.
+
 On a GPU, ``docs/gpu_check.sh`` runs the CUDA tests through this path as well."""
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,12 +24,14 @@ import types
 
 import numpy as np
 import pytest
+from cases import SIMULATOR
 
 pytestmark = pytest.mark.cuda
 
 
 class FakeCupyArray:
-    """What the raw launcher reads of a CuPy array: shape, strides, itemsize, pointer, flags."""
+    """What the raw launcher reads of a CuPy array: shape, strides, itemsize, dtype, pointer,
+    flags; :meth:`wrapping` a NumPy array points at its memory (for the simulator)."""
 
     def __init__(self, shape, dtype, strides=None, ptr=4096):
         self.shape = tuple(shape)
@@ -26,10 +40,24 @@ class FakeCupyArray:
         contiguous = np.empty(shape, dtype).strides
         self.strides = tuple(strides) if strides is not None else contiguous
         self.data = types.SimpleNamespace(ptr=ptr)
-        self.flags = types.SimpleNamespace(c_contiguous=self.strides == contiguous)
+        self.flags = types.SimpleNamespace(c_contiguous=self.strides == contiguous or 0 in self.shape)
         self.__cuda_array_interface__ = {"shape": self.shape, "typestr": self.dtype.str, "data": (ptr, False),
                                          "strides": self.strides, "version": 3}
+        self.base = None
 
+    @classmethod
+    def wrapping(cls, a: np.ndarray) -> FakeCupyArray:
+        fake = cls(a.shape, a.dtype, a.strides, a.__array_interface__["data"][0])
+        fake.flags.c_contiguous = a.flags.c_contiguous
+        fake.base = a
+        return fake
+
+
+def fake_empty(shape, dtype):
+    return FakeCupyArray.wrapping(np.full(shape, np.nan, dtype))
+
+
+# ----------------------------------------------------------------------------- packing, slicing
 
 def test_flatten_follows_numbas_array_abi():
     from nbconv.cuda._raw import flatten
@@ -46,56 +74,266 @@ def test_kernel_params_reads_the_entry_and_parameter_sizes():
     assert kernel_params(ptx) == ("_Zfoo", [8, 4])
 
 
+def test_view_types_contiguous_arrays_c_and_others_a():
+    from nbconv.cuda._raw import view
+
+    a = np.zeros((2, 3, 4, 5), np.float32)
+    assert view(FakeCupyArray.wrapping(a)).signature == ("f", 4, "C")
+    assert view(FakeCupyArray.wrapping(a[:, :, :, ::2])).signature == ("f", 4, "A")
+    assert view(FakeCupyArray.wrapping(a.transpose(0, 1, 3, 2))).signature == ("f", 4, "A")
+    three = view(FakeCupyArray.wrapping(a[0]), unbatched=True)  # a leading axis of 1: still C
+    assert three.shape == (1, 3, 4, 5) and three.strides == (0,) + a[0].strides and three.layout == "C"
+
+
+@pytest.mark.parametrize("index", [
+    (slice(None), slice(None), slice(1, None, 2), slice(0, None, 3)),
+    (slice(None), slice(None), slice(2, 3), slice(None, None, 2)),
+    (slice(1, 2), slice(None, None, 2)),
+    (slice(None), slice(None), slice(5, None, 2), slice(None)),  # empty
+])
+def test_raw_array_slices_like_numpy(index):
+    from nbconv.cuda._raw import view
+
+    a = np.arange(2 * 3 * 5 * 7, dtype=np.float64).reshape(2, 3, 5, 7)[:, :, :, ::-1]  # negative strides too
+    got = view(FakeCupyArray.wrapping(a))[index]
+    want = a[index]
+    assert got.shape == want.shape and got.layout == "A"
+    if want.size:  # (NumPy leaves the stride of an empty axis unscaled)
+        assert got.strides == want.strides and got.ptr == want.__array_interface__["data"][0]
+
+
+# ------------------------------------------------------- every kind of launch, as the ops make them
+
+def _dev(a):
+    """A device-array stand-in for validation (a CUDA kind: float16 allowed)."""
+    return None if a is None else FakeCupyArray.wrapping(a)
+
+
+def _conv(x_shape, w_shape, bias, dtype=np.float32, x_view=None, **kw):
+    """conv2d: (spec, op name, arrays) with the input made non-contiguous by ``x_view``."""
+    from nbconv._spec import conv2d_spec
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    if x_view is not None:
+        x = x_view(x)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
+    return conv2d_spec(_dev(x), _dev(w), _dev(b), **kw), "forward", (x, w, b)
+
+
+def _transpose(x_shape, w_shape, bias, dtype=np.float32, **kw):
+    from nbconv._spec import conv_transpose2d_spec
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[1] * kw.get("groups", 1)).astype(dtype) if bias else None
+    return conv_transpose2d_spec(_dev(x), _dev(w), _dev(b), **kw), "forward", (x, w, b)
+
+
+def _input_grad(x_shape, w_shape, dtype=np.float32, **kw):
+    from nbconv._spec import conv2d_input_spec, conv2d_spec
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    fwd = conv2d_spec(_dev(np.zeros(x_shape, dtype)), _dev(w), None, **kw)
+    gy = rng.standard_normal(fwd.output_shape).astype(dtype)
+    return conv2d_input_spec(x_shape, _dev(w), _dev(gy), **kw), "forward", (gy, w, None)
+
+
+def _weight_grad(x_shape, w_shape, dtype=np.float32, **kw):
+    from nbconv._spec import conv2d_spec, conv2d_weight_spec
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    fwd = conv2d_spec(_dev(x), _dev(np.zeros(w_shape, dtype)), None, **kw)
+    gy = rng.standard_normal(fwd.output_shape).astype(dtype)
+    return conv2d_weight_spec(_dev(x), w_shape, _dev(gy), **kw), "weight_grad", (x, gy)
+
+
+def _bias_grad(gy_shape, dtype=np.float32):
+    from nbconv._spec import conv2d_bias_spec
+
+    gy = np.random.default_rng(5).standard_normal(gy_shape).astype(dtype)
+    return conv2d_bias_spec(_dev(gy)), "bias_grad", (gy,)
+
+
+def _launch_kind(spec, op):
+    """Which kernels ``op`` launches for ``spec``, by name."""
+    from nbconv.cuda import _launch
+
+    if op == "bias_grad":
+        return "pairs"
+    if op == "weight_grad":
+        return "weight tiles" if _launch.tile_reduce_launch(spec) else "pairs"
+    if _launch.phase_launches(spec) if spec.lhs_dilation != (1, 1) else None:
+        return "phases"
+    return {"ConvTileLaunch": "conv tiles", "PlaneLaunch": "plane", "LaunchConfig": "tiled"}[
+        type(_launch.forward_launch_config(spec)).__name__]
+
+
+def _run(spec, op, run, arrays, out):
+    from nbconv.cuda import _launch
+
+    if op == "forward":
+        return _launch.forward(spec, run, *arrays, out)
+    if op == "weight_grad":
+        return _launch.weight_grad(spec, run, *arrays, out)
+    return _launch.bias_grad(spec, run, *arrays, out)
+
+
+# Under the simulator the tile kernels take layers from 8 output channels per group (the
+# ``small_tiles`` fixture); compiled for real, from their real thresholds.
+SIM_CASES = {
+    "conv2d depthwise, bias": lambda: _conv((2, 4, 7, 6), (4, 1, 3, 3), True, padding=1, groups=4),
+    "conv2d unbatched, stride 2": lambda: _conv((4, 9, 9), (8, 2, 3, 3), False, stride=2, groups=2),
+    "conv2d strided input, float64": lambda: _conv((1, 4, 6, 12), (4, 2, 2, 3), True, np.float64,
+                                                   x_view=lambda x: x[:, :, :, ::2], groups=2, dilation=(1, 2)),
+    "conv2d float16": lambda: _conv((1, 2, 5, 5), (4, 1, 3, 3), True, np.float16, padding="same", groups=2),
+    "conv2d by tiles": lambda: _conv((1, 16, 4, 4), (16, 8, 3, 3), True, padding="same", groups=2),
+    "transposed 1x1 stride 2 (tiled)": lambda: _transpose((1, 4, 3, 4), (4, 2, 1, 1), False, stride=2, groups=2),
+    "transposed stride 2 (phases)": lambda: _transpose((2, 4, 4, 5), (4, 1, 3, 3), True, stride=2, padding=1,
+                                                       output_padding=1, groups=4),
+    "input gradient": lambda: _input_grad((2, 4, 6, 6), (8, 2, 3, 3), padding=1, groups=2),
+    "weight gradient, pairs": lambda: _weight_grad((1, 4, 5, 6), (4, 1, 2, 2), padding=1, groups=4),
+    "weight gradient, tiles": lambda: _weight_grad((1, 8, 5, 5), (32, 2, 3, 3), padding="same", groups=4,
+                                                   dilation=2),
+    "weight gradient, unbatched float64": lambda: _weight_grad((4, 6, 6), (4, 1, 2, 2), np.float64, groups=4),
+    "bias gradient": lambda: _bias_grad((2, 4, 5, 3)),
+    "bias gradient, unbatched": lambda: _bias_grad((3, 4, 4)),
+}
+SIM_KINDS = {"conv2d depthwise, bias": "plane", "conv2d by tiles": "conv tiles",
+             "transposed 1x1 stride 2 (tiled)": "tiled", "transposed stride 2 (phases)": "phases",
+             "weight gradient, pairs": "pairs", "weight gradient, tiles": "weight tiles", "bias gradient": "pairs"}
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    from nbconv.cuda import _launch
+
+    monkeypatch.setattr(_launch, "CONV_TILES_MIN_OUT", 8)
+    monkeypatch.setattr(_launch, "CONV_TILES_MIN_TERMS", 8)
+    _launch.forward_launch_config.cache_clear()
+    yield
+    _launch.forward_launch_config.cache_clear()
+
+
+def simulated_function(key, signature, cc):
+    """A stand-in for the CuPy function of ``key``: it rebuilds each argument from the packed
+    ints alone, as the compiled kernel reads them (Numba's ABI; a "C" array indexed from its
+    shape, its strides ignored), and runs the kernel under the simulator."""
+    from numba import cuda
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    from nbconv.cuda._kernels import kernel_of
+
+    def launch(grid, block, packed):
+        assert all(type(v) is int for v in packed)
+        args, i = [], 0
+        for s in signature:
+            if s is None:
+                args.append(packed[i])
+                i += 1
+                continue
+            dtype, ndim = np.dtype(s[0]), s[1]
+            meminfo, parent, nitems, itemsize, ptr = packed[i:i + 5]
+            shape, strides = packed[i + 5:i + 5 + ndim], packed[i + 5 + ndim:i + 5 + 2 * ndim]
+            i += 5 + 2 * ndim
+            assert (meminfo, parent, itemsize) == (0, 0, dtype.itemsize) and nitems == int(np.prod(shape))
+            iface = {"shape": shape, "typestr": dtype.str, "data": (ptr, False), "version": 3,
+                     "strides": None if s[2] == "C" else strides}
+            args.append(FakeCUDAArray(np.asarray(types.SimpleNamespace(__array_interface__=iface))))
+        assert i == len(packed)
+        kernel_of(key)[grid, block, cuda.default_stream()](*args)
+
+    return launch
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="runs the kernels under Numba's simulator")
+@pytest.mark.parametrize("case", list(SIM_CASES))
+def test_kernels_run_from_the_packed_arguments_alone(case, small_tiles, monkeypatch):
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    from nbconv.cuda import _launch, _raw
+
+    spec, op, arrays = SIM_CASES[case]()
+    if case in SIM_KINDS:
+        assert _launch_kind(spec, op) == SIM_KINDS[case]
+    # the dispatcher's result (the simulator's device arrays, strides kept), every output first NaN
+    want = np.full(spec.output_shape, np.nan, spec.dtype)
+    _run(spec, op, _launch.NumbaLauncher(spec.kind), [None if a is None else FakeCUDAArray(a) for a in arrays],
+         FakeCUDAArray(want))
+    assert np.isfinite(want).all()
+    # the raw launch, from the packed arguments
+    monkeypatch.setattr(_raw, "_function", simulated_function)
+    monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(_raw, "_driver_launch", lambda: None)  # CuPy's call (the stand-in)
+    out = np.full(spec.output_shape, np.nan, spec.dtype)
+    fakes = [None if a is None else FakeCupyArray.wrapping(a) for a in arrays]
+    _run(spec, op, _raw.RawLauncher(empty=fake_empty), fakes, FakeCupyArray.wrapping(out))
+    assert np.isfinite(out).all(), "an output the raw launch did not write"
+    np.testing.assert_array_equal(out, want)
+
+
 _PACKING_CHECK = r"""
 import sys
 sys.path.insert(0, {tests!r})
 import numpy as np
-from test_cuda_raw_launch import FakeCupyArray
-from nbconv._spec import conv2d_spec, conv2d_input_spec
-from nbconv.cuda._compile import compile_forward
-from nbconv.cuda._launch import PlaneLaunch, forward_launch_config
-from nbconv.cuda._raw import arguments, kernel_params, layout
+import test_cuda_raw_launch as t
+from nbconv.cuda import _raw
 
-cases = [((2, 4, 9, 9), (4, 1, 3, 3), True, dict(padding=1, groups=4), None),
-         ((4, 9, 9), (8, 2, 3, 3), False, dict(stride=2, groups=2), None),          # unbatched: layout A
-         ((2, 4, 9, 9), (4, 1, 3, 3), True, dict(groups=4), (4 * 9 * 18 * 8, 9 * 18 * 8, 18 * 8, 2 * 8))]
-n = 0
-for x_shape, w_shape, bias, kw, x_strides in cases:
-    for dtype in (np.float16, np.float32, np.float64):
-        x = FakeCupyArray(x_shape, dtype, x_strides)
-        w = FakeCupyArray(w_shape, dtype)
-        b = FakeCupyArray((w_shape[0],), dtype) if bias else None
-        spec = conv2d_spec(x, w, b, **kw)
-        out = FakeCupyArray(spec.output_shape, dtype)
-        specs = [(spec, x, w, b, out)]
-        gy = out
-        ispec = conv2d_input_spec(x_shape, w, gy, **kw)
-        if ispec.lhs_dilation == (1, 1):
-            specs.append((ispec, gy, w, None, FakeCupyArray(ispec.output_shape, dtype)))
-        for s, a, ww, bb, o in specs:
-            cfg = forward_launch_config(s)
-            assert isinstance(cfg, PlaneLaunch), s
-            lay = layout(a, ww, bb, o, batched=not s.unbatched)
-            contiguous = all(v.flags.c_contiguous for v in (a, ww, o) + ((bb,) if bb is not None else ()))
-            assert lay == ("C" if contiguous and not s.unbatched else "A")
-            _, sizes = kernel_params(compile_forward(cfg.key, np.dtype(dtype), (9, 0), layout=lay))
-            args = arguments(s, cfg, a, ww, bb, o)
-            assert all(type(v) is int for v in args) and sizes == [8] * len(args), (s, sizes, len(args))
-            n += 1
-print("checked", n)
+compiled = {{}}
+def record(key, signature, cc):
+    def launch(grid, block, packed):
+        assert all(type(v) is int for v in packed), packed
+        if (key, signature) not in compiled:
+            _, sizes = _raw.kernel_params(_raw.compile_ptx(key, signature, cc))
+            assert sizes == [8] * len(packed), (key, signature, sizes, len(packed))
+            compiled[key, signature] = len(packed)
+    return launch
+_raw._function = record
+_raw._compute_capability = lambda: (9, 0)
+_raw._driver_launch = lambda: None
+kinds = set()
+for name, make in t.REAL_CASES.items():
+    spec, op, arrays = make()
+    kinds.add(t._launch_kind(spec, op))
+    fakes = [None if a is None else t.FakeCupyArray.wrapping(a) for a in arrays]
+    t._run(spec, op, _raw.RawLauncher(empty=t.fake_empty), fakes, t.fake_empty(spec.output_shape, spec.dtype))
+print("kinds", sorted(kinds))
+print("compiled", len(compiled))
 """
+
+# Compiled for real (real thresholds): every kind of launch once, the dtypes and layouts on the plane.
+REAL_CASES = {
+    "plane float32": SIM_CASES["conv2d depthwise, bias"],
+    "plane unbatched (A)": SIM_CASES["conv2d unbatched, stride 2"],
+    "plane strided input float64": SIM_CASES["conv2d strided input, float64"],
+    "plane float16": SIM_CASES["conv2d float16"],
+    "conv tiles": lambda: _conv((1, 32, 5, 5), (64, 16, 3, 3), True, padding=1, groups=2),
+    "tiled": SIM_CASES["transposed 1x1 stride 2 (tiled)"],
+    "phases": SIM_CASES["transposed stride 2 (phases)"],
+    "input gradient": SIM_CASES["input gradient"],
+    "pairs": SIM_CASES["weight gradient, pairs"],
+    "weight tiles": SIM_CASES["weight gradient, tiles"],
+    "bias": SIM_CASES["bias gradient, unbatched"],
+}
 
 
 def test_packed_arguments_match_the_ptx_parameters():
-    """Compiled for real (no simulator): the count and byte size of every parameter."""
+    """Every launch the ops make, compiled for real (no simulator) for the signature the
+    launcher asks for: the count and byte size of every parameter."""
     tests = os.path.dirname(os.path.abspath(__file__))
     res = subprocess.run([sys.executable, "-c", _PACKING_CHECK.format(tests=tests)], capture_output=True, text=True,
-                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), timeout=900)
+                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), timeout=900, cwd=tests)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "checked 15" in res.stdout, res.stdout
+    assert "kinds ['conv tiles', 'pairs', 'phases', 'plane', 'tiled', 'weight tiles']" in res.stdout, res.stdout
+    compiled = int(res.stdout.split("compiled")[1])
+    assert compiled >= 14, res.stdout  # 8 forward signatures or more, 3 reductions and 3 finish passes
 
 
-def test_launch_plane_hands_cupy_the_launch(monkeypatch):
+def test_launcher_hands_cupy_the_grid_block_and_arguments(monkeypatch):
     from nbconv._spec import conv2d_spec
     from nbconv.cuda import _launch, _raw
 
@@ -103,15 +341,117 @@ def test_launch_plane_hands_cupy_the_launch(monkeypatch):
     monkeypatch.setattr(_raw, "_function", lambda *key: (lambda grid, block, args: calls.append((key, grid, block,
                                                                                                    args))))
     monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(_raw, "_driver_launch", lambda: None)
     x = FakeCupyArray((2, 4, 9, 9), np.float32)
     w = FakeCupyArray((8, 1, 3, 3), np.float32)
-    spec = conv2d_spec(x, w, None, padding=1, groups=4)
+    spec = conv2d_spec(np.zeros(x.shape, np.float32), np.zeros(w.shape, np.float32), None, padding=1, groups=4)
     out = FakeCupyArray(spec.output_shape, np.float32)
     cfg = _launch.forward_launch_config(spec)
-    _raw.launch_plane(spec, cfg, x, w, None, out)
+    _launch.forward(spec, _raw.RawLauncher(), x, w, None, out)
     (key, grid, block, args), = calls
-    assert key == (cfg.key, np.dtype(np.float32), "C", (9, 0))
+    assert key == (cfg.key, (("f", 4, "C"),) * 4 + (None,) * 7, (9, 0))
     assert grid == cfg.grid and block == cfg.block
     assert len(args) == 4 * 13 + 7  # four 4-D arrays (the weight stands in for the bias), 7 ints
     assert args[-7:] == (1, 1, 4, 1, 2, 1, 2 * 4 * 1)  # pads, groups, in/out per group, oc blocks, planes
     assert args[4] == x.data.ptr and args[5:13] == x.shape + x.strides
+
+
+def test_raw_launch_is_taken_only_for_cupy_arrays_when_asked(monkeypatch):
+    from nbconv._arrays import CUPY
+    from nbconv._spec import conv2d_spec
+    from nbconv.cuda import _launch, _raw
+
+    spec = conv2d_spec(np.zeros((1, 2, 4, 4), np.float32), np.zeros((2, 1, 3, 3), np.float32), groups=2)
+    cupy_spec = dataclasses.replace(spec, kind=CUPY)
+    monkeypatch.setattr(_launch.config, "ENABLE_CUDASIM", False)
+    monkeypatch.setattr(_launch, "launch_stream", lambda kind: None)
+    monkeypatch.setattr(_raw, "ENABLED", True)
+    assert _launch.launcher(cupy_spec) is _launch._RAW
+    assert isinstance(_launch.launcher(spec), _launch.NumbaLauncher)  # NumPy kind here: not CuPy
+    monkeypatch.setattr(_raw, "ENABLED", False)
+    assert isinstance(_launch.launcher(cupy_spec), _launch.NumbaLauncher)
+
+
+_LAUNCH_PROTO = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, *([ctypes.c_uint] * 7), ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_void_p)
+
+
+def fake_driver(seen: list, result: int = 0):
+    """A C-callable stand-in for ``cuLaunchKernel`` that reads its ``extra`` argument as the
+    driver does: BUFFER_POINTER, the buffer, BUFFER_SIZE, a pointer to its size, END."""
+
+    def launch(function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        ex = ctypes.cast(extra, ctypes.POINTER(ctypes.c_void_p))
+        assert (ex[0], ex[2], ex[4]) == (1, 2, None) and params is None and shared == 0
+        size = ctypes.cast(ex[3], ctypes.POINTER(ctypes.c_size_t))[0]
+        values = ctypes.cast(ex[1], ctypes.POINTER(ctypes.c_int64))[:size // 8]
+        seen.append(dict(function=function, grid=(gx, gy, gz), block=(bx, by, bz), stream=stream, values=values))
+        return result
+
+    return _LAUNCH_PROTO(launch)
+
+
+def test_launch_with_buffer_hands_the_driver_one_parameter_buffer():
+    from nbconv.cuda._raw import launch_with_buffer
+
+    seen = []
+    packed = (0, 0, 6, 4, 2**40 + 8, 2, 3, 12, 4, -3, 7)
+    assert launch_with_buffer(fake_driver(seen), 1234, (5, 2), (32,), 99, packed) == 0
+    assert seen == [dict(function=1234, grid=(5, 2, 1), block=(32, 1, 1), stream=99, values=list(packed))]
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_launcher_goes_through_the_driver_and_falls_back_to_cupy(refused, monkeypatch):
+    from nbconv._spec import conv2d_bias_spec
+    from nbconv.cuda import _launch, _raw
+
+    seen, via_cupy = [], []
+    monkeypatch.setattr(_raw, "_function", lambda *key: _CallRecorder(4321, via_cupy))
+    monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
+    driver = fake_driver(seen, result=1 if refused else 0)
+    monkeypatch.setattr(_raw, "_driver_launch", lambda: driver)
+    gy = FakeCupyArray((2, 4, 5, 3), np.float32, ptr=8192)
+    out = FakeCupyArray((4,), np.float32, ptr=16384)
+    spec = conv2d_bias_spec(gy)
+    stream = types.SimpleNamespace(ptr=77)  # CuPy's current stream
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        get_current_stream=lambda: stream)))
+    _launch.bias_grad(spec, _raw.RawLauncher(empty=lambda shape, dtype: FakeCupyArray(shape, dtype, ptr=32768)),
+                      gy, out)
+    assert len(seen) == 2 and [s["function"] for s in seen] == [4321, 4321] and seen[0]["stream"] == 77
+    partial, finish = seen
+    assert len(partial["values"]) == 13 + 13 + 15 + 4  # x (gy stands in), gy, the 5-D partial sums, 4 ints
+    assert partial["values"][4] == partial["values"][13 + 4] == 8192 and partial["values"][26 + 4] == 32768
+    assert len(finish["values"]) == 15 + 7 and finish["values"][4] == 32768 and finish["values"][15 + 4] == 16384
+    assert finish["grid"] == (1, 1, 1) and finish["block"] == (128, 1, 1)
+    assert len(via_cupy) == (2 if refused else 0)  # a refused launch goes through CuPy's call
+    if refused:
+        assert via_cupy[1] == ((1,), (128,), tuple(finish["values"]))
+
+
+class _CallRecorder:
+    """A stand-in for a CuPy function: its handle, and its calls."""
+
+    def __init__(self, ptr, calls):
+        self.ptr, self.calls = ptr, calls
+
+    def __call__(self, grid, block, args):
+        self.calls.append((grid, block, args))
+
+
+def test_host_cost_offline_reports_every_op():
+    """``docs/host_cost.py --offline`` (the Python cost of a call with the driver replaced) runs,
+    and each op makes the launches it should: one, four phases, or a reduction and its finish."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, os.path.join(root, "docs", "host_cost.py"), "--offline"],
+                         capture_output=True, text=True, timeout=300, cwd=root,
+                         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in res.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| op")}
+    launches = {op: int(cells[0]) for op, cells in rows.items()}
+    assert launches == {"conv2d, depthwise 3x3 (plane)": 1, "conv2d, 64 -> 64 g2 3x3 (tiles)": 1,
+                        "conv_transpose2d, stride 2 (4 phases)": 4, "grad.conv2d_input, depthwise (plane)": 1,
+                        "grad.conv2d_weight, depthwise (pairs, finish)": 2,
+                        "grad.conv2d_weight, 64 -> 64 g2 (tiles, finish)": 2, "grad.conv2d_bias (pairs, finish)": 2}
+    assert all(float(cells[1].rstrip(" |")) > 0 for cells in rows.values())

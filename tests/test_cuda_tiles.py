@@ -109,7 +109,7 @@ def test_tiles_compute_the_weight_gradient(x_shape, w_shape, kw, dtype, monkeypa
     if dtype != np.float32 and SIMULATOR and x_shape != CASES[0][0]:
         pytest.skip("the simulator is slow: float16 and float64 on the first case only")
     ran, launch = [], _launch._reduce_tiles
-    monkeypatch.setattr(_launch, "_reduce_tiles", lambda *a: (ran.append(a[1]), launch(*a))[1])
+    monkeypatch.setattr(_launch, "_reduce_tiles", lambda *a: (ran.append(a[2]), launch(*a))[1])
     rng = np.random.default_rng(7)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = np.zeros(w_shape, dtype)
@@ -179,13 +179,13 @@ def test_which_convolutions_take_the_tiles(x_shape, w_shape, kw, op, kind):
 def small_layers_take_the_tiles(monkeypatch):
     """Under the simulator the test layers are small: let layers of 8 output channels per group
     take the tiles, with launch configs made afresh, and record the tile launches."""
-    from nbconv.cuda import _launch
+    from nbconv.cuda import _kernels, _launch
 
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_OUT", 8)
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_TERMS", 8)
     _launch.forward_launch_config.cache_clear()
-    ran, build = [], _launch.conv_tile_kernel
-    monkeypatch.setattr(_launch, "conv_tile_kernel", lambda key: (ran.append(key), build(key))[1])
+    ran, build = [], _kernels.conv_tile_kernel
+    monkeypatch.setattr(_kernels, "conv_tile_kernel", lambda key: (ran.append(key), build(key))[1])
     yield ran
     _launch.forward_launch_config.cache_clear()
 
@@ -240,6 +240,8 @@ def test_pair_kernel_strips_compute_the_weight_and_bias_gradients(x_shape, w_sha
     from nbconv.cuda import _launch
 
     monkeypatch.setattr(_launch, "REDUCE_STRIP", strip)
+    _launch.reduce_launch.cache_clear()  # launches are cached per spec: made afresh with this strip
+    monkeypatch.setattr(_launch, "reduce_launch", _launch.reduce_launch.__wrapped__)
     rng = np.random.default_rng(5)
     x = rng.standard_normal(x_shape).astype(np.float32)
     gy = rng.standard_normal(conv2d_reference(x, np.zeros(w_shape, np.float32), **kw).shape).astype(np.float32)

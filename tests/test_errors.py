@@ -125,6 +125,42 @@ def test_a_cached_spec_does_not_let_an_equal_but_invalid_argument_through(stride
         nbconv.conv2d(x, w, stride=stride, groups=2)
 
 
+@pytest.mark.parametrize("stride", [True, 1.0, (1, 1.0)])
+def test_cached_gradient_specs_do_not_let_an_equal_but_invalid_argument_through(stride):
+    """The gradient and transposed ops' specs are cached per geometry and argument types too."""
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((2, 1, 3, 3), np.float32)
+    gy = np.ones((1, 2, 3, 3), np.float32)
+    calls = [lambda s: nbconv.grad.conv2d_input(x.shape, w, gy, stride=s, groups=2),
+             lambda s: nbconv.grad.conv2d_weight(x, w.shape, gy, stride=s, groups=2),
+             lambda s: nbconv.conv_transpose2d(gy, w, stride=s, groups=2)]
+    for call in calls:
+        call(1)  # the valid one, cached
+        with pytest.raises(TypeError, match="stride must be an int or a pair of ints"):
+            call(stride)
+        with pytest.raises(TypeError, match="stride must be an int or a pair of ints"):
+            call(stride)  # a refused call caches nothing
+
+
+def test_gradient_spec_cache_returns_the_same_spec_per_geometry():
+    from nbconv._spec import conv2d_input_spec, conv2d_weight_spec, conv_transpose2d_spec
+
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((2, 1, 3, 3), np.float32)
+    gy = np.ones((1, 2, 5, 5), np.float32)
+    assert conv2d_input_spec(x.shape, w, gy, padding=1, groups=2) is conv2d_input_spec(x.shape, w, gy, padding=1,
+                                                                                       groups=2)
+    assert conv2d_input_spec(list(x.shape), w, gy, padding=1, groups=2) == conv2d_input_spec(
+        np.array(x.shape), w, gy, padding=1, groups=2)  # a list and an array (unhashable): the same problem
+    a = conv2d_weight_spec(x, (2, 1, 3, 3), gy, padding=1, groups=2)
+    assert conv2d_weight_spec(x, (2, 1, 3, 3), gy, padding=1, groups=2) is a
+    assert conv2d_weight_spec(x, (2, 1, 1, 1), gy, groups=2) != a  # another weight size: another problem
+    t = conv_transpose2d_spec(x, w, None, stride=2, output_padding=1, groups=2)
+    assert conv_transpose2d_spec(x, w, None, stride=2, output_padding=1, groups=2) is t
+    assert conv_transpose2d_spec(x, w, np.ones(2, np.float32), stride=2, output_padding=1, groups=2).has_bias
+    assert conv_transpose2d_spec(x, w, None, stride=2, groups=2).out_size != t.out_size
+    with pytest.raises(ValueError, match="output_padding must be >= 0 and smaller than stride"):
+        conv_transpose2d_spec(x, w, None, stride=2, output_padding=2, groups=2)
+
+
 def test_spec_cache_returns_the_same_spec_and_takes_unhashable_arguments():
     from nbconv._spec import conv2d_spec
 

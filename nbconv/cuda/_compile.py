@@ -10,11 +10,19 @@ from __future__ import annotations
 from numba import cuda, types
 
 from .._numba_types import NUMBA_FLOAT
-from ._conv_tiles import ConvTileKey, conv_tile_kernel
-from ._forward import ForwardKey, forward_kernel
-from ._planes import PlaneKey, launch_bounds, plane_kernel
-from ._reduce import ReduceKey, finish_kernel, partial_kernel, reduce_launch_bounds
-from ._wgrad_tiles import TileReduceKey, tile_kernel
+from ._conv_tiles import ConvTileKey
+from ._forward import ForwardKey
+from ._kernels import FinishKey, compile_options, kernel_of
+from ._planes import PlaneKey
+from ._reduce import ReduceKey
+from ._wgrad_tiles import TileReduceKey
+
+
+def compile_for(key, argtypes: tuple, cc: tuple[int, int]) -> str:
+    """PTX of the kernel ``key`` names (:func:`nbconv.cuda._kernels.kernel_of`), with its
+    launch bounds, for the Numba argument types ``argtypes`` on compute capability ``cc``."""
+    ptx, _ = cuda.compile_ptx(kernel_of(key).py_func, argtypes, cc=cc, **compile_options(key))
+    return ptx
 
 
 def forward_signature(key: ForwardKey | PlaneKey | ConvTileKey, dtype, layout: str = "C"):
@@ -28,14 +36,7 @@ def forward_signature(key: ForwardKey | PlaneKey | ConvTileKey, dtype, layout: s
 def compile_forward(key: ForwardKey | PlaneKey | ConvTileKey, dtype, cc: tuple[int, int], layout: str = "C") -> str:
     """PTX of the forward (tiled, plane or tile-product) kernel for ``key`` and ``dtype`` on
     compute capability ``cc``."""
-    if isinstance(key, PlaneKey):
-        kernel, options = plane_kernel(key), {"launch_bounds": launch_bounds(key)}
-    elif isinstance(key, ConvTileKey):
-        kernel, options = conv_tile_kernel(key), {"launch_bounds": (key.threads, 1)}
-    else:
-        kernel, options = forward_kernel(key), {}
-    ptx, _ = cuda.compile_ptx(kernel.py_func, forward_signature(key, dtype, layout), cc=cc, **options)
-    return ptx
+    return compile_for(key, forward_signature(key, dtype, layout), cc)
 
 
 def compile_reduce(key: ReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
@@ -43,10 +44,8 @@ def compile_reduce(key: ReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
     arr4 = types.Array(NUMBA_FLOAT[dtype], 4, "A")
     acc = types.Array(types.float64 if key.acc_double else types.float32, 5, "C")
     out = types.Array(NUMBA_FLOAT[dtype], 1 if key.bias_only else 4, "A")
-    p1, _ = cuda.compile_ptx(partial_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 4, cc=cc,
-                             launch_bounds=reduce_launch_bounds(key))
-    p2, _ = cuda.compile_ptx(finish_kernel(key.bias_only, key.wide_index).py_func, (acc, out), cc=cc)
-    return [p1, p2]
+    return [compile_for(key, (arr4, arr4, acc) + (types.int64,) * 4, cc),
+            compile_for(FinishKey(key.bias_only, key.wide_index), (acc, out), cc)]
 
 
 def compile_tiles(key: TileReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
@@ -54,10 +53,8 @@ def compile_tiles(key: TileReduceKey, dtype, cc: tuple[int, int]) -> list[str]:
     arr4 = types.Array(NUMBA_FLOAT[dtype], 4, "A")
     acc = types.Array(types.float64 if key.acc_double else types.float32, 5, "C")
     out = types.Array(NUMBA_FLOAT[dtype], 4, "A")
-    p1, _ = cuda.compile_ptx(tile_kernel(key).py_func, (arr4, arr4, acc) + (types.int64,) * 6, cc=cc,
-                             launch_bounds=(key.threads, 1))
-    p2, _ = cuda.compile_ptx(finish_kernel(False).py_func, (acc, out), cc=cc)
-    return [p1, p2]
+    return [compile_for(key, (arr4, arr4, acc) + (types.int64,) * 6, cc),
+            compile_for(FinishKey(False), (acc, out), cc)]
 
 
 def compile_key(key, dtype, cc: tuple[int, int]) -> list[str]:

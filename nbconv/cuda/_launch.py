@@ -12,12 +12,13 @@ from numba import config
 from .._arrays import CUPY
 from . import _raw
 from ._arrays import as_batched_device_array, device_scratch, launch_stream
-from ._conv_tiles import ConvTileKey, conv_tile_kernel
-from ._forward import ForwardKey, forward_kernel
+from ._conv_tiles import ConvTileKey
+from ._forward import ForwardKey
+from ._kernels import FinishKey, kernel_of
 from ._phases import Phase, phases
-from ._planes import MAX_REGISTERS, PlaneKey, plane_kernel, registers_needed
-from ._reduce import ReduceKey, finish_kernel, partial_kernel
-from ._wgrad_tiles import TileReduceKey, tile_kernel
+from ._planes import MAX_REGISTERS, PlaneKey, registers_needed
+from ._reduce import ReduceKey
+from ._wgrad_tiles import TileReduceKey
 
 #: Static shared memory a block may use without opting in (all GPUs since Kepler).
 SHARED_LIMIT_BYTES = 48 * 1024
@@ -230,41 +231,66 @@ def tile_launch_config(spec) -> LaunchConfig:
     return LaunchConfig(key, grid, (tile[1], tile[0]), n_oc_blocks, tiles)
 
 
+class NumbaLauncher:
+    """The launches of one op through numba-cuda's dispatcher, on the caller's stream (CuPy's
+    or PyTorch's current one, else Numba's default): arrays as Numba device arrays (no copy, no
+    host synchronisation), scratch from CuPy's memory pool for CuPy callers."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.stream = launch_stream(kind)
+
+    def array(self, a: Any, unbatched: bool = False) -> Any:
+        return as_batched_device_array(a, unbatched)
+
+    def scratch(self, shape: tuple[int, ...], dtype) -> Any:
+        return device_scratch(self.kind, shape, dtype)
+
+    def __call__(self, key, grid, block, *args) -> None:
+        kernel_of(key)[grid, block, self.stream](*args)
+
+
+_RAW = _raw.RawLauncher()
+
+
+def launcher(spec) -> NumbaLauncher | _raw.RawLauncher:
+    """How ``spec``'s kernels are launched: through CuPy (:mod:`nbconv.cuda._raw`) for CuPy
+    arrays with ``NBCONV_CUDA_LAUNCH=raw``, else through numba-cuda's dispatcher."""
+    if _raw.ENABLED and spec.kind == CUPY and not config.ENABLE_CUDASIM:
+        return _RAW
+    return NumbaLauncher(spec.kind)
+
+
 def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     """Launch the convolution kernel of ``spec`` (``conv2d``, ``conv_transpose2d`` or
     ``grad.conv2d_input``) writing into ``out``; no host synchronisation."""
-    cfg = forward_launch_config(spec)
-    if _raw.ENABLED and spec.kind == CUPY and isinstance(cfg, PlaneLaunch) and not config.ENABLE_CUDASIM:
-        _raw.launch_plane(spec, cfg, input, weight, bias, out)  # without numba-cuda's dispatcher
-        return out
-    x = as_batched_device_array(input, spec.unbatched)
-    w = as_batched_device_array(weight, False)
-    o = as_batched_device_array(out, spec.unbatched)
-    b = as_batched_device_array(bias, False) if bias is not None else w
+    return forward(spec, launcher(spec), input, weight, bias, out)
+
+
+def forward(spec, run, input: Any, weight: Any, bias: Any, out: Any) -> Any:
+    """:func:`conv2d_forward` through the launcher ``run``."""
+    x = run.array(input, spec.unbatched)
+    w = run.array(weight)
+    o = run.array(out, spec.unbatched)
+    b = run.array(bias) if bias is not None else w
+    pad_h, pad_w = spec.padding[0], spec.padding[2]
     split = phase_launches(spec) if spec.lhs_dilation != (1, 1) else None
     if split:  # a strided transposed convolution: one stride-1 launch per output phase, no zeros
-        stream = launch_stream(spec.kind)
         for ph, pcfg in split:
-            plane_kernel(pcfg.key)[pcfg.grid, pcfg.block, stream](
-                x, w[:, :, ph.rows, ph.cols], b, o[:, :, ph.out_rows, ph.out_cols], ph.spec.padding[0],
-                ph.spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group, pcfg.n_oc_blocks, pcfg.planes,
-            )
+            run(pcfg.key, pcfg.grid, pcfg.block, x, w[:, :, ph.rows, ph.cols], b, o[:, :, ph.out_rows, ph.out_cols],
+                ph.spec.padding[0], ph.spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group,
+                pcfg.n_oc_blocks, pcfg.planes)
         return out
+    cfg = forward_launch_config(spec)
     if isinstance(cfg, ConvTileLaunch):
-        conv_tile_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
-            x, w, b, o, spec.padding[0], spec.padding[2], spec.in_per_group, spec.out_per_group, cfg.m_tiles
-        )
-        return out
-    if isinstance(cfg, PlaneLaunch):
-        plane_kernel(cfg.key)[cfg.grid, cfg.block, launch_stream(spec.kind)](
-            x, w, b, o, spec.padding[0], spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group,
-            cfg.n_oc_blocks, cfg.planes,
-        )
-        return out
-    kernel = forward_kernel(cfg.key)
-    kernel[cfg.grid, cfg.block, launch_stream(spec.kind)](
-        x, w, b, o, spec.padding[0], spec.padding[2], spec.groups, cfg.n_oc_blocks, cfg.tiles[0], cfg.tiles[1]
-    )
+        run(cfg.key, cfg.grid, cfg.block, x, w, b, o, pad_h, pad_w, spec.in_per_group, spec.out_per_group,
+            cfg.m_tiles)
+    elif isinstance(cfg, PlaneLaunch):
+        run(cfg.key, cfg.grid, cfg.block, x, w, b, o, pad_h, pad_w, spec.groups, spec.in_per_group,
+            spec.out_per_group, cfg.n_oc_blocks, cfg.planes)
+    else:
+        run(cfg.key, cfg.grid, cfg.block, x, w, b, o, pad_h, pad_w, spec.groups, cfg.n_oc_blocks, cfg.tiles[0],
+            cfg.tiles[1])
     return out
 
 
@@ -353,55 +379,80 @@ def tile_reduce_launch(spec) -> TileLaunch | None:
     return TileLaunch(key, (n_tiles, spec.groups * m_tiles, n_part), key.thread_grid, m_tiles, chunk, n_part)
 
 
-def _reduce_tiles(spec, cfg: TileLaunch, x, gy, out) -> None:
+def _reduce_tiles(spec, run, cfg: TileLaunch, x, gy, out) -> None:
     kh, kw = spec.kernel_size
     dtype = np.float64 if cfg.key.acc_double else np.float32
-    partial = device_scratch(spec.kind, (cfg.n_part, spec.out_channels, spec.in_per_group, kh, kw), dtype)
-    stream = launch_stream(spec.kind)
-    tile_kernel(cfg.key)[cfg.grid, cfg.block, stream](
-        x, gy, partial, spec.padding[0], spec.padding[2], spec.in_per_group, spec.out_per_group, cfg.m_tiles, cfg.chunk
-    )
-    _finish(spec, partial, out, False, stream)
+    partial = run.scratch((cfg.n_part, spec.out_channels, spec.in_per_group, kh, kw), dtype)
+    run(cfg.key, cfg.grid, cfg.block, x, gy, partial, spec.padding[0], spec.padding[2], spec.in_per_group,
+        spec.out_per_group, cfg.m_tiles, cfg.chunk)
+    _finish(spec, run, partial, out, False)
 
 
-def _reduce(spec, x, gy, out, bias_only: bool) -> None:
+class ReduceLaunch(NamedTuple):
+    key: ReduceKey
+    grid: tuple[int, int]  # (weight pairs, P)
+    partial: tuple[tuple[int, ...], type]  # shape and dtype of the partial sums
+    groups: int  # the kernel's groups argument (the channels, for the bias gradient)
+    chunk: int  # strips per block
+
+
+@functools.lru_cache(maxsize=1024)
+def reduce_launch(spec, bias_only: bool) -> ReduceLaunch:
+    """Pass 1 of the weight (or bias) gradient of ``spec`` by the pair kernel. Cached per spec."""
     n_pairs = spec.out_channels * (1 if bias_only else spec.in_per_group)
     kh, kw = (1, 1) if bias_only else spec.kernel_size
     key = reduce_key(spec, bias_only)
     n_part, chunk = choose_partials(n_pairs, reduce_strips(spec, key.strip))
-    acc_double = key.acc_double
     cin_g = 1 if bias_only else spec.in_per_group
-    partial = device_scratch(spec.kind, (n_part, spec.out_channels, cin_g, kh, kw),
-                             np.float64 if acc_double else np.float32)
-    stream = launch_stream(spec.kind)
-    groups = spec.out_channels if bias_only else spec.groups
-    partial_kernel(key)[(n_pairs, n_part), REDUCE_THREADS, stream](
-        x, gy, partial, spec.padding[0], spec.padding[2], groups, chunk
-    )
-    _finish(spec, partial, out, bias_only, stream)
+    partial = ((n_part, spec.out_channels, cin_g, kh, kw), np.float64 if key.acc_double else np.float32)
+    return ReduceLaunch(key, (n_pairs, n_part), partial, spec.out_channels if bias_only else spec.groups, chunk)
 
 
-def _finish(spec, partial, out, bias_only: bool, stream) -> None:
+def _reduce(spec, run, x, gy, out, bias_only: bool) -> None:
+    cfg = reduce_launch(spec, bias_only)
+    partial = run.scratch(*cfg.partial)
+    run(cfg.key, cfg.grid, REDUCE_THREADS, x, gy, partial, spec.padding[0], spec.padding[2], cfg.groups, cfg.chunk)
+    _finish(spec, run, partial, out, bias_only)
+
+
+@functools.lru_cache(maxsize=1024)
+def finish_launch(spec, bias_only: bool) -> tuple[FinishKey, int]:
+    """Pass 2 of the weight (or bias) gradient: its key and grid (blocks of 128 threads)."""
     kh, kw = (1, 1) if bias_only else spec.kernel_size
     cin_g = 1 if bias_only else spec.in_per_group
     n_out = spec.out_channels * cin_g * kh * kw
-    finish_kernel(bias_only, n_out >= 2**32)[-(-n_out // 128), 128, stream](partial, out)
+    return FinishKey(bias_only, n_out >= 2**32), -(-n_out // 128)
+
+
+def _finish(spec, run, partial, out, bias_only: bool) -> None:
+    key, grid = finish_launch(spec, bias_only)
+    run(key, grid, 128, partial, out)
 
 
 def conv2d_weight(spec, input: Any, grad_output: Any, out: Any) -> Any:
     """Launch the weight gradient of ``spec`` into ``out``; deterministic, no host sync."""
-    x = as_batched_device_array(input, spec.unbatched)
-    gy = as_batched_device_array(grad_output, spec.unbatched)
+    return weight_grad(spec, launcher(spec), input, grad_output, out)
+
+
+def weight_grad(spec, run, input: Any, grad_output: Any, out: Any) -> Any:
+    """:func:`conv2d_weight` through the launcher ``run``."""
+    x = run.array(input, spec.unbatched)
+    gy = run.array(grad_output, spec.unbatched)
     cfg = tile_reduce_launch(spec)
     if cfg is not None:
-        _reduce_tiles(spec, cfg, x, gy, as_batched_device_array(out, False))
+        _reduce_tiles(spec, run, cfg, x, gy, run.array(out))
     else:
-        _reduce(spec, x, gy, as_batched_device_array(out, False), bias_only=False)
+        _reduce(spec, run, x, gy, run.array(out), bias_only=False)
     return out
 
 
 def conv2d_bias(spec, grad_output: Any, out: Any) -> Any:
     """Launch the bias gradient (sum over N, H, W) into ``out``; deterministic, no host sync."""
-    gy = as_batched_device_array(grad_output, spec.unbatched)
-    _reduce(spec, gy, gy, as_batched_device_array(out, False), bias_only=True)
+    return bias_grad(spec, launcher(spec), grad_output, out)
+
+
+def bias_grad(spec, run, grad_output: Any, out: Any) -> Any:
+    """:func:`conv2d_bias` through the launcher ``run``."""
+    gy = run.array(grad_output, spec.unbatched)
+    _reduce(spec, run, gy, gy, run.array(out), bias_only=True)
     return out

@@ -1,36 +1,49 @@
-"""Launching the plane kernel without numba-cuda's dispatcher: the same PTX, loaded by CuPy.
+"""Launching the kernels without numba-cuda's dispatcher: the same PTX, loaded by CuPy.
 
 numba-cuda's dispatcher costs 50-115 us of host time per launch (argument typing, ctypes
 packing, context checks); CuPy's ``RawModule`` launches the same PTX for about 16-29 us
-(``docs/launch_paths.py`` on an H200). This path compiles each plane-kernel specialisation once
-with Numba (``numba.cuda.compile_ptx``, as the test suite's compile check does), loads it with
-CuPy, and on each call packs the arguments in Numba's kernel ABI by hand:
+(``docs/launch_paths.py`` on an H200). This path compiles each kernel specialisation once
+with Numba (``numba.cuda.compile_ptx`` of the kernel a key names, with its launch bounds: the
+code the dispatcher would run), loads it with CuPy, and on each call packs the arguments in
+Numba's kernel ABI by hand:
 
 - an array becomes ``meminfo`` (pointer, 0), ``parent`` (pointer, 0), ``nitems`` (int64),
   ``itemsize`` (int64), ``data`` (pointer), then its shape and its strides in bytes (int64 each);
 - an integer becomes an int64.
 
-Every field is 8 bytes, so the arguments go to CuPy as plain Python ints (which it passes as
-int64): building them costs a few microseconds, where NumPy scalars cost about 80.
+Every field is 8 bytes, so the arguments are one buffer of int64: it goes to the driver's
+``cuLaunchKernel`` whole (its ``extra`` argument, ``CU_LAUNCH_PARAM_BUFFER_POINTER``), one ctypes
+call, where CuPy's call converts each of a launch's 40-60 parameters to a C value on every call
+(13-16 us a launch on an H200's host). Where the driver library cannot be loaded, or refuses the
+launch, the same arguments go through CuPy's call (Python ints, which it passes as int64). Arrays are
+typed C-contiguous where they are (Numba then indexes them from their shape) and of any layout
+otherwise (from their strides, which may be negative); a strided view (a phase of a transposed
+convolution) is a :class:`RawArray` sliced here, without CuPy.
 
-It is taken for CuPy arrays when the environment variable ``NBCONV_CUDA_LAUNCH=raw`` is set,
-until a GPU has checked it against the dispatcher (``docs/gpu_check.sh`` runs the CUDA tests
-both ways); :func:`flatten` and :func:`kernel_params` let the tests check the packing against
-the PTX's parameter list without a GPU.
+:class:`RawLauncher` takes every launch of an op (``conv2d``, the transposed convolution, the
+input, weight and bias gradients) for CuPy arrays when the environment variable
+``NBCONV_CUDA_LAUNCH=raw`` is set, until a GPU has checked it against the dispatcher
+(``docs/gpu_check.sh`` runs the CUDA tests both ways). Without a GPU the tests check it end to
+end: the packed arguments against each kernel's PTX parameter list, and the kernels run under
+Numba's simulator from nothing but the packed arguments (``tests/test_cuda_raw_launch.py``).
 """
 
 from __future__ import annotations
 
+import array
+import ctypes
+import ctypes.util
 import functools
+import math
 import os
 import re
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-#: ``NBCONV_CUDA_LAUNCH=raw``: launch the plane kernel through CuPy for CuPy arrays.
+#: ``NBCONV_CUDA_LAUNCH=raw``: launch the kernels through CuPy for CuPy arrays.
 ENABLED = os.environ.get("NBCONV_CUDA_LAUNCH", "numba").strip().lower() == "raw"
 
 _ENTRY = re.compile(r"\.entry\s+(\S+)\s*\(")
@@ -46,12 +59,42 @@ def flatten(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int, ptr
     return (0, 0, nitems, itemsize, ptr, *shape, *strides)
 
 
-def flatten_cupy(a: Any, batched: bool = True) -> tuple:
-    """A CuPy array in Numba's ABI; ``batched=False`` adds a leading axis of length 1."""
+class RawArray:
+    """A device array as a kernel argument: shape, strides (bytes), item size, data pointer,
+    dtype, Numba layout ("C" or "A"), and the object that owns the memory (kept alive);
+    ``signature`` is (dtype character, dimensions, layout): what a kernel is compiled for."""
+
+    __slots__ = ("shape", "strides", "itemsize", "ptr", "dtype", "layout", "owner", "signature")
+
+    def __init__(self, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int, ptr: int, dtype: np.dtype,
+                 layout: str, owner: Any = None):
+        self.shape, self.strides, self.itemsize, self.ptr = shape, strides, itemsize, ptr
+        self.dtype, self.layout, self.owner = dtype, layout, owner
+        self.signature = (dtype.char, len(shape), layout)
+
+    def fields(self) -> tuple[int, ...]:
+        return flatten(self.shape, self.strides, self.itemsize, self.ptr)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> RawArray:
+        """A view by basic slices (steps > 0), one per leading axis; typed "A"."""
+        shape, strides, ptr = [], [], self.ptr
+        for n, stride, sl in zip(self.shape, self.strides, index + (slice(None),) * (len(self.shape) - len(index))):
+            start, stop, step = sl.indices(n)
+            count = max(0, -(-(stop - start) // step))
+            shape.append(count)
+            strides.append(stride * step)
+            if count:
+                ptr += start * stride
+        return RawArray(tuple(shape), tuple(strides), self.itemsize, ptr, self.dtype, "A", self.owner)
+
+
+def view(a: Any, unbatched: bool = False) -> RawArray:
+    """A CuPy array (or anything with its ``shape``, ``strides``, ``dtype``, ``data.ptr`` and
+    ``flags``) as a :class:`RawArray`; ``unbatched`` adds a leading axis of length 1."""
     shape, strides = a.shape, a.strides
-    if not batched:
+    if unbatched:
         shape, strides = (1,) + shape, (0,) + strides
-    return flatten(shape, strides, a.itemsize, a.data.ptr)
+    return RawArray(shape, strides, a.itemsize, a.data.ptr, a.dtype, "C" if a.flags.c_contiguous else "A", a)
 
 
 def kernel_params(ptx: str) -> tuple[str, list[int]]:
@@ -63,28 +106,28 @@ def kernel_params(ptx: str) -> tuple[str, list[int]]:
     return entry.group(1), [int(bits) // 8 for _, bits in _PARAM.findall(body)]
 
 
-def arguments(spec, cfg, x: Any, w: Any, b: Any, out: Any) -> tuple:
-    """The packed arguments of the plane kernel for ``spec`` and its launch ``cfg``."""
-    batched = not spec.unbatched
-    return (flatten_cupy(x, batched) + flatten_cupy(w) + flatten_cupy(b if b is not None else w)
-            + flatten_cupy(out, batched)
-            + (spec.padding[0], spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group,
-               cfg.n_oc_blocks, cfg.planes))
+def argument_types(signature: tuple) -> tuple:
+    """Numba argument types of a launch's ``signature`` (an array's :attr:`RawArray.signature`,
+    or None for an integer: int64)."""
+    from numba import types
+
+    from .._numba_types import NUMBA_FLOAT
+
+    return tuple(types.int64 if s is None else types.Array(NUMBA_FLOAT[np.dtype(s[0])], s[1], s[2])
+                 for s in signature)
 
 
-def layout(*arrays: Any, batched: bool = True) -> str:
-    """"C" when every array is C-contiguous and batched (as Numba would type them), else "A"."""
-    if not batched:
-        return "A"
-    return "C" if all(a is None or a.flags.c_contiguous for a in arrays) else "A"
+def compile_ptx(key, signature: tuple, cc: tuple[int, int]) -> str:
+    """PTX of the kernel ``key`` names for the launch ``signature`` on compute capability ``cc``."""
+    from ._compile import compile_for
+
+    return compile_for(key, argument_types(signature), cc)
 
 
 @functools.lru_cache(maxsize=None)
-def _function(key, dtype: np.dtype, array_layout: str, cc: tuple[int, int]):
-    """The CuPy function of the plane kernel for ``key``, ``dtype`` and layout on ``cc``."""
-    from ._compile import compile_forward
-
-    ptx = compile_forward(key, dtype, cc, layout=array_layout)
+def _function(key, signature: tuple, cc: tuple[int, int]) -> Callable:
+    """The CuPy function of the kernel ``key`` names, compiled for ``signature`` on ``cc``."""
+    ptx = compile_ptx(key, signature, cc)
     entry, _ = kernel_params(ptx)
     cupy = sys.modules["cupy"]
     with tempfile.TemporaryDirectory() as tmp:  # RawModule takes PTX from a file
@@ -95,13 +138,106 @@ def _function(key, dtype: np.dtype, array_layout: str, cc: tuple[int, int]):
         return module.get_function(entry)
 
 
+_CC: dict[int, tuple[int, int]] = {}
+
+
 def _compute_capability() -> tuple[int, int]:
-    cc = sys.modules["cupy"].cuda.Device().compute_capability  # "90"
-    return (int(cc[:-1]), int(cc[-1]))
+    cupy = sys.modules["cupy"]
+    device = cupy.cuda.runtime.getDevice()
+    cc = _CC.get(device)
+    if cc is None:
+        text = cupy.cuda.Device(device).compute_capability  # "90"
+        cc = _CC[device] = (int(text[:-1]), int(text[-1]))
+    return cc
 
 
-def launch_plane(spec, cfg, x: Any, w: Any, b: Any, out: Any) -> None:
-    """Launch the plane kernel of ``cfg`` on CuPy arrays, on CuPy's current stream."""
-    array_layout = layout(x, w, b, out, batched=not spec.unbatched)
-    function = _function(cfg.key, spec.dtype, array_layout, _compute_capability())
-    function(cfg.grid, cfg.block, arguments(spec, cfg, x, w, b, out))
+def pack(args: tuple) -> tuple[tuple, list]:
+    """(signature, packed arguments) of a launch's arguments (:class:`RawArray` or int): each
+    array as :func:`flatten` lays it out, each int as itself."""
+    signature, packed = [], []
+    for a in args:
+        if type(a) is RawArray:
+            signature.append(a.signature)
+            packed += (0, 0, math.prod(a.shape), a.itemsize, a.ptr)
+            packed += a.shape
+            packed += a.strides
+        else:
+            signature.append(None)
+            packed.append(a)
+    return tuple(signature), packed
+
+
+#: ``cuLaunchKernel``'s ``extra`` keys: the parameters as one buffer, its size, the end.
+CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE = 0, 1, 2
+
+
+def driver_launch_function(lib: Any) -> Any:
+    """``cuLaunchKernel`` of the driver library ``lib`` (a ``ctypes.CDLL``), returning its
+    result code. Called with pointers as ``ctypes.c_void_p`` and sizes as ints, without
+    ``argtypes``: ctypes then converts nothing per argument (0.6 us a call, 2 us with them)."""
+    f = lib.cuLaunchKernel
+    f.restype = ctypes.c_int
+    return f
+
+
+@functools.lru_cache(maxsize=1)
+def _driver_launch() -> Any:
+    """The driver's ``cuLaunchKernel``, or None where the library does not load."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll", ctypes.util.find_library("cuda")):
+        if name:
+            try:
+                return driver_launch_function(ctypes.CDLL(name))
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+#: After the parameters in a launch's buffer: their size in bytes, then ``extra`` (5 entries).
+_TAIL = (0, CU_LAUNCH_PARAM_BUFFER_POINTER, 0, CU_LAUNCH_PARAM_BUFFER_SIZE, 0, CU_LAUNCH_PARAM_END)
+
+
+def launch_with_buffer(launch: Any, function_ptr: int, grid: tuple, block: tuple, stream_ptr: int,
+                       packed: list | tuple) -> int:
+    """Launch through ``launch`` (``cuLaunchKernel``) with ``packed`` (8-byte values) as one
+    parameter buffer; the driver's result code (0: launched). One allocation holds the
+    parameters, their size and the ``extra`` list that points at both."""
+    n = len(packed)
+    buf = array.array("q", packed)
+    buf.extend(_TAIL)
+    addr = buf.buffer_info()[0]
+    buf[n] = 8 * n  # the size, at addr + 8 n
+    buf[n + 2] = addr  # extra = (BUFFER_POINTER, addr, BUFFER_SIZE, addr + 8 n, END) from n + 1
+    buf[n + 4] = addr + 8 * n
+    gx, gy, gz = grid + (1,) * (3 - len(grid))
+    bx, by, bz = block + (1,) * (3 - len(block))
+    return launch(ctypes.c_void_p(function_ptr), gx, gy, gz, bx, by, bz, 0, ctypes.c_void_p(stream_ptr), None,
+                  ctypes.c_void_p(addr + 8 * (n + 1)))
+
+
+class RawLauncher:
+    """The launches of one op without numba-cuda's dispatcher, on CuPy's current stream:
+    arrays as :class:`RawArray`, scratch from CuPy's memory pool (stream-ordered), each
+    kernel's CuPy function compiled once per key, signature and compute capability, launched
+    by the driver with one parameter buffer (:func:`launch_with_buffer`), else by CuPy."""
+
+    def __init__(self, empty: Callable | None = None):
+        self._empty = empty
+
+    def array(self, a: Any, unbatched: bool = False) -> RawArray:
+        return view(a, unbatched)
+
+    def scratch(self, shape: tuple[int, ...], dtype) -> RawArray:
+        empty = self._empty or sys.modules["cupy"].empty
+        return view(empty(shape, dtype))
+
+    def __call__(self, key, grid, block, *args) -> None:
+        signature, packed = pack(args)
+        function = _function(key, signature, _compute_capability())
+        grid = grid if type(grid) is tuple else (grid,)
+        block = block if type(block) is tuple else (block,)
+        launch = _driver_launch()
+        if launch is not None:
+            stream = sys.modules["cupy"].cuda.get_current_stream().ptr
+            if launch_with_buffer(launch, function.ptr, grid, block, stream, packed) == 0:
+                return
+        function(grid, block, tuple(packed))  # CuPy's call: its own checks, and its error if it fails too
