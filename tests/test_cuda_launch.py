@@ -19,8 +19,10 @@ def fresh_launch_cache():
     from nbconv.cuda import _launch
 
     _launch.forward_launch_config.cache_clear()
+    _launch.phase_launches.cache_clear()
     yield
     _launch.forward_launch_config.cache_clear()
+    _launch.phase_launches.cache_clear()
 
 
 def spec_for(x_shape, w_shape, dtype=np.float32, **kw):

@@ -215,8 +215,10 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_OUT", 8)
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_TERMS", 8)
     _launch.forward_launch_config.cache_clear()
+    _launch.phase_launches.cache_clear()
     yield
     _launch.forward_launch_config.cache_clear()
+    _launch.phase_launches.cache_clear()
 
 
 def simulated_function(key, signature, cc):

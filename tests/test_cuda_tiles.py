@@ -10,7 +10,13 @@ import pytest
 from cases import SIMULATOR, to_backend, to_host
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import assert_within_bound, conv2d_input_reference, conv2d_reference, conv2d_weight_reference
+from reference import (
+    assert_within_bound,
+    conv2d_input_reference,
+    conv2d_reference,
+    conv2d_weight_reference,
+    conv_transpose2d_reference,
+)
 
 import nbconv
 
@@ -147,7 +153,8 @@ def test_conv_key_rejects_tiles_the_threads_cannot_load_evenly():
     ((8, 256, 28, 28), (256, 64, 1, 1), dict(groups=4), "forward", "ConvTileLaunch"),
     ((8, 512, 14, 14), (512, 16, 3, 3), dict(padding=1, groups=32), "forward", "PlaneLaunch"),  # 16 per group
     ((8, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32), "forward", "PlaneLaunch"),
-    ((8, 64, 28, 28), (64, 64, 3, 3), dict(stride=2, padding=1), "input", "phases"),  # stride 2: by phase
+    ((8, 64, 28, 28), (64, 64, 3, 3), dict(stride=2, padding=1), "input", "phases ConvTileLaunch"),  # by phase
+    ((8, 64, 28, 28), (64, 1, 3, 3), dict(stride=2, padding=1, groups=64), "input", "phases PlaneLaunch"),
     ((0, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "forward", "PlaneLaunch"),  # no positions
 ])
 def test_which_convolutions_take_the_tiles(x_shape, w_shape, kw, op, kind):
@@ -160,8 +167,9 @@ def test_which_convolutions_take_the_tiles(x_shape, w_shape, kw, op, kind):
     if op == "input":
         dt = np.float32
         spec = conv2d_input_spec(x_shape, DeviceStandIn(w_shape, dt), DeviceStandIn(spec.output_shape, dt), **kw)
-    if kind == "phases":
-        assert phase_launches(spec) is not None
+    if kind.startswith("phases"):
+        split = phase_launches(spec)
+        assert len(split) == 4 and {type(cfg).__name__ for _, cfg in split} == {kind.split()[1]}
         return
     cfg = forward_launch_config(spec)
     assert type(cfg).__name__ == kind
@@ -184,10 +192,12 @@ def small_layers_take_the_tiles(monkeypatch):
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_OUT", 8)
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_TERMS", 8)
     _launch.forward_launch_config.cache_clear()
+    _launch.phase_launches.cache_clear()
     ran, build = [], _kernels.conv_tile_kernel
     monkeypatch.setattr(_kernels, "conv_tile_kernel", lambda key: (ran.append(key), build(key))[1])
     yield ran
     _launch.forward_launch_config.cache_clear()
+    _launch.phase_launches.cache_clear()
 
 
 # (N, C_in, H, W), (C_out, C_in/groups, kH, kW), bias, conv arguments: tiles of 8 output channels
@@ -227,6 +237,28 @@ def test_tiles_compute_the_stride_1_input_gradient(small_layers_take_the_tiles):
     ref = conv2d_input_reference(x_shape, w, gy, **kw)
     bound = conv2d_input_reference(x_shape, np.abs(w.astype(np.float64)), np.abs(gy.astype(np.float64)), **kw)
     assert_within_bound(got, ref, bound, w_shape[0] // kw["groups"] * w_shape[2] * w_shape[3], np.float32)
+
+
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=1, output_padding=1, groups=2),
+                                dict(stride=(2, 3), padding=(0, 2), dilation=(1, 2), groups=1)])
+def test_tiles_compute_the_phases_of_a_strided_transposed_convolution(kw, small_layers_take_the_tiles):
+    """Each output phase of a strided transposed convolution with many channels per group is a
+    stride-1 convolution by tiles, on strided views of the weight and the output."""
+    from nbconv._spec import conv_transpose2d_spec
+    from nbconv.cuda._launch import ConvTileLaunch, phase_launches
+
+    rng = np.random.default_rng(6)
+    c_in = 8 * kw["groups"]  # 8 input channels per group: a phase with one tap still has 8 terms
+    x = rng.standard_normal((2, c_in, 3, 4)).astype(np.float32)
+    w = rng.standard_normal((c_in, 16 // kw["groups"], 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    got = to_host(nbconv.conv_transpose2d(to_backend(x, "cuda"), to_backend(w, "cuda"), to_backend(b, "cuda"), **kw))
+    spec = conv_transpose2d_spec(x, w, b, **kw)
+    assert all(isinstance(cfg, ConvTileLaunch) for _, cfg in phase_launches(spec))
+    assert len(small_layers_take_the_tiles) == len(phase_launches(spec)) and all(
+        k.transposed_weight for k in small_layers_take_the_tiles)
+    ref = conv_transpose2d_reference(x, w, b, **kw)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
 # ---- the pair kernel's strips (nbconv/cuda/_reduce.py): depthwise weight gradients

@@ -111,9 +111,15 @@ def machine_description(backend: str) -> dict:
         "processor": _cpu_model(),
         "threads": numba.get_num_threads(),
     }
+    if backend == "cpu":  # what the kernels are compiled for (NUMBA_CPU_NAME may name another CPU)
+        from ..cpu._target import target
+
+        info["compiled_for"] = target().name
     torch = _torch(backend)
     if torch is not None:
         info["torch"] = torch.__version__
+        if backend == "cpu":  # the instruction set PyTorch's kernels use (ATEN_CPU_CAPABILITY)
+            info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if backend == "cuda":
         import cupy
 

@@ -191,13 +191,14 @@ def forward_launch_config(spec) -> ConvTileLaunch | PlaneLaunch | LaunchConfig:
 
 
 @functools.lru_cache(maxsize=1024)
-def phase_launches(spec) -> tuple[tuple[Phase, PlaneLaunch], ...] | None:
-    """A strided transposed convolution as one plane-kernel launch per output phase (see
-    :mod:`nbconv.cuda._phases`), or None where the split or the plane kernel does not apply."""
+def phase_launches(spec) -> tuple[tuple[Phase, ConvTileLaunch | PlaneLaunch], ...] | None:
+    """A strided transposed convolution as one stride-1 launch per output phase (see
+    :mod:`nbconv.cuda._phases`): by tiles where the phase has many channels per group, else by
+    the plane kernel; None where the split or neither kernel applies."""
     split = phases(spec)
     if split is None:
         return None
-    launches = tuple((ph, plane_launch_config(ph.spec)) for ph in split)
+    launches = tuple((ph, conv_tile_launch_config(ph.spec) or plane_launch_config(ph.spec)) for ph in split)
     return None if any(cfg is None for _, cfg in launches) else launches
 
 
@@ -273,15 +274,18 @@ def forward(spec, run, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     w = run.array(weight)
     o = run.array(out, spec.unbatched)
     b = run.array(bias) if bias is not None else w
-    pad_h, pad_w = spec.padding[0], spec.padding[2]
     split = phase_launches(spec) if spec.lhs_dilation != (1, 1) else None
     if split:  # a strided transposed convolution: one stride-1 launch per output phase, no zeros
-        for ph, pcfg in split:
-            run(pcfg.key, pcfg.grid, pcfg.block, x, w[:, :, ph.rows, ph.cols], b, o[:, :, ph.out_rows, ph.out_cols],
-                ph.spec.padding[0], ph.spec.padding[2], spec.groups, spec.in_per_group, spec.out_per_group,
-                pcfg.n_oc_blocks, pcfg.planes)
-        return out
-    cfg = forward_launch_config(spec)
+        for ph, cfg in split:
+            _launch_forward(run, ph.spec, cfg, x, w[:, :, ph.rows, ph.cols], b, o[:, :, ph.out_rows, ph.out_cols])
+    else:
+        _launch_forward(run, spec, forward_launch_config(spec), x, w, b, o)
+    return out
+
+
+def _launch_forward(run, spec, cfg: ConvTileLaunch | PlaneLaunch | LaunchConfig, x, w, b, o) -> None:
+    """One launch of a forward kernel: tiles, planes or the tiled kernel, as ``cfg`` says."""
+    pad_h, pad_w = spec.padding[0], spec.padding[2]
     if isinstance(cfg, ConvTileLaunch):
         run(cfg.key, cfg.grid, cfg.block, x, w, b, o, pad_h, pad_w, spec.in_per_group, spec.out_per_group,
             cfg.m_tiles)
@@ -291,7 +295,6 @@ def forward(spec, run, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     else:
         run(cfg.key, cfg.grid, cfg.block, x, w, b, o, pad_h, pad_w, spec.groups, cfg.n_oc_blocks, cfg.tiles[0],
             cfg.tiles[1])
-    return out
 
 
 def choose_partials(pairs: int, positions: int, threads: int = REDUCE_THREADS,
