@@ -100,8 +100,13 @@ def offline() -> int:
     _raw._driver_launch = lambda: noop
     stream = types.SimpleNamespace(ptr=0)
 
-    def empty(shape, dtype):  # a stand-in cupy.empty: shape, strides and a pointer, no memory
-        return FakeCupyArray(shape, dtype)
+    made: dict = {}
+
+    def empty(shape, dtype):  # a stand-in cupy.empty: the same stand-in array per shape, no cost
+        key = (tuple(shape), np.dtype(dtype))
+        if key not in made:
+            made[key] = FakeCupyArray(shape, dtype)
+        return made[key]
 
     sys.modules["cupy"] = types.SimpleNamespace(ndarray=FakeCupyArray, empty=empty, cuda=types.SimpleNamespace(
         get_current_stream=lambda: stream))  # the stand-in arrays are of CuPy's kind
@@ -129,20 +134,43 @@ def offline() -> int:
     }
     print("The public call on stand-in CuPy arrays (shape, strides, pointer), with NBCONV_CUDA_LAUNCH=raw's")
     print("launcher, the driver's cuLaunchKernel replaced by a C call that does nearly nothing and cupy.empty")
-    print("by a stand-in: validation (cached per geometry), launch configuration (cached per spec), the")
-    print("output, argument packing into one buffer and the ctypes call. The driver's own work and CuPy's")
-    print("allocations come on top.\n")
+    print("by a stand-in that costs nothing: validation (cached per geometry), dispatch, launch configuration")
+    print("(cached per spec), argument packing into one buffer and the ctypes call. The driver's own work")
+    print("and CuPy's allocations (the output, a reduction's partial sums) come on top.\n")
     print("| op (1 x 32 x 8 x 8, float32) | launches | us per call |\n|---|---:|---:|")
-    for label, fn in ops.items():
-        launches.clear()
-        fn()
-        n = len(launches)
+    def per_call(fn) -> float:
         for _ in range(200):
             fn()
         t0 = time.perf_counter()
         for _ in range(5000):
             fn()
-        print(f"| {label} | {n} | {(time.perf_counter() - t0) / 5000 * 1e6:.1f} |")
+        return (time.perf_counter() - t0) / 5000 * 1e6
+
+    for label, fn in ops.items():
+        launches.clear()
+        fn()
+        print(f"| {label} | {len(launches)} | {per_call(fn):.1f} |")
+
+    from nbconv import _spec
+
+    spec = _spec.conv2d_spec(x, w, b, padding=1, groups=32)
+    views = [_raw.view(a) for a in (x, w, b, y)]
+    cfg = _launch.forward_launch_config(spec)
+    ints = (1, 1, 32, 1, 1, cfg.n_oc_blocks, cfg.planes)
+    _, packed = _raw.pack((*views, *ints))
+    parts = {
+        "validation (conv2d_spec)": lambda: _spec.conv2d_spec(x, w, b, padding=1, groups=32),
+        "the launches (the launcher's forward, from the validated spec)": lambda: _launch.forward(
+            spec, run, x, w, b, y),
+        "of which the four array views": lambda: (run.array(x), run.array(w), run.array(b), run.array(y)),
+        "of which the packing": lambda: _raw.pack((*views, *ints)),
+        "of which the buffer and the ctypes call": lambda: _raw.launch_with_buffer(
+            noop, 1, cfg.grid, cfg.block, 0, packed),
+    }
+    print("\nParts of the depthwise conv2d call (the rest of the call is dispatch: the output, the checks):\n")
+    print("| part | us per call |\n|---|---:|")
+    for label, fn in parts.items():
+        print(f"| {label} | {per_call(fn):.1f} |")
     return 0
 
 

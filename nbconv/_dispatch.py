@@ -103,13 +103,15 @@ def _call(spec: ConvSpec, out: Any, arrays: dict[str, Any], run, sums: bool) -> 
 
 
 def _backend(kind: str):
-    if kind in _arrays.HOST_KINDS:
-        from . import cpu
-
-        return cpu
-    from . import cuda
-
-    return cuda
+    """The backend package of ``kind``'s arrays, imported on first use (and looked up after)."""
+    name = "nbconv.cpu" if kind in _arrays.HOST_KINDS else "nbconv.cuda"
+    backend = sys.modules.get(name)
+    if backend is None:
+        if name == "nbconv.cpu":
+            from . import cpu as backend
+        else:
+            from . import cuda as backend
+    return backend
 
 
 def _zeros(out: Any, kind: str) -> Any:

@@ -449,8 +449,10 @@ def test_host_cost_offline_reports_every_op():
                          capture_output=True, text=True, timeout=300, cwd=root,
                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"))
     assert res.returncode == 0, res.stdout + res.stderr
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in res.stdout.splitlines()
+    ops_table = res.stdout.split("Parts of")[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in ops_table.splitlines()
             if line.startswith("| ") and not line.startswith("| op")}
+    assert "| validation (conv2d_spec) |" in res.stdout
     launches = {op: int(cells[0]) for op, cells in rows.items()}
     assert launches == {"conv2d, depthwise 3x3 (plane)": 1, "conv2d, 64 -> 64 g2 3x3 (tiles)": 1,
                         "conv_transpose2d, stride 2 (4 phases)": 4, "grad.conv2d_input, depthwise (plane)": 1,
