@@ -67,6 +67,16 @@ def test_flatten_follows_numbas_array_abi():
     assert all(type(v) is int for v in got)  # CuPy passes each as an int64
 
 
+def test_pack_lays_out_arrays_as_flatten_and_ints_as_themselves():
+    from nbconv.cuda._raw import RawArray, pack
+
+    a = RawArray((2, 3), (12, 4), 4, 1234, np.dtype(np.float32), "C")
+    b = RawArray((5,), (-8,), 8, 4096, np.dtype(np.float64), "A")
+    signature, packed = pack((a, 7, b, -1))
+    assert signature == (("f", 2, "C"), None, ("d", 1, "A"), None)
+    assert list(packed) == [*a.fields(), 7, *b.fields(), -1] and all(type(v) is int for v in packed)
+
+
 def test_kernel_params_reads_the_entry_and_parameter_sizes():
     from nbconv.cuda._raw import kernel_params
 
