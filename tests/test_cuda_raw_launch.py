@@ -24,7 +24,7 @@ import types
 
 import numpy as np
 import pytest
-from cases import SIMULATOR
+from cases import CUPY, SIMULATOR
 
 pytestmark = pytest.mark.cuda
 
@@ -288,6 +288,40 @@ def test_kernels_run_from_the_packed_arguments_alone(case, small_tiles, monkeypa
     np.testing.assert_array_equal(out, want)
 
 
+def _on_gpu(a):
+    """A CuPy copy of ``a`` with its strides (the one strided case: every other column of a
+    contiguous array)."""
+    import cupy
+
+    if a is None or a.flags.c_contiguous:
+        return None if a is None else cupy.asarray(a)
+    g = cupy.asarray(a.base)[:, :, :, ::2]
+    assert g.strides == a.strides and np.array_equal(cupy.asnumpy(g), a)
+    return g
+
+
+@pytest.mark.skipif(not CUPY or SIMULATOR, reason="needs CuPy and a GPU")
+@pytest.mark.parametrize("case", list(SIM_CASES) + ["conv tiles", "phases by tiles"])
+def test_raw_launch_matches_the_dispatcher_on_a_gpu(case):
+    """On a GPU: every kind of launch through CuPy and the driver gives the dispatcher's result
+    on CuPy arrays (the same PTX; outputs first NaN, so a missed one shows)."""
+    import cupy
+
+    from nbconv._arrays import CUPY as CUPY_KIND
+    from nbconv.cuda import _launch, _raw
+
+    make = {"conv tiles": REAL_CASES["conv tiles"], "phases by tiles": REAL_CASES["phases by tiles"]}.get(
+        case, SIM_CASES.get(case))
+    spec, op, arrays = make()
+    results = []
+    for run in (_launch.NumbaLauncher(CUPY_KIND), _raw.RawLauncher()):
+        out = cupy.full(spec.output_shape, np.nan, spec.dtype)
+        _run(spec, op, run, [_on_gpu(a) for a in arrays], out)
+        results.append(cupy.asnumpy(out))
+    assert np.isfinite(results[1]).all(), "an output the raw launch did not write"
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-6)
+
+
 _PACKING_CHECK = r"""
 import sys
 sys.path.insert(0, {tests!r})
@@ -314,6 +348,9 @@ for name, make in t.REAL_CASES.items():
     fakes = [None if a is None else t.FakeCupyArray.wrapping(a) for a in arrays]
     t._run(spec, op, _raw.RawLauncher(empty=t.fake_empty), fakes, t.fake_empty(spec.output_shape, spec.dtype))
 print("kinds", sorted(kinds))
+from nbconv.cuda._launch import ConvTileLaunch, phase_launches
+spec = t.REAL_CASES["phases by tiles"]()[0]
+print("phase tiles", sum(isinstance(cfg, ConvTileLaunch) for _, cfg in phase_launches(spec)))
 print("compiled", len(compiled))
 """
 
@@ -330,6 +367,8 @@ REAL_CASES = {
     "pairs": SIM_CASES["weight gradient, pairs"],
     "weight tiles": SIM_CASES["weight gradient, tiles"],
     "bias": SIM_CASES["bias gradient, unbatched"],
+    "phases by tiles": lambda: _transpose((1, 32, 5, 6), (32, 32, 3, 3), True, stride=2, padding=1,
+                                          output_padding=1),
 }
 
 
@@ -341,6 +380,7 @@ def test_packed_arguments_match_the_ptx_parameters():
                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"), timeout=900, cwd=tests)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "kinds ['conv tiles', 'pairs', 'phases', 'plane', 'tiled', 'weight tiles']" in res.stdout, res.stdout
+    assert "phase tiles 4" in res.stdout, res.stdout
     compiled = int(res.stdout.split("compiled")[1])
     assert compiled >= 14, res.stdout  # 8 forward signatures or more, 3 reductions and 3 finish passes
 
