@@ -77,15 +77,20 @@ class RawArray:
 
     def __getitem__(self, index: tuple[slice, ...]) -> RawArray:
         """A view by basic slices (steps > 0), one per leading axis; typed "A"."""
-        shape, strides, ptr = [], [], self.ptr
-        for n, stride, sl in zip(self.shape, self.strides, index + (slice(None),) * (len(self.shape) - len(index))):
-            start, stop, step = sl.indices(n)
+        shape, strides, ptr = list(self.shape), list(self.strides), self.ptr
+        for axis, sl in enumerate(index):
+            if sl == _ALL:
+                continue
+            start, stop, step = sl.indices(shape[axis])
             count = max(0, -(-(stop - start) // step))
-            shape.append(count)
-            strides.append(stride * step)
             if count:
-                ptr += start * stride
+                ptr += start * strides[axis]
+            shape[axis] = count
+            strides[axis] *= step
         return RawArray(tuple(shape), tuple(strides), self.itemsize, ptr, self.dtype, "A", self.owner)
+
+
+_ALL = slice(None)
 
 
 def view(a: Any, unbatched: bool = False) -> RawArray:
