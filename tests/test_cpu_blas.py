@@ -134,3 +134,32 @@ def test_the_products_call_the_blas_only_where_it_beats_the_own_blocks(bits, reg
     assert _blas.for_products() == ("the BLAS" if called else None)
     monkeypatch.setattr(_blas, "gemm_functions", lambda: None)
     assert _blas.for_products() is None
+
+
+@pytest.mark.parametrize("c_in, groups, hw, called", [
+    (256, 1, 14, True),   # 256 terms: the BLAS
+    (96, 1, 28, True),    # from MIN_TERMS on
+    (64, 1, 28, False),   # a narrow product on a 28 x 28 plane: the own blocks
+    (48, 1, 56, True),    # ... but on 56 x 56 and more the BLAS, whatever the channels
+    (80, 4, 28, False),   # a grouped 1x1 layer of 20 channels per group
+    (8, 1, 4, False),     # under MIN_MACS
+])
+def test_1x1_products_take_the_blas_from_96_terms_or_on_large_planes(c_in, groups, hw, called, monkeypatch):
+    """Which 1x1 products go to the BLAS on a target where it is used (AVX2), checked by the
+    call itself, and the result either way."""
+    from nbconv.cpu import _pointwise
+
+    if _blas.gemm_functions() is None:
+        pytest.skip("no OpenBLAS with 64-bit integers beside NumPy")
+    monkeypatch.setattr(_blas, "faster_than_own_blocks", lambda: True)
+    calls = []
+    real = _pointwise._forward_blas
+    monkeypatch.setattr(_pointwise, "_forward_blas", lambda *a: (calls.append(a), real(*a))[1])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, c_in, hw, hw)).astype(np.float32)
+    w = rng.standard_normal((c_in, c_in // groups, 1, 1)).astype(np.float32)
+    got = nbconv.conv2d(x, w, groups=groups)
+    assert bool(calls) == called
+    from reference import assert_conv_close
+
+    assert_conv_close(got, x, w, None, groups=groups)

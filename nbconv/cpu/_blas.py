@@ -159,11 +159,14 @@ def single_threaded(functions: GemmFunctions):
 #: Fewest multiply-adds per image and group for a product by the BLAS (a call costs about a
 #: microsecond; below, the kernels' own products, which need no call).
 MIN_MACS = 1 << 16
-#: Fewest input channels per group of a 1x1 product by the BLAS: with fewer (grouped 1x1 layers,
-#: MobileNet's expansions, 16-80 channels) the kernels' own blocks were 5-70% faster than
-#: OpenBLAS's Haswell kernels on AVX2 (the Xeon compiled for ``haswell``, performance.md round
-#: 21); from 96 the two were even, and from 128 the BLAS was faster on planes of 14 x 14 and more.
+#: Fewest input channels per group of a 1x1 product by the BLAS on planes under ``LARGE_PLANE``
+#: pixels: with fewer (grouped 1x1 layers, MobileNet's and RegNet's narrow layers on planes of
+#: 28 x 28 and less) the kernels' own blocks were faster than OpenBLAS's Haswell kernels on AVX2,
+#: within networks and alone (the Xeon compiled for ``haswell``, performance.md round 21); on
+#: planes of 56 x 56 and more the BLAS was faster whatever the channels (RegNetY's 32 -> 48 at
+#: 112 x 112: 3.4 ms against 4.2).
 MIN_TERMS = 96
+LARGE_PLANE = 56 * 56
 #: Output rows of a task's product, and the multiply-adds a task aims at.
 TASK_ROWS = 256
 TASK_MACS = 1 << 23
