@@ -40,7 +40,8 @@ class DeviceStandIn:
 
 
 def problems():
-    """(input shape, weight shape, has bias, conv kwargs) of every test case and bench shape."""
+    """(input shape, weight shape, has bias, conv kwargs) of every test case, bench shape and
+    conv layer of the networks the bench knows."""
     from cases import CASES
 
     from nbconv._shapes import EXTRA_SHAPES, STANDARD_SHAPES
@@ -55,6 +56,12 @@ def problems():
     # strided dense layers: their input gradients' phases by tiles (sub-kernels 2x2, 2x1, 1x2, 1x1)
     yield (2, 64, 28, 28), (64, 64, 3, 3), False, dict(stride=2, padding=1)
     yield (2, 128, 16, 16), (128, 128, 4, 4), True, dict(stride=2, padding=1)  # a decoder's 4x4, stride 2
+    # every conv layer of the eight networks of `nbconv bench --network` (batch 2, 224 x 224)
+    from nbconv.bench._networks import NETWORKS
+
+    for layer in sorted({layer._replace(count=1) for layers in NETWORKS.values() for layer in layers}):
+        yield ((2, layer.c_in, layer.side, layer.side), (layer.c_out, layer.c_in // layer.groups, layer.k, layer.k),
+               layer.bias, dict(stride=layer.stride, padding=layer.pad, groups=layer.groups))
 
 
 def specialisations():

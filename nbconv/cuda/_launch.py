@@ -111,7 +111,7 @@ def choose_plane_oc_block(spec, rows: int) -> int:
     ocb = choose_oc_block(spec.out_per_group)
     acc_double = spec.dtype == np.float64
     while ocb > 1 and registers_needed(spec.kernel_size, spec.stride, spec.dilation, rows, ocb, acc_double,
-                                       spec.dtype == np.float16) > PLANE_MAX_REGISTERS:
+                                       spec.dtype == np.float16, spec.transposed_weight) > PLANE_MAX_REGISTERS:
         ocb //= 2
     return ocb
 
@@ -127,7 +127,7 @@ def plane_launch_config(spec, threads: int = PLANE_THREADS) -> PlaneLaunch | Non
     (bx, by, bz), r = choose_plane_block(spec.out_size, threads)
     ocb = choose_plane_oc_block(spec, r)
     if registers_needed(spec.kernel_size, spec.stride, spec.dilation, r, ocb, spec.dtype == np.float64,
-                        spec.dtype == np.float16) > MAX_REGISTERS:
+                        spec.dtype == np.float16, spec.transposed_weight) > MAX_REGISTERS:
         return None  # a huge kernel's weights do not fit in registers
     key = PlaneKey(spec.kernel_size, spec.stride, spec.dilation, (bx, by, bz), r, ocb,
                    spec.dtype == np.float64, spec.has_bias, spec.transposed_weight, spec.dtype == np.float16)

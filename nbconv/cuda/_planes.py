@@ -92,8 +92,12 @@ MAX_BLOCKS_PER_SM = 32
 #: many more for addresses and loop state (all twice over in float64, as measured with ptxas) ...
 RESIDENT_THREADS = 1024
 OVERHEAD_REGISTERS = 44
-#: ... and float16 data this many more (conversions) ...
+#: ... and float16 data this many more (conversions), 8 more again with the weight read flipped
+#: (capped at 80 registers, ptxas spilled 4 bytes of the 1 x 2 and 1 x 3 transposed float16
+#: kernels, phases of strided layers' input gradients; with the 8 they get two blocks of 256
+#: threads and 114-126 registers) ...
 HALF_REGISTERS = 4
+TRANSPOSED_HALF_REGISTERS = 8
 #: ... and each output channel of a thread's block after the first this many more; plus a
 #: margin: with none, ptxas spilled the staging loops of some stride-2 and 1x1 kernels.
 OC_REGISTERS = 6
@@ -101,14 +105,15 @@ MARGIN_REGISTERS = 16
 
 
 def registers_needed(kernel_size, stride, dilation, rows_per_thread: int, oc_block: int,
-                     acc_double: bool, half_data: bool = False) -> int:
+                     acc_double: bool, half_data: bool = False, transposed: bool = False) -> int:
     """Registers a thread needs to hold its weights, input strip and accumulators without a
     spill (an estimate that ptxas confirms: see tests/compile_kernels.py --no-spill)."""
     (kh, kw), (sh, _), (dh, _) = kernel_size, stride, dilation
     strip = (rows_per_thread - 1) * sh + (kh - 1) * dh + 1
     # each further output channel also holds its addresses and bias (6 more, as ptxas showed)
     values = oc_block * kh * kw + oc_block * rows_per_thread + strip + OC_REGISTERS * (oc_block - 1)
-    needed = (2 if acc_double else 1) * (values + OVERHEAD_REGISTERS) + (HALF_REGISTERS if half_data else 0)
+    half = HALF_REGISTERS + (TRANSPOSED_HALF_REGISTERS if transposed else 0) if half_data else 0
+    needed = (2 if acc_double else 1) * (values + OVERHEAD_REGISTERS) + half
     return -(-(needed + MARGIN_REGISTERS) // 8) * 8  # allocated to a thread in multiples of 8
 
 
@@ -117,7 +122,7 @@ def launch_bounds(key: PlaneKey) -> tuple[int, int]:
     caps the registers per thread at ``65536 / (threads * blocks)``, so ``blocks`` is the most
     that leaves a thread room for its values (no spill) and at most RESIDENT_THREADS."""
     needed = registers_needed(key.kernel_size, key.stride, key.dilation, key.rows_per_thread, key.oc_block,
-                              key.acc_double, key.half_data)
+                              key.acc_double, key.half_data, key.transposed_weight)
     blocks = min(RESIDENT_THREADS // key.threads, REGISTERS_PER_SM // (key.threads * needed), MAX_BLOCKS_PER_SM)
     return (key.threads, max(1, blocks))
 
