@@ -51,7 +51,7 @@ step tests 240 python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda tests
 step tests_raw_launch 120 env NBCONV_CUDA_LAUNCH=raw python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda \
     tests/test_conv2d.py tests/test_grad.py
 # 2. the covering subset of the kernel specialisations compiled for sm_90 by this machine's NVVM
-#    (all of them, 344, take about 3 minutes of one core: `python tests/compile_kernels.py
+#    (all of them, 624, take about 5 minutes of one core: `python tests/compile_kernels.py
 #    --no-spill 9.0` runs them without a GPU, so this check's minutes go to the GPU instead)
 step ptx 150 python3 tests/compile_kernels.py --cover 9.0
 # 3. the bench: forward, input and weight gradients, float32 and float16, against PyTorch
