@@ -164,7 +164,7 @@ MIN_MACS = 1 << 16
 #: 28 x 28 and less) the kernels' own blocks were faster than OpenBLAS's Haswell kernels on AVX2,
 #: within networks and alone (the Xeon compiled for ``haswell``, performance.md round 21); on
 #: planes of 56 x 56 and more the BLAS was faster whatever the channels (RegNetY's 32 -> 48 at
-#: 112 x 112: 3.4 ms against 4.2).
+#: 112 x 112; ``docs/blas_rule.py`` compares the rule with the BLAS for all).
 MIN_TERMS = 96
 LARGE_PLANE = 56 * 56
 #: Output rows of a task's product, and the multiply-adds a task aims at.

@@ -95,7 +95,7 @@ OVERHEAD_REGISTERS = 44
 #: ... and float16 data this many more (conversions), 8 more again with the weight read flipped
 #: (capped at 80 registers, ptxas spilled 4 bytes of the 1 x 2 and 1 x 3 transposed float16
 #: kernels, phases of strided layers' input gradients; with the 8 they get two blocks of 256
-#: threads and 114-126 registers) ...
+#: threads and 114-126 registers: ``docs/register_budgets.py``) ...
 HALF_REGISTERS = 4
 TRANSPOSED_HALF_REGISTERS = 8
 #: ... and each output channel of a thread's block after the first this many more; plus a

@@ -46,9 +46,9 @@ class ReduceKey(NamedTuple):
 
 #: Registers a pair-kernel thread needs beyond twice its sums, output gradients and input values
 #: (NVVM unrolls the loop over strips twice) for addresses and loop state, and the SM's register
-#: file. 80, from ptxas for sm_90: with 64, a 4x4 kernel (stride 1 or 2) and a 3x3 kernel at
-#: stride 3 were capped at 128 registers and spilled 88-172 bytes; 3x3 at stride 1 and 2 fit in
-#: 124-128 and keep two blocks of 256 threads per SM.
+#: file. 80, from ptxas for sm_90 (``docs/register_budgets.py``): with 64, a 4x4 kernel at stride 2
+#: was capped at 128 registers and spilled 160-172 bytes; with 80, 4x4 and 3x3-at-stride-3 kernels
+#: get one block of 256 threads per SM, 3x3 at stride 1 and 2 (124-128 registers) keep two.
 REDUCE_OVERHEAD_REGISTERS = 80
 REGISTERS_PER_SM = 65536
 
