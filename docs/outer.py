@@ -1,12 +1,12 @@
 """Time the CPU kernels with output channels in the vector lanes (``nbconv.cpu._outer``) against
-the kernels the launcher would otherwise take, interleaved (medians of 30 rounds, batch 8,
-float32, Numba's threads): the forward against ``_winograd`` / ``_rowblock`` / ``_grouped`` /
+the kernels the launcher would otherwise take, interleaved (medians of 30 rounds, batch 8
+unless ``--batch``, float32, Numba's threads): the forward against ``_winograd`` / ``_rowblock`` / ``_grouped`` /
 the packed kernel, the weight gradient against ``_wgrad``, and the transposed convolution of the
 output gradient (``conv_transpose2d``: at stride 2 ``_outer`` skips the inserted zeros) where the
 shape is marked for it. Groups of 4 or 8 float32 outputs share a vector (``group_pack``), the
 last vector with idle groups where the group count is odd (RegNetY's 13 and 55 groups of 8).
 
-Run: ``python docs/outer.py [--shapes NAME,NAME]``.
+Run: ``python docs/outer.py [--shapes NAME,NAME] [--batch N]``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ SHAPES = [
     ("regnety_g55_7", 440, 7, 440, 3, 1, 1, 55),
     ("regnety_g6_s2_112", 48, 112, 48, 3, 2, 1, 6),  # stride 2: pairs of groups of 8
     ("regnety_g55_s2_14", 440, 14, 440, 3, 2, 1, 55),
+    ("regnety_g13_s2_56", 104, 56, 104, 3, 2, 1, 13),
+    ("regnety_g26_s2_28", 208, 28, 208, 3, 2, 1, 26),
+    ("regnety_g26_14", 208, 14, 208, 3, 1, 1, 26),
     ("resnext_g32_s2_4", 128, 56, 128, 3, 2, 1, 32),  # fours at stride 2: not packed
 ]
 #: shapes whose transposed convolution is timed too
@@ -77,14 +80,16 @@ def _forward_row(name, op, spec, x, w, b) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", help="comma-separated names (default: all)")
-    chosen = parser.parse_args(argv).shapes
-    print(f"batch 8, float32: medians of {ROUNDS} interleaved rounds (ms); ratio = other / outer")
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args(argv)
+    chosen, batch = args.shapes, args.batch
+    print(f"batch {batch}, float32: medians of {ROUNDS} interleaved rounds (ms); ratio = other / outer")
     print("| shape | op | outer | other kernel | other | ratio |\n|---|---|---:|---|---:|---:|")
     for name, c_in, hw, c_out, k, stride, pad, groups in SHAPES:
         if chosen and name not in chosen.split(","):
             continue
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((8, c_in, hw, hw)).astype(np.float32)
+        x = rng.standard_normal((batch, c_in, hw, hw)).astype(np.float32)
         w = rng.standard_normal((c_out, c_in // groups, k, k)).astype(np.float32)
         b = rng.standard_normal(c_out).astype(np.float32)
         spec = conv2d_spec(x, w, b, stride, pad, 1, groups)

@@ -167,9 +167,10 @@ def direct_forward_kernel(spec) -> str:
         return "packed"
     if 1 < spec.in_per_group and spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1] < MIN_GENERATED_TERMS:
         return "packed"
-    if _outer.applies(spec):
+    if _outer.applies(spec) and (_outer.prefers(spec) or not _grouped.applies(spec)):
         # output channels in the lanes: faster than every kernel below wherever it applies
-        # (1.3-2.4x on 3x3 groups of 16-64 channels: ``docs/performance.md``)
+        # (1.3-2.4x on 3x3 groups of 16-64 channels: ``docs/performance.md``), but for groups
+        # sharing a vector on wide rows with AVX2
         return "outer"
     if _rowblock.applies(spec):  # depthwise with an input dilation: strided transposed convolutions
         return "rowblock"

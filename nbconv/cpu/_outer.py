@@ -84,6 +84,28 @@ def applies(spec) -> bool:
     return _packed.packed_geometry(spec, 1).scratch_elems * pack <= MAX_SCRATCH_ELEMS
 
 
+#: Narrowest output row at which, on a target of 16 vector registers (AVX2), groups that share a
+#: vector go to ``_grouped`` instead (:func:`prefers`).
+MIN_GROUPED_WIDTH = 14
+
+
+def prefers(spec) -> bool:
+    """Whether this kernel is the one to take where it :func:`applies`: everywhere on a target of
+    32 vector registers (AVX-512: pairs of groups 1.3x ``_grouped`` and more on an Intel Xeon,
+    round 17 of ``docs/performance.md``), and for a transposed convolution's input dilation (its
+    zeros skipped: ``_grouped`` 2.2-2.5x the time). On 16 (AVX2), not for groups that share a
+    vector (:func:`group_pack` > 1: 4 or 8 float32 outputs per group) on output rows of
+    ``MIN_GROUPED_WIDTH`` or more: packing their planes interleaved takes masked stores (slow
+    on AMD's cores) and a block of at most 6 sums reloads each broadcast value, and ``_grouped``
+    (columns in the lanes, a block's weights in registers) took 0.51-0.63x this kernel's time at
+    stride 2 and with fours, 0.90-1.02x on 14- and 28-wide rows at stride 1, against 1.2-1.7x on
+    7-wide rows (2-core AMD Zen 3, batch 8 and 2: ``python docs/outer.py --batch 8|2``). Whole
+    vectors per group (16 outputs) keep this kernel: 1.17-1.50x ``_grouped`` there."""
+    if target().vector_registers >= 32 or spec.lhs_dilation != (1, 1):
+        return True
+    return group_pack(spec) <= 1 or spec.out_size[1] < MIN_GROUPED_WIDTH
+
+
 def block_sums() -> int:
     """Sums (of ``_simd.lanes`` elements each) a forward block keeps in registers on the compile
     target: ``SUM_BUDGET`` with AVX-512's 32 registers of 512 bits; on AVX2's 16 of 256 bits, where
