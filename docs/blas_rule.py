@@ -1,9 +1,13 @@
-"""Whole-network passes with NumPy's BLAS for every 1x1 product against ``_blas.MIN_TERMS``'s rule
-(narrow products on planes under ``_blas.LARGE_PLANE`` by the kernels' own blocks), alternated in
-one process, and each dense 1x1 layer's time both ways. Only meaningful where the BLAS is used:
+"""Whole-network passes with NumPy's BLAS for every 1x1 product against ``_blas.takes_product``'s
+rule (narrower products by the kernels' own blocks), alternated in one process, and each dense 1x1 layer's time both ways. Only meaningful where the BLAS is used:
 an AVX2 target (performance.md round 21's environment variables on an AVX-512 machine).
 
     python docs/blas_rule.py [--batch 8] [--passes 3] [--networks regnet_y_400mf,mobilenet_v2]
+
+With ``--per-layer``, instead: each distinct dense layer of the networks (``all`` for the eight)
+that a product computes (1x1, or im2col: stems, ConvNeXt's downsampling), by the kernels' own
+blocks and by the BLAS, alternately in one process (medians of ``--rounds`` rounds, ms), with
+which one the rule takes.
 """
 
 from __future__ import annotations
@@ -14,34 +18,93 @@ from nbconv.bench._networks import format_layer_table, run_network_bench
 from nbconv.cpu import _blas
 
 
+def per_layer(networks: list[str], batch: int, rounds: int) -> None:
+    """The ``--per-layer`` table."""
+    import numpy as np
+    from _timing import interleaved_medians
+
+    import nbconv
+    from nbconv._spec import conv2d_spec
+    from nbconv.bench._networks import _arrays, conv_layers
+    from nbconv.cpu import _im2col, _launch
+
+    takes, im2col_rule, for_products = _blas.takes_product, _im2col.MIN_BLAS_TERMS, _blas.for_products
+
+    def run(x, w, b, layer, by_blas):
+        if by_blas:
+            _blas.takes_product, _im2col.MIN_BLAS_TERMS = (lambda terms, pixels: True), 0
+        else:
+            _blas.for_products = lambda: None
+        try:
+            return nbconv.conv2d(x, w, b, stride=layer.stride, padding=layer.pad)
+        finally:
+            _blas.takes_product, _im2col.MIN_BLAS_TERMS, _blas.for_products = takes, im2col_rule, for_products
+
+    print(f"batch {batch}, float32: medians of {rounds} alternated rounds (ms); ratio = BLAS / own")
+    print("| layer | networks | kernel | terms | pixels | own | BLAS | ratio | the rule |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    seen: dict = {}
+    for name in networks:
+        for layer in conv_layers(name):
+            if layer.groups == 1 and layer.side > 1:
+                seen.setdefault(layer._replace(count=1), []).append(name)
+    rng = np.random.default_rng(0)
+    for layer, names in seen.items():
+        x, w, b = _arrays(layer, batch, "float32", rng)
+        spec = conv2d_spec(x, w, b, layer.stride, layer.pad, 1, 1)
+        kernel = _launch.forward_kernel(spec)
+        if kernel not in ("pointwise", "im2col"):
+            continue
+        oh, ow = spec.out_size
+        terms = layer.c_in * layer.k * layer.k
+        if kernel == "im2col" and not _im2col.takes_patches(spec):
+            rule = "BLAS" if terms >= im2col_rule else "own"
+        else:  # 1x1, or patches: a 1x1 product of ``terms`` channels
+            rule = "BLAS" if takes(terms, oh * ow) else "own"
+        t_own, t_blas = interleaved_medians(lambda: run(x, w, b, layer, False), lambda: run(x, w, b, layer, True),
+                                            rounds=rounds)
+        print(f"| {layer.label} | {','.join(n.split('_')[0] for n in names)} | {kernel} | {terms} | {oh * ow} | "
+              f"{t_own:.3f} | {t_blas:.3f} | {t_blas / t_own:.2f} | {rule} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--networks", default="regnet_y_400mf,mobilenet_v2")
+    parser.add_argument("--per-layer", action="store_true")
+    parser.add_argument("--rounds", type=int, default=15, help="with --per-layer")
     args = parser.parse_args()
     if _blas.for_products() is None:
         print("the BLAS is not used for products on this target: nothing to compare")
         return
-    rule = _blas.MIN_TERMS
+    if args.per_layer:
+        from nbconv.bench._networks import NETWORKS
+
+        per_layer(list(NETWORKS) if args.networks == "all" else args.networks.split(","), args.batch, args.rounds)
+        return
+    rule = _blas.takes_product
+    choices = {"all": lambda terms, pixels: True, "rule": rule}
     for name in args.networks.split(","):
-        passes, layers = {0: [], rule: []}, {}
+        passes, layers = {"all": [], "rule": []}, {}
         for _ in range(args.passes):
-            for terms in (0, rule):
-                _blas.MIN_TERMS = terms
-                result = run_network_bench(name, batch=args.batch, rounds=11)
-                passes[terms].append(result.time_s * 1e3)
+            for choice, takes in choices.items():
+                _blas.takes_product = takes
+                try:
+                    result = run_network_bench(name, batch=args.batch, rounds=11)
+                finally:
+                    _blas.takes_product = rule
+                passes[choice].append(result.time_s * 1e3)
                 for line in format_layer_table(result).splitlines():
                     cells = [c.strip() for c in line.split("|")]
                     if len(cells) > 3 and "1x1 dense" in cells[1]:
-                        layers.setdefault(cells[1], {0: [], rule: []})[terms].append(float(cells[3]))
-        _blas.MIN_TERMS = rule
+                        layers.setdefault(cells[1], {"all": [], "rule": []})[choice].append(float(cells[3]))
         print(f"\n{name}, batch {args.batch}: network ms, BLAS for all "
-              f"{' / '.join(f'{t:.1f}' for t in passes[0])}; the rule {' / '.join(f'{t:.1f}' for t in passes[rule])}")
+              f"{' / '.join(f'{t:.1f}' for t in passes['all'])}; the rule "
+              f"{' / '.join(f'{t:.1f}' for t in passes['rule'])}")
         print("| dense 1x1 layer | BLAS for all (ms) | the rule (ms) |\n|---|---:|---:|")
         for label, times in layers.items():
-            print(f"| {label} | {min(times[0]):.3f} | {min(times[rule]):.3f} |")
-
+            print(f"| {label} | {min(times['all']):.3f} | {min(times['rule']):.3f} |")
 
 if __name__ == "__main__":
     main()

@@ -137,16 +137,18 @@ def test_the_products_call_the_blas_only_where_it_beats_the_own_blocks(bits, reg
 
 
 @pytest.mark.parametrize("c_in, groups, hw, called", [
-    (256, 1, 14, True),   # 256 terms: the BLAS
-    (96, 1, 28, True),    # from MIN_TERMS on
-    (64, 1, 28, False),   # a narrow product on a 28 x 28 plane: the own blocks
-    (48, 1, 56, True),    # ... but on 56 x 56 and more the BLAS, whatever the channels
+    (256, 1, 14, True),   # 256 terms: the BLAS on any plane
+    (192, 1, 28, False),  # fewer on planes of 14 x 14 to 55 x 55: the own blocks
+    (128, 1, 7, True),    # on planes under 14 x 14 the BLAS from 128
+    (96, 1, 13, False),
+    (96, 1, 56, True),    # on 56 x 56 and more from 96
+    (64, 1, 56, False),
     (80, 4, 28, False),   # a grouped 1x1 layer of 20 channels per group
     (8, 1, 4, False),     # under MIN_MACS
 ])
-def test_1x1_products_take_the_blas_from_96_terms_or_on_large_planes(c_in, groups, hw, called, monkeypatch):
-    """Which 1x1 products go to the BLAS on a target where it is used (AVX2), checked by the
-    call itself, and the result either way."""
+def test_1x1_products_take_the_blas_by_terms_and_plane(c_in, groups, hw, called, monkeypatch):
+    """Which 1x1 products go to the BLAS on a target where it is used (AVX2:
+    ``_blas.takes_product``), checked by the call itself, and the result either way."""
     from nbconv.cpu import _pointwise
 
     if _blas.gemm_functions() is None:

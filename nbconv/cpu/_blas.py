@@ -159,14 +159,34 @@ def single_threaded(functions: GemmFunctions):
 #: Fewest multiply-adds per image and group for a product by the BLAS (a call costs about a
 #: microsecond; below, the kernels' own products, which need no call).
 MIN_MACS = 1 << 16
-#: Fewest input channels per group of a 1x1 product by the BLAS on planes under ``LARGE_PLANE``
-#: pixels: with fewer (grouped 1x1 layers, MobileNet's and RegNet's narrow layers on planes of
-#: 28 x 28 and less) the kernels' own blocks were faster than OpenBLAS's Haswell kernels on AVX2,
-#: within networks and alone (the Xeon compiled for ``haswell``, performance.md round 21); on
-#: planes of 56 x 56 and more the BLAS was faster whatever the channels (RegNetY's 32 -> 48 at
-#: 112 x 112; ``docs/blas_rule.py`` compares the rule with the BLAS for all).
-MIN_TERMS = 96
+#: Fewest input channels per group (terms) of a 1x1 product by the BLAS, by the size of the plane
+#: (:func:`takes_product`). Measured per layer on a 2-core Zen 3 (every dense 1x1 layer of the
+#: bench's eight networks, the own blocks against the BLAS alternately: ``python
+#: docs/blas_rule.py --per-layer --networks all``): narrow products (under 96 channels) ran
+#: 1.05-1.5x faster by the own blocks on planes of every size, OpenBLAS's packing costing more than
+#: its blocks gain over so few terms (two exceptions at 0.85 and 0.96, RegNetY's 32 -> 48 at 112 x
+#: 112 and ResNeXt's 64 -> 256 at 56 x 56); from 96 to 255 channels the own blocks were 1.03-1.25x
+#: on planes of 14 x 14 to 28 x 28, the BLAS 1.1-1.3x on 7 x 7 planes from 128 channels and
+#: 1.2x on 56 x 56 (ResNeXt's 128 -> 256, 256 -> 256). (The Xeon compiled for ``haswell``,
+#: round 21, favoured the BLAS on large planes even for narrow products: a stand-in; the rule
+#: follows the AVX2 machine.)
+MIN_TERMS = 256
+#: Planes under this many pixels (7 x 7 up to 13 x 13) take the BLAS from ``SMALL_PLANE_TERMS``.
+SMALL_PLANE = 14 * 14
+SMALL_PLANE_TERMS = 128
+#: Planes of this many pixels and more take it from ``LARGE_PLANE_TERMS``.
 LARGE_PLANE = 56 * 56
+LARGE_PLANE_TERMS = 96
+
+
+def takes_product(terms: int, pixels: int) -> bool:
+    """Whether a 1x1 product of ``terms`` input channels per group on planes of ``pixels`` goes to
+    the BLAS (where :func:`for_products` gives one), by ``MIN_TERMS`` and the plane's bounds."""
+    if pixels < SMALL_PLANE:
+        return terms >= SMALL_PLANE_TERMS
+    if pixels >= LARGE_PLANE:
+        return terms >= LARGE_PLANE_TERMS
+    return terms >= MIN_TERMS
 #: Output rows of a task's product, and the multiply-adds a task aims at.
 TASK_ROWS = 256
 TASK_MACS = 1 << 23

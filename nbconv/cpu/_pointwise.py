@@ -16,8 +16,8 @@ channel moves back to end at it, and the last block of pixels moves left to end 
 end (a few outputs computed twice, to the same bits); only a plane smaller than one block is
 computed with masked stores (and, for its last input channels, masked loads).
 
-From ``_blas.MIN_MACS`` multiply-adds per image and group (and ``_blas.MIN_TERMS`` input channels
-per group on planes under ``_blas.LARGE_PLANE`` pixels), where NumPy's OpenBLAS is found and
+From ``_blas.MIN_MACS`` multiply-adds per image and group (and as many input channels per group
+as ``_blas.takes_product`` asks for the plane's size), where NumPy's OpenBLAS is found and
 the target has fewer than 32 vector registers (``_blas.for_products``: with AVX-512 this kernel is
 the faster), the products are the BLAS's instead (:func:`_forward_blas`): each of Numba's tasks calls a
 single-threaded ``cblas_sgemm`` on a block of output channels x a chunk of pixels, its outputs
@@ -337,8 +337,7 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     ``O_BLOCK`` outputs, else by :func:`_forward`."""
     n, cin_g, cout_g = x.shape[0], x.shape[1] // groups, out.shape[1] // groups
     blas = _blas.for_products()
-    if (blas is not None and (cin_g >= _blas.MIN_TERMS or hw >= _blas.LARGE_PLANE)
-            and hw * cin_g * cout_g >= _blas.MIN_MACS):
+    if blas is not None and _blas.takes_product(cin_g, hw) and hw * cin_g * cout_g >= _blas.MIN_MACS:
         pix_chunk, o_parts = _blas.product_split(cout_g, cin_g, hw)
         with _blas.single_threaded(blas):
             _forward_blas(blas.address(x.dtype), x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups,
