@@ -49,6 +49,7 @@ def per_layer(networks: list[str], batch: int, rounds: int) -> None:
             if layer.groups == 1 and layer.side > 1:
                 seen.setdefault(layer._replace(count=1), []).append(name)
     rng = np.random.default_rng(0)
+    sums = {"own": 0.0, "BLAS": 0.0, "the rule": 0.0, "the faster": 0.0}
     for layer, names in seen.items():
         x, w, b = _arrays(layer, batch, "float32", rng)
         spec = conv2d_spec(x, w, b, layer.stride, layer.pad, 1, 1)
@@ -65,6 +66,10 @@ def per_layer(networks: list[str], batch: int, rounds: int) -> None:
                                             rounds=rounds)
         print(f"| {layer.label} | {','.join(n.split('_')[0] for n in names)} | {kernel} | {terms} | {oh * ow} | "
               f"{t_own:.3f} | {t_blas:.3f} | {t_blas / t_own:.2f} | {rule} |", flush=True)
+        for what, t in (("own", t_own), ("BLAS", t_blas), ("the rule", t_blas if rule == "BLAS" else t_own),
+                        ("the faster", min(t_own, t_blas))):
+            sums[what] += t
+    print("sums over these layers (ms, each layer once): " + ", ".join(f"{k} {v:.2f}" for k, v in sums.items()))
 
 
 def main() -> None:
