@@ -397,9 +397,9 @@ def test_launcher_routing_by_target(monkeypatch, registers):
     monkeypatch.setattr(_outer, "target", lambda: target()._replace(vector_registers=registers))
     from nbconv.cpu._launch import direct_forward_kernel
 
-    def kernel(c, hw, stride, groups, c_in=None):
-        x = np.zeros((2, c_in or c, hw, hw), np.float32)
-        w = np.zeros((c, (c_in or c) // groups, 3, 3), np.float32)
+    def kernel(c, hw, stride, groups):
+        x = np.zeros((2, c, hw, hw), np.float32)
+        w = np.zeros((c, c // groups, 3, 3), np.float32)
         spec = conv2d_spec(x, w, None, stride, 1, 1, groups)
         assert _outer.applies(spec) and _grouped.applies(spec)
         return direct_forward_kernel(spec)

@@ -187,6 +187,8 @@ def takes_product(terms: int, pixels: int) -> bool:
     if pixels >= LARGE_PLANE:
         return terms >= LARGE_PLANE_TERMS
     return terms >= MIN_TERMS
+
+
 #: Output rows of a task's product, and the multiply-adds a task aims at.
 TASK_ROWS = 256
 TASK_MACS = 1 << 23
