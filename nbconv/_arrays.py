@@ -78,6 +78,12 @@ def array_kind(x: Any) -> str | None:
     return kind
 
 
+def native_by_type(x: Any) -> bool:
+    """Whether ``x``'s type alone makes it an array the backends take as it is (a NumPy, CuPy or
+    Numba array, of a type :func:`array_kind` has met): :func:`native` would return it."""
+    return type(x) in _KIND_OF_TYPE
+
+
 def _instance_kind(x: Any) -> str | None:
     """The kind of ``x`` where it may depend on the object (a tensor's device, an interface
     set on the instance)."""

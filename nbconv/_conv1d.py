@@ -15,11 +15,10 @@ import numpy as np
 
 from . import _arrays, _dispatch, _padding_modes
 from ._spec import (
-    _array_shapes_dtype,
+    _facts,
     _groups,
     _int,
     _size,
-    classify,
     conv2d_bias_spec,
     conv2d_input_spec,
     conv2d_spec,
@@ -192,8 +191,7 @@ def conv1d(
     """
     op = "conv1d"
     arrays = {"input": input, "weight": weight, "bias": bias}
-    kind = classify(op, arrays)
-    shapes, _ = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, _ = _facts(op, arrays)
     s, d, pad, groups, _ = _geometry(op, shapes["input"], shapes["weight"], stride, padding, dilation, groups)
     x4, w4, b = _view(input), _view(weight), _as_viewed(bias)
     spec = conv2d_spec(x4, w4, b, (1, s), _padding_2d(pad), (1, d), groups, op=op)
@@ -244,8 +242,7 @@ def conv_transpose1d(
     """
     op = "conv_transpose1d"
     arrays = {"input": input, "weight": weight, "bias": bias}
-    kind = classify(op, arrays)
-    shapes, _ = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, _ = _facts(op, arrays)
     _rank(op, "input", shapes["input"], (2, 3), _INPUT)
     _rank(op, "weight", shapes["weight"], (3,), "3-D (C_in, C_out/groups, k)")
     s, d, pad = _single(op, "stride", stride, 1), _single(op, "dilation", dilation, 1), _padding_1d(op, padding)
@@ -286,8 +283,7 @@ def conv1d_input(
     op = "conv1d_input"
     size = _size(op, "input_size", input_size, (2, 3), "(N, C_in, L) or (C_in, L)")
     arrays = {"grad_output": grad_output, "weight": weight}
-    kind = classify(op, arrays, optional=())
-    shapes, _ = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, _ = _facts(op, arrays, optional=())
     s, d, pad, groups, length = _geometry(op, size, shapes["weight"], stride, padding, dilation, groups,
                                           in_name="input_size")
     _check_grad_output(op, shapes["grad_output"], size, shapes["weight"], length)
@@ -334,8 +330,7 @@ def conv1d_weight(
     op = "conv1d_weight"
     size = _size(op, "weight_size", weight_size, (3,), "(C_out, C_in/groups, k)")
     arrays = {"input": input, "grad_output": grad_output}
-    kind = classify(op, arrays, optional=())
-    shapes, _ = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, _ = _facts(op, arrays, optional=())
     s, d, pad, groups, length = _geometry(op, shapes["input"], size, stride, padding, dilation, groups,
                                           w_name="weight_size")
     _check_grad_output(op, shapes["grad_output"], shapes["input"], size, length)
@@ -353,8 +348,7 @@ def conv1d_bias(grad_output: Any, *, out: Optional[Any] = None) -> Any:
     """Gradient of :func:`nbconv.conv1d` with respect to its bias: ``grad_output`` (N, C_out, L_out)
     or (C_out, L_out) summed over N and L. Returns shape (C_out,)."""
     op = "conv1d_bias"
-    kind = classify(op, {"grad_output": grad_output}, optional=())
-    shapes, _ = _array_shapes_dtype(op, kind, {"grad_output": grad_output})
+    kind, shapes, _ = _facts(op, {"grad_output": grad_output}, optional=())
     _rank(op, "grad_output", shapes["grad_output"], (2, 3), "2-D (C_out, L_out) or 3-D (N, C_out, L_out)")
     gy4 = _view(grad_output)
     return _dispatch.conv2d_bias(conv2d_bias_spec(gy4, op=op), gy4, out)

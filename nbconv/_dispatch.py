@@ -30,8 +30,9 @@ def _allocate(kind: str, shape: tuple[int, ...], dtype: np.dtype, like: Any) -> 
 
 
 def _native(a: Any) -> Any:
-    """``a`` (or None) as its backend takes it (NumPy arrays as they are: the CPU's hot path)."""
-    if a is None or type(a) is np.ndarray:
+    """``a`` (or None) as its backend takes it (NumPy arrays as they are: the CPU's hot path; then
+    the kinds known from their type, CuPy's and Numba's arrays)."""
+    if a is None or type(a) is np.ndarray or _arrays.native_by_type(a):
         return a
     return _arrays.native(a, _arrays.array_kind(a))
 

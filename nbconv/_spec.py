@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Union
 
 import numpy as np
@@ -68,6 +68,19 @@ class ConvSpec:
     #: says it takes a spec's mode (``nbconv._dispatch.takes_padding_mode``) is given one other
     #: than zeros; ``nbconv._padding_modes`` computes the others from zero-padded calls.
     padding_mode: str = "zeros"
+
+    # A spec is a dictionary key on every call (the launch configurations and plans cached per
+    # spec): its hash is computed once, on first use. It stays out of pickles (a str's hash
+    # differs from one process to the next).
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {name: value for name, value in self.__dict__.items() if name != "_hash"}
 
     @property
     def in_per_group(self) -> int:
@@ -261,14 +274,21 @@ def _check_dtypes(op: str, kind: str, dtypes: dict[str, np.dtype]) -> np.dtype:
     return first
 
 
-def _array_shapes_dtype(op: str, kind: str, arrays: dict[str, Any]) -> tuple[dict[str, tuple], np.dtype]:
-    shapes, dtypes = {}, {}
-    for name, a in arrays.items():
-        if a is not None:
-            k = _arrays.array_kind(a)
-            shapes[name] = _arrays.array_shape(a, k)
-            dtypes[name] = _arrays.array_dtype(a, k)
-    return shapes, _check_dtypes(op, kind, dtypes)
+def _facts(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias",)
+           ) -> tuple[str, dict[str, tuple], np.dtype]:
+    """(kind, shapes, dtype) of the arrays: :func:`classify`'s kind, each array's shape, and
+    their common dtype (:func:`_check_dtypes`), each array's kind looked up once (this runs on
+    every call)."""
+    kinds = {}
+    for name, x in arrays.items():
+        if x is not None or name not in optional:
+            kinds[name] = _arrays.array_kind(x)
+    kind = next(iter(kinds.values()))
+    if kind is None or any(k != kind for k in kinds.values()):
+        kind = classify(op, arrays, optional)  # raises, or names the kind of an allowed mix
+    shapes = {name: _arrays.array_shape(arrays[name], k) for name, k in kinds.items()}
+    dtypes = {name: _arrays.array_dtype(arrays[name], k) for name, k in kinds.items()}
+    return kind, shapes, _check_dtypes(op, kind, dtypes)
 
 
 def _size(op: str, name: str, value: Any, lengths: tuple[int, ...], what: str) -> tuple[int, ...]:
@@ -383,8 +403,7 @@ def conv2d_spec(
 ) -> ConvSpec:
     """Validate the arguments of :func:`nbconv.conv2d` and return the problem they describe."""
     arrays = {"input": input, "weight": weight, "bias": bias}
-    kind = classify(op, arrays)
-    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, dtype = _facts(op, arrays)
     meta = (op, kind, dtype, shapes["input"], shapes["weight"], shapes.get("bias"), stride, padding, dilation, groups)
     return _cached(meta[:6], (stride, padding, dilation, groups), lambda: _conv2d_spec_from(*meta))
 
@@ -395,7 +414,7 @@ def _cached(validated: tuple, arguments: tuple, build: Callable[[], ConvSpec]) -
     geometry over and over, and validates it once. An unhashable argument (a NumPy array) is
     validated the same way, not cached; a build that raises caches nothing."""
     try:
-        key = (validated, tuple(_typed_key(a) for a in arguments))
+        key = (validated, tuple(map(_typed_key, arguments)))
         hash(key)
     except TypeError:
         return build()
@@ -415,8 +434,10 @@ _SPEC_CACHE_SIZE = 1024
 
 
 def _typed_key(value: Any) -> Any:
+    if type(value) is int:  # the common case, first
+        return (int, value)
     if isinstance(value, (tuple, list)):
-        return (type(value), tuple(_typed_key(v) for v in value))
+        return (type(value), tuple(map(_typed_key, value)))
     return (type(value), value)
 
 
@@ -434,8 +455,7 @@ def conv2d_input_spec(
 ) -> ConvSpec:
     """Validate the arguments of :func:`nbconv.grad.conv2d_input` (``op`` names the caller in errors)."""
     arrays = {"grad_output": grad_output, "weight": weight}
-    kind = classify(op, arrays, optional=())
-    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, dtype = _facts(op, arrays, optional=())
     return _cached((op, kind, dtype, shapes["grad_output"], shapes["weight"]),
                    (input_size, stride, padding, dilation, groups),
                    lambda: _conv2d_input_spec_from(op, kind, dtype, shapes, input_size, stride, padding, dilation,
@@ -467,8 +487,7 @@ def conv_transpose2d_spec(
 ) -> ConvSpec:
     """Validate the arguments of :func:`nbconv.conv_transpose2d` (``op`` names the caller in errors)."""
     arrays = {"input": input, "weight": weight, "bias": bias}
-    kind = classify(op, arrays)
-    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, dtype = _facts(op, arrays)
     return _cached((op, kind, dtype, shapes["input"], shapes["weight"], shapes.get("bias")),
                    (stride, padding, output_padding, groups, dilation),
                    lambda: _conv_transpose2d_spec_from(op, kind, dtype, shapes, bias is not None, stride, padding,
@@ -529,8 +548,7 @@ def conv2d_weight_spec(
 ) -> ConvSpec:
     """Validate the arguments of :func:`nbconv.grad.conv2d_weight` (``op`` names the caller in errors)."""
     arrays = {"input": input, "grad_output": grad_output}
-    kind = classify(op, arrays, optional=())
-    shapes, dtype = _array_shapes_dtype(op, kind, arrays)
+    kind, shapes, dtype = _facts(op, arrays, optional=())
     return _cached((op, kind, dtype, shapes["input"], shapes["grad_output"]),
                    (weight_size, stride, padding, dilation, groups),
                    lambda: _conv2d_weight_spec_from(op, kind, dtype, shapes, weight_size, stride, padding, dilation,
@@ -548,9 +566,13 @@ def _conv2d_weight_spec_from(op, kind, dtype, shapes, weight_size, stride, paddi
 
 def conv2d_bias_spec(grad_output: Any, *, op: str = "conv2d_bias") -> ConvSpec:
     """Validate the argument of :func:`nbconv.grad.conv2d_bias` (a sum over N, H and W)."""
-    kind = classify(op, {"grad_output": grad_output}, optional=())
-    shapes, dtype = _array_shapes_dtype(op, kind, {"grad_output": grad_output})
-    unbatched, batch, c, h, w = _input_shape(op, "grad_output", shapes["grad_output"])
+    kind, shapes, dtype = _facts(op, {"grad_output": grad_output}, optional=())
+    return _cached((op, kind, dtype, shapes["grad_output"]), (), lambda: _conv2d_bias_spec_from(op, kind, dtype,
+                                                                                             shapes["grad_output"]))
+
+
+def _conv2d_bias_spec_from(op, kind, dtype, gy_shape) -> ConvSpec:
+    unbatched, batch, c, h, w = _input_shape(op, "grad_output", gy_shape)
     return ConvSpec(
         op=op, batch=batch, in_channels=c, in_size=(h, w), out_channels=c, kernel_size=(1, 1), stride=(1, 1),
         padding=(0, 0, 0, 0), dilation=(1, 1), groups=c, out_size=(h, w), dtype=dtype, has_bias=False,

@@ -183,14 +183,20 @@ def _launch_kind(spec, op):
         type(_launch.forward_launch_config(spec)).__name__]
 
 
-def _run(spec, op, run, arrays, out):
+def _op(op):
+    """The launch code of ``op`` ("forward", "weight_grad" or "bias_grad")."""
     from nbconv.cuda import _launch
 
-    if op == "forward":
-        return _launch.forward(spec, run, *arrays, out)
-    if op == "weight_grad":
-        return _launch.weight_grad(spec, run, *arrays, out)
-    return _launch.bias_grad(spec, run, *arrays, out)
+    return {"forward": _launch.forward, "weight_grad": _launch.weight_grad, "bias_grad": _launch.bias_grad}[op]
+
+
+def _run(spec, op, run, arrays, out, planned=False):
+    """``op`` on ``arrays`` into ``out`` through the launcher ``run``: its launch code directly,
+    or (``planned``) by the plan the raw launcher records and replays, as the public ops do."""
+    if planned:
+        run.planned(_op(op), spec, tuple(arrays), out)
+        return out
+    return _op(op)(spec, run, *arrays, out)
 
 
 # Under the simulator the tile kernels take layers from 8 output channels per group (the
@@ -263,8 +269,9 @@ def simulated_function(key, signature, cc):
 
 
 @pytest.mark.skipif(not SIMULATOR, reason="runs the kernels under Numba's simulator")
+@pytest.mark.parametrize("planned", [False, True], ids=["direct", "planned"])
 @pytest.mark.parametrize("case", list(SIM_CASES))
-def test_kernels_run_from_the_packed_arguments_alone(case, small_tiles, monkeypatch):
+def test_kernels_run_from_the_packed_arguments_alone(case, planned, small_tiles, monkeypatch):
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
     from nbconv.cuda import _launch, _raw
@@ -281,9 +288,14 @@ def test_kernels_run_from_the_packed_arguments_alone(case, small_tiles, monkeypa
     monkeypatch.setattr(_raw, "_function", simulated_function)
     monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
     monkeypatch.setattr(_raw, "_driver_launch", lambda: None)  # CuPy's call (the stand-in)
+    monkeypatch.setattr(_raw, "_device", lambda: 0)
     out = np.full(spec.output_shape, np.nan, spec.dtype)
     fakes = [None if a is None else FakeCupyArray.wrapping(a) for a in arrays]
-    _run(spec, op, _raw.RawLauncher(empty=fake_empty), fakes, FakeCupyArray.wrapping(out))
+    run = _raw.RawLauncher(empty=fake_empty)
+    if planned:  # a plan recorded on other arrays of the same layout, then replayed on these
+        others = [None if a is None else FakeCupyArray.wrapping(np.full_like(a, np.nan)) for a in arrays]
+        _run(spec, op, run, others, fake_empty(spec.output_shape, spec.dtype), planned=True)
+    _run(spec, op, run, fakes, FakeCupyArray.wrapping(out), planned=planned)
     assert np.isfinite(out).all(), "an output the raw launch did not write"
     np.testing.assert_array_equal(out, want)
 
@@ -304,7 +316,8 @@ def _on_gpu(a):
 @pytest.mark.parametrize("case", list(SIM_CASES) + ["conv tiles", "phases by tiles"])
 def test_raw_launch_matches_the_dispatcher_on_a_gpu(case):
     """On a GPU: every kind of launch through CuPy and the driver gives the dispatcher's result
-    on CuPy arrays (the same PTX; outputs first NaN, so a missed one shows)."""
+    on CuPy arrays, directly and by a plan, recorded and replayed (the same PTX; outputs first
+    NaN, so a missed one shows)."""
     import cupy
 
     from nbconv._arrays import CUPY as CUPY_KIND
@@ -314,12 +327,14 @@ def test_raw_launch_matches_the_dispatcher_on_a_gpu(case):
         case, SIM_CASES.get(case))
     spec, op, arrays = make()
     results = []
-    for run in (_launch.NumbaLauncher(CUPY_KIND), _raw.RawLauncher()):
+    raw = _raw.RawLauncher()
+    for run, planned in ((_launch.NumbaLauncher(CUPY_KIND), False), (raw, False), (raw, True), (raw, True)):
         out = cupy.full(spec.output_shape, np.nan, spec.dtype)
-        _run(spec, op, run, [_on_gpu(a) for a in arrays], out)
+        _run(spec, op, run, [_on_gpu(a) for a in arrays], out, planned=planned)  # planned: recorded, replayed
         results.append(cupy.asnumpy(out))
-    assert np.isfinite(results[1]).all(), "an output the raw launch did not write"
-    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-6)
+    for got in results[1:]:
+        assert np.isfinite(got).all(), "an output the raw launch did not write"
+        np.testing.assert_allclose(got, results[0], rtol=1e-6, atol=1e-6)
 
 
 _PACKING_CHECK = r"""
@@ -428,39 +443,85 @@ _LAUNCH_PROTO = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, *([ctypes.c_uint
                                  ctypes.c_void_p, ctypes.c_void_p)
 
 
-def fake_driver(seen: list, result: int = 0):
-    """A C-callable stand-in for ``cuLaunchKernel`` that reads its ``extra`` argument as the
-    driver does: BUFFER_POINTER, the buffer, BUFFER_SIZE, a pointer to its size, END."""
+class _Refused(Exception):
+    """A stand-in for CuPy's ``CUDADriverError``."""
 
-    def launch(function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+
+def fake_driver(seen: list, result: int = 0, binding: str = "ctypes"):
+    """A launch function as ``_raw._driver_launch`` gives (``launch(function, gx, gy, gz, bx, by,
+    bz, stream, extra)``, result code), made by the module's own adapter of a stand-in for
+    ``cuLaunchKernel`` that reads its ``extra`` argument as the driver does: BUFFER_POINTER, the
+    buffer, BUFFER_SIZE, a pointer to its size, END. ``binding``: the driver library's function
+    through ctypes (the stand-in C-callable), or CuPy's compiled binding (``launchKernel``, every
+    argument an int, ``CUDADriverError`` where the driver refuses)."""
+    from nbconv.cuda import _raw
+
+    def read(function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
         ex = ctypes.cast(extra, ctypes.POINTER(ctypes.c_void_p))
-        assert (ex[0], ex[2], ex[4]) == (1, 2, None) and params is None and shared == 0
+        assert (ex[0], ex[2], ex[4]) == (1, 2, None) and not params and shared == 0
         size = ctypes.cast(ex[3], ctypes.POINTER(ctypes.c_size_t))[0]
         values = ctypes.cast(ex[1], ctypes.POINTER(ctypes.c_int64))[:size // 8]
         seen.append(dict(function=function, grid=(gx, gy, gz), block=(bx, by, bz), stream=stream, values=values))
-        return result
 
-    return _LAUNCH_PROTO(launch)
+    if binding == "ctypes":
+        def c_launch(*args):
+            read(*args)
+            return result
+
+        return _raw.driver_launch_function(types.SimpleNamespace(cuLaunchKernel=_LAUNCH_PROTO(c_launch)))
+
+    def launch_kernel(*args):
+        assert len(args) == 11 and all(type(a) is int for a in args)
+        read(*args)
+        if result:
+            raise _Refused(result)
+
+    return _raw.cupy_launch_function(types.SimpleNamespace(launchKernel=launch_kernel, CUDADriverError=_Refused))
 
 
-def test_launch_with_buffer_hands_the_driver_one_parameter_buffer():
+@pytest.mark.parametrize("binding", ["ctypes", "cupy"])
+def test_launch_with_buffer_hands_the_driver_one_parameter_buffer(binding):
     from nbconv.cuda._raw import launch_with_buffer
 
     seen = []
     packed = (0, 0, 6, 4, 2**40 + 8, 2, 3, 12, 4, -3, 7)
-    assert launch_with_buffer(fake_driver(seen), 1234, (5, 2), (32,), 99, packed) == 0
+    assert launch_with_buffer(fake_driver(seen, binding=binding), 1234, (5, 2), (32,), 99, packed) == 0
     assert seen == [dict(function=1234, grid=(5, 2, 1), block=(32, 1, 1), stream=99, values=list(packed))]
 
 
+def test_the_driver_launch_is_cupys_binding_where_cupy_has_one(monkeypatch):
+    """``_raw._driver_launch`` takes CuPy's compiled ``cupy.cuda.driver.launchKernel`` where CuPy
+    is imported and has it (no ctypes conversion per argument), else the driver library's
+    ``cuLaunchKernel`` through ctypes, else none."""
+    from nbconv.cuda import _raw
+
+    calls = []
+    driver = types.SimpleNamespace(launchKernel=lambda *args: calls.append(args), CUDADriverError=_Refused)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(driver=driver)))
+    _raw._driver_launch.cache_clear()
+    try:
+        assert _raw._driver_launch()(5, 1, 2, 3, 4, 5, 6, 7, 8) == 0
+        assert calls == [(5, 1, 2, 3, 4, 5, 6, 0, 7, 0, 8)]  # no shared memory, no parameter array
+        monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(
+            driver=types.SimpleNamespace())))
+        _raw._driver_launch.cache_clear()
+        monkeypatch.setattr(_raw.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(name)))
+        assert _raw._driver_launch() is None  # no binding, no driver library
+    finally:
+        _raw._driver_launch.cache_clear()
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["direct", "planned"])
+@pytest.mark.parametrize("binding", ["ctypes", "cupy"])
 @pytest.mark.parametrize("refused", [False, True])
-def test_launcher_goes_through_the_driver_and_falls_back_to_cupy(refused, monkeypatch):
+def test_launcher_goes_through_the_driver_and_falls_back_to_cupy(refused, binding, planned, monkeypatch):
     from nbconv._spec import conv2d_bias_spec
-    from nbconv.cuda import _launch, _raw
+    from nbconv.cuda import _raw
 
     seen, via_cupy = [], []
     monkeypatch.setattr(_raw, "_function", lambda *key: _CallRecorder(4321, via_cupy))
     monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
-    driver = fake_driver(seen, result=1 if refused else 0)
+    driver = fake_driver(seen, result=1 if refused else 0, binding=binding)
     monkeypatch.setattr(_raw, "_driver_launch", lambda: driver)
     gy = FakeCupyArray((2, 4, 5, 3), np.float32, ptr=8192)
     out = FakeCupyArray((4,), np.float32, ptr=16384)
@@ -468,8 +529,9 @@ def test_launcher_goes_through_the_driver_and_falls_back_to_cupy(refused, monkey
     stream = types.SimpleNamespace(ptr=77)  # CuPy's current stream
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(
         get_current_stream=lambda: stream)))
-    _launch.bias_grad(spec, _raw.RawLauncher(empty=lambda shape, dtype: FakeCupyArray(shape, dtype, ptr=32768)),
-                      gy, out)
+    monkeypatch.setattr(_raw, "_device", lambda: 0)
+    _run(spec, "bias_grad", _raw.RawLauncher(empty=lambda shape, dtype: FakeCupyArray(shape, dtype, ptr=32768)),
+         [gy], out, planned=planned)
     assert len(seen) == 2 and [s["function"] for s in seen] == [4321, 4321] and seen[0]["stream"] == 77
     partial, finish = seen
     assert len(partial["values"]) == 13 + 13 + 15 + 4  # x (gy stands in), gy, the 5-D partial sums, 4 ints
@@ -479,6 +541,68 @@ def test_launcher_goes_through_the_driver_and_falls_back_to_cupy(refused, monkey
     assert len(via_cupy) == (2 if refused else 0)  # a refused launch goes through CuPy's call
     if refused:
         assert via_cupy[1] == ((1,), (128,), tuple(finish["values"]))
+
+
+def _layout_variants():
+    """(name, the case, a view of its first array or None): every kind of launch, and a plane
+    launch whose input has another layout than the one its plan was recorded for."""
+    for name, make in REAL_CASES.items():
+        yield name, make, None
+    yield "plane, input strided after contiguous", REAL_CASES["plane float32"], lambda a: a[:, :, :, ::2]
+
+
+@pytest.mark.parametrize("name", [v[0] for v in _layout_variants()])
+def test_plans_replay_the_direct_launches(name, monkeypatch):
+    """The public ops launch by plans (recorded once per op, geometry, layout and device, then
+    replayed with the addresses of each call's arrays and scratch): each replay hands the driver
+    what the op's launch code gives directly for the same arrays (function, grid, block, stream,
+    every packed value), also for arrays at other addresses than the recording's, and for an
+    input of another layout (a plan of its own)."""
+    from nbconv.cuda import _raw
+
+    _, make, strided = next(v for v in _layout_variants() if v[0] == name)
+    spec, op, arrays = make()
+    if strided is not None:  # the same geometry, the input every other column of a wider array
+        wide = np.concatenate([arrays[0], arrays[0]], axis=3)
+        arrays = (strided(wide),) + tuple(arrays[1:])
+        assert arrays[0].shape == make()[2][0].shape
+    monkeypatch.setattr(_raw, "_function", lambda key, signature, cc: _CallRecorder(hash((key, signature)) % 2**40,
+                                                                                   []))
+    monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(_raw, "_device", lambda: 0)
+    seen = []
+    driver = fake_driver(seen)
+    monkeypatch.setattr(_raw, "_driver_launch", lambda: driver)
+    stream = types.SimpleNamespace(ptr=77)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        get_current_stream=lambda: stream)))
+
+    def arrays_at(base):
+        """The case's arrays and output as stand-ins at addresses from ``base`` on, and an
+        allocator giving scratch at addresses after them, in order."""
+        at = iter(range(base, base + 2**30, 2**20))
+        fakes = [None if a is None else FakeCupyArray(a.shape, a.dtype, a.strides, next(at)) for a in arrays]
+        out = FakeCupyArray(spec.output_shape, spec.dtype, ptr=next(at))
+        return fakes, out, (lambda shape, dtype: FakeCupyArray(shape, dtype, ptr=next(at)))
+
+    contiguous = [None if a is None else np.ascontiguousarray(a) for a in arrays]
+    planned = _raw.RawLauncher()
+    for base in (2**32, 2**33):  # the plan: recorded at the first, replayed at the second
+        if strided is not None and base == 2**32:  # first a plan for the contiguous input
+            fakes = [None if a is None else FakeCupyArray(a.shape, a.dtype, ptr=2**34) for a in contiguous]
+            planned._empty = lambda shape, dtype: FakeCupyArray(shape, dtype, ptr=2**35)
+            _run(spec, op, planned, fakes, FakeCupyArray(spec.output_shape, spec.dtype, ptr=2**36), planned=True)
+        fakes, out, empty = arrays_at(base)
+        seen.clear()
+        _run(spec, op, _raw.RawLauncher(empty=empty), fakes, out)
+        direct = list(seen)
+        fakes, out, empty = arrays_at(base)
+        planned._empty = empty
+        seen.clear()
+        _run(spec, op, planned, fakes, out, planned=True)
+        assert seen == direct and len(direct) >= 1
+        assert all(s["stream"] == 77 for s in seen)
+    assert len(planned._plans) == (2 if strided is not None else 1)
 
 
 class _CallRecorder:

@@ -262,10 +262,21 @@ def launcher(spec) -> NumbaLauncher | _raw.RawLauncher:
     return NumbaLauncher(spec.kind)
 
 
+def _run_op(op, spec, arrays: tuple, out: Any) -> Any:
+    """``op(spec, launcher, *arrays, out)`` by ``spec``'s launcher; through CuPy, by the op's
+    recorded launches (:meth:`_raw.RawLauncher.planned`)."""
+    run = launcher(spec)
+    if isinstance(run, _raw.RawLauncher):
+        run.planned(op, spec, arrays, out)
+    else:
+        op(spec, run, *arrays, out)
+    return out
+
+
 def conv2d_forward(spec, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     """Launch the convolution kernel of ``spec`` (``conv2d``, ``conv_transpose2d`` or
     ``grad.conv2d_input``) writing into ``out``; no host synchronisation."""
-    return forward(spec, launcher(spec), input, weight, bias, out)
+    return _run_op(forward, spec, (input, weight, bias), out)
 
 
 def forward(spec, run, input: Any, weight: Any, bias: Any, out: Any) -> Any:
@@ -434,7 +445,7 @@ def _finish(spec, run, partial, out, bias_only: bool) -> None:
 
 def conv2d_weight(spec, input: Any, grad_output: Any, out: Any) -> Any:
     """Launch the weight gradient of ``spec`` into ``out``; deterministic, no host sync."""
-    return weight_grad(spec, launcher(spec), input, grad_output, out)
+    return _run_op(weight_grad, spec, (input, grad_output), out)
 
 
 def weight_grad(spec, run, input: Any, grad_output: Any, out: Any) -> Any:
@@ -451,7 +462,7 @@ def weight_grad(spec, run, input: Any, grad_output: Any, out: Any) -> Any:
 
 def conv2d_bias(spec, grad_output: Any, out: Any) -> Any:
     """Launch the bias gradient (sum over N, H, W) into ``out``; deterministic, no host sync."""
-    return bias_grad(spec, launcher(spec), grad_output, out)
+    return _run_op(bias_grad, spec, (grad_output,), out)
 
 
 def bias_grad(spec, run, grad_output: Any, out: Any) -> Any:

@@ -12,10 +12,11 @@ Numba's kernel ABI by hand:
 - an integer becomes an int64.
 
 Every field is 8 bytes, so the arguments are one buffer of int64: it goes to the driver's
-``cuLaunchKernel`` whole (its ``extra`` argument, ``CU_LAUNCH_PARAM_BUFFER_POINTER``), one ctypes
-call, where CuPy's call converts each of a launch's 40-60 parameters to a C value on every call
-(13-16 us a launch on an H200's host). Where the driver library cannot be loaded, or refuses the
-launch, the same arguments go through CuPy's call (Python ints, which it passes as int64). Arrays are
+``cuLaunchKernel`` whole (its ``extra`` argument, ``CU_LAUNCH_PARAM_BUFFER_POINTER``), by CuPy's
+compiled binding of it (``cupy.cuda.driver.launchKernel``, else the driver library's through
+ctypes), where CuPy's call converts each of a launch's 40-60 parameters to a C value on every call
+(13-16 us a launch on an H200's host). Where the driver refuses the launch, or neither binding is
+there, the same arguments go through CuPy's call (Python ints, which it passes as int64). Arrays are
 typed C-contiguous where they are (Numba then indexes them from their shape) and of any layout
 otherwise (from their strides, which may be negative); a strided view (a phase of a transposed
 convolution) is a :class:`RawArray` sliced here, without CuPy.
@@ -26,6 +27,11 @@ input, weight and bias gradients) for CuPy arrays when the environment variable
 (``docs/gpu_check.sh`` runs the CUDA tests both ways). Without a GPU the tests check it end to
 end: the packed arguments against each kernel's PTX parameter list, and the kernels run under
 Numba's simulator from nothing but the packed arguments (``tests/test_cuda_raw_launch.py``).
+
+The public ops go through a :class:`Plan` per op, geometry, layout and device: the launches the
+op's code makes, recorded once on stand-ins at symbolic addresses, then replayed with each
+call's addresses (validation, launch configuration, views and packing are not redone per call:
+a transposed convolution of stride 2 is four launches on sliced views).
 """
 
 from __future__ import annotations
@@ -146,9 +152,14 @@ def _function(key, signature: tuple, cc: tuple[int, int]) -> Callable:
 _CC: dict[int, tuple[int, int]] = {}
 
 
+def _device() -> int:
+    """CuPy's current device (its number)."""
+    return sys.modules["cupy"].cuda.runtime.getDevice()
+
+
 def _compute_capability() -> tuple[int, int]:
     cupy = sys.modules["cupy"]
-    device = cupy.cuda.runtime.getDevice()
+    device = _device()
     cc = _CC.get(device)
     if cc is None:
         text = cupy.cuda.Device(device).compute_capability  # "90"
@@ -176,19 +187,50 @@ def pack(args: tuple) -> tuple[tuple, list]:
 CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE = 0, 1, 2
 
 
-def driver_launch_function(lib: Any) -> Any:
-    """``cuLaunchKernel`` of the driver library ``lib`` (a ``ctypes.CDLL``), returning its
-    result code. Called with pointers as ``ctypes.c_void_p`` and sizes as ints, without
-    ``argtypes``: ctypes then checks and converts less per argument (the buffer and this call: 2.4 us,
-    ``python docs/host_cost.py --offline``)."""
+def driver_launch_function(lib: Any) -> Callable[..., int]:
+    """``launch(function, gx, gy, gz, bx, by, bz, stream, extra) -> result code`` (0: launched,
+    every argument an int) by the ``cuLaunchKernel`` of the driver library ``lib`` (a
+    ``ctypes.CDLL``), called with the pointers as ``ctypes.c_void_p`` and the sizes as ints,
+    without ``argtypes`` (ctypes then checks and converts less per argument)."""
     f = lib.cuLaunchKernel
     f.restype = ctypes.c_int
-    return f
+    c_void_p = ctypes.c_void_p
+
+    def launch(function: int, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, stream: int, extra: int) -> int:
+        return f(c_void_p(function), gx, gy, gz, bx, by, bz, 0, c_void_p(stream), None, c_void_p(extra))
+
+    return launch
+
+
+def cupy_launch_function(driver: Any) -> Callable[..., int] | None:
+    """The same ``launch`` by CuPy's own binding of ``cuLaunchKernel`` (``driver`` is
+    ``cupy.cuda.driver``: ``launchKernel``, compiled, takes the arguments as C integers and
+    raises ``CUDADriverError`` where the driver refuses), or None where CuPy has none. A launch
+    through ctypes converts its 11 arguments one by one (2.6 us a call on a 2-core Zen 3 VM,
+    ``python docs/host_cost.py --offline``)."""
+    bound = getattr(driver, "launchKernel", None)
+    if not callable(bound):
+        return None
+    refused = getattr(driver, "CUDADriverError", RuntimeError)
+
+    def launch(function: int, gx: int, gy: int, gz: int, bx: int, by: int, bz: int, stream: int, extra: int) -> int:
+        try:
+            bound(function, gx, gy, gz, bx, by, bz, 0, stream, 0, extra)
+        except refused:
+            return 1
+        return 0
+
+    return launch
 
 
 @functools.lru_cache(maxsize=1)
-def _driver_launch() -> Any:
-    """The driver's ``cuLaunchKernel``, or None where the library does not load."""
+def _driver_launch() -> Callable[..., int] | None:
+    """How to launch with one parameter buffer: CuPy's binding of ``cuLaunchKernel``, else the
+    driver library's through ctypes, else None (CuPy's call then takes every launch)."""
+    cupy_driver = getattr(getattr(sys.modules.get("cupy"), "cuda", None), "driver", None)
+    launch = cupy_launch_function(cupy_driver) if cupy_driver is not None else None
+    if launch is not None:
+        return launch
     for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll", ctypes.util.find_library("cuda")):
         if name:
             try:
@@ -202,11 +244,12 @@ def _driver_launch() -> Any:
 _TAIL = (0, CU_LAUNCH_PARAM_BUFFER_POINTER, 0, CU_LAUNCH_PARAM_BUFFER_SIZE, 0, CU_LAUNCH_PARAM_END)
 
 
-def launch_with_buffer(launch: Any, function_ptr: int, grid: tuple, block: tuple, stream_ptr: int,
+def launch_with_buffer(launch: Callable[..., int], function_ptr: int, grid: tuple, block: tuple, stream_ptr: int,
                        packed: list | tuple) -> int:
-    """Launch through ``launch`` (``cuLaunchKernel``) with ``packed`` (8-byte values) as one
-    parameter buffer; the driver's result code (0: launched). One allocation holds the
-    parameters, their size and the ``extra`` list that points at both."""
+    """Launch through ``launch`` (:func:`driver_launch_function`'s or
+    :func:`cupy_launch_function`'s) with ``packed`` (8-byte values) as one parameter buffer;
+    the driver's result code (0: launched). One allocation holds the parameters, their size and
+    the ``extra`` list that points at both."""
     n = len(packed)
     buf = array.array("q", packed)
     buf.extend(_TAIL)
@@ -216,8 +259,7 @@ def launch_with_buffer(launch: Any, function_ptr: int, grid: tuple, block: tuple
     buf[n + 4] = addr + 8 * n
     gx, gy, gz = grid + (1,) * (3 - len(grid))
     bx, by, bz = block + (1,) * (3 - len(block))
-    return launch(ctypes.c_void_p(function_ptr), gx, gy, gz, bx, by, bz, 0, ctypes.c_void_p(stream_ptr), None,
-                  ctypes.c_void_p(addr + 8 * (n + 1)))
+    return launch(function_ptr, gx, gy, gz, bx, by, bz, stream_ptr, addr + 8 * (n + 1))
 
 
 class RawLauncher:
@@ -228,6 +270,7 @@ class RawLauncher:
 
     def __init__(self, empty: Callable | None = None):
         self._empty = empty
+        self._plans: dict = {}
 
     def array(self, a: Any, unbatched: bool = False) -> RawArray:
         return view(a, unbatched)
@@ -247,3 +290,139 @@ class RawLauncher:
             if launch_with_buffer(launch, function.ptr, grid, block, stream, packed) == 0:
                 return
         function(grid, block, tuple(packed))  # CuPy's call: its own checks, and its error if it fails too
+
+    def planned(self, op: Callable, spec, arrays: tuple, out: Any) -> None:
+        """``op(spec, launcher, *arrays, out)`` (an op's launch code: ``_launch.forward``,
+        ``weight_grad`` or ``bias_grad``) by its :class:`Plan` for these arrays' shapes and
+        strides on the current device, recorded on the first such call."""
+        key = (op, spec, _device(), out.shape, out.strides,
+               tuple(None if a is None else (a.shape, a.strides) for a in arrays))
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _PLANS_SIZE:
+                self._plans.clear()
+            plan = self._plans[key] = Plan.record(op, spec, arrays, out)
+        plan.launch((*arrays, out), self._empty or sys.modules["cupy"].empty)
+
+
+#: Plans kept per launcher (a network's layers and ops: each geometry, each op, each layout).
+_PLANS_SIZE = 1024
+
+
+#: While a plan is recorded, array ``i`` (the op's arrays, its output, then the scratch it asks
+#: for) is at the symbolic address ``(i + 1) << _TAG_BITS``; a view's offset (a phase's slice) is
+#: in the low bits.
+_TAG_BITS = 48
+
+
+class _Layout:
+    """What an op's launch code reads of array ``index`` while a plan is recorded: shape,
+    strides (bytes), dtype, item size and contiguity, no memory."""
+
+    __slots__ = ("shape", "strides", "dtype", "itemsize", "c_contiguous", "index")
+
+    def __init__(self, shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, c_contiguous: bool,
+                 index: int):
+        self.shape, self.strides, self.dtype, self.itemsize = tuple(shape), tuple(strides), dtype, dtype.itemsize
+        self.c_contiguous, self.index = c_contiguous, index
+
+    @classmethod
+    def of(cls, a: Any, index: int) -> _Layout:
+        return cls(a.shape, a.strides, a.dtype, a.flags.c_contiguous, index)
+
+    @classmethod
+    def contiguous(cls, shape: tuple[int, ...], dtype: np.dtype, index: int) -> _Layout:
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.append(step)
+            step *= max(n, 1)
+        return cls(shape, tuple(reversed(strides)), dtype, True, index)
+
+
+class _Recorder:
+    """A launcher for :meth:`Plan.record`: the op's own launch code runs on :class:`_Layout`
+    stand-ins at symbolic addresses (array ``i`` at ``(i + 1) << _TAG_BITS``, a view's offset in
+    the low bits), and each launch is kept (its function, grid, block, packed arguments, and
+    which of them are addresses of which array at which offset), none made."""
+
+    def __init__(self, n_arrays: int):
+        self.n_arrays = n_arrays
+        self.scratch_specs: list[tuple[tuple[int, ...], Any]] = []
+        self.steps: list[tuple] = []
+
+    @staticmethod
+    def array(a: _Layout, unbatched: bool = False) -> RawArray:
+        shape, strides = a.shape, a.strides
+        if unbatched:
+            shape, strides = (1,) + shape, (0,) + strides
+        return RawArray(shape, strides, a.itemsize, (a.index + 1) << _TAG_BITS, a.dtype,
+                        "C" if a.c_contiguous else "A")
+
+    def scratch(self, shape: tuple[int, ...], dtype) -> RawArray:
+        self.scratch_specs.append((shape, dtype))
+        return self.array(_Layout.contiguous(shape, np.dtype(dtype), self.n_arrays + len(self.scratch_specs) - 1))
+
+    def __call__(self, key, grid, block, *args) -> None:
+        signature, packed = pack(args)
+        slots, at = [], 0
+        for a in args:
+            if type(a) is RawArray:
+                tag, offset = divmod(a.ptr, 1 << _TAG_BITS)
+                slots.append((at + 4, tag - 1, offset))  # the data pointer: the 5th field
+                at += 5 + 2 * len(a.shape)
+            else:
+                at += 1
+        function = _function(key, signature, _compute_capability())
+        grid = grid if type(grid) is tuple else (grid,)
+        block = block if type(block) is tuple else (block,)
+        self.steps.append((function, grid, block, packed, tuple(slots)))
+
+
+class Plan:
+    """The launches of one op for one geometry, layout and device, ready to replay: per launch,
+    the function, grid, block and its parameter buffer (the packed arguments and the ``extra``
+    tail of :func:`launch_with_buffer`), where only the addresses change from call to call. A
+    call costs the scratch allocations, and per launch a copy of the buffer, its addresses set
+    and the driver call; the validation of the spec, the launch configuration, the views and
+    the packing were done once, by the same code as an unplanned call
+    (:meth:`RawLauncher.__call__`)."""
+
+    __slots__ = ("scratch", "steps")
+
+    def __init__(self, scratch: tuple, steps: tuple):
+        self.scratch, self.steps = scratch, steps
+
+    @classmethod
+    def record(cls, op: Callable, spec, arrays: tuple, out: Any) -> Plan:
+        layouts = [None if a is None else _Layout.of(a, i) for i, a in enumerate((*arrays, out))]
+        recorder = _Recorder(len(layouts))
+        op(spec, recorder, *layouts)
+        steps = []
+        for function, grid, block, packed, slots in recorder.steps:
+            n = len(packed)
+            template = array.array("q", packed)
+            template.extend(_TAIL)
+            template[n] = 8 * n
+            dims = grid + (1,) * (3 - len(grid)) + block + (1,) * (3 - len(block))
+            handle = getattr(function, "ptr", 0)  # (a test's stand-in function may have none)
+            steps.append((function, handle, grid, block, dims, template, n, slots))
+        return cls(tuple(recorder.scratch_specs), tuple(steps))
+
+    def launch(self, arrays: tuple, empty: Callable) -> None:
+        """The recorded launches on ``arrays`` (the op's, then its output), with fresh scratch
+        from ``empty``, on CuPy's current stream."""
+        owners = [empty(shape, dtype) for shape, dtype in self.scratch]
+        pointers = [0 if a is None else a.data.ptr for a in arrays] + [a.data.ptr for a in owners]
+        driver = _driver_launch()
+        stream = sys.modules["cupy"].cuda.get_current_stream().ptr if driver is not None else 0
+        for function, function_ptr, grid, block, dims, template, n, slots in self.steps:
+            buf = array.array("q", template)
+            for at, index, offset in slots:
+                buf[at] = pointers[index] + offset
+            if driver is not None:
+                addr = buf.buffer_info()[0]
+                buf[n + 2] = addr
+                buf[n + 4] = addr + 8 * n
+                if driver(function_ptr, *dims, stream, addr + 8 * (n + 1)) == 0:
+                    continue
+            function(grid, block, tuple(buf[:n]))  # CuPy's call, as RawLauncher.__call__ falls back to
