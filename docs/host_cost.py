@@ -115,7 +115,15 @@ def offline() -> int:
     sys.modules["cupy"] = types.SimpleNamespace(ndarray=FakeCupyArray, empty=empty, cuda=types.SimpleNamespace(
         get_current_stream=lambda: stream))  # the stand-in arrays are of CuPy's kind
     run = _raw.RawLauncher()
-    _launch.launcher = lambda spec: run  # what NBCONV_CUDA_LAUNCH=raw picks for CuPy arrays
+
+    class Unplanned(_raw.RawLauncher):
+        """The raw launcher running the op's launch code on every call (no plan)."""
+
+        def planned(self, op, spec, arrays, out):
+            op(spec, self, *arrays, out)
+
+    taking = [run]
+    _launch.launcher = lambda spec: taking[0]  # what NBCONV_CUDA_LAUNCH=raw picks for CuPy arrays
 
     def arrays(*shapes):
         return [FakeCupyArray(s, np.float32) for s in shapes]
@@ -142,8 +150,9 @@ def offline() -> int:
     print("op's plan (its launches recorded on the first call): scratch, addresses into each launch's parameter")
     print("buffer, the call. The driver's own work and CuPy's allocations (the output, a reduction's partial sums)")
     print("come on top; on a GPU machine CuPy's compiled binding of cuLaunchKernel takes the call, for less than")
-    print("ctypes. Best of 5 rounds of 1000 calls, after 200.\n")
-    print("| op (1 x 32 x 8 x 8, float32) | launches | us per call |\n|---|---:|---:|")
+    print("ctypes. Without plans: the op's launch code (views, launch configuration, packing) on every call.")
+    print("Best of 5 rounds of 1000 calls (after 200), the two ways alternating round by round.\n")
+    print("| op (1 x 32 x 8 x 8, float32) | launches | us per call | without plans |\n|---|---:|---:|---:|")
 
     def per_call(fn) -> float:
         for _ in range(200):
@@ -156,10 +165,28 @@ def offline() -> int:
             best = min(best, (time.perf_counter() - t0) / 1000 * 1e6)
         return best
 
+    def both_ways(fn) -> tuple[float, float]:
+        """(best us per call by plans, without), in alternating rounds."""
+        best = [float("inf"), float("inf")]
+        for way in (0, 1):
+            taking[0] = (run, unplanned)[way]
+            for _ in range(200):
+                fn()
+        for _ in range(5):
+            for way in (0, 1):
+                taking[0] = (run, unplanned)[way]
+                t0 = time.perf_counter()
+                for _ in range(1000):
+                    fn()
+                best[way] = min(best[way], (time.perf_counter() - t0) / 1000 * 1e6)
+        taking[0] = run
+        return best[0], best[1]
+
+    unplanned = Unplanned()
     for label, fn in ops.items():
         launches.clear()
         fn()
-        print(f"| {label} | {len(launches)} | {per_call(fn):.1f} |")
+        print(f"| {label} | {len(launches)} | " + " | ".join(f"{t:.1f}" for t in both_ways(fn)) + " |")
 
     from nbconv import _spec
 
