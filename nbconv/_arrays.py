@@ -147,7 +147,7 @@ def describe_kind(kind: str) -> str:
 def array_dtype(x: Any, kind: str) -> np.dtype:
     """The dtype of ``x``; a torch dtype NumPy has no name for (bfloat16) comes back as
     ``np.dtype(object)``, which no backend supports."""
-    if kind == NUMPY:
+    if kind == NUMPY or kind == CUPY:  # a CuPy array's dtype is NumPy's
         return x.dtype
     if kind == CAI:
         return np.dtype(x.__cuda_array_interface__["typestr"])

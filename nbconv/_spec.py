@@ -256,6 +256,10 @@ def classify(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias
 
 def _check_dtypes(op: str, kind: str, dtypes: dict[str, np.dtype]) -> np.dtype:
     supported = CPU_DTYPES if kind in _arrays.HOST_KINDS else CUDA_DTYPES
+    values = iter(dtypes.values())
+    first = next(values)
+    if first in supported and all(dt == first for dt in values):  # the common case, checked first
+        return first
     for name, dt in dtypes.items():
         if dt not in supported:
             if dt == np.float16:
