@@ -74,3 +74,23 @@ def test_pointwise_blocks_script_runs(capsys, monkeypatch):
     script.main()
     printed = capsys.readouterr().out
     assert printed.count("\n| ") >= 2 + 5 + 3  # two headers, five 7 x 7 layers, three stems
+
+
+def test_dense_bound_script(capsys):
+    """``docs/dense_bound.py`` (the dense-layer speed a network geometric mean needs): its model
+    on a network of known parts, and its table from a kept ``nbconv bench --network`` JSON."""
+    spec = importlib.util.spec_from_file_location("dense_bound", ROOT / "docs" / "dense_bound.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    layers = [dict(grouped=False, count=2, torch_time_s=0.5, time_s=0.5),  # dense: 1 s each way
+              dict(grouped=True, count=1, torch_time_s=1.0, time_s=0.5)]  # grouped: 2x
+    results = [dict(layers=layers, speedup=4 / 3, batch=2)]
+    assert script.network_parts(results[0]) == (1.0, 1.0, 0.5, 1.0)
+    assert script.geomean_at(results, 1.0) == pytest.approx(2 / 1.5)
+    assert script.geomean_at(results, 2.0) == pytest.approx(2 / 1.0)
+    assert script.needed(results, 1.3) == pytest.approx(1 / (2 / 1.3 - 0.5), rel=1e-6)  # 2 / (1/s + 0.5) = 1.3
+    kept = sorted((ROOT / "docs").glob("networks-*-b8-*.json"))
+    assert kept
+    script.main([str(kept[-1])])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| networks-")]
+    assert len(rows) == 1 and rows[0].count("x |") == 7
