@@ -16,8 +16,8 @@ from asv_runner.benchmarks.mark import SkipNotImplemented
 
 from nbconv._shapes import STANDARD_SHAPES, Shape
 
-from ._common import (BACKENDS, BACKWARD_OPS, BATCH, DTYPES, SMOKE, SMOKE_SHAPES, SWEEP_GROUPS, OpCase,
-                      median_paired_ratio, torch_or_skip)
+from ._common import (BACKENDS, BACKWARD_OPS, BATCH, DTYPES, SMOKE, SMOKE_BACKWARD_SHAPES, SMOKE_SHAPES,
+                      SWEEP_GROUPS, OpCase, median_paired_ratio, torch_or_skip)
 
 SHAPES = {s.name: s for s in STANDARD_SHAPES}
 SHAPE_NAMES = list(SMOKE_SHAPES) if SMOKE else list(SHAPES)
@@ -70,7 +70,7 @@ class Backward(_OpBenchmark):
     """The training ops (input gradient, weight gradient, ``conv_transpose2d``) on each standard
     shape, float32. Skipped on commits that predate them."""
 
-    params = [BACKENDS, BACKWARD_OPS, SHAPE_NAMES]
+    params = [BACKENDS, BACKWARD_OPS, list(SMOKE_BACKWARD_SHAPES) if SMOKE else SHAPE_NAMES]
     param_names = ["backend", "op", "shape"]
 
     def setup(self, backend, op, shape):
