@@ -167,13 +167,16 @@ def _compute_capability() -> tuple[int, int]:
     return cc
 
 
-def pack(args: tuple) -> tuple[tuple, list]:
+def pack(args: tuple, pointers: list | None = None) -> tuple[tuple, list]:
     """(signature, packed arguments) of a launch's arguments (:class:`RawArray` or int): each
-    array as :func:`flatten` lays it out, each int as itself."""
+    array as :func:`flatten` lays it out, each int as itself; the position of each array's data
+    pointer in the packed arguments is appended to ``pointers`` where given."""
     signature, packed = [], []
     for a in args:
         if type(a) is RawArray:
             signature.append(a.signature)
+            if pointers is not None:
+                pointers.append(len(packed) + 4)
             packed += (0, 0, math.prod(a.shape), a.itemsize, a.ptr)
             packed += a.shape
             packed += a.strides
@@ -244,22 +247,43 @@ def _driver_launch() -> Callable[..., int] | None:
 _TAIL = (0, CU_LAUNCH_PARAM_BUFFER_POINTER, 0, CU_LAUNCH_PARAM_BUFFER_SIZE, 0, CU_LAUNCH_PARAM_END)
 
 
-def launch_with_buffer(launch: Callable[..., int], function_ptr: int, grid: tuple, block: tuple, stream_ptr: int,
-                       packed: list | tuple) -> int:
-    """Launch through ``launch`` (:func:`driver_launch_function`'s or
-    :func:`cupy_launch_function`'s) with ``packed`` (8-byte values) as one parameter buffer;
-    the driver's result code (0: launched). One allocation holds the parameters, their size and
-    the ``extra`` list that points at both."""
+def parameter_buffer(packed: list | tuple) -> array.array:
+    """One allocation for a launch: ``packed`` (8-byte values), their size in bytes, then the
+    ``extra`` list (its two pointers set by :func:`extra_pointer`, once the buffer is where it
+    stays)."""
     n = len(packed)
     buf = array.array("q", packed)
     buf.extend(_TAIL)
-    addr = buf.buffer_info()[0]
     buf[n] = 8 * n  # the size, at addr + 8 n
+    return buf
+
+
+def extra_pointer(buf: array.array, n: int) -> int:
+    """Points the ``extra`` list of ``buf`` (:func:`parameter_buffer` of ``n`` values) at its
+    parameters and their size; the list's address, ``cuLaunchKernel``'s ``extra``."""
+    addr = buf.buffer_info()[0]
     buf[n + 2] = addr  # extra = (BUFFER_POINTER, addr, BUFFER_SIZE, addr + 8 n, END) from n + 1
     buf[n + 4] = addr + 8 * n
-    gx, gy, gz = grid + (1,) * (3 - len(grid))
-    bx, by, bz = block + (1,) * (3 - len(block))
-    return launch(function_ptr, gx, gy, gz, bx, by, bz, stream_ptr, addr + 8 * (n + 1))
+    return addr + 8 * (n + 1)
+
+
+def _dims(grid: tuple, block: tuple) -> tuple[int, int, int, int, int, int]:
+    """A launch's grid and block as the driver takes them, three sizes each."""
+    return grid + (1,) * (3 - len(grid)) + block + (1,) * (3 - len(block))
+
+
+def launch_with_buffer(launch: Callable[..., int], function_ptr: int, grid: tuple, block: tuple, stream_ptr: int,
+                       packed: list | tuple) -> int:
+    """Launch through ``launch`` (:func:`driver_launch_function`'s or
+    :func:`cupy_launch_function`'s) with ``packed`` (8-byte values) as one parameter buffer
+    (:func:`parameter_buffer`); the driver's result code (0: launched)."""
+    buf = parameter_buffer(packed)
+    return launch(function_ptr, *_dims(grid, block), stream_ptr, extra_pointer(buf, len(packed)))
+
+
+def _as_tuple(size: int | tuple) -> tuple:
+    """A grid or block size as a tuple (CuPy's call takes tuples)."""
+    return size if type(size) is tuple else (size,)
 
 
 class RawLauncher:
@@ -282,8 +306,7 @@ class RawLauncher:
     def __call__(self, key, grid, block, *args) -> None:
         signature, packed = pack(args)
         function = _function(key, signature, _compute_capability())
-        grid = grid if type(grid) is tuple else (grid,)
-        block = block if type(block) is tuple else (block,)
+        grid, block = _as_tuple(grid), _as_tuple(block)
         launch = _driver_launch()
         if launch is not None:
             stream = sys.modules["cupy"].cuda.get_current_stream().ptr
@@ -363,19 +386,14 @@ class _Recorder:
         return self.array(_Layout.contiguous(shape, np.dtype(dtype), self.n_arrays + len(self.scratch_specs) - 1))
 
     def __call__(self, key, grid, block, *args) -> None:
-        signature, packed = pack(args)
-        slots, at = [], 0
-        for a in args:
-            if type(a) is RawArray:
-                tag, offset = divmod(a.ptr, 1 << _TAG_BITS)
-                slots.append((at + 4, tag - 1, offset))  # the data pointer: the 5th field
-                at += 5 + 2 * len(a.shape)
-            else:
-                at += 1
+        pointers: list[int] = []
+        signature, packed = pack(args, pointers)
+        slots = []  # (position in the packed arguments, array index, offset in bytes)
+        for at in pointers:
+            tag, offset = divmod(packed[at], 1 << _TAG_BITS)
+            slots.append((at, tag - 1, offset))
         function = _function(key, signature, _compute_capability())
-        grid = grid if type(grid) is tuple else (grid,)
-        block = block if type(block) is tuple else (block,)
-        self.steps.append((function, grid, block, packed, tuple(slots)))
+        self.steps.append((function, _as_tuple(grid), _as_tuple(block), packed, tuple(slots)))
 
 
 class Plan:
@@ -399,13 +417,9 @@ class Plan:
         op(spec, recorder, *layouts)
         steps = []
         for function, grid, block, packed, slots in recorder.steps:
-            n = len(packed)
-            template = array.array("q", packed)
-            template.extend(_TAIL)
-            template[n] = 8 * n
-            dims = grid + (1,) * (3 - len(grid)) + block + (1,) * (3 - len(block))
             handle = getattr(function, "ptr", 0)  # (a test's stand-in function may have none)
-            steps.append((function, handle, grid, block, dims, template, n, slots))
+            steps.append((function, handle, grid, block, _dims(grid, block), parameter_buffer(packed), len(packed),
+                          slots))
         return cls(tuple(recorder.scratch_specs), tuple(steps))
 
     def launch(self, arrays: tuple, empty: Callable) -> None:
@@ -419,10 +433,6 @@ class Plan:
             buf = array.array("q", template)
             for at, index, offset in slots:
                 buf[at] = pointers[index] + offset
-            if driver is not None:
-                addr = buf.buffer_info()[0]
-                buf[n + 2] = addr
-                buf[n + 4] = addr + 8 * n
-                if driver(function_ptr, *dims, stream, addr + 8 * (n + 1)) == 0:
-                    continue
+            if driver is not None and driver(function_ptr, *dims, stream, extra_pointer(buf, n)) == 0:
+                continue
             function(grid, block, tuple(buf[:n]))  # CuPy's call, as RawLauncher.__call__ falls back to
