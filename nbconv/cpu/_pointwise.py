@@ -477,7 +477,10 @@ def _wide_blocks_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.n
     """The products for planes of whole wide blocks and a few pixels more: the blocks by
     :func:`_forward_wide`, the pixels past them, from all images, as one plane (copied to
     (C_in, N, rest), the product, copied back), as :func:`_three_vectors_and_rest` does. Each
-    output's sum is the same (bias, then the input channels in order), so are the bits."""
+    output's sum is the same (bias, then the input channels in order), so are the bits, where
+    the rest plane is the kernel's own too: with a BLAS for the products (AVX2), a rest plane of
+    N x rest pixels that ``_blas.takes_product`` gives the BLAS has its sums in the BLAS's order
+    (a layer of 128-255 input channels per group on 14 x 14 planes, from ``REST_MIN_MACS``)."""
     n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
     pix_block = pixel_vectors() * vector_lanes(x.dtype)
     wide = hw - hw % pix_block
