@@ -480,7 +480,7 @@ def _wide_blocks_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.n
     output's sum is the same (bias, then the input channels in order), so are the bits, where
     the rest plane is the kernel's own too: with a BLAS for the products (AVX2), a rest plane of
     N x rest pixels that ``_blas.takes_product`` gives the BLAS has its sums in the BLAS's order
-    (a layer of 128-255 input channels per group on 14 x 14 planes, from ``REST_MIN_MACS``)."""
+    (from ``REST_MIN_MACS``, a layer of 128-255 input channels per group on 14 x 14 planes, say)."""
     n, c_in, c_out = x.shape[0], x.shape[1], out.shape[1]
     pix_block = pixel_vectors() * vector_lanes(x.dtype)
     wide = hw - hw % pix_block
