@@ -633,3 +633,43 @@ def test_host_cost_offline_reports_every_op():
                         "grad.conv2d_weight, depthwise (pairs, finish)": 2,
                         "grad.conv2d_weight, 64 -> 64 g2 (tiles, finish)": 2, "grad.conv2d_bias (pairs, finish)": 2}
     assert all(float(cells[1].rstrip(" |")) > 0 for cells in rows.values())
+
+
+def test_functions_are_loaded_per_device_from_one_compile(monkeypatch):
+    """A kernel's PTX is compiled once per key, signature and compute capability, and loaded
+    into each device that launches it: a function's handle belongs to the context it was loaded
+    in, so two devices of one compute capability get functions of their own."""
+    from nbconv.cuda import _raw
+
+    compiled, loaded, current = [], [], [0]
+
+    def compile_ptx(key, signature, cc):
+        compiled.append(key)
+        return ".visible .entry _Zk(\n .param .u64 _Zk_param_0\n)\n{ ret; }"
+
+    class RawModule:
+        def __init__(self, path):
+            with open(path) as f:
+                assert ".entry _Zk" in f.read()
+            self.device = current[0]
+
+        def get_function(self, name):
+            loaded.append((name, self.device))
+            return types.SimpleNamespace(name=name, device=self.device)
+
+    monkeypatch.setattr(_raw, "compile_ptx", compile_ptx)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(
+        RawModule=RawModule, cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: current[0]))))
+    _raw._ptx.cache_clear()
+    _raw._loaded.cache_clear()
+    try:
+        key, signature = ("a stand-in key",), (("f", 4, "C"),)
+        on_0 = _raw._function(key, signature, (9, 0))
+        assert _raw._function(key, signature, (9, 0)) is on_0  # loaded once per device
+        current[0] = 1
+        on_1 = _raw._function(key, signature, (9, 0))
+        assert (on_0.device, on_1.device) == (0, 1) and on_1 is not on_0
+        assert compiled == [key] and loaded == [("_Zk", 0), ("_Zk", 1)]
+    finally:
+        _raw._ptx.cache_clear()
+        _raw._loaded.cache_clear()

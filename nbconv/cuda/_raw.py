@@ -135,10 +135,21 @@ def compile_ptx(key, signature: tuple, cc: tuple[int, int]) -> str:
     return compile_for(key, argument_types(signature), cc)
 
 
-@functools.lru_cache(maxsize=None)
 def _function(key, signature: tuple, cc: tuple[int, int]) -> Callable:
-    """The CuPy function of the kernel ``key`` names, compiled for ``signature`` on ``cc``."""
-    ptx = compile_ptx(key, signature, cc)
+    """The CuPy function of the kernel ``key`` names, compiled for ``signature`` on ``cc``,
+    loaded on CuPy's current device (a function's handle belongs to the context it was loaded
+    in: two devices of one compute capability share the PTX, not the function)."""
+    return _loaded(key, signature, cc, _device())
+
+
+@functools.lru_cache(maxsize=None)
+def _ptx(key, signature: tuple, cc: tuple[int, int]) -> str:
+    return compile_ptx(key, signature, cc)
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded(key, signature: tuple, cc: tuple[int, int], device: int) -> Callable:
+    ptx = _ptx(key, signature, cc)
     entry, _ = kernel_params(ptx)
     cupy = sys.modules["cupy"]
     with tempfile.TemporaryDirectory() as tmp:  # RawModule takes PTX from a file
