@@ -168,3 +168,25 @@ def test_spec_cache_returns_the_same_spec_and_takes_unhashable_arguments():
     assert conv2d_spec(x, w, padding=1, groups=2) is conv2d_spec(x, w, padding=1, groups=2)
     assert conv2d_spec(x, w, padding=np.array([1, 1]), groups=2) == conv2d_spec(x, w, padding=1, groups=2)
     assert conv2d_spec(x, w, padding=[1, 1], groups=2) == conv2d_spec(x, w, padding=(1, 1), groups=2)
+
+
+def test_a_spec_hashes_its_fields_once_and_pickles_without_the_hash():
+    """Specs are dictionary keys on every call: the hash of their fields is kept after the first
+    use, equal specs hash alike, and a pickle carries the fields alone (a string's hash differs
+    from one process to another), so an unpickled spec hashes afresh to the same value here."""
+    import dataclasses
+    import pickle
+
+    from nbconv._spec import conv2d_spec
+
+    spec = conv2d_spec(np.ones((1, 4, 6, 6), np.float32), np.ones((4, 2, 3, 3), np.float32), None, groups=2)
+    fields = tuple(getattr(spec, f.name) for f in dataclasses.fields(spec))
+    assert hash(spec) == hash(fields) and spec.__dict__["_hash"] == hash(fields)
+    copy = dataclasses.replace(spec)
+    assert copy == spec and "_hash" not in copy.__dict__ and hash(copy) == hash(spec)
+    state = pickle.dumps(spec)
+    assert b"_hash" not in state
+    back = pickle.loads(state)
+    assert back == spec and "_hash" not in back.__dict__ and hash(back) == hash(spec)
+    other = dataclasses.replace(spec, groups=4, in_channels=8)
+    assert other != spec and hash(other) == hash(tuple(getattr(other, f.name) for f in dataclasses.fields(other)))
