@@ -58,6 +58,20 @@ def test_network_bench_end_to_end(tmp_path, capsys):
     (result,) = report["results"]
     assert result["network"] == "mobilenet_v3_small" and result["image"] == 32
     assert len(result["layers"]) == len(NETWORKS["mobilenet_v3_small"]) and result["time_s"] > 0
+    assert "| page faults |" in printed and all(layer["faults"] >= 0 for layer in result["layers"])
+
+
+def test_passes_count_each_layers_page_faults():
+    """A layer that writes fresh memory shows its page faults, one that allocates nothing none."""
+    from types import SimpleNamespace
+
+    fresh = lambda: np.ones(1 << 24, np.float32)  # noqa: E731 (64 MiB: mapped anew by malloc every call)
+    kept = np.ones(1 << 20, np.float32)  # touched: its pages are in
+    again = lambda: kept.fill(1.0)  # noqa: E731
+    times, faults = _networks._timed_pass([fresh, again], [SimpleNamespace(count=2), SimpleNamespace(count=1)])
+    assert len(times) == 2 and min(times) > 0
+    assert faults[0] >= 2 * 32  # at least a 2 MiB page per 2 MiB, twice
+    assert faults[1] < 8
 
 
 def test_a_wrong_layer_is_caught(monkeypatch):

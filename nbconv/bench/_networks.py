@@ -330,6 +330,8 @@ class LayerResult:
     time_s: float  # median per call
     torch_time_s: float | None = None
     speedup: float | None = None  # median of per-pass paired ratios
+    faults: float | None = None  # median minor page faults per pass (all its occurrences), None where unknown
+    torch_faults: float | None = None
 
 
 @dataclass
@@ -391,15 +393,30 @@ def _check(layers, ours, theirs, arrays, dtype) -> None:
             raise AssertionError(f"{layer.label}: nbconv differs from the check by {err:.3g} (scaled)")
 
 
-def _timed_pass(calls: Sequence[Callable], layers: Sequence[Layer]) -> list[float]:
-    """Seconds per layer (all its occurrences) of one pass over the network in forward order."""
-    times = []
+def _minor_faults() -> int | None:
+    """Minor page faults of this process so far (None where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed_pass(calls: Sequence[Callable], layers: Sequence[Layer]) -> tuple[list[float], list[int | None]]:
+    """Seconds and minor page faults per layer (all its occurrences) of one pass over the
+    network in forward order. Page faults are the first touch of memory the allocator has just
+    taken from the system; they depend on what ran before, and can make up most of a large
+    layer's time (its output written for the first time), so they are counted apart."""
+    times, faults = [], []
     for call, layer in zip(calls, layers):
+        f0 = _minor_faults()
         t0 = time.perf_counter()
         for _ in range(layer.count):
             call()
         times.append(time.perf_counter() - t0)
-    return times
+        f1 = _minor_faults()
+        faults.append(None if f0 is None else f1 - f0)
+    return times, faults
 
 
 def run_network_bench(name: str, batch: int = 2, dtype: str = "float32", rounds: int = 15,
@@ -419,14 +436,18 @@ def run_network_bench(name: str, batch: int = 2, dtype: str = "float32", rounds:
     first = time.perf_counter() - t0
     _check(layers, ours, theirs, arrays, dtype)
     progress(f"{name}: first pass {first:.2f} s (JIT included); {rounds} interleaved passes ...")
-    mine, twins = [], []
+    mine, twins, mine_faults, twin_faults = [], [], [], []
     for i in range(rounds):
         order = (0, 1) if i % 2 == 0 else (1, 0)
         for who in order:
             if who == 0:
-                mine.append(_timed_pass(ours, layers))
+                times, faults = _timed_pass(ours, layers)
+                mine.append(times)
+                mine_faults.append(faults)
             elif theirs is not None:
-                twins.append(_timed_pass(theirs, layers))
+                times, faults = _timed_pass(theirs, layers)
+                twins.append(times)
+                twin_faults.append(faults)
     med = statistics.median
     grouped = [j for j, layer in enumerate(layers) if layer.groups > 1]
 
@@ -443,12 +464,18 @@ def run_network_bench(name: str, batch: int = 2, dtype: str = "float32", rounds:
             result.grouped_speedup = med(total(t, grouped) / total(m, grouped) for m, t in zip(mine, twins))
     for j, layer in enumerate(layers):
         row = LayerResult(layer.label, layer.count, layer.groups > 1, layer.flops(batch) / 1e9,
-                          med(p[j] for p in mine) / layer.count)
+                          med(p[j] for p in mine) / layer.count, faults=_median_faults(mine_faults, j))
         if twins:
             row.torch_time_s = med(p[j] for p in twins) / layer.count
             row.speedup = med(t[j] / m[j] for m, t in zip(mine, twins))
+            row.torch_faults = _median_faults(twin_faults, j)
         result.layers.append(row)
     return result
+
+
+def _median_faults(passes: Sequence[Sequence[int | None]], j: int) -> float | None:
+    values = [p[j] for p in passes]
+    return None if not values or None in values else statistics.median(values)
 
 
 def format_network_table(results: Sequence[NetworkResult]) -> str:
@@ -477,13 +504,18 @@ def format_network_table(results: Sequence[NetworkResult]) -> str:
 def format_layer_table(result: NetworkResult) -> str:
     """One row per distinct layer of a network, in forward order."""
     has_torch = result.speedup is not None
-    head = "| layer | count | ms | GFLOP/s |" + (" torch ms | speedup |" if has_torch else "")
-    rule = "|---|---:|---:|---:|" + ("---:|---:|" if has_torch else "")
+    head = "| layer | count | ms | GFLOP/s | page faults |"
+    head += " torch ms | torch page faults | speedup |" if has_torch else ""
+    rule = "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if has_torch else "")
     rows = [head, rule]
+
+    def faults(n):
+        return "-" if n is None else f"{n:.0f}"
+
     for r in result.layers:
-        row = f"| {r.label} | {r.count} | {r.time_s * 1e3:.3f} | {r.gflop / r.time_s:.1f} |"
+        row = f"| {r.label} | {r.count} | {r.time_s * 1e3:.3f} | {r.gflop / r.time_s:.1f} | {faults(r.faults)} |"
         if has_torch:
-            row += f" {r.torch_time_s * 1e3:.3f} | {r.speedup:.2f}x |"
+            row += f" {r.torch_time_s * 1e3:.3f} | {faults(r.torch_faults)} | {r.speedup:.2f}x |"
         rows.append(row)
     return "\n".join(rows)
 
