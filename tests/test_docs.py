@@ -94,3 +94,21 @@ def test_dense_bound_script(capsys):
     script.main([str(kept[-1])])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| networks-")]
     assert len(rows) == 1 and rows[0].count("x |") == 7
+
+
+def test_stems_script(capsys):
+    """``docs/stems.py`` (the networks' stems alone, with page faults): every stem once, on small
+    images; a forced kernel leaves the launcher as it was."""
+    spec = importlib.util.spec_from_file_location("stems", ROOT / "docs" / "stems.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from nbconv.cpu import _launch
+
+    chosen = _launch.direct_forward_kernel
+    assert sorted(s.k for s in script.stem_layers()) == [3, 3, 3, 4, 7]
+    assert script.main(["--batch", "1", "--rounds", "1", "--image", "32"]) == 0
+    assert script.main(["--batch", "1", "--rounds", "1", "--image", "32", "--kernel", "packed"]) == 0
+    assert _launch.direct_forward_kernel is chosen
+    tables = capsys.readouterr().out.split("Stems, batch 1")[1:]
+    assert len(tables) == 2 and "| page faults |" in tables[0]
+    assert [t.count("\n| 3->") for t in tables] == [5, 3]
