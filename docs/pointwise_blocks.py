@@ -5,9 +5,14 @@ machine's threads:
 * ``aligned``: wide blocks from the first vector-aligned pixel (``_pointwise.aligning_shift``)
   against blocks from the plane's start, on an input 16 bytes into a 64-byte line (where
   NumPy's large arrays start);
-* ``prefetch``: the block with ``PREFETCH_CHANNELS`` of software prefetch against the same block
-  without, in one driver over whole pixel blocks, the input on a 64-byte line; ``prefetch16``:
-  the same, the input 16 bytes into a line (as for planes the aligned blocks do not take);
+* ``prefetch``: the block with the target's software prefetch (``_pointwise.prefetch_channels``:
+  ``PREFETCH_CHANNELS``, or none on AMD's Zen) against the same block with the other choice, in
+  one driver over whole pixel blocks, the input on a 64-byte line; ``prefetch16``: the same, the
+  input 16 bytes into a line (as for planes the aligned blocks do not take);
+* ``prefetch_layers``: the same two blocks in the whole 1x1 kernel (``_pointwise._forward``), on
+  every dense 1x1 layer of the bench's networks that the kernel's own blocks compute, batch 8;
+* ``columns``: the networks' 3x3 stems (``_im2col``'s columns, in each task's scratch) by the
+  blocks without prefetch that ``_im2col`` takes against the prefetching ones, batch 8 and 2;
 * ``three``: 7 x 7 planes by three vectors and the images' left pixels
   (``_pointwise._three_vectors_and_rest``) against the 4-vector block (both the kernels' own
   products, with the BLAS off where the target would call it);
@@ -25,7 +30,8 @@ machine's threads:
 * ``blas``: the kernel's own products against NumPy's OpenBLAS forced on (what
   ``_blas.for_products`` gives on targets under 32 vector registers), where the BLAS is found.
 
-Run: ``python docs/pointwise_blocks.py [--rounds 15] [--only aligned,prefetch,prefetch16,three,stem,patches,rest,blas]``
+Run: ``python docs/pointwise_blocks.py [--rounds 15] [--only aligned,prefetch,prefetch16,prefetch_layers,columns,three,stem,patches,
+     rest,blas]``
 """
 
 from __future__ import annotations
@@ -110,11 +116,18 @@ def _whole_blocks_driver(block):
     return run
 
 
+def _prefetch_choices() -> tuple[int, int]:
+    """(the target's prefetch distance, the other choice)."""
+    kept = _pointwise.prefetch_channels()
+    return kept, 0 if kept else _pointwise.PREFETCH_CHANNELS
+
+
 def prefetch(rounds: int, rng, offset_bytes: int = 0) -> list[str]:
     bits, lanes = _pointwise._BITS, _pointwise.vector_lanes(np.float32)
     pix_block = _pointwise.pixel_vectors() * lanes
-    with_pf = _whole_blocks_driver(_pointwise._block)
-    without = _whole_blocks_driver(_pointwise.pointwise_block(_pointwise.O_BLOCK, _pointwise._N_PV, bits, prefetch=0))
+    kept_pf, other_pf = _prefetch_choices()
+    kept = _whole_blocks_driver(_pointwise.pointwise_block(_pointwise.O_BLOCK, _pointwise._N_PV, bits, kept_pf))
+    other = _whole_blocks_driver(_pointwise.pointwise_block(_pointwise.O_BLOCK, _pointwise._N_PV, bits, other_pf))
     rows = []
     for ci, co, hw, n in LARGE:
         p = hw * hw
@@ -123,11 +136,90 @@ def prefetch(rounds: int, rng, offset_bytes: int = 0) -> list[str]:
         b = rng.standard_normal(co).astype(np.float32)
         o1, o2 = np.empty((n, co, p), np.float32), np.empty((n, co, p), np.float32)
         args = (x.reshape(-1), w.reshape(-1), b)
-        rows.append(_row(f"{ci} -> {co} @{hw}, batch {n}", 2 * ci * co * (p - p % pix_block) * n,
-                         *_paired(lambda: with_pf(*args, o1.reshape(-1), ci, co, p, pix_block),
-                                  lambda: without(*args, o2.reshape(-1), ci, co, p, pix_block), rounds)))
+        rows.append(_row(f"{ci} -> {co} @{hw}, batch {n}, prefetch {kept_pf} / {other_pf}",
+                         2 * ci * co * (p - p % pix_block) * n,
+                         *_paired(lambda: kept(*args, o1.reshape(-1), ci, co, p, pix_block),
+                                  lambda: other(*args, o2.reshape(-1), ci, co, p, pix_block), rounds)))
         whole = p - p % pix_block
         assert np.array_equal(o1[..., :whole], o2[..., :whole])
+    return rows
+
+
+def _recompiled(fn, **names):
+    """``fn`` (a kernel of nbconv's) compiled again with some of its module's globals replaced
+    (another block, say), not cached."""
+    import types
+
+    py = fn.py_func
+    scope = dict(py.__globals__)
+    scope.update(names)
+    options = {k: v for k, v in CPU_PARALLEL.items() if k != "cache"}
+    return numba.njit(**options)(types.FunctionType(py.__code__, scope, py.__name__))
+
+
+def _swapped(module, name: str, replacement):
+    """A call of ``fn`` with ``module.name`` replaced for its duration."""
+    def call(fn):
+        saved = getattr(module, name)
+        setattr(module, name, replacement)
+        try:
+            return fn()
+        finally:
+            setattr(module, name, saved)
+    return call
+
+
+def prefetch_layers(rounds: int, rng, batch: int = 8) -> list[str]:
+    from nbconv.bench._networks import NETWORKS
+
+    bits = _pointwise._BITS
+    kept_pf, other_pf = _prefetch_choices()
+    other_forward = _recompiled(
+        _pointwise._forward,
+        _block=_pointwise.pointwise_block(_pointwise._N_O, _pointwise._N_PV, bits, other_pf),
+        _block_narrow=_pointwise.pointwise_block(_pointwise._N_O_NARROW, 1, bits, other_pf))
+    with_other = _swapped(_pointwise, "_forward", other_forward)
+    layers = sorted({(la.c_in, la.c_out, la.side, la.stride) for layers in NETWORKS.values() for la in layers
+                     if la.k == 1 and la.groups == 1 and la.side >= 14})
+    rows = []
+    for ci, co, side, stride in layers:
+        hw = (side // stride) ** 2
+        if _blas.for_products() is not None and _blas.takes_product(ci, hw):
+            continue  # the BLAS's product, not the blocks
+        x = rng.standard_normal((batch, ci, side, side)).astype(np.float32)
+        w = rng.standard_normal((co, ci, 1, 1)).astype(np.float32)
+        o1, o2 = (np.empty((batch, co, side // stride, side // stride), np.float32) for _ in range(2))
+        kept = lambda: nbconv.conv2d(x, w, stride=stride, out=o1)  # noqa: E731
+        other = lambda: with_other(lambda: nbconv.conv2d(x, w, stride=stride, out=o2))  # noqa: E731
+        rows.append(_row(f"{ci} -> {co} s{stride} @{side}, batch {batch}, prefetch {kept_pf} / {other_pf}",
+                         2 * ci * co * hw * batch, *_paired(kept, other, rounds)))
+        assert np.array_equal(o1, o2)
+    return rows
+
+
+def columns(rounds: int, rng) -> list[str]:
+    from nbconv.bench._networks import NETWORKS
+
+    bits = _pointwise._BITS
+    prefetching = _recompiled(
+        _im2col._forward, _block=_pointwise.pointwise_block(_pointwise._N_O, _pointwise._N_PV, bits,
+                                                            _pointwise.PREFETCH_CHANNELS))
+    with_prefetch = _swapped(_im2col, "_forward", prefetching)
+    stems = sorted({(la.c_in, la.c_out, la.k, la.stride, la.pad, la.side) for layers in NETWORKS.values()
+                    for la in layers if la.c_in == 3 and la.k == 3})
+    rows = []
+    for batch in (8, 2):
+        for ci, co, k, stride, pad, side in stems:
+            x = rng.standard_normal((batch, ci, side, side)).astype(np.float32)
+            w = rng.standard_normal((co, ci, k, k)).astype(np.float32)
+            o1 = nbconv.conv2d(x, w, stride=stride, padding=pad)
+            o2 = np.empty_like(o1)
+            kept = lambda: nbconv.conv2d(x, w, stride=stride, padding=pad, out=o1)  # noqa: E731
+            other = lambda: with_prefetch(lambda: nbconv.conv2d(x, w, stride=stride, padding=pad, out=o2))  # noqa: E731
+            oh, ow = o1.shape[2:]
+            rows.append(_row(f"{ci} -> {co} {k}x{k} s{stride} @{side}, batch {batch}",
+                             2 * ci * co * k * k * oh * ow * batch, *_paired(kept, other, rounds)))
+            assert np.array_equal(o1, o2)
     return rows
 
 
@@ -279,14 +371,17 @@ def blas(rounds: int, rng) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--only", default="aligned,prefetch,prefetch16,three,stem,patches,rest,blas")
+    parser.add_argument("--only", default="aligned,prefetch,prefetch16,prefetch_layers,columns,three,"
+                                          "stem,patches,rest,blas")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"{platform.processor() or platform.machine()}, {numba.get_num_threads()} threads, float32, "
           f"{args.rounds} interleaved rounds; ratio = other's time / kept's (median of pairs)")
     sections = {"aligned": ("aligned blocks", "from the plane's start", aligned),
-                "prefetch": ("prefetch", "no prefetch", prefetch),
-                "prefetch16": ("prefetch", "no prefetch", lambda rounds, rng: prefetch(rounds, rng, 16)),
+                "prefetch": ("target's prefetch", "other", prefetch),
+                "prefetch16": ("target's prefetch", "other", lambda rounds, rng: prefetch(rounds, rng, 16)),
+                "prefetch_layers": ("target's prefetch", "other", prefetch_layers),
+                "columns": ("no prefetch", "prefetch", columns),
                 "three": ("three vectors and the rest", "4-vector block", three),
                 "stem": ("patches", "columns", stem),
                 "patches": ("kept", "other", patches),

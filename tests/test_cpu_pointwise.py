@@ -6,6 +6,7 @@ nothing."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numba
@@ -238,9 +239,40 @@ def test_block_compiles_to_fmas_at_the_target_width_without_spills():
         f.compile((f32, f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU
         asm = compiled_body(f.inspect_asm(f.signatures[0]))
         assert packed_fmas(asm, bits) >= _pointwise.O_BLOCK * _pointwise.pixel_vectors()
-        assert "prefetcht0" in asm  # the rows PREFETCH_CHANNELS ahead
+        # the rows PREFETCH_CHANNELS ahead, but on AMD's Zen
+        assert ("prefetcht0" in asm) == (_pointwise.prefetch_channels() > 0)
         if target().vector_registers == 32:
             assert not spills(asm, bits), spills(asm, bits)[:3]
+
+
+@pytest.mark.parametrize("name, expected", [("znver3", 0), ("znver5", 0), ("skylake-avx512", 4), ("haswell", 4),
+                                            ("sapphirerapids", 4)])
+def test_software_prefetch_on_all_but_amds_zen(name, expected, monkeypatch):
+    from nbconv.cpu import _target
+
+    monkeypatch.setattr(_pointwise, "target", lambda: _target.Target(name, "", 256, 16))
+    assert _pointwise.prefetch_channels() == expected
+
+
+@pytest.mark.asm
+def test_blocks_on_a_tasks_columns_do_not_prefetch():
+    """``_im2col`` multiplies columns it has just copied into its scratch: its blocks ask the
+    cache for nothing."""
+    from asm import compiled_body, skip_without_fma
+
+    from nbconv.cpu import _im2col
+
+    skip_without_fma()
+    assert _im2col._block is _pointwise._block_cached and _im2col._block_narrow is _pointwise._block_narrow_cached
+
+    @numba.njit(cache=False)
+    def run(x, w, b, out, n_pix):
+        _pointwise._block_cached(x, 0, 64, 5, w, 0, 5, b, 0, out, 0, 64, n_pix)
+        _pointwise._block_narrow_cached(x, 0, 64, 5, w, 0, 5, b, 0, out, 0, 64, n_pix)
+
+    f32 = numba.types.float32[::1]
+    run.compile((f32, f32, f32, f32, numba.types.int64))
+    assert not re.search(r"^\s*prefetch", compiled_body(run.inspect_asm(run.signatures[0])), re.MULTILINE)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

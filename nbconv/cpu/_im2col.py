@@ -22,7 +22,9 @@ import numpy as np
 
 from .._numba_options import njit_parallel, njit_serial
 from . import _blas, _pointwise, _scratch
-from ._pointwise import _N_O, _N_O_NARROW, _block, _block_narrow, copy_plane_rows, task_span
+from ._pointwise import _N_O, _N_O_NARROW, copy_plane_rows, task_span
+from ._pointwise import _block_cached as _block
+from ._pointwise import _block_narrow_cached as _block_narrow
 from ._simd import copy_step1, copy_step2
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with

@@ -58,7 +58,21 @@ O_BLOCK = 6
 #: not follow rows more than 2 KB apart (planes over 512 float32 pixels): without it ResNeXt-50's
 #: 1x1 layers on 28 x 28 and 56 x 56 planes took up to 1.26x the time (``python
 #: docs/pointwise_blocks.py --only prefetch,prefetch16``, ``docs/performance.md`` round 16).
+#: On AMD's Zen the prefetches only cost (:func:`prefetch_channels`).
 PREFETCH_CHANNELS = 4
+
+
+def prefetch_channels() -> int:
+    """``PREFETCH_CHANNELS`` for the blocks that read a layer's input, or 0 (no software prefetch)
+    on AMD's Zen cores (LLVM's ``znver*`` targets). On a 2-core Zen 3, over the 58 dense 1x1
+    layers of the bench's networks that the own blocks compute (batch 8, ``python
+    docs/pointwise_blocks.py --only prefetch_layers``, two runs), the prefetching block took
+    1.03-1.04x the summed time of the same block without: 1.05x per layer on the median, and
+    on 14 x 14 and 28 x 28 planes nearly always slower (its two prefetches and their addresses
+    per input channel are a sixth of the block's instructions, for rows already in cache);
+    on 56 x 56 and 112 x 112 planes 0.78-1.42x, even on the median (``docs/performance.md``,
+    round 25)."""
+    return 0 if target().name.startswith("znver") else PREFETCH_CHANNELS
 
 
 def pixel_vectors() -> int:
@@ -198,25 +212,33 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHA
 
 #: The target's block, fixed per process (Numba's disk cache keeps a compiled kernel per target).
 _N_O, _N_PV, _BITS = O_BLOCK, pixel_vectors(), target().vector_bits
-_block = pointwise_block(_N_O, _N_PV, _BITS)
+_block = pointwise_block(_N_O, _N_PV, _BITS, prefetch_channels())
 #: The narrow block: one vector of pixels by as many output channels as the wide block has sums
 #: (24 with 32 vector registers, 12 with 16). It takes a plane's last pixels where they fill at
 #: most one vector (a 14 x 14 plane is three wide blocks of 64 and 4 pixels; the wide block moved
 #: back would compute 60 of its 64 pixels twice) and planes of fewer pixels than a vector.
 _N_O_NARROW = O_BLOCK * _N_PV
-_block_narrow = pointwise_block(_N_O_NARROW, 1, _BITS)
+_block_narrow = pointwise_block(_N_O_NARROW, 1, _BITS, prefetch_channels())
 
 
 #: The block for planes of three whole vectors and a few pixels (7 x 7: 48 + 1): 8 output channels
 #: x 3 vectors, as many sums as the wide block; the few pixels left of every image are computed
 #: together afterwards (:func:`_three_vectors_and_rest`). Only with 32 vector registers.
 _N_O_THREE = 8
-_block_three = pointwise_block(_N_O_THREE, 3, _BITS)
+_block_three = pointwise_block(_N_O_THREE, 3, _BITS, prefetch_channels())
+
+#: The wide and narrow blocks without software prefetch, for columns that a task has just
+#: copied into its scratch (``_im2col``: in L2 by construction), on every target. On a 2-core
+#: Zen 3 the networks' 3x3 stems took 0.70-0.86x the time with them (``python
+#: docs/pointwise_blocks.py --only columns``).
+_block_cached = pointwise_block(_N_O, _N_PV, _BITS, 0)
+_block_narrow_cached = pointwise_block(_N_O_NARROW, 1, _BITS, 0)
 
 
 #: Blocks of all a group's output channels where it has fewer than ``O_BLOCK`` (grouped 1x1 layers
 #: of 1-5 outputs per group), one per size; compiled with :func:`_forward_small`, on its first use.
-_block1, _block2, _block3, _block4, _block5 = (pointwise_block(n, _N_PV, _BITS) for n in range(1, O_BLOCK))
+_block1, _block2, _block3, _block4, _block5 = (pointwise_block(n, _N_PV, _BITS, prefetch_channels())
+                                                    for n in range(1, O_BLOCK))
 
 
 @njit_serial
@@ -568,3 +590,4 @@ def _forward_blas(fn, x, w, b, out, groups, cin_g, cout_g, hw, pix_chunk, o_part
         if r1 > r0:
             _blas.product_onto_bias(fn, r1 - r0, m, cin_g, w, r0 * cin_g, b, r0, x, (n * c_in + g * cin_g) * hw + p0,
                                     hw, out, (n * c_out + r0) * hw + p0, hw)
+
