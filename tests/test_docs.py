@@ -76,6 +76,24 @@ def test_pointwise_blocks_script_runs(capsys, monkeypatch):
     assert printed.count("\n| ") >= 2 + 5 + 3  # two headers, five 7 x 7 layers, three stems
 
 
+def test_pointwise_blocks_prefetch_sections_run(capsys, monkeypatch):
+    """Its ``prefetch_layers`` and ``columns`` sections (a kernel compiled again with the other
+    block) on a stand-in network of one small stem and one 1x1 layer, each checked for equal
+    bits by the script."""
+    from nbconv.bench import _networks
+
+    spec = importlib.util.spec_from_file_location("pointwise_blocks", ROOT / "docs" / "pointwise_blocks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    layers = [_networks.Layer(3, 8, 3, 2, 1, 1, False, 20, 1), _networks.Layer(16, 12, 1, 1, 0, 1, False, 14, 1)]
+    monkeypatch.setattr(_networks, "NETWORKS", {"tiny": layers})
+    monkeypatch.setattr("sys.argv", ["pointwise_blocks.py", "--rounds", "1", "--only", "prefetch_layers,columns"])
+    script.main()
+    printed = capsys.readouterr().out
+    assert "16 -> 12 s1 @14, batch 8" in printed  # the 1x1 layer
+    assert printed.count("3 -> 8 3x3 s2 @20") == 2  # the stem at batch 8 and 2
+
+
 def test_dense_bound_script(capsys):
     """``docs/dense_bound.py`` (the dense-layer speed a network geometric mean needs): its model
     on a network of known parts, and its table from a kept ``nbconv bench --network`` JSON."""
