@@ -296,6 +296,46 @@ def test_packed_finite_weight_finds_every_non_finite_weight(c_out, cin_g, k, gro
             assert not _outer.packed_finite_weight(bad, groups, pack, got), (index, value)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_in, cout_g, k, groups, pack", [
+    (64, 32, (3, 3), 2, 1), (32, 3, (3, 3), 1, 1), (104, 8, (3, 3), 13, 2), (44, 4, (2, 3), 11, 4),
+    (48, 3, (2, 3), 16, 4), (12, 5, (1, 1), 3, 1),
+])
+def test_packed_finite_weight_of_a_transposed_weight(c_in, cout_g, k, groups, pack, dtype):
+    """A transposed convolution's (C_in, C_out/groups, kH, kW) weight packs, without the
+    launcher's flipped copy, as that copy packs; one inf or NaN anywhere makes it False."""
+    from nbconv.cpu._launch import flipped_transposed_weight
+
+    wt = np.random.default_rng(2).standard_normal((c_in, cout_g) + k).astype(dtype)
+    want = _outer.packed_weight(flipped_transposed_weight(wt, groups), groups, pack)
+    got = np.full_like(want, np.nan)
+    assert _outer.packed_finite_weight(wt, groups, pack, got, transposed=True)
+    np.testing.assert_array_equal(got, want)
+    for index in (0, wt.size // 2, wt.size - 1):
+        bad = wt.copy()
+        bad.reshape(-1)[index] = np.nan
+        assert not _outer.packed_finite_weight(bad, groups, pack, got, transposed=True), index
+
+
+def test_transposed_convolution_packs_the_weight_it_is_given(monkeypatch):
+    """``conv_transpose2d`` and the input gradient on ``_outer`` hand the kernel the weight as the
+    caller gave it (no flipped copy first: the kernel's packing flips it,
+    :func:`test_packed_finite_weight_of_a_transposed_weight`); the transposed convolution of
+    :func:`test_gradient_forms` at stride 1 (no compile of its own) gives the reference's result."""
+    from nbconv.cpu import _launch
+
+    copies = []
+    real = _launch.flipped_transposed_weight
+    monkeypatch.setattr(_launch, "flipped_transposed_weight", lambda *a: copies.append(a) or real(*a))
+    gy = np.random.default_rng(1).standard_normal((2, 16, 13, 12))
+    wt = np.random.default_rng(2).standard_normal((16, 16, 3, 3))
+    b = np.random.default_rng(3).standard_normal(32)
+    assert _launch.forward_kernel(conv_transpose2d_spec(gy, wt, b, 1, 1, 0, 2, 1)) == "outer"
+    np.testing.assert_allclose(nbconv.conv_transpose2d(gy, wt, b, padding=1, groups=2),
+                               conv_transpose2d_reference(gy, wt, b, padding=1, groups=2), rtol=1e-12, atol=1e-12)
+    assert not copies
+
+
 def test_tap_phases():
     """A transposed convolution's output rows and columns read input pixels through some taps
     only (the others meet the zeros its stride inserts)."""

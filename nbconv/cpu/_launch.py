@@ -214,21 +214,25 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
     """Compute the convolution of ``spec`` into ``out`` (NumPy arrays that passed validation):
     ``conv2d``, or ``conv_transpose2d`` / ``grad.conv2d_input`` (``spec.transposed_weight``)."""
     x = np.ascontiguousarray(_batched(input, spec.unbatched))
-    w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
     b = np.zeros(spec.out_channels, spec.dtype) if bias is None else np.ascontiguousarray(bias)
     target, dest = _contiguous_target(out, spec.unbatched, spec.dtype)
     kernel = forward_kernel(spec)
-    if kernel == "winograd":
-        _run_forward(kernel, x, w, b, dest, spec)
-        # A tile's transform mixes its pixels (and could overflow where the direct sums do not):
-        # a non-finite result is computed again by the direct kernels, whose non-finite outputs
-        # are exactly those the sums make. (The check: one parallel pass, no temporary.)
-        if _nonfinite.all_finite(dest) or _explain_nonfinite_forward(x, w, b, dest, spec):
-            kernel = None
-        else:
-            kernel = direct_forward_kernel(spec)
-    if kernel is not None:
-        _run_forward(kernel, x, w, b, dest, spec)
+    if kernel == "outer" and spec.transposed_weight:
+        # the kernel packs the weight anyway: flipped and transposed in that pass, not copied first
+        _outer.outer_forward(x, np.ascontiguousarray(weight), b, dest, spec, None, True)
+    else:
+        w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
+        if kernel == "winograd":
+            _run_forward(kernel, x, w, b, dest, spec)
+            # A tile's transform mixes its pixels (and could overflow where the direct sums do not):
+            # a non-finite result is computed again by the direct kernels, whose non-finite outputs
+            # are exactly those the sums make. (The check: one parallel pass, no temporary.)
+            if _nonfinite.all_finite(dest) or _explain_nonfinite_forward(x, w, b, dest, spec):
+                kernel = None
+            else:
+                kernel = direct_forward_kernel(spec)
+        if kernel is not None:
+            _run_forward(kernel, x, w, b, dest, spec)
     if dest is not target:
         target[...] = dest
     return out

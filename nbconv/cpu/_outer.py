@@ -146,14 +146,49 @@ def packed_weight(weight: np.ndarray, groups: int, pack: int = 1, out: np.ndarra
     return out
 
 
-def packed_finite_weight(weight: np.ndarray, groups: int, pack: int, out: np.ndarray) -> bool:
+def packed_finite_weight(weight: np.ndarray, groups: int, pack: int, out: np.ndarray,
+                         transposed: bool = False) -> bool:
     """:func:`packed_weight` into ``out`` (``weight`` C-contiguous), a pack of groups per parallel
     task, and whether every weight is finite, read in the same pass (on an Intel Xeon, 2 threads,
     one-off: resnext's 1024-channel g32 layer, 1.2 MB of weights, took 113 us serially plus 34 for
-    a separate finiteness pass, at batch 2 a third of its call)."""
+    a separate finiteness pass, at batch 2 a third of its call). ``transposed``: ``weight`` is a
+    transposed convolution's (C_in, C_out/groups, kH, kW), packed as the weight of the equivalent
+    convolution (``_launch.flipped_transposed_weight``: per group, channels swapped and taps
+    flipped) without that copy first (:func:`_interleave_transposed_finite`)."""
+    if transposed:
+        c_in, cout_g, kh, kw = weight.shape
+        return bool(_interleave_transposed_finite(weight.reshape(-1), groups, cout_g, c_in // groups, kh * kw, pack,
+                                                  out))
     c_out, cin_g, kh, kw = weight.shape
     return bool(_interleave_weights_finite(weight.reshape(-1), groups, c_out // groups, cin_g * kh * kw, pack,
                                            _simd.lanes(weight.dtype), out))
+
+
+@njit_parallel
+def _interleave_transposed_finite(w, groups, cout_g, cin_g, taps, pack, out):
+    """:func:`_interleave_weights_finite` of the convolution weight equivalent to the transposed
+    convolution weight ``w`` ((groups x cin_g, cout_g, taps), flat): lane ``o * pack + j`` of tap
+    ``t`` of input channel ``c`` in pack ``gp`` is ``w[g * cin_g + c, o, taps - 1 - t]``, ``g = gp *
+    pack + j`` (zero for the idle groups), each output row written in order. A pack per task;
+    whether every weight is finite."""
+    k_n = cin_g * taps
+    per_group = cin_g * cout_g * taps
+    bad = 0
+    for gp in numba.prange((groups + pack - 1) // pack):
+        for j in range(pack):
+            g = gp * pack + j
+            for c in range(cin_g):
+                for t in range(taps):
+                    dst = (gp * k_n + c * taps + t) * cout_g * pack + j
+                    src = (g * cin_g + c) * cout_g * taps + taps - 1 - t
+                    if g < groups:
+                        for o in range(cout_g):
+                            out[dst + o * pack] = w[src + o * taps]
+                    else:
+                        for o in range(cout_g):
+                            out[dst + o * pack] = 0
+        bad += _nonfinite_count(w[gp * pack * per_group:min(groups, gp * pack + pack) * per_group])
+    return bad == 0
 
 
 _tile_pairs, _tile_fours = transpose_tile_of_groups(2), transpose_tile_of_groups(4)
@@ -408,9 +443,12 @@ def _module(spec, direct: bool = False):
     return _generated.load(module_source(spec, direct), "nbconv_outer")
 
 
-def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, direct: bool | None = None) -> None:
+def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec, direct: bool | None = None,
+                  transposed_weight: bool = False) -> None:
     """``out`` = the convolution of ``spec`` (C-contiguous arrays, ``w`` in
-    (C_out, C_in/groups, kH, kW); any stride, dilation or input dilation of the packed layout).
+    (C_out, C_in/groups, kH, kW), or with ``transposed_weight`` a transposed convolution's
+    unflipped (C_in, C_out/groups, kH, kW), packed flipped here; any stride, dilation or input
+    dilation of the packed layout).
 
     Where :func:`direct_applies` and the weights are finite (or ``direct``, tests), the input is
     read where it lies and the padding's terms (zeros) are left out: 9% of resnext_g32_14's, and
@@ -421,7 +459,7 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
     # the interleaved weights and bias: rewritten every call, their buffers kept (no page faults)
     wv, bias = _scratch.reused(("outer weights", spec.groups, pack, w.shape, w.dtype.str), lambda: (
         np.empty(lanes_of_groups * w[0].size, w.dtype), np.empty(lanes_of_groups, w.dtype)))
-    finite = packed_finite_weight(w, spec.groups, pack, wv)
+    finite = packed_finite_weight(w, spec.groups, pack, wv, transposed_weight)
     if direct is None:
         direct = finite and direct_applies(spec)
     bias = packed_bias(b, spec.groups, pack, bias) if pack > 1 else b
