@@ -70,8 +70,8 @@ def prefetch_channels() -> int:
     1.03-1.04x the summed time of the same block without: 1.05x per layer on the median, and
     on 14 x 14 and 28 x 28 planes nearly always slower (its two prefetches and their addresses
     per input channel are a sixth of the block's instructions, for rows already in cache);
-    on 56 x 56 and 112 x 112 planes 0.78-1.42x, even on the median (``docs/performance.md``,
-    round 25)."""
+    on 56 x 56 and 112 x 112 planes 0.78-1.42x, about even on the median
+    (``docs/performance.md``, round 25)."""
     return 0 if target().name.startswith("znver") else PREFETCH_CHANNELS
 
 
@@ -229,8 +229,8 @@ _block_three = pointwise_block(_N_O_THREE, 3, _BITS, prefetch_channels())
 
 #: The wide and narrow blocks without software prefetch, for columns that a task has just
 #: copied into its scratch (``_im2col``: in L2 by construction), on every target. On a 2-core
-#: Zen 3 the networks' 3x3 stems took 0.70-0.86x the time with them (``python
-#: docs/pointwise_blocks.py --only columns``).
+#: Zen 3 the networks' 3x3 stems took 1.05-1.21x the time with the prefetching blocks (``python
+#: docs/pointwise_blocks.py --only columns``, batches 8 and 2).
 _block_cached = pointwise_block(_N_O, _N_PV, _BITS, 0)
 _block_narrow_cached = pointwise_block(_N_O_NARROW, 1, _BITS, 0)
 
@@ -590,4 +590,3 @@ def _forward_blas(fn, x, w, b, out, groups, cin_g, cout_g, hw, pix_chunk, o_part
         if r1 > r0:
             _blas.product_onto_bias(fn, r1 - r0, m, cin_g, w, r0 * cin_g, b, r0, x, (n * c_in + g * cin_g) * hw + p0,
                                     hw, out, (n * c_out + r0) * hw + p0, hw)
-
