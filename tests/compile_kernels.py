@@ -9,8 +9,8 @@ the keys. Prints one line per compute capability and exits non-zero on the first
     python tests/compile_kernels.py --cover 9.0      # a covering subset (the test suite's)
     python tests/compile_kernels.py --no-spill 9.0   # also run ptxas: fail on a local-memory spill
 
-``--cover`` keeps, per kernel type and dtype, specialisations until every value of every key
-field (numbers clipped to 1, 2, 3+: the code paths they select; the plane kernel's exact
+``--cover`` keeps, per kernel type and dtype, specialisations (greedily, the one adding the most
+first) until every value of every key field (numbers clipped to 1, 2, 3+: the code paths they select; the plane kernel's exact
 kernel size too, since its registers grow with it) has been compiled once: the
 code the simulator cannot check is the code those values select, and the CI machine's time is
 short. The full set runs on a GPU machine and with no option.
@@ -107,14 +107,16 @@ def _field_values(key) -> set:
 
 
 def covering(items):
-    """The first specialisations that, per kernel type and dtype, show every (field, value)."""
+    """Specialisations that, per kernel type and dtype, show every (field, value): greedily, the
+    one showing the most values not yet shown first (173 of 619 taken in list order, 138 so)."""
+    shows = [{(type(key).__name__, dtype.name) + fv for fv in _field_values(key)} for key, dtype in items]
     seen, chosen = set(), []
-    for key, dtype in items:
-        new = {(type(key).__name__, dtype.name) + fv for fv in _field_values(key)} - seen
-        if new:
-            seen |= new
-            chosen.append((key, dtype))
-    return chosen
+    while True:
+        best = max(range(len(items)), key=lambda i: len(shows[i] - seen))  # the first of the best: deterministic
+        if not shows[best] - seen:
+            return chosen
+        seen |= shows[best]
+        chosen.append(items[best])
 
 
 def main(argv):
@@ -151,8 +153,9 @@ def main(argv):
                             spills += 1
         # one strided-layout build per dtype: the kernels also take non-contiguous arrays; and
         # the 64-bit-index reductions (sizes past 2**32, which no test problem reaches)
+        forward = next(k for k, _ in items if not isinstance(k, (ReduceKey, TileReduceKey)))
         for dtype in (np.float16, np.float32, np.float64):
-            compile_forward(items[0][0], np.dtype(dtype), cc, layout="A")
+            compile_forward(forward, np.dtype(dtype), cc, layout="A")
         wide = next(k for k, _ in items if isinstance(k, ReduceKey))._replace(wide_index=True)
         compile_reduce(wide, np.dtype(np.float32), cc)
         wide = next(k for k, _ in items if isinstance(k, TileReduceKey))._replace(wide_index=True)
