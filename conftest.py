@@ -7,6 +7,7 @@ Set ``NUMBA_ENABLE_CUDASIM`` yourself (0 or 1) to override the detection.
 
 import ctypes
 import os
+import sys
 
 
 def _cuda_gpu_present() -> bool:
@@ -23,6 +24,49 @@ def _cuda_gpu_present() -> bool:
 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0" if _cuda_gpu_present() else "1"
+
+#: The interpreter's thread switch interval under the simulator (seconds; Python's default is
+#: 0.005). The simulator runs each CUDA thread of a block as a Python thread, and the launching
+#: thread polls them in a loop that holds the GIL for a whole interval at a time, while they wait
+#: for it at every ``syncthreads``. A 0.1 ms interval made a small weight gradient (tests/cases.py
+#: CASES[1], 12 blocks of 32 threads) 12x faster: 21.4 s -> 1.8 s, same results.
+SIMULATOR_SWITCH_INTERVAL = 1e-4
+
+
+def _simulator_shared_arrays_under_a_lock():
+    """numba-cuda's simulator (0.30.4) keys a block's ``cuda.shared.array`` on its call site and
+    creates it at the first thread's call, a look-up then an insert with no lock: where the
+    interpreter switches threads between the two, threads of one block get arrays of their own
+    and the kernel reads values no thread of its block wrote (wrong results in about one run in
+    five of a small conv2d at a 0.1 ms switch interval; rare, yet possible, at Python's default).
+    The same look-up, under a lock. Dynamic shared memory (size 0) is one buffer: unchanged."""
+    import threading
+
+    import numpy as np
+    from numba.cuda.simulator import kernelapi
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            return original(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(site)
+            if res is None:
+                if isinstance(dtype, kernelapi.types.Type):
+                    dtype = kernelapi.numpy_support.as_dtype(dtype)
+                res = self._allocations[site] = np.empty(shape, dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+if os.environ["NUMBA_ENABLE_CUDASIM"] == "1":
+    sys.setswitchinterval(SIMULATOR_SWITCH_INTERVAL)
+    _simulator_shared_arrays_under_a_lock()
 
 
 #: Test files that spend minutes in one test (subprocesses, full-size shapes, ASV): run first, so

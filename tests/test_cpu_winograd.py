@@ -80,7 +80,8 @@ def assert_winograd_close(got, x, w, b, padding, groups):
 
 
 WINOGRAD_CASES = [
-    Case(2, 4, (9, 10), 6, (3, 3), 1, 1, 1, 1),  # F(4x4, 3x3): partial tiles on both sides
+    Case(3, 4, (9, 11), 16, (3, 3), 1, 1, 1, 1),  # F(4x4, 3x3): partial tiles on both sides (and the geometry
+    # of test_cpu_winograd_wgrad.CASES[1] and of test_cpu_scratch: compiled once, CI time)
     Case(3, 6, (13, 13), 4, (5, 5), 1, 2, 1, 2),  # F(3x3, 5x5), groups: 75 tiles, a partial block of 4
     Case(1, 8, (7, 12), 10, (3, 5), 1, (1, 2), 1, 2),  # non-square kernel: F(4x3, 3x5)
     Case(2, 6, (8, 9), 9, (5, 3), 1, "valid", 1, 3),  # 'valid', 5x3
@@ -153,7 +154,7 @@ def test_non_finite_pixel_spoils_only_its_outputs():
     np.testing.assert_array_equal(~np.isfinite(got), bad)
     finite = x.copy()
     finite[0, 1, 5, 6] = 0.0
-    np.testing.assert_allclose(got[~bad], nbconv.conv2d(finite, w, b, **case.conv_args())[~bad], rtol=1e-12)
+    np.testing.assert_allclose(got[~bad], nbconv.conv2d(finite, w, b, **case.conv_args())[~bad], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("fill", [np.nan, np.inf, "mixed"], ids=str)
@@ -203,7 +204,7 @@ def test_launcher_input_layouts():
     np.testing.assert_array_equal(xs, before)
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)  # 3 compiles an example, 8-13 s each on CI's machine
 @given(n=st.integers(1, 3), g=st.integers(1, 2), cin_g=st.integers(1, 8), cout_g=st.integers(1, 9),
        h=st.integers(1, 14), wd=st.integers(1, 14), kh=st.sampled_from([3, 5]), kw=st.sampled_from([3, 5]),
        pad=st.integers(0, 2))
