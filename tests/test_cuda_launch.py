@@ -114,7 +114,7 @@ def test_huge_dilated_kernel_is_correct(dtype, monkeypatch, fresh_launch_cache):
 
     monkeypatch.setattr(_launch, "plane_launch_config", lambda spec, threads=0: None)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((1, 2, 50, 230)).astype(dtype)
+    x = rng.standard_normal((1, 2, 50, 130)).astype(dtype)  # 2 x 20 outputs (the simulator is slow)
     w = rng.standard_normal((2, 2, 5, 31)).astype(dtype)
     args = dict(dilation=(12, 7), padding=(0, 50))
     assert not forward_launch_config(spec_for(x.shape, w.shape, dtype, **args)).key.stage_input
