@@ -37,9 +37,10 @@ def _simulator_shared_arrays_under_a_lock():
     """numba-cuda's simulator (0.30.4) keys a block's ``cuda.shared.array`` on its call site and
     creates it at the first thread's call, a look-up then an insert with no lock: where the
     interpreter switches threads between the two, threads of one block get arrays of their own
-    and the kernel reads values no thread of its block wrote (wrong results in about one run in
-    five of a small conv2d at a 0.1 ms switch interval; rare, yet possible, at Python's default).
-    The same look-up, under a lock. Dynamic shared memory (size 0) is one buffer: unchanged."""
+    and the kernel reads values no thread of its block wrote (two of the suite's tests failed so
+    at a 0.1 ms switch interval, and a small conv2d in 2-3 runs of 10 at 0.01 ms; rare, yet
+    possible, at Python's default). The same look-up, under a lock (tests/test_simulator_setup.py).
+    Dynamic shared memory (size 0) is one buffer: unchanged."""
     import threading
 
     import numpy as np

@@ -3,9 +3,9 @@
 The simulator accepts code that the CUDA compiler rejects, so this runs the real compiler in a
 fresh interpreter with the simulator off (see tests/compile_kernels.py). It compiles the covering
 subset (per kernel type, every dtype and every value of every key field, the register-setting
-ones once per value width), since CI's two cores are short of time, and with ptxas (the test extra's ``nvidia-cuda-nvcc``) fails on any kernel that
-spills registers to local memory; ``python tests/compile_kernels.py 8.0
-9.0`` compiles them all, and the GPU check runs that.
+ones once per value width), since CI's two cores are short of time, and with ptxas (the test
+extra's ``nvidia-cuda-nvcc``) fails on any kernel that spills registers to local memory;
+``python tests/compile_kernels.py 8.0 9.0`` compiles them all, and the GPU check runs that.
 """
 
 from __future__ import annotations
