@@ -3,7 +3,11 @@
 # H100/H200). Run from the repository root on a machine with an NVIDIA GPU, numba-cuda, CuPy and
 # (for the comparison) PyTorch:
 #
-#     bash docs/gpu_check.sh [RESULTS_DIR]      # default: /tmp/gpu-results
+#     bash docs/gpu_check.sh [--short] [RESULTS_DIR]      # default: /tmp/gpu-results
+#
+# --short fits a lease of 15 minutes with the machine's start (about 8 minutes of commands): the CUDA
+# tests (the compile check left to CI), the bench in float32 for every op and in float16 for the
+# forward with fewer rounds, and the host cost; no launch-path timings, PTX compile or ASV history.
 #
 # Prepare it here with asv_bench/gpu_wheels.sh (then name `.whl` in the run's carry): NumPy 2.5
 # breaks numba-cuda 0.30.4 (np.row_stack), so the wheels in .whl/ (NumPy 2.4) are installed to
@@ -17,6 +21,8 @@
 # goes there as one gpu-results.tar.gz, with machine.txt beside it.
 set -u
 cd "$(dirname "$0")/.."
+short=0
+if [ "${1:-}" = "--short" ]; then short=1; shift; fi
 results="${1:-/tmp/gpu-results}"
 mkdir -p "$results"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -35,14 +41,38 @@ export NUMBA_ENABLE_CUDASIM=0
 } > "$results/machine.txt"
 cat "$results/machine.txt"
 
+save() {  # the results so far into $OUT (a lent machine's command may be stopped at its limit)
+    if [ -n "${OUT:-}" ]; then
+        tar -czf "$OUT/gpu-results.tar.gz" -C "$results" . && cp "$results/machine.txt" "$OUT/"
+    fi
+}
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output, say how it ended
     local name=$1 limit=$2
     shift 2
     local t0=$SECONDS
     timeout "$limit" "$@" > "$results/$name.txt" 2>&1
-    echo "$name: exit $? in $((SECONDS - t0)) s (tail of $results/$name.txt below)"
+    echo "$name: exit $? in $((SECONDS - t0)) s (tail of $results/$name.txt below)" | tee -a "$results/steps.txt"
     tail -3 "$results/$name.txt"
+    save
 }
+bench() {  # bench OP DTYPE SECONDS ROUNDS
+    step "bench-$1-$2" "$3" python3 -m nbconv bench --backend cuda --op "$1" --dtype "$2" --rounds "$4" \
+        --json "$results/bench-$1-$2.json"
+}
+
+if [ "$short" = 1 ]; then
+    step tests 150 python3 -m pytest -v --tb=short -n 14 -p no:cacheprovider -m cuda --durations=15 -rf \
+        --ignore=tests/test_cuda_compile.py tests
+    step tests_raw_launch 60 env NBCONV_CUDA_LAUNCH=raw python3 -m pytest -v --tb=short -n 14 -p no:cacheprovider -m cuda \
+        -rf tests/test_conv2d.py tests/test_grad.py
+    bench forward float32 60 5
+    bench weight_grad float32 50 5
+    bench input_grad float32 50 5
+    bench forward float16 50 5
+    step host_cost 35 python3 docs/host_cost.py
+    echo "results in $results"
+    exit 0
+fi
 
 # 1. the CUDA tests at full size, through Numba arrays, CuPy and torch CUDA tensors; then the
 #    CuPy-array tests again through the raw launch path (every kernel's PTX loaded by CuPy and
@@ -57,8 +87,7 @@ step ptx 150 python3 tests/compile_kernels.py --cover 9.0
 # 3. the bench: forward, input and weight gradients, float32 and float16, against PyTorch
 for dtype in float32 float16; do
     for op in forward input_grad weight_grad; do
-        step "bench-$op-$dtype" 90 python3 -m nbconv bench --backend cuda --op "$op" --dtype "$dtype" --rounds 10 \
-            --json "$results/bench-$op-$dtype.json"
+        bench "$op" "$dtype" 90 10
     done
 done
 # 4. the host cost of one launch by each launch path, and of one call of each op by each
@@ -66,8 +95,4 @@ step launch_paths 60 python3 docs/launch_paths.py
 step host_cost 60 python3 docs/host_cost.py
 # 5. the ASV suite's kept-history benchmarks on the CUDA backend, in ASV's layout
 step asv 240 bash asv_bench/record_here.sh "$results/asv" nvidia-h200 cuda
-echo "results in $results"
-if [ -n "${OUT:-}" ]; then
-    tar -czf "$OUT/gpu-results.tar.gz" -C "$results" . && cp "$results/machine.txt" "$OUT/"
-    echo "and in $OUT/gpu-results.tar.gz"
-fi
+echo "results in $results${OUT:+ and in $OUT/gpu-results.tar.gz}"
