@@ -53,6 +53,15 @@ def test_bench_check_agrees_with_test_reference(op):
     np.testing.assert_allclose(np.asarray(call.ours()), want, rtol=1e-10, atol=1e-10)
 
 
+def test_bench_arrays_in_float16():
+    """The CUDA bench's float16 arrays are made on the host, where conv2d refuses float16: the
+    output gradient's shape must not come from a CPU spec of them."""
+    shape = SHAPES_BY_NAME["mbv2_dw_7"]
+    host = _ops.host_arrays(shape, 2, "float16")
+    assert {a.dtype for a in host.values()} == {np.dtype(np.float16)}
+    assert host["gy"].shape == (2, shape.c_out, 7, 7)
+
+
 def test_bench_refuses_a_wrong_result(monkeypatch):
     shape = SHAPES_BY_NAME["mbv2_dw_7"]
     real = _ops.op_call

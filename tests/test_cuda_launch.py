@@ -233,14 +233,15 @@ def test_plane_grid_stride_loop_over_plane_blocks(monkeypatch, dtype, fresh_laun
 
     monkeypatch.setattr(_launch, "MAX_GRID_YZ", 2)
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((3, 5, 6, 7)).astype(dtype)
+    # 35 planes: more than two blocks of them on a GPU (16 a block) and under the simulator (4)
+    x = rng.standard_normal((7, 5, 6, 7)).astype(dtype)
     w = rng.standard_normal((10, 1, 3, 3)).astype(dtype)
     b = rng.standard_normal(10).astype(dtype)
     args = dict(padding=1, groups=5)
     spec = spec_for(x.shape, w.shape, dtype, **args)
     cfg = _launch.forward_launch_config(spec)
     assert isinstance(cfg, _launch.PlaneLaunch) and cfg.grid[2] == 2
-    assert math.ceil(15 / cfg.key.block[2]) > 2, "the loop must run more than once"
+    assert math.ceil(cfg.planes / cfg.key.block[2]) > 2, "the loop must run more than once"
     got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), to_backend(b, "cuda"), **args)
     assert_conv_close(to_host(got), x, w, b, **args)
 

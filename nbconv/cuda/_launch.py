@@ -88,14 +88,16 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def choose_plane_block(out_size: tuple[int, int], threads: int = PLANE_THREADS,
-                       rows: int = PLANE_ROWS) -> tuple[tuple[int, int, int], int]:
+def choose_plane_block(out_size: tuple[int, int], threads: int | None = None,
+                       rows: int | None = None) -> tuple[tuple[int, int, int], int]:
     """((BX, BY, BZ), R) of the plane kernel for an output plane of ``out_size``.
 
     BX (columns, a warp's width at most) is the one of 32, 16, 8 that pads the width least
     (ties: the widest); R outputs per thread down a column (fewer for short planes); BY strips
     cover the height up to the thread budget; BZ planes share a block when one plane is small.
     """
+    threads = PLANE_THREADS if threads is None else threads  # (read per call: docs/plane_sweep.py varies them)
+    rows = PLANE_ROWS if rows is None else rows
     out_h, out_w = out_size
     bx = min((32, 16, 8), key=lambda b: (math.ceil(out_w / b) * b - out_w, -b))
     bx = min(bx, threads)
@@ -116,7 +118,7 @@ def choose_plane_oc_block(spec, rows: int) -> int:
     return ocb
 
 
-def plane_launch_config(spec, threads: int = PLANE_THREADS) -> PlaneLaunch | None:
+def plane_launch_config(spec, threads: int | None = None) -> PlaneLaunch | None:
     """The plane kernel's key and grid for ``spec``, or None when it does not apply (a
     transposed convolution with a stride, whose zeros between input pixels it does not skip,
     a kernel whose weights do not fit in registers, or a halo tile too large for shared

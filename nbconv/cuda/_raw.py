@@ -142,6 +142,14 @@ def _function(key, signature: tuple, cc: tuple[int, int]) -> Callable:
     return _loaded(key, signature, cc, _device())
 
 
+def handle_of(function: Any) -> int:
+    """The driver's handle (``CUfunction``) of a loaded function: a CuPy ``RawKernel`` (CuPy 13
+    and 14) holds its ``Function`` in ``.kernel``; a ``Function`` (or a test's stand-in) has
+    ``.ptr``; 0 where neither is there (the launch then goes through the function's call)."""
+    kernel = getattr(function, "kernel", function)
+    return int(getattr(kernel, "ptr", 0) or 0)
+
+
 @functools.lru_cache(maxsize=None)
 def _ptx(key, signature: tuple, cc: tuple[int, int]) -> str:
     return compile_ptx(key, signature, cc)
@@ -321,7 +329,7 @@ class RawLauncher:
         launch = _driver_launch()
         if launch is not None:
             stream = sys.modules["cupy"].cuda.get_current_stream().ptr
-            if launch_with_buffer(launch, function.ptr, grid, block, stream, packed) == 0:
+            if launch_with_buffer(launch, handle_of(function), grid, block, stream, packed) == 0:
                 return
         function(grid, block, tuple(packed))  # CuPy's call: its own checks, and its error if it fails too
 
@@ -428,7 +436,7 @@ class Plan:
         op(spec, recorder, *layouts)
         steps = []
         for function, grid, block, packed, slots in recorder.steps:
-            handle = getattr(function, "ptr", 0)  # (a test's stand-in function may have none)
+            handle = handle_of(function)
             steps.append((function, handle, grid, block, _dims(grid, block), parameter_buffer(packed), len(packed),
                           slots))
         return cls(tuple(recorder.scratch_specs), tuple(steps))

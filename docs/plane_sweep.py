@@ -1,0 +1,118 @@
+"""The plane kernel's kernel time by its tuning constants, on the depthwise standard shapes (needs a GPU).
+
+Each variant sets module constants of :mod:`nbconv.cuda._launch` and :mod:`nbconv.cuda._planes`
+(loads in flight a thread while staging a tile, threads a block, outputs a thread down a column,
+threads an SM the launch bounds aim for), rebuilds the kernels, checks one result against the
+default variant's, and times ``nbconv.conv2d`` on CuPy arrays: GPU time per call with the host's
+cost hidden (a busy kernel queued first, 20 calls between two CUDA events, inputs rotated through
+copies spanning 128 MB so that L2 does not hold them), the median of 5 rounds. GB/s counts the
+input, weight and output bytes once.
+
+    python docs/plane_sweep.py [--batch 32] [--dtype float32] [--shapes a,b,...] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0")
+
+#: (name, {module constant: value}); "default" first. STAGE_CHUNK 1 stores each loaded value
+#: before the next load, as the kernel did before its loads were issued in chunks.
+VARIANTS = [
+    ("default", {}),
+    ("chunk 1", {"STAGE_CHUNK": 1}),
+    ("chunk 16", {"STAGE_CHUNK": 16}),
+    ("threads 128", {"PLANE_THREADS": 128}),
+    ("threads 512", {"PLANE_THREADS": 512}),
+    ("rows 2", {"PLANE_ROWS": 2}),
+    ("rows 8", {"PLANE_ROWS": 8}),
+    ("resident 2048", {"RESIDENT_THREADS": 2048}),
+]
+SHAPES = "mbv2_dw_112,mbv2_dw_s2,mbv2_dw_56,mbv2_dw_7,effnet_dw5_28,effnet_dw5_14,convnext_dw7,dw_mult2"
+
+
+def _set(values: dict) -> None:
+    from nbconv.cuda import _launch, _planes, _raw
+
+    for module in (_launch, _planes):
+        for name in list(values):
+            if hasattr(module, name):
+                setattr(module, name, values[name])
+    for cached in (_planes.plane_kernel, _launch.forward_launch_config, _launch.phase_launches, _raw._ptx,
+                   _raw._loaded):
+        cached.cache_clear()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--shapes", default=SHAPES)
+    p.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args()
+
+    import cupy
+    import numpy as np
+
+    import nbconv
+    from nbconv._shapes import SHAPES_BY_NAME
+    from nbconv._spec import conv2d_spec
+    from nbconv.bench._timing import cuda_kernel_time, warm_allocator
+    from nbconv.cuda import _launch, _planes
+
+    defaults = {name: getattr(m, name) for m in (_launch, _planes) for name in
+                ("STAGE_CHUNK", "PLANE_THREADS", "PLANE_ROWS", "RESIDENT_THREADS") if hasattr(m, name)}
+    variants = [v for v in VARIANTS if args.variants is None or v[0] in args.variants.split(",")]
+    warm_allocator()
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in args.shapes.split(","):
+        shape = SHAPES_BY_NAME[name]
+        x = rng.standard_normal(shape.input_shape(args.batch)).astype(args.dtype)
+        w = rng.standard_normal(shape.weight_shape()).astype(args.dtype)
+        b = rng.standard_normal(shape.c_out).astype(args.dtype)
+        spec = conv2d_spec(x, w, b, **shape.conv_args())
+        copies = max(1, min(8, math.ceil((128 << 20) / spec.min_bytes)))
+        arrays = [tuple(cupy.asarray(a) for a in (x, w, b)) for _ in range(copies)]
+        calls = [lambda a=a: nbconv.conv2d(*a, **shape.conv_args()) for a in arrays]
+        want = None
+        for variant, values in variants:
+            _set({**defaults, **values})
+            cfg = _launch.forward_launch_config(conv2d_spec(*arrays[0], **shape.conv_args()))
+            t0 = time.perf_counter()
+            got = cupy.asnumpy(calls[0]())
+            compile_s = time.perf_counter() - t0
+            if want is None:
+                want = got
+            err = float(np.max(np.abs(got - want)) / max(1e-30, float(np.max(np.abs(want)))))
+            t0 = time.perf_counter()
+            for c in calls[:4]:
+                c()
+            cupy.cuda.Device().synchronize()
+            host_s = (time.perf_counter() - t0) / 4
+            times = sorted(cuda_kernel_time(calls, 20, host_s, cupy) for _ in range(5))
+            t = statistics.median(times)
+            key = getattr(cfg, "key", None)
+            row = dict(shape=name, variant=variant, kernel_us=t * 1e6, gbps=spec.min_bytes / t / 1e9,
+                       block=getattr(key, "block", None), rows=getattr(key, "rows_per_thread", None),
+                       kind=type(cfg).__name__, compile_s=compile_s, rel_diff=err)
+            rows.append(row)
+            print(f"{name:14s} {variant:14s} {t * 1e6:8.1f} us {row['gbps']:7.0f} GB/s  {row['kind']} "
+                  f"block {row['block']} R {row['rows']}  first call {compile_s:.1f} s  diff {err:.1e}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "batch": args.batch,
+                       "dtype": args.dtype, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
