@@ -6,8 +6,9 @@
 #     bash docs/gpu_check.sh [--short] [RESULTS_DIR]      # default: /tmp/gpu-results
 #
 # --short fits a lease of 15 minutes with the machine's start (about 8 minutes of commands): the CUDA
-# tests (the compile check left to CI), the bench in float32 for every op and in float16 for the
-# forward with fewer rounds, and the host cost; no launch-path timings, PTX compile or ASV history.
+# tests (the compile check left to CI; CuPy arrays by the default launch path only), the bench in
+# float32 for every op and in float16 for the forward with fewer rounds, and the host cost; no
+# launch-path timings, PTX compile or ASV history.
 #
 # Prepare it here with asv_bench/gpu_wheels.sh (then name `.whl` in the run's carry): NumPy 2.5
 # breaks numba-cuda 0.30.4 (np.row_stack), so the wheels in .whl/ (NumPy 2.4) are installed to
@@ -63,22 +64,20 @@ bench() {  # bench OP DTYPE SECONDS ROUNDS
 if [ "$short" = 1 ]; then
     step tests 150 python3 -m pytest -v --tb=short -n 14 -p no:cacheprovider -m cuda --durations=15 -rf \
         --ignore=tests/test_cuda_compile.py tests
-    step tests_raw_launch 60 env NBCONV_CUDA_LAUNCH=raw python3 -m pytest -v --tb=short -n 14 -p no:cacheprovider -m cuda \
-        -rf tests/test_conv2d.py tests/test_grad.py
     bench forward float32 60 5
-    bench weight_grad float32 50 5
-    bench input_grad float32 50 5
-    bench forward float16 50 5
+    bench weight_grad float32 60 5
+    bench input_grad float32 90 5  # (the stride-2 layers' phases compile four kernels each)
+    bench forward float16 60 5
     step host_cost 35 python3 docs/host_cost.py
     echo "results in $results"
     exit 0
 fi
 
-# 1. the CUDA tests at full size, through Numba arrays, CuPy and torch CUDA tensors; then the
-#    CuPy-array tests again through the raw launch path (every kernel's PTX loaded by CuPy and
-#    launched by the driver with one parameter buffer: NBCONV_CUDA_LAUNCH=raw)
-step tests 240 python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda tests
-step tests_raw_launch 120 env NBCONV_CUDA_LAUNCH=raw python3 -m pytest -q -n 4 -p no:cacheprovider -m cuda \
+# 1. the CUDA tests at full size, through Numba arrays, CuPy and torch CUDA tensors (CuPy arrays
+#    by the raw launch path: every kernel's PTX loaded by CuPy and launched by the driver with one
+#    parameter buffer); then the CuPy-array tests again through numba-cuda's dispatcher
+step tests 240 python3 -m pytest -q -n 14 -p no:cacheprovider -m cuda --ignore=tests/test_cuda_compile.py tests
+step tests_dispatcher 120 env NBCONV_CUDA_LAUNCH=numba python3 -m pytest -q -n 14 -p no:cacheprovider -m cuda \
     tests/test_conv2d.py tests/test_grad.py
 # 2. the covering subset of the kernel specialisations compiled for sm_90 by this machine's NVVM
 #    (all of them, 624, take about 5 minutes of one core: `python tests/compile_kernels.py

@@ -123,7 +123,7 @@ def offline() -> int:
             op(spec, self, *arrays, out)
 
     taking = [run]
-    _launch.launcher = lambda spec: taking[0]  # what NBCONV_CUDA_LAUNCH=raw picks for CuPy arrays
+    _launch.launcher = lambda spec: taking[0]  # what the default picks for CuPy arrays
 
     def arrays(*shapes):
         return [FakeCupyArray(s, np.float32) for s in shapes]
@@ -144,7 +144,7 @@ def offline() -> int:
             xg, wg.shape, yg, padding=1, groups=2),
         "grad.conv2d_bias (pairs, finish)": lambda: nbconv.grad.conv2d_bias(y),
     }
-    print("The public call on stand-in CuPy arrays (shape, strides, pointer), with NBCONV_CUDA_LAUNCH=raw's")
+    print("The public call on stand-in CuPy arrays (shape, strides, pointer), with the raw path's")
     print("launcher, the driver's cuLaunchKernel replaced by a C call through ctypes that does nearly nothing,")
     print("and cupy.empty by a stand-in that costs nothing: validation (cached per geometry), dispatch, and the")
     print("op's plan (its launches recorded on the first call): scratch, addresses into each launch's parameter")
@@ -219,8 +219,8 @@ def main() -> int:
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     columns = {}
-    for label, code, extra in (("dispatcher", _NBCONV, {"NBCONV_CUDA_LAUNCH": "numba"}),
-                               ("raw (NBCONV_CUDA_LAUNCH=raw)", _NBCONV, {"NBCONV_CUDA_LAUNCH": "raw"}),
+    for label, code, extra in (("dispatcher (NBCONV_CUDA_LAUNCH=numba)", _NBCONV, {"NBCONV_CUDA_LAUNCH": "numba"}),
+                               ("raw (the default)", _NBCONV, {"NBCONV_CUDA_LAUNCH": "raw"}),
                                ("PyTorch", _TORCH, {})):
         res = subprocess.run([sys.executable, "-c", code + _TIME], capture_output=True, text=True,
                              env={**env, **extra})

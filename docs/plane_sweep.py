@@ -1,7 +1,7 @@
 """The plane kernel's kernel time by its tuning constants, on the depthwise standard shapes (needs a GPU).
 
 Each variant sets module constants of :mod:`nbconv.cuda._launch` and :mod:`nbconv.cuda._planes`
-(loads in flight a thread while staging a tile, threads a block, outputs a thread down a column,
+(loads in flight a thread while staging a tile and whether they are clamped, threads a block, outputs a thread down a column,
 threads an SM the launch bounds aim for), rebuilds the kernels, checks one result against the
 default variant's, and times ``nbconv.conv2d`` on CuPy arrays: GPU time per call with the host's
 cost hidden (a busy kernel queued first, 20 calls between two CUDA events, inputs rotated through
@@ -29,6 +29,7 @@ VARIANTS = [
     ("default", {}),
     ("chunk 1", {"STAGE_CHUNK": 1}),
     ("chunk 16", {"STAGE_CHUNK": 16}),
+    ("loads under a branch", {"STAGE_CLAMPED": False}),
     ("threads 128", {"PLANE_THREADS": 128}),
     ("threads 512", {"PLANE_THREADS": 512}),
     ("rows 2", {"PLANE_ROWS": 2}),
@@ -69,7 +70,7 @@ def main() -> int:
     from nbconv.cuda import _launch, _planes
 
     defaults = {name: getattr(m, name) for m in (_launch, _planes) for name in
-                ("STAGE_CHUNK", "PLANE_THREADS", "PLANE_ROWS", "RESIDENT_THREADS") if hasattr(m, name)}
+                ("STAGE_CHUNK", "STAGE_CLAMPED", "PLANE_THREADS", "PLANE_ROWS", "RESIDENT_THREADS") if hasattr(m, name)}
     variants = [v for v in VARIANTS if args.variants is None or v[0] in args.variants.split(",")]
     warm_allocator()
     rng = np.random.default_rng(0)

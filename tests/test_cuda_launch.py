@@ -129,6 +129,7 @@ def test_huge_dilated_kernel_is_correct(dtype, monkeypatch, fresh_launch_cache):
         ((56, 56), 256, ((8, 16, 2), 4)),  # only 8 divides 56 (16 and 32 pad 8 columns)
         ((7, 7), 256, ((8, 2, 16), 4)),  # a small plane: 16 planes per block
         ((28, 28), 256, ((32, 8, 1), 4)),  # every width pads 4: the widest
+        ((112, 112), 128, ((16, 8, 1), 4)),  # the default on a GPU: half the strips
         ((1, 5), 64, ((8, 1, 8), 1)),  # one row: one output per thread
     ],
 )
@@ -326,3 +327,35 @@ def test_reductions_decode_positions_in_32_bits_unless_they_reach_2_to_the_32():
     hw = 65536  # 65536 x 65536 positions per image
     assert not key(1, hw - 1).wide_index and (hw - 1) ** 2 + REDUCE_THREADS < 2**32
     assert key(1, hw).wide_index  # exactly 2**32 positions
+
+
+@pytest.mark.parametrize("chunk, clamped", [(1, True), (3, False)])
+def test_plane_staging_variants(monkeypatch, chunk, clamped):
+    """The plane kernel's staging variants that docs/plane_sweep.py times on a GPU (loads a thread
+    issues at once; clamped addresses or loads under a bounds test) compute the same convolution."""
+    from cases import to_backend, to_host
+    from reference import assert_conv_close
+
+    import nbconv
+    from nbconv.cuda import _launch, _planes, _raw
+
+    def fresh():
+        for cached in (_planes.plane_kernel, _launch.forward_launch_config, _launch.phase_launches, _raw._ptx,
+                       _raw._loaded):
+            cached.cache_clear()
+
+    monkeypatch.setattr(_planes, "STAGE_CHUNK", chunk)
+    monkeypatch.setattr(_planes, "STAGE_CLAMPED", clamped)
+    fresh()
+    try:
+        rng = np.random.default_rng(7)
+        x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+        w = rng.standard_normal((6, 1, 3, 4)).astype(np.float32)
+        args = dict(padding=(2, 1), stride=(2, 1), groups=3)
+        spec = spec_for(x.shape, w.shape, np.float32, **args)
+        assert isinstance(_launch.forward_launch_config(spec), _launch.PlaneLaunch)
+        got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), None, **args)
+        assert_conv_close(to_host(got), x, w, None, **args)
+    finally:
+        monkeypatch.undo()
+        fresh()

@@ -29,8 +29,10 @@ REDUCE_THREADS = 32 if config.ENABLE_CUDASIM else 256
 REDUCE_TARGET_BLOCKS = 1024
 #: Outputs of a row a thread of the pair reduction takes at a time (see ``ReduceKey.strip``).
 REDUCE_STRIP = 4
-#: Threads per block of the plane kernel (fewer under the simulator, where each is a thread).
-PLANE_THREADS = 64 if config.ENABLE_CUDASIM else 256
+#: Threads per block of the plane kernel (fewer under the simulator, where each is a thread):
+#: 128 ran the depthwise standard shapes 5-11% faster than 256 and 20-40% faster than 512 on
+#: an H200 (``docs/plane_sweep.py``).
+PLANE_THREADS = 64 if config.ENABLE_CUDASIM else 128
 #: Outputs per thread down a column in the plane kernel (the reuse of each staged load).
 PLANE_ROWS = 4
 #: Registers per thread the plane kernel's output-channel block may need (2 blocks of 256
@@ -258,7 +260,7 @@ _RAW = _raw.RawLauncher()
 
 def launcher(spec) -> NumbaLauncher | _raw.RawLauncher:
     """How ``spec``'s kernels are launched: through CuPy (:mod:`nbconv.cuda._raw`) for CuPy
-    arrays with ``NBCONV_CUDA_LAUNCH=raw``, else through numba-cuda's dispatcher."""
+    arrays (unless ``NBCONV_CUDA_LAUNCH=numba``), else through numba-cuda's dispatcher."""
     if _raw.ENABLED and spec.kind == CUPY and not config.ENABLE_CUDASIM:
         return _RAW
     return NumbaLauncher(spec.kind)
