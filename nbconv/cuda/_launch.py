@@ -30,7 +30,7 @@ REDUCE_TARGET_BLOCKS = 1024
 #: Outputs of a row a thread of the pair reduction takes at a time (see ``ReduceKey.strip``).
 REDUCE_STRIP = 4
 #: Threads per block of the plane kernel (fewer under the simulator, where each is a thread):
-#: 128 ran the depthwise standard shapes 5-11% faster than 256 and 20-40% faster than 512 on
+#: 128 ran the depthwise standard shapes 4-13% faster than 256 and 1.3-1.5x faster than 512 on
 #: an H200 (``docs/plane_sweep.py``).
 PLANE_THREADS = 64 if config.ENABLE_CUDASIM else 128
 #: Outputs per thread down a column in the plane kernel (the reuse of each staged load).
