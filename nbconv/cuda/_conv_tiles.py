@@ -15,7 +15,9 @@ Here a block ``(tile_n, g * m_tiles + tile_m)`` owns a ``TM x TN`` tile of one g
 ``TM`` output channels by ``TN`` consecutive positions. Per step of ``TK`` values of ``k`` its
 threads stage the ``TK x TM`` slice of the weight and the ``TK x TN`` slice of the im2col in
 shared memory, then each thread adds an ``RM x RN`` micro-tile from registers: ``RM * RN`` FMAs
-per ``RM + RN`` shared loads. A loader thread of the im2col keeps one position for the whole
+per ``RM + RN`` shared loads. The next step's slices are loaded into registers while the
+current one is multiplied (software pipelining): every load of a step is issued at once, from a
+clamped address, and the padding's zeros are put in afterwards. A loader thread of the im2col keeps one position for the whole
 product (decoded once: no division per step) and consecutive threads take consecutive positions,
 so rows of ``x`` are read coalesced, as are rows of the weight (consecutive ``k``). Zeros stand
 for the padding, ``k`` past ``K`` and positions past ``N``. Each thread writes its outputs with
@@ -119,6 +121,8 @@ def conv_tile_kernel(key: ConvTileKey):
         acc = cuda.local.array(NACC, ACC)
         av = cuda.local.array(RM, ACC)
         bv = cuda.local.array(RN, ACC)
+        areg = cuda.local.array(LA, ACC)
+        breg = cuda.local.array(LB, ACC)
 
         # this thread's position in the im2col slices, for the whole product
         jl = tid % TN
@@ -140,50 +144,61 @@ def conv_tile_kernel(key: ConvTileKey):
         for i in range(NACC):
             acc[i] = 0
 
+        nl = min(n, uint32(n_img - 1))  # (a clamped image for positions past N: a valid address)
+        # Software pipelining: the global loads of step s + 1 go into registers (all of them
+        # issued at once, from clamped addresses, zeros put in afterwards) before the products
+        # of step s, so their latency hides behind the FMAs; they reach shared memory after the
+        # barrier that ends step s. One pass of the loop: load the next step, multiply the
+        # staged one, stage the loaded one.
         k0 = 0
-        while k0 < kdim:
-            # index arithmetic in unsigned 32-bit values (a division by a constant is a multiply,
-            # and an unsigned index needs no wraparound for negative values)
-            k = uint32(k0 + kc)
-            c = uint32(k // uint32(NTAPS))
-            tap = uint32(k - c * uint32(NTAPS))
-            kh = uint32(tap // uint32(KW))
-            kw = uint32(tap - kh * uint32(KW))
-            for i in range(LA):
-                m = mrow + i * ASTEP
-                o = uint32(tm0 + m)
-                v = ACC(0)
-                if o < cout_g and k < kdim:
+        staged = False
+        while True:
+            if k0 < kdim:
+                k = uint32(k0 + kc)
+                kk = min(k, uint32(kdim - 1))
+                c = uint32(kk // uint32(NTAPS))
+                tap = uint32(kk - c * uint32(NTAPS))
+                kh = uint32(tap // uint32(KW))
+                kw = uint32(tap - kh * uint32(KW))
+                for i in range(LA):
+                    o = uint32(tm0 + mrow + i * ASTEP)
+                    oc = min(o, uint32(cout_g - 1))
                     if TRANSPOSED:
-                        v = ACC(w[uint32(g * cin_g) + c, o, uint32(KH - 1) - kh, uint32(KW - 1) - kw])
+                        v = ACC(w[uint32(g * cin_g) + c, oc, uint32(KH - 1) - kh, uint32(KW - 1) - kw])
                     else:
-                        v = ACC(w[uint32(g * cout_g) + o, c, kh, kw])
-                a_tile[kc, m] = v
-            for i in range(LB):
-                kr = krow + i * BSTEP
-                k = uint32(k0 + kr)
-                v = ACC(0)
-                if live and k < kdim:
-                    c = uint32(k // uint32(NTAPS))
-                    tap = uint32(k - c * uint32(NTAPS))
+                        v = ACC(w[uint32(g * cout_g) + oc, c, kh, kw])
+                    areg[i] = v if o < cout_g and k < kdim else ACC(0)
+                for i in range(LB):
+                    k = uint32(k0 + krow + i * BSTEP)
+                    kk = min(k, uint32(kdim - 1))
+                    c = uint32(kk // uint32(NTAPS))
+                    tap = uint32(kk - c * uint32(NTAPS))
                     kh = uint32(tap // uint32(KW))
                     iy = iy0 + int32(kh) * DH
                     ix = ix0 + int32(tap - kh * uint32(KW)) * DW
-                    if 0 <= iy < in_h and 0 <= ix < in_w:
-                        v = ACC(x[n, uint32(g * cin_g) + c, uint32(iy), uint32(ix)])
-                b_tile[kr, jl] = v
-            cuda.syncthreads()
-            kq = int32(0)
-            while kq < TK:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
-                for i in range(RM):
-                    av[i] = a_tile[kq, ty + i * BY]
-                for j in range(RN):
-                    bv[j] = b_tile[kq, tx + j * BX]
-                for i in range(RM):
+                    v = ACC(x[nl, uint32(g * cin_g) + c, uint32(min(max(iy, 0), in_h - 1)),
+                              uint32(min(max(ix, 0), in_w - 1))])
+                    breg[i] = v if live and k < kdim and 0 <= iy < in_h and 0 <= ix < in_w else ACC(0)
+            if staged:
+                kq = int32(0)
+                while kq < TK:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
+                    for i in range(RM):
+                        av[i] = a_tile[kq, ty + i * BY]
                     for j in range(RN):
-                        acc[i * RN + j] += av[i] * bv[j]
-                kq += int32(1)
+                        bv[j] = b_tile[kq, tx + j * BX]
+                    for i in range(RM):
+                        for j in range(RN):
+                            acc[i * RN + j] += av[i] * bv[j]
+                    kq += int32(1)
+                cuda.syncthreads()
+            if k0 >= kdim:
+                break
+            for i in range(LA):
+                a_tile[kc, mrow + i * ASTEP] = areg[i]
+            for i in range(LB):
+                b_tile[krow + i * BSTEP, jl] = breg[i]
             cuda.syncthreads()
+            staged = True
             k0 += TK
 
         for j in range(RN):
