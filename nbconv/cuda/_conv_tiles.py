@@ -15,13 +15,14 @@ Here a block ``(tile_n, g * m_tiles + tile_m)`` owns a ``TM x TN`` tile of one g
 ``TM`` output channels by ``TN`` consecutive positions. Per step of ``TK`` values of ``k`` its
 threads stage the ``TK x TM`` slice of the weight and the ``TK x TN`` slice of the im2col in
 shared memory, then each thread adds an ``RM x RN`` micro-tile from registers: ``RM * RN`` FMAs
-per ``RM + RN`` shared loads. The next step's slices are loaded into registers while the
-current one is multiplied (software pipelining): every load of a step is issued at once, from a
-clamped address, and the padding's zeros are put in afterwards. A loader thread of the im2col keeps one position for the whole
-product (decoded once: no division per step) and consecutive threads take consecutive positions,
-so rows of ``x`` are read coalesced, as are rows of the weight (consecutive ``k``). Zeros stand
-for the padding, ``k`` past ``K`` and positions past ``N``. Each thread writes its outputs with
-the bias (a warp's are consecutive positions). No atomics, no split of ``K``: deterministic.
+per ``RM + RN`` shared loads. The next step's slices are loaded into registers while the current
+one is multiplied (software pipelining): every load of a step is issued at once, from a clamped
+address, and the padding's zeros are put in afterwards. A loader thread of the im2col keeps one
+position for the whole product (decoded once: no division per step) and consecutive threads take
+consecutive positions, so rows of ``x`` are read coalesced, as are rows of the weight
+(consecutive ``k``). Zeros stand for the padding, ``k`` past ``K`` and positions past ``N``.
+Each thread writes its outputs with the bias (a warp's are consecutive positions). No atomics,
+no split of ``K``: deterministic.
 
 With ``transposed_weight`` the same kernel computes the stride-1 transposed convolution (the
 input gradient of a stride-1 layer): the weight is (C_in, C_out/groups, KH, KW), read flipped

@@ -10,14 +10,14 @@ memory once per block and feeds many FMAs from every shared-memory load:
   tile of ``BY * R`` rows by ``BX`` columns. The grid is ``(tiles along W, tiles along H, plane
   blocks)``: no 64-bit division decodes a block index, and a grid-stride loop over plane
   blocks covers problems with more than 65535 of them.
-- For each input channel of the group, the plane's input tile with its halo is staged in
-  shared memory by row-major, coalesced loads (zeros for the padding), converted to the
-  accumulation type. The tile is one flat run of values for the plane's threads; each thread
-  issues up to ``STAGE_CHUNK`` loads into registers before it stores any, so that many loads
-  are in flight (a load stored before the next is issued waits on memory each time: the
-  depthwise layers ran at about a tenth of the HBM bandwidth that way). With a column stride ``SW > 1`` the columns are stored de-interleaved by
-  ``column % SW``, so the threads of a warp read consecutive words for every tap (no bank
-  conflicts on strided convolutions).
+- For each input channel of the group, the plane's input tile with its halo is staged in shared
+  memory by row-major, coalesced loads (zeros for the padding), converted to the accumulation
+  type. The tile is one flat run of values for the plane's threads; each thread issues up to
+  ``STAGE_CHUNK`` loads into registers before it stores any, so that many loads are in flight (a
+  load stored before the next is issued waits on memory each time: the depthwise layers ran at
+  about a tenth of the HBM bandwidth that way). With a column stride ``SW > 1`` the columns are
+  stored de-interleaved by ``column % SW``, so the threads of a warp read consecutive words for
+  every tap (no bank conflicts on strided convolutions).
 - Each thread computes a vertical strip of ``R`` outputs of one column for ``OCB`` output
   channels: for every kernel column it loads the ``(R - 1) * SH + (KH - 1) * DH + 1`` input
   values of that column once into registers and does ``OCB * R * KH`` FMAs with them; warps

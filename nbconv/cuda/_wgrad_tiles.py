@@ -115,6 +115,8 @@ def tile_kernel(key: TileReduceKey):
         acc = cuda.local.array(NACC, ACC)
         av = cuda.local.array(RM, ACC)
         bv = cuda.local.array(RN, ACC)
+        areg = cuda.local.array(LA, ACC)
+        breg = cuda.local.array(LB, ACC)
         # this loader's columns: input channel, row and column offsets (32 bits: half the registers)
         chan = cuda.local.array(LB, int32)
         dy = cuda.local.array(LB, int32)
@@ -132,46 +134,56 @@ def tile_kernel(key: TileReduceKey):
         for i in range(NACC):
             acc[i] = 0
 
+        # Software pipelining, as in _conv_tiles: the next step's loads go into registers (all
+        # issued at once, from clamped addresses, zeros put in afterwards) before the products of
+        # the staged step, and reach shared memory after the barrier that ends it.
         k0 = start
-        while k0 < end:
-            k = k0 + kk
-            live = k < end
-            if WIDE:
-                q = k // out_w
-                n = q // out_h
-            else:
-                q = int64(uint32(k) // uint32(out_w))
-                n = int64(uint32(q) // uint32(out_h))
-            # unsigned indices from here (no wraparound for negative values), 32-bit where they fit
-            ox = uint32(k - q * out_w)
-            oy = uint32(q - n * out_h)
-            n = uint64(n)
-            for i in range(LA):
-                m = lrow + i * LSTEP
-                o = uint32(tm0 + m)
-                v = ACC(0)
-                if live and o < cout_g:
-                    v = ACC(gy[n, uint32(g * cout_g) + o, oy, ox])
-                a_tile[kk, m] = v
-            for i in range(LB):
-                iy = int32(oy * SH) + dy[i]
-                ix = int32(ox * SW) + dx[i]
-                v = ACC(0)
-                if live and 0 <= iy < in_h and 0 <= ix < in_w:
-                    v = ACC(x[n, uint32(chan[i]), uint32(iy), uint32(ix)])
-                b_tile[kk, lrow + i * LSTEP] = v
-            cuda.syncthreads()
-            kq = int32(0)
-            while kq < TK:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
-                for i in range(RM):
-                    av[i] = a_tile[kq, ty + i * BY]
-                for j in range(RN):
-                    bv[j] = b_tile[kq, tx + j * BX]
-                for i in range(RM):
+        staged = False
+        while True:
+            if k0 < end:
+                k = k0 + kk
+                live = k < end
+                k = min(k, end - 1)  # (a position of the chunk: a valid address)
+                if WIDE:
+                    q = k // out_w
+                    n = q // out_h
+                else:
+                    q = int64(uint32(k) // uint32(out_w))
+                    n = int64(uint32(q) // uint32(out_h))
+                # unsigned indices from here (no wraparound for negative values), 32-bit where they fit
+                ox = uint32(k - q * out_w)
+                oy = uint32(q - n * out_h)
+                n = uint64(n)
+                for i in range(LA):
+                    o = uint32(tm0 + lrow + i * LSTEP)
+                    v = ACC(gy[n, uint32(g * cout_g) + min(o, uint32(cout_g - 1)), oy, ox])
+                    areg[i] = v if live and o < cout_g else ACC(0)
+                for i in range(LB):
+                    iy = int32(oy * SH) + dy[i]
+                    ix = int32(ox * SW) + dx[i]
+                    v = ACC(x[n, uint32(chan[i]), uint32(min(max(iy, 0), in_h - 1)),
+                              uint32(min(max(ix, 0), in_w - 1))])
+                    breg[i] = v if live and 0 <= iy < in_h and 0 <= ix < in_w else ACC(0)
+            if staged:
+                kq = int32(0)
+                while kq < TK:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
+                    for i in range(RM):
+                        av[i] = a_tile[kq, ty + i * BY]
                     for j in range(RN):
-                        acc[i * RN + j] += av[i] * bv[j]
-                kq += int32(1)
+                        bv[j] = b_tile[kq, tx + j * BX]
+                    for i in range(RM):
+                        for j in range(RN):
+                            acc[i * RN + j] += av[i] * bv[j]
+                    kq += int32(1)
+                cuda.syncthreads()
+            if k0 >= end:
+                break
+            for i in range(LA):
+                a_tile[kk, lrow + i * LSTEP] = areg[i]
+            for i in range(LB):
+                b_tile[kk, lrow + i * LSTEP] = breg[i]
             cuda.syncthreads()
+            staged = True
             k0 += TK
 
         for i in range(RM):
