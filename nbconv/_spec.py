@@ -283,6 +283,9 @@ def _facts(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias",
     """(kind, shapes, dtype) of the arrays: :func:`classify`'s kind, each array's shape, and
     their common dtype (:func:`_check_dtypes`), each array's kind looked up once (this runs on
     every call)."""
+    fast = _same_plain_kind(arrays, optional)
+    if fast is not None:
+        return fast
     kinds = {}
     for name, x in arrays.items():
         if x is not None or name not in optional:
@@ -293,6 +296,30 @@ def _facts(op: str, arrays: dict[str, Any], optional: tuple[str, ...] = ("bias",
     shapes = {name: _arrays.array_shape(arrays[name], k) for name, k in kinds.items()}
     dtypes = {name: _arrays.array_dtype(arrays[name], k) for name, k in kinds.items()}
     return kind, shapes, _check_dtypes(op, kind, dtypes)
+
+
+def _same_plain_kind(arrays: dict[str, Any], optional: tuple[str, ...]
+                     ) -> tuple[str, dict[str, tuple], np.dtype] | None:
+    """:func:`_facts` of the common call, else None: every array given of one NumPy or CuPy
+    type (whose shape and dtype are its attributes) and of one supported dtype."""
+    kind = dtype = None
+    shapes = {}
+    for name, x in arrays.items():
+        if x is None:
+            if name in optional:
+                continue
+            return None
+        k = _arrays._KIND_OF_TYPE.get(type(x))
+        if k is not _arrays.NUMPY and k is not _arrays.CUPY:
+            return None
+        if kind is None:
+            kind, dtype = k, x.dtype
+        elif k is not kind or x.dtype != dtype:
+            return None
+        shapes[name] = x.shape
+    if kind is None or dtype not in (CPU_DTYPES if kind is _arrays.NUMPY else CUDA_DTYPES):
+        return None
+    return kind, shapes, dtype
 
 
 def _size(op: str, name: str, value: Any, lengths: tuple[int, ...], what: str) -> tuple[int, ...]:

@@ -76,3 +76,44 @@ def test_cupy_in_cupy_out():
     y = nbconv.conv2d(x, w, groups=2, padding=1)
     assert isinstance(y, cupy.ndarray)
     assert float(y[0, 0, 1, 1]) == 9.0
+
+
+def _facts_or_error(arrays, fast: bool, monkeypatch):
+    from nbconv import _spec
+
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(_spec, "_same_plain_kind", lambda arrays, optional: None)
+        try:
+            return _spec._facts("conv2d", arrays)
+        except (TypeError, ValueError) as e:
+            return type(e), str(e)
+
+
+@pytest.mark.parametrize("case", ["plain", "bias", "float64", "float16", "mixed dtypes", "int", "list", "memmap",
+                                  "missing weight"])
+def test_validation_fast_path_agrees_with_the_full_one(case, monkeypatch, tmp_path):
+    """Validation's shortcut for the common call (NumPy arrays of one supported dtype) gives
+    what the full path gives, and leaves everything else (errors included) to it."""
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((2, 1, 3, 3), np.float32)
+    b = np.ones(2, np.float32)
+    arrays = {
+        "plain": dict(input=x, weight=w, bias=None),
+        "bias": dict(input=x, weight=w, bias=b),
+        "float64": dict(input=x.astype(np.float64), weight=w.astype(np.float64), bias=None),
+        "float16": dict(input=x.astype(np.float16), weight=w.astype(np.float16), bias=None),
+        "mixed dtypes": dict(input=x, weight=w.astype(np.float64), bias=None),
+        "int": dict(input=x.astype(np.int32), weight=w.astype(np.int32), bias=None),
+        "list": dict(input=x.tolist(), weight=w, bias=None),
+        "memmap": dict(input=np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, x.shape), weight=w,
+                       bias=None),
+        "missing weight": dict(input=x, weight=None, bias=None),
+    }[case]
+    _arrays.array_kind(arrays["input"])  # the type learnt, as after a first call
+    want = _facts_or_error(arrays, False, monkeypatch)
+    assert _facts_or_error(arrays, True, monkeypatch) == want
+    from nbconv import _spec
+
+    taken = _spec._same_plain_kind(arrays, ("bias",)) is not None
+    assert taken == (case in ("plain", "bias", "float64", "memmap")), "the shortcut takes exactly the common calls"
