@@ -102,12 +102,16 @@ def result_kind(kind: str) -> str:
     """Kind of the arrays an op returns for inputs of ``kind``: the same, but for other
     ``__cuda_array_interface__`` objects (a Numba device array) and other DLPack objects
     (a NumPy array in host memory, a CuPy array on a CUDA device)."""
-    return {CAI: NUMBA, DLPACK_CPU: NUMPY, DLPACK_CUDA: CUPY}.get(kind, kind)
+    return _RESULT_KIND.get(kind, kind)
 
 
 def native_kind(kind: str) -> str:
     """Kind of :func:`native`'s view of an array of ``kind``."""
-    return {TORCH_CPU: NUMPY, TORCH_CUDA: NUMBA, DLPACK_CPU: NUMPY, DLPACK_CUDA: CUPY}.get(kind, kind)
+    return _NATIVE_KIND.get(kind, kind)
+
+
+_RESULT_KIND = {CAI: NUMBA, DLPACK_CPU: NUMPY, DLPACK_CUDA: CUPY}
+_NATIVE_KIND = {TORCH_CPU: NUMPY, TORCH_CUDA: NUMBA, DLPACK_CPU: NUMPY, DLPACK_CUDA: CUPY}
 
 
 def native(x: Any, kind: str) -> Any:

@@ -91,7 +91,7 @@ def _call(spec: ConvSpec, out: Any, arrays: dict[str, Any], run, sums: bool) -> 
     batch (``sums``)."""
     natives = {name: _native(a) for name, a in arrays.items()}
     if out is None:
-        like = next(a for a in arrays.values() if a is not None)
+        like = next(iter(arrays.values()))  # the input (or the output gradient): never None
         out = _allocate(_arrays.result_kind(spec.kind), spec.output_shape, spec.dtype, like)
     else:
         check_out(spec, out, natives)

@@ -339,7 +339,7 @@ class RawLauncher:
         ``weight_grad`` or ``bias_grad``) by its :class:`Plan` for these arrays' shapes and
         strides on the current device, recorded on the first such call."""
         key = (op, spec, _device(), out.shape, out.strides,
-               tuple(None if a is None else (a.shape, a.strides) for a in arrays))
+               tuple([None if a is None else (a.shape, a.strides) for a in arrays]))
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= _PLANS_SIZE:
