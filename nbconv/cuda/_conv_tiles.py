@@ -40,6 +40,7 @@ from typing import NamedTuple
 from numba import config, cuda, float32, float64, int32, int64, uint32
 
 from . import _tiles
+from ._tiles import micro_product
 
 
 class ConvTileKey(NamedTuple):
@@ -102,6 +103,7 @@ def conv_tile_kernel(key: ConvTileKey):
     WIDE = key.wide_index
 
     options = {} if config.ENABLE_CUDASIM else {"launch_bounds": (NT, 1)}
+    product = micro_product(key)
 
     @cuda.jit(**options)
     def _conv_tiles(x, w, b, out, pad_h, pad_w, cin_g, cout_g, m_tiles):
@@ -181,16 +183,7 @@ def conv_tile_kernel(key: ConvTileKey):
                               uint32(min(max(ix, 0), in_w - 1))])
                     breg[i] = v if live and k < kdim and 0 <= iy < in_h and 0 <= ix < in_w else ACC(0)
             if staged:
-                kq = int32(0)
-                while kq < TK:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
-                    for i in range(RM):
-                        av[i] = a_tile[kq, ty + i * BY]
-                    for j in range(RN):
-                        bv[j] = b_tile[kq, tx + j * BX]
-                    for i in range(RM):
-                        for j in range(RN):
-                            acc[i * RN + j] += av[i] * bv[j]
-                    kq += int32(1)
+                product(a_tile, b_tile, av, bv, acc, tx, ty)
                 cuda.syncthreads()
             if k0 >= kdim:
                 break

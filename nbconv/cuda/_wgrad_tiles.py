@@ -37,6 +37,7 @@ from typing import NamedTuple
 from numba import config, cuda, float32, float64, int32, int64, uint32, uint64
 
 from . import _tiles
+from ._tiles import micro_product
 
 
 class TileReduceKey(NamedTuple):
@@ -93,6 +94,7 @@ def tile_kernel(key: TileReduceKey):
     OUTSIDE = -(1 << 30)  # a row offset no position reaches: a column past N loads zeros
 
     options = {} if config.ENABLE_CUDASIM else {"launch_bounds": (NT, 1)}
+    product = micro_product(key)
 
     @cuda.jit(**options)
     def _tiles(x, gy, partial, pad_h, pad_w, cin_g, cout_g, m_tiles, chunk):
@@ -165,16 +167,7 @@ def tile_kernel(key: TileReduceKey):
                               uint32(min(max(ix, 0), in_w - 1))])
                     breg[i] = v if live and 0 <= iy < in_h and 0 <= ix < in_w else ACC(0)
             if staged:
-                kq = int32(0)
-                while kq < TK:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
-                    for i in range(RM):
-                        av[i] = a_tile[kq, ty + i * BY]
-                    for j in range(RN):
-                        bv[j] = b_tile[kq, tx + j * BX]
-                    for i in range(RM):
-                        for j in range(RN):
-                            acc[i * RN + j] += av[i] * bv[j]
-                    kq += int32(1)
+                product(a_tile, b_tile, av, bv, acc, tx, ty)
                 cuda.syncthreads()
             if k0 >= end:
                 break
