@@ -1,12 +1,12 @@
 """The plane kernel's kernel time by its tuning constants, on the depthwise standard shapes (needs a GPU).
 
 Each variant sets module constants of :mod:`nbconv.cuda._launch` and :mod:`nbconv.cuda._planes`
-(loads in flight a thread while staging a tile and whether they are clamped, threads a block, outputs a thread down a column,
-threads an SM the launch bounds aim for), rebuilds the kernels, checks one result against the
-default variant's, and times ``nbconv.conv2d`` on CuPy arrays: GPU time per call with the host's
-cost hidden (a busy kernel queued first, 20 calls between two CUDA events, inputs rotated through
-copies spanning 128 MB so that L2 does not hold them), the median of 5 rounds. GB/s counts the
-input, weight and output bytes once.
+(loads in flight a thread while staging a tile and whether they are clamped, threads a block,
+outputs a thread down a column, threads an SM the launch bounds aim for), rebuilds the kernels,
+checks one result against the default variant's, and times ``nbconv.conv2d`` on CuPy arrays: GPU
+time per call with the host's cost hidden (a busy kernel queued first, 20 calls between two CUDA
+events, inputs rotated through copies spanning 128 MB so that L2 does not hold them), the median
+of 5 rounds. GB/s counts the input, weight and output bytes once.
 
     python docs/plane_sweep.py [--batch 32] [--dtype float32] [--shapes a,b,...] [--json FILE]
 """
@@ -40,15 +40,13 @@ SHAPES = "mbv2_dw_112,mbv2_dw_s2,mbv2_dw_56,mbv2_dw_7,effnet_dw5_28,effnet_dw5_1
 
 
 def _set(values: dict) -> None:
-    from nbconv.cuda import _launch, _planes, _raw
+    from nbconv.cuda import _launch, _planes
 
     for module in (_launch, _planes):
         for name in list(values):
             if hasattr(module, name):
                 setattr(module, name, values[name])
-    for cached in (_planes.plane_kernel, _launch.forward_launch_config, _launch.phase_launches, _raw._ptx,
-                   _raw._loaded):
-        cached.cache_clear()
+    _launch.forget_kernels()
 
 
 def main() -> int:

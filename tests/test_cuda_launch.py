@@ -14,15 +14,13 @@ pytestmark = pytest.mark.cuda
 
 @pytest.fixture
 def fresh_launch_cache():
-    """Launch configs are cached per spec: a test that patches how they are made starts and
-    ends with an empty cache, so no patched config outlives it."""
+    """Launch configs and kernels are cached: a test that patches how they are made starts and
+    ends with empty caches, so no patched config or kernel outlives it."""
     from nbconv.cuda import _launch
 
-    _launch.forward_launch_config.cache_clear()
-    _launch.phase_launches.cache_clear()
+    _launch.forget_kernels()
     yield
-    _launch.forward_launch_config.cache_clear()
-    _launch.phase_launches.cache_clear()
+    _launch.forget_kernels()
 
 
 def spec_for(x_shape, w_shape, dtype=np.float32, **kw):
@@ -330,34 +328,26 @@ def test_reductions_decode_positions_in_32_bits_unless_they_reach_2_to_the_32():
 
 
 @pytest.mark.parametrize("chunk, clamped", [(1, True), (3, False)])
-def test_plane_staging_variants(monkeypatch, chunk, clamped):
+def test_plane_staging_variants(monkeypatch, chunk, clamped, fresh_launch_cache):
     """The plane kernel's staging variants that docs/plane_sweep.py times on a GPU (loads a thread
-    issues at once; clamped addresses or loads under a bounds test) compute the same convolution."""
+    issues at once; clamped addresses or loads under a bounds test) compute the same convolution
+    (the kernels are built with the patched constants: the fixture empties the caches before the
+    test and again before the patches are undone)."""
     from cases import to_backend, to_host
     from reference import assert_conv_close
 
     import nbconv
-    from nbconv.cuda import _launch, _planes, _raw
-
-    def fresh():
-        for cached in (_planes.plane_kernel, _launch.forward_launch_config, _launch.phase_launches, _raw._ptx,
-                       _raw._loaded):
-            cached.cache_clear()
+    from nbconv.cuda import _launch, _planes
 
     monkeypatch.setattr(_planes, "STAGE_CHUNK", chunk)
     monkeypatch.setattr(_planes, "STAGE_CLAMPED", clamped)
-    fresh()
-    try:
-        rng = np.random.default_rng(7)
-        # 8 x 8 outputs: every row and column of the staged halo feeds one (a value missing from
-        # any chunk would show)
-        x = rng.standard_normal((2, 3, 13, 9)).astype(np.float32)
-        w = rng.standard_normal((6, 1, 3, 4)).astype(np.float32)
-        args = dict(padding=(2, 1), stride=(2, 1), groups=3)
-        spec = spec_for(x.shape, w.shape, np.float32, **args)
-        assert isinstance(_launch.forward_launch_config(spec), _launch.PlaneLaunch)
-        got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), None, **args)
-        assert_conv_close(to_host(got), x, w, None, **args)
-    finally:
-        monkeypatch.undo()
-        fresh()
+    rng = np.random.default_rng(7)
+    # 8 x 8 outputs: every row and column of the staged halo feeds one (a value missing from any
+    # chunk would show)
+    x = rng.standard_normal((2, 3, 13, 9)).astype(np.float32)
+    w = rng.standard_normal((6, 1, 3, 4)).astype(np.float32)
+    args = dict(padding=(2, 1), stride=(2, 1), groups=3)
+    spec = spec_for(x.shape, w.shape, np.float32, **args)
+    assert isinstance(_launch.forward_launch_config(spec), _launch.PlaneLaunch)
+    got = nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), None, **args)
+    assert_conv_close(to_host(got), x, w, None, **args)

@@ -206,6 +206,16 @@ def phase_launches(spec) -> tuple[tuple[Phase, ConvTileLaunch | PlaneLaunch], ..
     return None if any(cfg is None for _, cfg in launches) else launches
 
 
+def forget_kernels() -> None:
+    """Empty the caches built from this module's and ``_planes``' tuning constants (launch
+    configurations, plane kernels, their PTX and loaded functions): after a change of those
+    constants (``docs/plane_sweep.py``, tests), the next call builds with the new values."""
+    from ._planes import plane_kernel
+
+    for cached in (forward_launch_config, phase_launches, plane_kernel, _raw._ptx, _raw._loaded):
+        cached.cache_clear()
+
+
 def launch_configs(spec) -> list[ConvTileLaunch | PlaneLaunch | LaunchConfig]:
     """Every kernel launch ``conv2d_forward`` makes for ``spec`` (one, or one per phase)."""
     split = phase_launches(spec)
