@@ -338,3 +338,74 @@ def test_blocks_aligned_to_vectors_give_the_same_bits(offset, hw, c_out, groups)
     wg = w.reshape(groups, c_out // groups, c_in // groups).astype(np.float64)
     expected = np.einsum("goc,ngcp->ngop", wg, x.reshape(n, groups, c_in // groups, hw).astype(np.float64))
     np.testing.assert_allclose(shifted, expected.reshape(n, c_out, hw) + b[:, None], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 1, 4, 12])
+@pytest.mark.parametrize("hw, c_out, groups", [(256, 24, 1), (192, 13, 1), (320, 14, 2), (128, 6, 1), (144, 30, 3)])
+def test_streaming_stores_give_the_same_bits(offset, hw, c_out, groups, dtype, products, monkeypatch):
+    """A result of ``STREAM_BYTES`` or more is written by :func:`_forward_streaming` (blocks from
+    the first pixel at a line's start, streaming stores where a row starts at a vector's): the same
+    bits as the plain blocks, and the reference's numbers, whatever the result's offset in a line
+    (``offset`` elements past one; 1 for float32: no row at a vector's start, plain stores)."""
+    if products == "blas":
+        pytest.skip("the BLAS writes its products itself")
+    size = np.dtype(dtype).itemsize
+    line = _pointwise.LINE_BYTES // size
+    pix_block = _pointwise.pixel_vectors() * _pointwise.vector_lanes(dtype)
+    if hw % line or hw < 2 * pix_block:
+        pytest.skip("planes of whole lines and two blocks at this vector width")
+    n, c_in = 2, 3 * groups
+    rng = np.random.default_rng(hw + offset)
+    x = rng.standard_normal((n, c_in, hw)).astype(dtype)
+    w = rng.standard_normal((c_out, c_in // groups, 1, 1)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    buf = np.empty(n * c_out * hw + 2 * line, dtype)
+    start = (-(buf.ctypes.data // size)) % line + offset % line
+    streamed = buf[start:start + n * c_out * hw].reshape(n, c_out, hw)
+    plain = np.empty((n, c_out, hw), dtype)
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", 0)
+    calls = []
+    real = _pointwise._forward_streaming
+    monkeypatch.setattr(_pointwise, "_forward_streaming", lambda *a: calls.append(a[-1]) or real(*a))
+    _pointwise.plane_products(x, w, b, streamed, groups, hw)
+    assert calls == [(line - offset % line) % line]  # the shift to the first line's start
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", 1 << 62)
+    _pointwise.plane_products(x, w, b, plain, groups, hw)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(streamed, plain)
+    wg = w.reshape(groups, c_out // groups, c_in // groups).astype(np.float64)
+    expected = np.einsum("goc,ngcp->ngop", wg, x.reshape(n, groups, c_in // groups, hw).astype(np.float64))
+    np.testing.assert_allclose(streamed, expected.reshape(n, c_out, hw) + b[:, None], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("nbytes_over, hw, cout_g, offset, expected", [
+    (0, 256, 6, 0, 0), (0, 256, 6, 3, 13), (-4, 256, 6, 0, -1),  # under STREAM_BYTES: plain
+    (0, 264, 6, 0, -1),  # planes not whole lines: each starts elsewhere in a line
+    (0, 256, 5, 0, -1),  # groups under O_BLOCK outputs: _forward_small
+])
+def test_which_results_are_streamed(nbytes_over, hw, cout_g, offset, expected, products, monkeypatch):
+    lanes = _pointwise.vector_lanes(np.float32)
+    if 2 * _pointwise.pixel_vectors() * lanes > hw:
+        pytest.skip("planes of two blocks at this vector width")
+    buf = np.empty(4 * hw + 16, np.float32)
+    start = (-(buf.ctypes.data // 4)) % 16 + offset
+    out = buf[start:start + 4 * hw].reshape(1, 4, hw)
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", out.nbytes - nbytes_over)
+    assert _pointwise.streaming_shift(out, hw, cout_g) == expected
+
+
+@pytest.mark.asm
+def test_the_streaming_block_stores_past_the_caches_and_fences(products):
+    """:func:`_forward_streaming` has non-temporal vector stores (``vmovntps``) beside plain ones,
+    and a store fence after each task's stores (``sfence``). (The whole assembly: the parallel
+    loop's body is a function of its own after the wrappers, and they have neither.)"""
+    from asm import fresh_asm, skip_without_fma
+
+    from nbconv._numba_options import CPU_PARALLEL
+
+    skip_without_fma()
+    f32, i64 = numba.types.float32[::1], numba.types.int64
+    asm = fresh_asm(_pointwise._forward_streaming, (f32, f32, f32, f32) + (i64,) * 7, CPU_PARALLEL)
+    assert len(re.findall(r"^\s*vmovntps\s", asm, re.MULTILINE)) >= _pointwise.O_BLOCK
+    assert re.search(r"^\s*sfence", asm, re.MULTILINE)

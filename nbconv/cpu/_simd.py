@@ -231,6 +231,24 @@ def _masked_store(builder, value, pointer, count: int, align: int, lanes_on: tup
     builder.call(fn, [value, pointer, ir.Constant(ir.IntType(32), align), mask])
 
 
+@intrinsic
+def store_fence(typingctx):
+    """``store_fence()``: ``sfence`` on x86 (elsewhere a sequentially consistent fence), which
+    orders the streaming (non-temporal) stores before it, weakly ordered, before every store
+    after it: a task that wrote with them calls it before it ends, so that the threads reading its
+    results after the parallel loop find them there."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if llvm_binding.get_process_triple().startswith(("x86_64", "i386", "i686")):
+            builder.call(_declared(builder, "llvm.x86.sse.sfence", ir.FunctionType(ir.VoidType(), [])), [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def copy_run(count: int, step: int = 1, spread: int = 1):
     """An ``@intrinsic`` ``copy(src, s0, dst, d0)``: ``dst[d0 + j * spread] = src[s0 + j * step]``
     for ``j < count`` (``step`` 1 or 2), in whole vectors and one masked load and store for the
