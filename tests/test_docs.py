@@ -130,3 +130,25 @@ def test_stems_script(capsys):
     tables = capsys.readouterr().out.split("Stems, batch 1")[1:]
     assert len(tables) == 2 and "| page faults |" in tables[0]
     assert [t.count("\n| 3->") for t in tables] == [5, 3]
+
+
+def test_network_ab_script(capsys):
+    """``docs/network_ab.py`` (two values of a setting over whole network passes): runs a small
+    network at both values, prints its ratio, and leaves the setting as it was; refuses a value
+    that is not a literal and a setting the module lacks."""
+    spec = importlib.util.spec_from_file_location("network_ab", ROOT / "docs" / "network_ab.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from nbconv.cpu import _pointwise
+
+    bound = _pointwise.STREAM_BYTES
+    assert script.main(["nbconv.cpu._pointwise", "STREAM_BYTES", "0", "1 << 62", "--networks", "mnasnet0_5",
+                        "--batch", "1", "--rounds", "2", "--image", "32", "--show", "0"]) == 0
+    assert _pointwise.STREAM_BYTES == bound
+    out = capsys.readouterr().out
+    assert "mnasnet0_5: A " in out and "geometric mean of B / A over 1 networks" in out
+    assert "16->8 1x1 dense @16" in out  # --show 0: every layer
+    with pytest.raises(SystemExit):
+        script.main(["nbconv.cpu._pointwise", "STREAM_BYTES", "__import__('os')", "0"])
+    with pytest.raises(SystemExit):
+        script.main(["nbconv.cpu._pointwise", "NO_SUCH_SETTING", "0", "1"])
