@@ -181,3 +181,40 @@ def test_property_against_the_reference(n, g, cin_g, cout_g, h, w, k, stride, di
     assume(h + pad[0] + pad[1] >= span[0] and w + pad[2] + pad[3] >= span[1])
     case = Case(n, g * cin_g, (h, w), g * cout_g, k, stride, ((pad[0], pad[1]), (pad[2], pad[3])), dilation, g)
     check_path_forward(_im2col.applies, _im2col.im2col_forward, case, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 1, 4, 12])
+@pytest.mark.parametrize("cin, cout, k, stride, side", [(3, 16, 3, 2, 64), (3, 13, 3, 1, 32), (4, 24, 5, 2, 66)])
+def test_streamed_columns_give_the_same_bits(cin, cout, k, stride, side, offset, dtype, products, monkeypatch):
+    """A result of ``_pointwise.STREAM_BYTES`` or more is computed in spans from the first pixel
+    at a line's start (a head span before it) and written with streaming stores: the same bits as
+    the spans from the plane's start with plain stores, and the reference's numbers, whatever the
+    result's offset in a line."""
+    if products == "blas":
+        pytest.skip("the BLAS writes its products itself")
+    rng = np.random.default_rng(offset + side)
+    x = rng.standard_normal((2, cin, side, side)).astype(dtype)
+    w = rng.standard_normal((cout, cin, k, k)).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    spec = conv2d_spec(x, w, b, stride=stride, padding=k // 2)
+    if not _im2col.applies(spec) or _im2col.takes_patches(spec):
+        pytest.skip("not the columns' kernel")
+    size = np.dtype(dtype).itemsize
+    line = _pointwise.LINE_BYTES // size
+    n_out = int(np.prod(spec.output_shape))
+    buf = np.empty(n_out + 2 * line, dtype)
+    start = (-(buf.ctypes.data // size)) % line + offset % line
+    streamed = buf[start:start + n_out].reshape(spec.output_shape)
+    plain = np.empty(spec.output_shape, dtype)
+    shifts = []
+    real = _pointwise.streaming_shift
+    monkeypatch.setattr(_pointwise, "streaming_shift", lambda *a: shifts.append(real(*a)) or shifts[-1])
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", 0)
+    _im2col.im2col_forward(x, w, b, streamed, spec)
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", 1 << 62)
+    _im2col.im2col_forward(x, w, b, plain, spec)
+    hw = spec.out_size[0] * spec.out_size[1]
+    assert shifts[0] == ((line - offset % line) % line if hw % line == 0 else -1) and shifts[1] == -1
+    np.testing.assert_array_equal(streamed, plain)
+    assert_conv_close(streamed, x, w, b, stride=stride, padding=k // 2)

@@ -22,10 +22,11 @@ import numpy as np
 
 from .._numba_options import njit_parallel, njit_serial
 from . import _blas, _pointwise, _scratch
-from ._pointwise import _N_O, _N_O_NARROW, copy_plane_rows, task_span
+from ._pointwise import _N_O, _N_O_NARROW, copy_plane_rows, task_span, task_span_from
 from ._pointwise import _block_cached as _block
+from ._pointwise import _block_cached_streams as _block_streams
 from ._pointwise import _block_narrow_cached as _block_narrow
-from ._simd import copy_step1, copy_step2
+from ._simd import copy_step1, copy_step2, store_fence
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
 #: AVX2, 64 with AVX-512: 128 KiB and 512 KiB at this bound), kept within L2. ConvNeXt-T's last
@@ -104,25 +105,29 @@ def _fill_span(cols, pitch, x_flat, plane0, cin_g, h, wd, kh_n, kw_n, s0, m, ow,
 
 @njit_parallel
 def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh, ow, pix_block, span_blocks,
-             o_chunks):
+             o_chunks, shift, streams):
     """out (N, C_out, OH, OW) = the convolution of x (N, C_in, H, W) by w (C_out, C_in/groups, kH,
     kW) + b: tasks of (image, group, span of ``span_blocks`` pixel blocks, chunk of output-channel
     blocks), each filling its span's columns (terms x pixels, zero in the padding) into its
     scratch row, then multiplying them by the weights, ``_pointwise.O_BLOCK`` output channels x
     one pixel block at a time. A span's last block moves left to end at the span's end (pixels
-    computed twice by the same task, to the same bits); only a plane under one block is masked."""
+    computed twice by the same task, to the same bits); only a plane under one block is masked.
+    Spans start at pixel ``shift`` (after a head span of the pixels before it, where ``shift`` >
+    0); with ``streams`` the blocks are written with streaming stores where their rows start at
+    a vector's start (``_pointwise.streaming_shift`` gives the ``shift`` that puts every span's
+    blocks at a line's start) and each task ends with a store fence."""
     n_img, c_in, h, wd = x.shape
     c_out = out.shape[1]
     cin_g, cout_g = c_in // groups, c_out // groups
     terms = cin_g * kh_n * kw_n
     hw = oh * ow
     pitch = span_blocks * pix_block
-    spans = (hw + pitch - 1) // pitch
+    spans = (1 if shift > 0 else 0) + (hw - shift + pitch - 1) // pitch
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * groups * spans * o_chunks):
-        n, g, s0, m, chunk = task_span(task, o_chunks, spans, pitch, groups, hw)
+        n, g, s0, m, chunk = task_span_from(task, o_chunks, spans, pitch, groups, hw, shift)
         cols = scratch[numba.get_thread_id()]
         _fill_span(cols, pitch, x_flat, (n * c_in + g * cin_g) * h * wd, cin_g, h, wd, kh_n, kw_n, s0, m, ow,
                    sh, sw, dh, dw, pt, pl)
@@ -131,8 +136,10 @@ def _forward(x, w, b, out, scratch, groups, kh_n, kw_n, sh, sw, dh, dw, pt, pl, 
             n_pix = min(pix_block, m - q0)
             for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
                 oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
-                _block(cols, q0, pitch, terms, w_flat, oc * terms, terms, b, oc, out_flat,
-                       (n * c_out + oc) * hw + s0 + q0, hw, n_pix)
+                _block_streams(cols, q0, pitch, terms, w_flat, oc * terms, terms, b, oc, out_flat,
+                               (n * c_out + oc) * hw + s0 + q0, hw, n_pix, streams)
+        if streams:
+            store_fence()
 
 
 @njit_parallel
@@ -381,5 +388,6 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     size = terms * blocks * pix_block + pix_block  # a vector of slack (see _fill_row)
     scratch, = _scratch.reused(("im2col", x.dtype.str, size, threads),
                                lambda: (np.empty((threads, size), x.dtype),))
+    shift = _pointwise.streaming_shift(out, hw, spec.out_per_group)
     _forward(x, w, b, out, scratch, spec.groups, kh, kw, *spec.stride, *spec.dilation, spec.padding[0],
-             spec.padding[2], oh, ow, pix_block, blocks, o_chunks)
+             spec.padding[2], oh, ow, pix_block, blocks, o_chunks, max(0, shift), int(shift >= 0))

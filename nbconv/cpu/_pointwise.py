@@ -117,120 +117,132 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHA
 
     With ``stream``, a full block whose rows all start at a multiple of the vector's bytes stores
     them with streaming (non-temporal) stores, which write past the caches without reading the
-    lines first; a task that used them calls :func:`_simd.store_fence` before it ends."""
+    lines first; a task that used them calls :func:`_simd.store_fence` before it ends. With
+    ``stream="argument"`` the block takes a fourteenth argument, an integer: streaming stores
+    where it is not 0 (one compiled kernel for both kinds of result)."""
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+
+        values, size, lanes, vec, intp = vector_args(context, builder, signature, args, bits)
+        x_p, x0_i, x_pitch_i, n_c_i, w_p, w0_i, w_pitch_i, b_p, b0_i, out_p, o0_i, out_pitch_i, n_pix_i = values[:13]
+        i32 = ir.IntType(32)
+
+        def const(i):
+            return ir.Constant(intp, i)
+
+        def at(base, index, as_vector=True):
+            p = builder.gep(base, [index], inbounds=True)
+            return builder.bitcast(p, vec.as_pointer()) if as_vector else p
+
+        mask_type = ir.VectorType(ir.IntType(1), lanes)
+        nontemporal = builder.module.add_metadata([ir.Constant(i32, 1)])
+        suffix = f"v{lanes}{vec.element.intrinsic_name}.p0"
+        masked_load = _declared(builder, f"llvm.masked.load.{suffix}",
+                                ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]))
+        masked_store = _declared(builder, f"llvm.masked.store.{suffix}",
+                                 ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_type]))
+
+        def body(masks):
+            """The block; ``masks`` None (full vectors) or one lane mask per pixel vector."""
+            sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_pv)] for _ in range(n_o)]
+            for o in range(n_o):
+                bias = _splat(builder, builder.load(at(b_p, builder.add(b0_i, const(o)), False)), vec)
+                for v in range(n_pv):
+                    builder.store(bias, sums[o][v])
+            i8p = ir.IntType(8).as_pointer()
+            prefetch_fn = _declared(builder, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+            ahead = builder.mul(const(prefetch), x_pitch_i)
+
+            def channels(start, stop, load_masks):
+                """The sums over input channels [start, stop), their pixel vectors loaded
+                under ``load_masks`` (None: plain loads)."""
+                with cgutils.for_range_slice(builder, start, stop, const(1), inc=True) as (index, _):
+                    xc = builder.add(x0_i, builder.mul(index, x_pitch_i))
+                    for v in range(n_pv if prefetch else 0):  # never faults, even past the input
+                        p = builder.gep(x_p, [builder.add(builder.add(xc, ahead), const(v * lanes))])
+                        builder.call(prefetch_fn, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                                ir.Constant(i32, 1)])
+                    values = []
+                    for v in range(n_pv):
+                        pointer = at(x_p, builder.add(xc, const(v * lanes)))
+                        values.append(builder.load(pointer, align=size) if load_masks is None else builder.call(
+                            masked_load, [pointer, ir.Constant(i32, size), load_masks[v], ir.Constant(vec, None)]))
+                    for o in range(n_o):
+                        w_at = builder.add(builder.add(w0_i, builder.mul(const(o), w_pitch_i)), index)
+                        weight = _splat(builder, builder.load(at(w_p, w_at, False)), vec)
+                        for v in range(n_pv):
+                            builder.store(_fma(builder, weight, values[v], builder.load(sums[o][v])), sums[o][v])
+
+            if masks is None:
+                channels(const(0), n_c_i, None)
+            else:
+                # Channels whose whole block width lies within the input (the lanes past
+                # n_pix read the next channels' pixels, whose sums are never stored) take
+                # plain loads; the last ones masked loads.
+                reach = builder.sub(builder.add(builder.mul(builder.sub(n_c_i, const(1)), x_pitch_i), n_pix_i),
+                                    const(n_pv * lanes))
+                ok = builder.and_(builder.icmp_signed(">=", reach, const(0)),
+                                  builder.icmp_signed(">", x_pitch_i, const(0)))
+                pitch = builder.select(ok, x_pitch_i, const(1))
+                plain = builder.select(ok, builder.add(builder.sdiv(reach, pitch), const(1)), const(0))
+                plain = builder.select(builder.icmp_signed("<", plain, n_c_i), plain, n_c_i)
+                channels(const(0), plain, None)
+                channels(plain, n_c_i, masks)
+            def store_all(streaming):
+                for o in range(n_o):
+                    row = builder.add(o0_i, builder.mul(const(o), out_pitch_i))
+                    for v in range(n_pv):
+                        pointer = at(out_p, builder.add(row, const(v * lanes)))
+                        if masks is None and streaming:
+                            st = builder.store(builder.load(sums[o][v]), pointer, align=size * lanes)
+                            st.set_metadata("nontemporal", nontemporal)
+                        elif masks is None:
+                            builder.store(builder.load(sums[o][v]), pointer, align=size)
+                        else:
+                            builder.call(masked_store, [builder.load(sums[o][v]), pointer, ir.Constant(i32, size),
+                                                        masks[v]])
+
+            if masks is None and stream:
+                # streaming stores (past the caches: no read of the line first) where every
+                # row's first vector is aligned to the vector's size
+                first = builder.ptrtoint(at(out_p, o0_i, False), intp)
+                misaligned = builder.and_(builder.or_(first, builder.mul(out_pitch_i, const(size))),
+                                          const(size * lanes - 1))
+                streams = builder.icmp_signed("==", misaligned, const(0))
+                if stream == "argument":
+                    streams = builder.and_(streams, builder.icmp_signed("!=", values[13], const(0)))
+                with builder.if_else(streams) as (then, otherwise):
+                    with then:
+                        store_all(True)
+                    with otherwise:
+                        store_all(False)
+            else:
+                store_all(False)
+
+        full = builder.icmp_signed(">=", n_pix_i, const(n_pv * lanes))
+        with builder.if_else(full) as (then, otherwise):
+            with then:
+                body(None)
+            with otherwise:
+                masks = [lanes_below_bits(builder, builder.sub(n_pix_i, const(v * lanes)), lanes) for v in range(n_pv)]
+                body(masks)
+        return context.get_dummy_value()
+
+    if stream == "argument":
+        @intrinsic
+        def block_taking(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix, streams):
+            if not _takes((x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix, streams)):
+                return None
+            return types.void(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix, streams), codegen
+
+        return block_taking
 
     @intrinsic
     def block(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix):
         if not _takes((x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix)):
             return None
-        sig = types.void(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix)
-
-        def codegen(context, builder, signature, args):
-            from numba.core import cgutils
-
-            values, size, lanes, vec, intp = vector_args(context, builder, signature, args, bits)
-            x_p, x0_i, x_pitch_i, n_c_i, w_p, w0_i, w_pitch_i, b_p, b0_i, out_p, o0_i, out_pitch_i, n_pix_i = values
-            i32 = ir.IntType(32)
-
-            def const(i):
-                return ir.Constant(intp, i)
-
-            def at(base, index, as_vector=True):
-                p = builder.gep(base, [index], inbounds=True)
-                return builder.bitcast(p, vec.as_pointer()) if as_vector else p
-
-            mask_type = ir.VectorType(ir.IntType(1), lanes)
-            nontemporal = builder.module.add_metadata([ir.Constant(i32, 1)])
-            suffix = f"v{lanes}{vec.element.intrinsic_name}.p0"
-            masked_load = _declared(builder, f"llvm.masked.load.{suffix}",
-                                    ir.FunctionType(vec, [vec.as_pointer(), i32, mask_type, vec]))
-            masked_store = _declared(builder, f"llvm.masked.store.{suffix}",
-                                     ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_type]))
-
-            def body(masks):
-                """The block; ``masks`` None (full vectors) or one lane mask per pixel vector."""
-                sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_pv)] for _ in range(n_o)]
-                for o in range(n_o):
-                    bias = _splat(builder, builder.load(at(b_p, builder.add(b0_i, const(o)), False)), vec)
-                    for v in range(n_pv):
-                        builder.store(bias, sums[o][v])
-                i8p = ir.IntType(8).as_pointer()
-                prefetch_fn = _declared(builder, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-                ahead = builder.mul(const(prefetch), x_pitch_i)
-
-                def channels(start, stop, load_masks):
-                    """The sums over input channels [start, stop), their pixel vectors loaded
-                    under ``load_masks`` (None: plain loads)."""
-                    with cgutils.for_range_slice(builder, start, stop, const(1), inc=True) as (index, _):
-                        xc = builder.add(x0_i, builder.mul(index, x_pitch_i))
-                        for v in range(n_pv if prefetch else 0):  # never faults, even past the input
-                            p = builder.gep(x_p, [builder.add(builder.add(xc, ahead), const(v * lanes))])
-                            builder.call(prefetch_fn, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                                    ir.Constant(i32, 1)])
-                        values = []
-                        for v in range(n_pv):
-                            pointer = at(x_p, builder.add(xc, const(v * lanes)))
-                            values.append(builder.load(pointer, align=size) if load_masks is None else builder.call(
-                                masked_load, [pointer, ir.Constant(i32, size), load_masks[v], ir.Constant(vec, None)]))
-                        for o in range(n_o):
-                            w_at = builder.add(builder.add(w0_i, builder.mul(const(o), w_pitch_i)), index)
-                            weight = _splat(builder, builder.load(at(w_p, w_at, False)), vec)
-                            for v in range(n_pv):
-                                builder.store(_fma(builder, weight, values[v], builder.load(sums[o][v])), sums[o][v])
-
-                if masks is None:
-                    channels(const(0), n_c_i, None)
-                else:
-                    # Channels whose whole block width lies within the input (the lanes past
-                    # n_pix read the next channels' pixels, whose sums are never stored) take
-                    # plain loads; the last ones masked loads.
-                    reach = builder.sub(builder.add(builder.mul(builder.sub(n_c_i, const(1)), x_pitch_i), n_pix_i),
-                                        const(n_pv * lanes))
-                    ok = builder.and_(builder.icmp_signed(">=", reach, const(0)),
-                                      builder.icmp_signed(">", x_pitch_i, const(0)))
-                    pitch = builder.select(ok, x_pitch_i, const(1))
-                    plain = builder.select(ok, builder.add(builder.sdiv(reach, pitch), const(1)), const(0))
-                    plain = builder.select(builder.icmp_signed("<", plain, n_c_i), plain, n_c_i)
-                    channels(const(0), plain, None)
-                    channels(plain, n_c_i, masks)
-                def store_all(streaming):
-                    for o in range(n_o):
-                        row = builder.add(o0_i, builder.mul(const(o), out_pitch_i))
-                        for v in range(n_pv):
-                            pointer = at(out_p, builder.add(row, const(v * lanes)))
-                            if masks is None and streaming:
-                                st = builder.store(builder.load(sums[o][v]), pointer, align=size * lanes)
-                                st.set_metadata("nontemporal", nontemporal)
-                            elif masks is None:
-                                builder.store(builder.load(sums[o][v]), pointer, align=size)
-                            else:
-                                builder.call(masked_store, [builder.load(sums[o][v]), pointer, ir.Constant(i32, size),
-                                                            masks[v]])
-
-                if masks is None and stream:
-                    # streaming stores (past the caches: no read of the line first) where every
-                    # row's first vector is aligned to the vector's size
-                    first = builder.ptrtoint(at(out_p, o0_i, False), intp)
-                    misaligned = builder.and_(builder.or_(first, builder.mul(out_pitch_i, const(size))),
-                                              const(size * lanes - 1))
-                    with builder.if_else(builder.icmp_signed("==", misaligned, const(0))) as (then, otherwise):
-                        with then:
-                            store_all(True)
-                        with otherwise:
-                            store_all(False)
-                else:
-                    store_all(False)
-
-            full = builder.icmp_signed(">=", n_pix_i, const(n_pv * lanes))
-            with builder.if_else(full) as (then, otherwise):
-                with then:
-                    body(None)
-                with otherwise:
-                    masks = [lanes_below_bits(builder, builder.sub(n_pix_i, const(v * lanes)), lanes) for v in range(n_pv)]
-                    body(masks)
-            return context.get_dummy_value()
-
-        return sig, codegen
+        return types.void(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix), codegen
 
     return block
 
@@ -257,6 +269,8 @@ _block_three = pointwise_block(_N_O_THREE, 3, _BITS, prefetch_channels())
 #: Zen 3 the networks' 3x3 stems took 1.05-1.21x the time with the prefetching blocks (``python
 #: docs/pointwise_blocks.py --only columns``, batches 8 and 2).
 _block_cached = pointwise_block(_N_O, _N_PV, _BITS, 0)
+#: The same, with streaming stores where its last argument is not 0 (``_im2col``'s large results).
+_block_cached_streams = pointwise_block(_N_O, _N_PV, _BITS, 0, stream="argument")
 _block_narrow_cached = pointwise_block(_N_O_NARROW, 1, _BITS, 0)
 
 
@@ -647,6 +661,23 @@ def _subsample(x, out, sh, sw, lanes):
     xf, of = x.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * c):
         copy_plane_rows(xf, task * h * wd, sh * wd, sw, of, task * oh * ow, oh, ow, lanes)
+
+
+@njit_serial
+def task_span_from(task, parts, spans, pitch, groups, hw, shift):
+    """:func:`task_span` with the spans from pixel ``shift`` on, after a head span of the pixels
+    before it where ``shift`` > 0 (``spans`` counts it)."""
+    part = task % parts
+    rest = task // parts
+    k = rest % spans
+    rest //= spans
+    if shift > 0:
+        if k == 0:
+            return rest // groups, rest % groups, 0, shift, part
+        s0 = shift + (k - 1) * pitch
+    else:
+        s0 = k * pitch
+    return rest // groups, rest % groups, s0, min(pitch, hw - s0), part
 
 
 @njit_serial
