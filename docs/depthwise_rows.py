@@ -49,7 +49,7 @@ def _call(module, x, w, b, out, spec):
     key = ("depthwise_rows.py", x.dtype.str, spec.in_size, spec.padding[0], hc, wc, threads)
     scratch, = _scratch.reused(key, lambda: (np.zeros((threads, hc * wc + 2 * slack), x.dtype),))
     module.forward(x, w, b, out, scratch, 1, 1, spec.padding[0], spec.padding[2], hc, wc,
-                   _depthwise.reads_directly(spec, _depthwise.vector_lanes(x.dtype)))
+                   _depthwise.reads_directly(spec, _depthwise.vector_lanes(x.dtype)), 0)
 
 
 def main(argv=None) -> int:

@@ -16,9 +16,30 @@ from . import _arrays
 from ._spec import ConvSpec
 
 
+#: NumPy results of this many bytes or more start at a multiple of ``ALIGNMENT`` bytes (a cache
+#: line, as PyTorch's tensors do; NumPy's large arrays start 16 bytes into one): the CPU kernels'
+#: vector stores then stay within lines, and their streaming stores write whole lines
+#: (``nbconv.cpu._pointwise.STREAM_BYTES``). Such a result is a view of the buffer it lies in.
+ALIGNED_BYTES = 1 << 16
+ALIGNMENT = 64
+
+
+def numpy_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised NumPy array, at a multiple of ``ALIGNMENT`` bytes from ``ALIGNED_BYTES``."""
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    if nbytes < ALIGNED_BYTES:
+        return np.empty(shape, dtype)
+    buffer = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % ALIGNMENT
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _allocate(kind: str, shape: tuple[int, ...], dtype: np.dtype, like: Any) -> Any:
     if kind == _arrays.NUMPY:
-        return np.empty(shape, dtype)
+        return numpy_empty(shape, dtype)
     if kind == _arrays.CUPY:
         return sys.modules["cupy"].empty(shape, dtype)
     if kind in _arrays.TORCH_KINDS:

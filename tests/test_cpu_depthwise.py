@@ -244,7 +244,7 @@ def test_pack_plane_lays_out_phase_planes():
 def test_rows_compile_to_fmas_at_the_target_width_without_spills():
     """A 3x3 block of ``ROWS`` rows is ``9 * ROWS`` packed FMAs on the target's widest registers
     (LLVM may share them between the loop over column vectors and a row under one vector), none
-    spilled."""
+    spilled, with streaming stores in the loop that takes them."""
     from asm import compiled_body, packed_fmas, skip_without_fma, spills
 
     skip_without_fma()
@@ -253,7 +253,7 @@ def test_rows_compile_to_fmas_at_the_target_width_without_spills():
 
     @numba.njit(cache=False)
     def run(xs, w, out, ow):
-        rows(xs, 0, 40, 400, w, 0, np.float32(1), out, 0, 40, ow, 0, 0, 0)
+        rows(xs, 0, 40, 400, w, 0, np.float32(1), out, 0, 40, ow, 0, 0, 0, 1)
 
     f32 = numba.types.float32[::1]
     run.compile((f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU
@@ -261,3 +261,45 @@ def test_rows_compile_to_fmas_at_the_target_width_without_spills():
     bits = target().vector_bits
     assert packed_fmas(asm, bits) >= 9 * _depthwise.ROWS
     assert not spills(asm, bits), spills(asm, bits)[:3]
+    assert "vmovntps" in asm  # the whole vectors' streaming stores (their own copy of the loop)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k, stride, side, mult", [(3, 1, 64, 1), (3, 2, 128, 2), (5, 1, 32, 1), (3, 1, 13, 1)])
+def test_streamed_rows_give_the_same_bits(k, stride, side, mult, dtype, monkeypatch):
+    """A result of ``_pointwise.STREAM_BYTES`` or more whose rows are whole cache lines is written
+    with streaming stores (:func:`_depthwise.streams`): the same bits as with plain stores, and
+    the reference's numbers; a result whose rows are not whole lines is not streamed."""
+    rng = np.random.default_rng(side + k)
+    c = 3
+    x = rng.standard_normal((2, c, side, side)).astype(dtype)
+    w = rng.standard_normal((c * mult, 1, k, k)).astype(dtype)
+    b = rng.standard_normal(c * mult).astype(dtype)
+    spec = conv2d_spec(x, w, b, stride=stride, padding=k // 2, groups=c)
+    assert _launch.direct_forward_kernel(spec) in ("depthwise", "depthwise_lanes")
+    out_shape = spec.output_shape
+    n_out = int(np.prod(out_shape))
+    buf = np.empty(n_out + 16, dtype)
+    start = (-(buf.ctypes.data // x.itemsize)) % (64 // x.itemsize)
+    streamed = buf[start:start + n_out].reshape(out_shape)
+    plain = np.empty(out_shape, dtype)
+    decided = []
+    real = _depthwise.streams
+    monkeypatch.setattr(_depthwise, "streams", lambda out: decided.append(real(out)) or decided[-1])
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", 0)
+    _depthwise.depthwise_forward(x, w, b, streamed, spec)
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", 1 << 62)
+    _depthwise.depthwise_forward(x, w, b, plain, spec)
+    assert decided == [(out_shape[3] * x.itemsize) % 64 == 0, False]
+    np.testing.assert_array_equal(streamed, plain)
+    assert_conv_close(streamed, x, w, b, stride=stride, padding=k // 2, groups=c)
+
+
+def test_streams_only_rows_of_whole_lines_from_a_line(monkeypatch):
+    monkeypatch.setattr(_pointwise, "STREAM_BYTES", 4 * 16 * 32 * 4)
+    buf = np.empty(4 * 16 * 32 + 32, np.float32)
+    start = (-(buf.ctypes.data // 4)) % 16
+    assert _depthwise.streams(buf[start:start + 4 * 16 * 32].reshape(1, 4, 16, 32))
+    assert not _depthwise.streams(buf[start + 4:start + 4 + 4 * 16 * 32].reshape(1, 4, 16, 32))  # mid-line
+    assert not _depthwise.streams(buf[start:start + 4 * 16 * 24].reshape(1, 4, 16, 24))  # rows of 1.5 lines
+    assert not _depthwise.streams(buf[start:start + 4 * 4 * 32].reshape(1, 4, 4, 32))  # under STREAM_BYTES

@@ -117,3 +117,20 @@ def test_validation_fast_path_agrees_with_the_full_one(case, monkeypatch, tmp_pa
 
     taken = _spec._same_plain_kind(arrays, ("bias",)) is not None
     assert taken == (case in ("plain", "bias", "float64", "memmap")), "the shortcut takes exactly the common calls"
+
+
+def test_large_numpy_results_start_at_a_cache_line():
+    """Results of ``ALIGNED_BYTES`` or more start at a multiple of 64 bytes (views of a buffer a
+    line longer), C-contiguous and writeable, with the dtype and shape asked for; smaller ones
+    are NumPy's own arrays."""
+    from nbconv import _dispatch
+
+    for shape, dtype in (((3, 5, 37, 41), np.float32), ((2, 8, 64, 64), np.float64), ((4, 4096), np.float32)):
+        a = _dispatch.numpy_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % _dispatch.ALIGNMENT == 0
+    small = _dispatch.numpy_empty((2, 3), np.float32)
+    assert small.base is None and small.shape == (2, 3)
+    x = np.ones((1, 16, 64, 64), np.float32)
+    y = nbconv.conv2d(x, np.ones((16, 1, 3, 3), np.float32), padding=1, groups=16)
+    assert y.ctypes.data % 64 == 0 and y[0, 0, 5, 5] == 9.0

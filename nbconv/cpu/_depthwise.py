@@ -34,7 +34,7 @@ from numba.extending import intrinsic
 
 from .._numba_options import njit_serial
 from .._version import __version__
-from . import _generated, _scratch
+from . import _generated, _pointwise, _scratch
 from ._simd import (
     _declared,
     _fma,
@@ -94,7 +94,7 @@ def plane_geometry(spec) -> tuple[int, int]:
 def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int, keep_weights: bool,
                    direct_stride: int = 0):
     """An ``@intrinsic`` ``block(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h,
-    col0)``:
+    col0, streams)``:
 
     ``out[o0 + r * out_pitch + p] = bias + sum_t w[w0 + t] * xs[x0 + plane_t * plane + (r + row_t)
     * pitch + column_t + p]``
@@ -106,6 +106,8 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
     (rows ``out_pitch`` apart in increasing order, ``out_pitch`` at least ``ow``), else masked:
     nothing past the block's last row is written. ``keep_weights``: broadcast each weight once
     per call (else once per vector of columns, folded into the multiply-adds' memory operand).
+    ``streams`` not 0: whole vectors aligned to their size are written with streaming stores
+    (past the caches, no read of the line first; the caller fences, ``_simd.store_fence``).
 
     ``direct_stride`` (the row stride) > 0 reads the input plane itself (``pitch`` its width,
     ``h`` its height; ``taps`` from :func:`direct_taps`): output row ``r`` meets input row ``iy0 +
@@ -114,19 +116,21 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
     otherwise."""
 
     @intrinsic
-    def block(typingctx, xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0):
-        if not (_takes((xs, w, out), (x0, pitch, plane, w0, o0, out_pitch, ow, iy0, h, col0))
+    def block(typingctx, xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0, streams):
+        if not (_takes((xs, w, out), (x0, pitch, plane, w0, o0, out_pitch, ow, iy0, h, col0, streams))
                 and isinstance(bias, types.Float)):
             return None
-        sig = types.void(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0)
+        sig = types.void(xs, x0, pitch, plane, w, w0, bias, out, o0, out_pitch, ow, iy0, h, col0, streams)
 
         def codegen(context, builder, signature, args):
             from numba.core import cgutils
 
             values, size, lanes, vec, intp = vector_args(context, builder, signature, args, bits)
             (xs_p, x0_i, pitch_i, plane_i, w_p, w0_i, _, out_p, o0_i, out_pitch_i, ow_i, iy0_i, h_i,
-             col0_i) = values
+             col0_i, streams_i) = values
             i32 = ir.IntType(32)
+            nontemporal = builder.module.add_metadata([ir.Constant(i32, 1)])
+            streams_on = builder.icmp_signed("!=", streams_i, ir.Constant(intp, 0))
             bias_v = context.cast(builder, args[6], signature.args[6], signature.args[0].dtype)
 
             def const(i):
@@ -168,8 +172,9 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
                 return builder.and_(lanes_below(builder, builder.sub(pitch_i, start), lanes),
                                     builder.not_(lanes_below(builder, builder.neg(start), lanes)))
 
-            def columns(p0, mask):
-                """The block's ``rows`` x one vector of columns from column ``p0`` on."""
+            def columns(p0, mask, streaming=False):
+                """The block's ``rows`` x one vector of columns from column ``p0`` on (whole
+                vectors by streaming stores where ``streaming``)."""
                 xb = builder.add(x0_i, p0)
                 if direct_stride:  # the block's first input row and column
                     xb = builder.add(xb, builder.add(builder.mul(iy0_i, pitch_i), col0_i))
@@ -191,6 +196,9 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
                         sums[r] = _fma(builder, weights[t], loaded[key], sums[r])
                 for r in range(rows):
                     target_p = at(out_p, builder.add(builder.add(o0_i, p0), builder.mul(const(r), out_pitch_i)))
+                    if mask is None and streaming:
+                        builder.store(sums[r], target_p, align=size * lanes).set_metadata("nontemporal", nontemporal)
+                        continue
                     if mask is None:
                         builder.store(sums[r], target_p, align=size)
                         continue
@@ -203,14 +211,29 @@ def depthwise_rows(taps: tuple[tuple[int, int, int], ...], rows: int, bits: int,
                         with masked:
                             builder.call(masked_store, [sums[r], target_p, ir.Constant(i32, size), mask])
 
+            def whole_vectors(streaming):
+                n_chunks = builder.sdiv(builder.add(ow_i, const(lanes - 1)), const(lanes))
+                last = builder.sub(ow_i, const(lanes))
+                with cgutils.for_range(builder, n_chunks) as loop:
+                    p0 = builder.mul(loop.index, const(lanes))
+                    columns(builder.select(builder.icmp_signed("<", p0, last), p0, last), None, streaming)
+
+            # streaming stores where asked and every vector is at its size's alignment: the rows'
+            # first, the rows' pitch and their width (no last vector moved left) its multiples
+            vector_bytes = const(size * lanes - 1)
+            first = builder.ptrtoint(at(out_p, o0_i, False), intp)
+            misaligned = builder.or_(builder.or_(first, builder.mul(out_pitch_i, const(size))),
+                                     builder.mul(ow_i, const(size)))
+            streaming = builder.and_(streams_on, builder.icmp_signed("==", builder.and_(misaligned, vector_bytes),
+                                                                     const(0)))
             wide = builder.icmp_signed(">=", ow_i, const(lanes))
             with builder.if_else(wide) as (then, otherwise):
                 with then:  # whole vectors, the last one moved left to end at the row's end
-                    n_chunks = builder.sdiv(builder.add(ow_i, const(lanes - 1)), const(lanes))
-                    last = builder.sub(ow_i, const(lanes))
-                    with cgutils.for_range(builder, n_chunks) as loop:
-                        p0 = builder.mul(loop.index, const(lanes))
-                        columns(builder.select(builder.icmp_signed("<", p0, last), p0, last), None)
+                    with builder.if_else(streaming) as (streamed, plain):
+                        with streamed:
+                            whole_vectors(True)
+                        with plain:
+                            whole_vectors(False)
                 with otherwise:
                     columns(const(0), lanes_below(builder, ow_i, lanes))
             return context.get_dummy_value()
@@ -256,6 +279,7 @@ def pack_plane(x_flat, s0, h, w, xs, sh, sw, pt, pl, hc, wc, plane):
 
 _DRIVER = '''
 from nbconv.cpu._depthwise import depthwise_rows, pack_plane
+from nbconv.cpu._simd import store_fence
 
 _rows = depthwise_rows({taps}, {rows}, {bits}, {keep})
 _rows_small = depthwise_rows({taps}, {small}, {bits}, {keep_small})
@@ -263,10 +287,12 @@ _row1 = depthwise_rows({taps}, 1, {bits}, {keep})
 {direct_rows}
 
 @njit_parallel
-def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc, direct):
+def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc, direct, streams):
     """out (N, C_out, OH, OW) = the depthwise convolution of x (N, C_in, H, W) by w (C_out, 1,
     {kh}, {kw}) + b at stride ({sh}, {sw}) and dilation {dilation}: tasks of (image, input channel).
-    ``direct``: read the input where it lies (column stride 1), no packing."""
+    ``direct``: read the input where it lies (column stride 1), no packing. ``streams``: whole
+    vectors at their size's alignment written with streaming stores, each task ending with a
+    store fence."""
     n_img, c_in, h, wi = x.shape
     c_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     mult = c_out // c_in
@@ -286,21 +312,26 @@ def forward(x, w, b, out, scratch, sh, sw, pt, pl, hc, wc, direct):
                     if direct:
                         {direct_row1}
                     else:
-                        _row1(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
+                        _row1(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0,
+                              streams)
             elif {small_lo} <= oh <= {small_hi}:
                 for blk in range(0, oh, {small}):
                     oy = min(blk, oh - {small})
                     if direct:
                         {direct_small_call}
                     else:
-                        _rows_small(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
+                        _rows_small(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0,
+                                    streams)
             else:
                 for blk in range(0, oh, {rows}):
                     oy = min(blk, oh - {rows})  # the last block moves up: a few rows computed twice
                     if direct:
                         {direct_rows_call}
                     else:
-                        _rows(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0)
+                        _rows(xs, oy * wc, wc, plane, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, 0, 0, 0,
+                              streams)
+        if streams:
+            store_fence()
 '''
 
 
@@ -338,7 +369,7 @@ def module_source(kernel_size, stride, dilation) -> str:
                        f"_rows_small_direct = depthwise_rows({direct}, {SMALL_ROWS}, {bits}, {keep_small}, {stride[0]})\n"
                        f"_row1_direct = depthwise_rows({direct}, 1, {bits}, {keep}, {stride[0]})\n")
         call = ("{name}(x_flat, task * h * wi, wi, 0, w_flat, w0, b[oc], out_flat, o_plane + oy * ow, ow, ow, "
-                "oy * sh - pt, h, -pl)")
+                "oy * sh - pt, h, -pl, streams)")
         direct_row1 = [call.format(name="_row1_direct")]
         direct_rows_call = [call.format(name="_rows_direct")]
         direct_small_call = [call.format(name="_rows_small_direct")]
@@ -370,4 +401,15 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     scratch, = _scratch.reused(key, lambda: (np.zeros((threads, elems), x.dtype),))
     direct = reads_directly(spec, vector_lanes(x.dtype))
     _module(spec.kernel_size, spec.stride, spec.dilation).forward(
-        x, w, b, out, scratch, sh, sw, spec.padding[0], spec.padding[2], hc, wc, direct)
+        x, w, b, out, scratch, sh, sw, spec.padding[0], spec.padding[2], hc, wc, direct, int(streams(out)))
+
+
+def streams(out: np.ndarray) -> bool:
+    """Whether :func:`depthwise_forward` writes ``out`` with streaming stores: a result of
+    ``_pointwise.STREAM_BYTES`` or more whose rows are whole cache lines from a line's start (a
+    line written in part by streaming stores, or by one and then by a plain store, as where a
+    row's last vector moves left, is written to memory more than once: MobileNetV2's 192 -> 192
+    at 28 x 28 took 8.5x the time so, in one alternating pass of ``docs/network_ab.py``)."""
+    line = _pointwise.LINE_BYTES
+    return (out.nbytes >= _pointwise.STREAM_BYTES and (out.shape[3] * out.itemsize) % line == 0
+            and out.ctypes.data % line == 0)
