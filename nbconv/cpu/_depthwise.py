@@ -406,10 +406,10 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
 
 def streams(out: np.ndarray) -> bool:
     """Whether :func:`depthwise_forward` writes ``out`` with streaming stores: a result of
-    ``_pointwise.STREAM_BYTES`` or more whose rows are whole cache lines from a line's start (a
-    line written in part by streaming stores, or by one and then by a plain store, as where a
-    row's last vector moves left, is written to memory more than once: MobileNetV2's 192 -> 192
-    at 28 x 28 took 8.5x the time so, in one alternating pass of ``docs/network_ab.py``)."""
+    ``_pointwise.STREAM_BYTES`` or more whose rows are whole cache lines from a line's start. A
+    line written in part by streaming stores, or by one and then by a plain store (where a row's
+    last vector moves left), goes to memory more than once: several times slower than plain
+    stores (``docs/performance.md``, round 28)."""
     line = _pointwise.LINE_BYTES
     return (out.nbytes >= _pointwise.STREAM_BYTES and (out.shape[3] * out.itemsize) % line == 0
             and out.ctypes.data % line == 0)

@@ -348,13 +348,11 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes
 #: The wide block with streaming stores (:func:`_forward_streaming`).
 _block_streaming = pointwise_block(_N_O, _N_PV, _BITS, prefetch_channels(), stream=True)
 
-#: Results of at least this many bytes are written with streaming stores (:func:`streaming_shift`):
-#: a plain store reads each line it writes first, and a result this large leaves the caches
-#: before the next layer reads it anyway. On a 2-core Zen 2 (16 MiB of L3), whole network passes
-#: at batch 8 with and without them alternating (one-off script): MobileNetV2's 16 -> 96 at
-#: 112 x 112 (38.5 MB) took 3.6 ms instead of 5.0, its 24 -> 144 at 56 x 56 (14.5 MB) 2.9 instead
-#: of 8.4, ResNeXt-50's 64 -> 256 at 56 x 56 6.1 instead of 8.3; MobileNetV2 and EfficientNet-B0
-#: 9% faster in all with this bound than with 16 MiB, and a bound of 1 MiB no faster than this one.
+#: Results of at least this many bytes are written with streaming stores (:func:`streaming_shift`,
+#: and ``_im2col``'s and ``_depthwise``'s kernels): a plain store reads each line it writes
+#: first, and a result this large leaves the caches before the next layer reads much of it.
+#: The bound is the fastest of 1, 4 and 16 MiB over whole network passes (``python
+#: docs/network_ab.py``; ``docs/performance.md``, round 28).
 STREAM_BYTES = 4 << 20
 #: Bytes of a cache line: streaming stores of whole lines are written to memory as they are.
 LINE_BYTES = 64
