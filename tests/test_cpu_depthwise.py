@@ -253,7 +253,7 @@ def test_rows_compile_to_fmas_at_the_target_width_without_spills():
 
     @numba.njit(cache=False)
     def run(xs, w, out, ow):
-        rows(xs, 0, 40, 400, w, 0, np.float32(1), out, 0, 40, ow, 0, 0, 0, 1)
+        rows(xs, 0, 40, 400, w, 0, np.float32(1), out, 0, 64, ow, 0, 0, 0, 1)  # rows of whole zmm vectors
 
     f32 = numba.types.float32[::1]
     run.compile((f32, f32, f32, numba.types.int64))  # compiled, not run: the target may not be this CPU

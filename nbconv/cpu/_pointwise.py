@@ -365,11 +365,10 @@ def streaming_shift(out: np.ndarray, hw: int, cout_g: int) -> int:
     offset in a line), of two wide blocks or more, in groups of ``O_BLOCK`` outputs or more."""
     size = out.dtype.itemsize
     line = LINE_BYTES // size
-    address = out.ctypes.data
-    if (out.nbytes < STREAM_BYTES or hw % line or hw < 2 * pixel_vectors() * vector_lanes(out.dtype)
-            or address % size or cout_g < O_BLOCK):
+    if out.nbytes < STREAM_BYTES or hw % line or hw < 2 * pixel_vectors() * vector_lanes(out.dtype) or cout_g < O_BLOCK:
         return -1
-    return (-(address // size)) % line
+    address = out.ctypes.data  # (a ctypes object: asked only of results that may stream)
+    return -1 if address % size else (-(address // size)) % line
 
 
 @njit_parallel
