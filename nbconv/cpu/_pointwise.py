@@ -258,10 +258,13 @@ _N_O_NARROW = O_BLOCK * _N_PV
 _block_narrow = pointwise_block(_N_O_NARROW, 1, _BITS, prefetch_channels())
 
 
-#: The block for planes of three whole vectors and a few pixels (7 x 7: 48 + 1): 8 output channels
-#: x 3 vectors, as many sums as the wide block; the few pixels left of every image are computed
-#: together afterwards (:func:`_three_vectors_and_rest`). Only with 32 vector registers.
-_N_O_THREE = 8
+#: The block for planes of whole runs of three vectors and a few pixels (7 x 7 float32: 48 + 1):
+#: 3 vectors by 8 output channels with 32 vector registers (one run: 3 x 16 pixels), by 4 with
+#: 16 (two runs of 3 x 8), as many sums as the wide block; the few pixels left of every image are
+#: computed together afterwards (:func:`_three_vectors_and_rest`). With 16 registers the 4 x 3
+#: block loads 7 values per 12 multiply-adds where the wide block loads 8.
+_N_O_THREE = 8 if _N_PV == 4 else 4
+_THREE_RUNS = 1 if _N_PV == 4 else 2
 _block_three = pointwise_block(_N_O_THREE, 3, _BITS, prefetch_channels())
 
 #: The wide and narrow blocks without software prefetch, for columns that a task has just
@@ -438,22 +441,28 @@ def pointwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     plane_products(x, w, b, out, spec.groups, oh * ow)
 
 
-def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int) -> None:
+def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int,
+                   blas: bool = True) -> None:
     """``out[n, o, p] = b[o] + sum_c w[o, c] x[n, g * C_in/groups + c, p]`` (``g`` the group of
     ``o``): the products of a 1x1 convolution, x (N, C_in, hw...) and out (N, C_out, hw...)
-    C-contiguous, ``w`` (C_out, C_in/groups, ...) with one element per input channel. By the BLAS
-    where :func:`_blas.for_products` gives one and the product is large enough, as one plane of
-    the batch's pixels where planes are under a vector (:func:`_batch_as_pixels`), with the
-    images' last few pixels as one plane where planes are three vectors and a few pixels
-    (:func:`_three_vectors_and_rest`) or whole wide blocks and a few pixels
-    (:func:`_wide_blocks_and_rest`), by :func:`_forward_small` for groups of fewer than
-    ``O_BLOCK`` outputs, else by :func:`_forward`."""
+    C-contiguous, ``w`` (C_out, C_in/groups, ...) with one element per input channel. Planes of
+    runs of three vectors and a few pixels by :func:`_three_vectors_and_rest` (the images' last
+    few pixels as one plane); by the BLAS where ``blas``, :func:`_blas.for_products` gives one and
+    the product is large enough; with streaming stores for large results
+    (:func:`_forward_streaming`); as one plane of the batch's pixels where planes are under a
+    vector (:func:`_batch_as_pixels`), with the images' last few pixels as one plane where planes
+    are whole wide blocks and a few pixels (:func:`_wide_blocks_and_rest`), by
+    :func:`_forward_small` for groups of fewer than ``O_BLOCK`` outputs, else by
+    :func:`_forward`."""
     n, cin_g, cout_g = x.shape[0], x.shape[1] // groups, out.shape[1] // groups
-    blas = _blas.for_products()
-    if blas is not None and _blas.takes_product(cin_g, hw) and hw * cin_g * cout_g >= _blas.MIN_MACS:
+    if _takes_three_vectors_and_rest(n, cout_g, hw, vector_lanes(x.dtype)):
+        _three_vectors_and_rest(x, w, b, out, groups, hw)
+        return
+    functions = _blas.for_products() if blas else None
+    if functions is not None and _blas.takes_product(cin_g, hw) and hw * cin_g * cout_g >= _blas.MIN_MACS:
         pix_chunk, o_parts = _blas.product_split(cout_g, cin_g, hw)
-        with _blas.single_threaded(blas):
-            _forward_blas(blas.address(x.dtype), x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups,
+        with _blas.single_threaded(functions):
+            _forward_blas(functions.address(x.dtype), x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups,
                           cin_g, cout_g, hw, pix_chunk, o_parts)
         return
     shift = streaming_shift(out, hw, cout_g)
@@ -465,9 +474,6 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
         return
     if hw < vector_lanes(x.dtype) and n > 1 and cout_g >= _N_O_NARROW:
         _batch_as_pixels(x, w, b, out, groups, hw)
-        return
-    if _takes_three_vectors_and_rest(n, cout_g, hw, vector_lanes(x.dtype)):
-        _three_vectors_and_rest(x, w, b, out, groups, hw)
         return
     if _takes_wide_blocks_and_rest(n, cin_g, cout_g, hw, vector_lanes(x.dtype)):
         _wide_blocks_and_rest(x, w, b, out, groups, hw)
@@ -503,30 +509,39 @@ def aligning_shift(x: np.ndarray, hw: int, pix_block: int, cout_g: int) -> int:
 
 
 def _takes_three_vectors_and_rest(images: int, cout_g: int, hw: int, lanes: int) -> bool:
-    """Planes of three whole vectors and 1 to ``lanes - 1`` pixels more (7 x 7: 48 + 1 pixels),
-    groups of at least ``_N_O_THREE`` outputs, 32 vector registers: there the wide block's fourth
-    vector would hold the few pixels left (1 of its 16 on 7 x 7) and the rest of its lanes would
-    be work for nothing. Taken where the images' left pixels together fill fewer vectors than
-    there are images (7 x 7 from batch 2 on)."""
-    return (3 * lanes < hw < 4 * lanes and cout_g >= _N_O_THREE and _N_PV == 4
-            and -(-images * (hw - 3 * lanes) // lanes) < images)
+    """Planes of ``_THREE_RUNS`` runs of three whole vectors and 1 to ``lanes - 1`` pixels more
+    (7 x 7 float32: 48 + 1 pixels), groups of at least ``_N_O_THREE`` outputs.
+
+    With 32 vector registers (one run) the wide block's fourth vector would hold the few pixels
+    left (1 of its 16 on 7 x 7) and the rest of its lanes would be work for nothing: taken where
+    the images' left pixels together fill fewer vectors than there are images (7 x 7 from batch
+    2 on). With 16 (two runs) at every batch, in place of the BLAS's products (a result must not
+    depend on the batch it comes in, and the BLAS's sums depend on how a product is split): as
+    fast as they are over whole networks at batch 2, a little faster at batch 8
+    (``docs/performance.md``, round 28)."""
+    whole = 3 * _THREE_RUNS * lanes
+    if not (whole < hw < whole + lanes and cout_g >= _N_O_THREE):
+        return False
+    return _N_PV != 4 or -(-images * (hw - whole) // lanes) < images
 
 
 @njit_parallel
 def _forward_three(x, w, b, out, groups, cin_g, cout_g, hw, lanes):
-    """out[n, o, p] for the first ``3 * lanes`` pixels ``p`` of each plane: tasks of (image,
-    group, block of ``_N_O_THREE`` output channels), each one :func:`_block_three` (the last
-    block of a group moved back to end at its last output)."""
+    """out[n, o, p] for the first ``_THREE_RUNS * 3 * lanes`` pixels ``p`` of each plane: tasks of
+    (image, group, block of ``_N_O_THREE`` output channels, run of three vectors), each one
+    :func:`_block_three` (the last block of a group moved back to end at its last output)."""
     c_in, c_out = groups * cin_g, groups * cout_g
     n_img = x.shape[0] // (c_in * hw)
     o_blocks = (cout_g + _N_O_THREE - 1) // _N_O_THREE
-    for task in numba.prange(n_img * groups * o_blocks):
-        ob = task % o_blocks
-        g = (task // o_blocks) % groups
-        n = task // (o_blocks * groups)
+    for task in numba.prange(n_img * groups * o_blocks * _THREE_RUNS):
+        p0 = (task % _THREE_RUNS) * 3 * lanes
+        rest = task // _THREE_RUNS
+        ob = rest % o_blocks
+        g = (rest // o_blocks) % groups
+        n = rest // (o_blocks * groups)
         oc = g * cout_g + min(ob * _N_O_THREE, cout_g - _N_O_THREE)
-        _block_three(x, (n * c_in + g * cin_g) * hw, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out,
-                     (n * c_out + oc) * hw, hw, 3 * lanes)
+        _block_three(x, (n * c_in + g * cin_g) * hw + p0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out,
+                     (n * c_out + oc) * hw + p0, hw, 3 * lanes)
 
 
 def _three_vectors_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int,
@@ -540,7 +555,7 @@ def _three_vectors_and_rest(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np
     lanes = vector_lanes(x.dtype)
     _forward_three(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, c_in // groups, c_out // groups, hw,
                    lanes)
-    _rest_as_one_plane(x, w, b, out, groups, hw, 3 * lanes)
+    _rest_as_one_plane(x, w, b, out, groups, hw, 3 * _THREE_RUNS * lanes)
 
 
 def _rest_as_one_plane(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, groups: int, hw: int,
@@ -551,7 +566,8 @@ def _rest_as_one_plane(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndar
     rest = hw - start
     x_rest = np.ascontiguousarray(x.reshape(n, c_in, hw)[:, :, start:].transpose(1, 0, 2))
     out_rest = np.empty((c_out, n, rest), out.dtype)
-    plane_products(x_rest.reshape(1, c_in, n * rest), w, b, out_rest.reshape(1, c_out, n * rest), groups, n * rest)
+    plane_products(x_rest.reshape(1, c_in, n * rest), w, b, out_rest.reshape(1, c_out, n * rest), groups, n * rest,
+                   blas=False)  # the blocks' sums, whatever the batch
     out.reshape(n, c_out, hw)[:, :, start:] = out_rest.transpose(1, 0, 2)
 
 
