@@ -139,6 +139,8 @@ def test_the_products_call_the_blas_only_where_it_beats_the_own_blocks(bits, reg
 @pytest.mark.parametrize("c_in, groups, hw, called", [
     (256, 1, 14, True),   # 256 terms: the BLAS on any plane
     (192, 1, 28, False),  # fewer on planes of 14 x 14 to 55 x 55: the own blocks
+    (256, 1, 28, False),  # on planes of 28 x 28 to 55 x 55 from 512
+    (512, 1, 28, True),
     (128, 1, 9, True),    # on planes under 14 x 14 the BLAS from 128
     (128, 1, 7, False),   # but 7 x 7 (runs of three vectors and a pixel): the own blocks
     (96, 1, 13, False),

@@ -177,6 +177,11 @@ SMALL_PLANE_TERMS = 128
 #: Planes of this many pixels and more take it from ``LARGE_PLANE_TERMS``.
 LARGE_PLANE = 56 * 56
 LARGE_PLANE_TERMS = 96
+#: Planes from this many pixels up to ``LARGE_PLANE`` take it from ``MID_PLANE_TERMS``: there the own
+#: blocks were faster up to 511 terms (ConvNeXt's 96 -> 192 downsampling, 384 terms; ResNeXt's
+#: 256 -> 512 layers), at batches 8 and 2 on a 2-core Zen 2 (``docs/performance.md``, round 28).
+MID_PLANE = 28 * 28
+MID_PLANE_TERMS = 512
 
 
 def takes_product(terms: int, pixels: int) -> bool:
@@ -186,6 +191,8 @@ def takes_product(terms: int, pixels: int) -> bool:
         return terms >= SMALL_PLANE_TERMS
     if pixels >= LARGE_PLANE:
         return terms >= LARGE_PLANE_TERMS
+    if pixels >= MID_PLANE:
+        return terms >= MID_PLANE_TERMS
     return terms >= MIN_TERMS
 
 
