@@ -255,16 +255,19 @@ def _span_lane_work(m: int, pix_block: int, lanes: int, narrow: bool) -> int:
 
 def patch_span_rows(spec, threads: int) -> int:
     """Output rows per task of :func:`_forward_patch_spans` for a layer that
-    :func:`takes_patches`, or 0 where the whole batch's patches are copied first: with a BLAS
-    for the products (it packs them itself), or where no span size of at most
+    :func:`takes_patches`, or 0 where the whole batch's patches are copied first: where the
+    BLAS takes the product (it packs them itself; ``_blas.takes_product``), or where no span
+    size of at most
     ``PATCH_SPAN_ELEMS`` column elements and ``PATCH_SPAN_PIXELS`` pixels (or one row) wastes at
     most ``PATCH_SPAN_MAX_WORK`` of the blocks' lanes and gives every thread 4 tasks. Of those
     that do, the least waste, then the most rows. A function of the sizes and the thread count
     (the sums are in one order whatever the split), kept per layer (``functools.lru_cache``:
     the search took 50-70 us in a one-off timing, a fifth of the stem's call at batch 2)."""
-    if _blas.for_products() is not None:
-        return 0
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
+    terms = spec.in_per_group * kh * kw
+    if (_blas.for_products() is not None and _blas.takes_product(terms, oh * ow)
+            and oh * ow * terms * spec.out_per_group >= _blas.MIN_MACS):
+        return 0
     lanes = _pointwise.vector_lanes(spec.dtype)
     return _span_rows(spec.batch * spec.groups, spec.in_per_group * kh * kw, oh, ow,
                       spec.out_per_group >= _N_O_NARROW, threads, lanes, _pointwise.pixel_vectors() * lanes,
