@@ -35,8 +35,10 @@ MAX_TERMS = 2048
 #: With the BLAS, which packs the columns itself: up to a dense 3x3 layer of 512 channels.
 MAX_BLAS_TERMS = 4608
 #: Fewer terms than this stay with ``_pointwise``'s block even where the BLAS is found: stems
-#: (27 terms for MobileNetV2's) ran 10-20% faster so on a 2-core Zen 3.
-MIN_BLAS_TERMS = 64
+#: (27 terms for MobileNetV2's) ran 10-20% faster so on a 2-core Zen 3; with the blocks' results
+#: streamed past the caches, ResNet's 7x7 stem (147 terms) and dense strided layers up to 288
+#: terms too, on a 2-core Zen 2 (``docs/performance.md``, round 28).
+MIN_BLAS_TERMS = 512
 
 
 def applies(spec) -> bool:
