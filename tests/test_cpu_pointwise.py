@@ -419,3 +419,17 @@ def test_the_streaming_block_stores_past_the_caches_and_fences(products):
     asm = fresh_asm(_pointwise._forward_streaming, (f32, f32, f32, f32) + (i64,) * 7, CPU_PARALLEL)
     assert len(re.findall(r"^\s*vmovntps\s", asm, re.MULTILINE)) >= _pointwise.O_BLOCK
     assert re.search(r"^\s*sfence", asm, re.MULTILINE)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_in, c_out, groups, side", [(8, 8, 2, 7), (10, 10, 2, 7), (6, 20, 2, 7), (3, 12, 1, 5),
+                                                       (16, 40, 4, 7), (4, 9, 1, 7)])
+def test_runs_of_three_vectors_at_any_group_width(c_in, c_out, groups, side, dtype):
+    """Planes of runs of three vectors and a pixel with 4 or 5 outputs a group (a block moved
+    back over outputs computed before), with groups, in float32 and float64: the reference's
+    numbers, and each image's result the same bits alone and in its batch."""
+    x, w, b = random_arrays(Case(3, c_in, (side, side), c_out, (1, 1), 1, 0, 1, groups), dtype)
+    together = nbconv.conv2d(x, w, b, groups=groups)
+    one_by_one = np.concatenate([nbconv.conv2d(x[i:i + 1], w, b, groups=groups) for i in range(3)])
+    np.testing.assert_array_equal(together, one_by_one)
+    assert_conv_close(together, x, w, b, groups=groups)
