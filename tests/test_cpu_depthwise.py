@@ -268,8 +268,9 @@ def test_rows_compile_to_fmas_at_the_target_width_without_spills():
 @pytest.mark.parametrize("k, stride, side, mult", [(3, 1, 64, 1), (3, 2, 128, 2), (5, 1, 32, 1), (3, 1, 13, 1)])
 def test_streamed_rows_give_the_same_bits(k, stride, side, mult, dtype, monkeypatch):
     """A result of ``_pointwise.STREAM_BYTES`` or more whose rows are whole cache lines is written
-    with streaming stores (:func:`_depthwise.streams`): the same bits as with plain stores, and
-    the reference's numbers; a result whose rows are not whole lines is not streamed."""
+    with streaming stores (:func:`_pointwise.streams_whole_rows`): the same bits as with plain
+    stores, and the reference's numbers; a result whose rows are not whole lines is not
+    streamed."""
     rng = np.random.default_rng(side + k)
     c = 3
     x = rng.standard_normal((2, c, side, side)).astype(dtype)
@@ -284,8 +285,8 @@ def test_streamed_rows_give_the_same_bits(k, stride, side, mult, dtype, monkeypa
     streamed = buf[start:start + n_out].reshape(out_shape)
     plain = np.empty(out_shape, dtype)
     decided = []
-    real = _depthwise.streams
-    monkeypatch.setattr(_depthwise, "streams", lambda out: decided.append(real(out)) or decided[-1])
+    real = _pointwise.streams_whole_rows
+    monkeypatch.setattr(_pointwise, "streams_whole_rows", lambda out: decided.append(real(out)) or decided[-1])
     monkeypatch.setattr(_pointwise, "STREAM_BYTES", 0)
     _depthwise.depthwise_forward(x, w, b, streamed, spec)
     monkeypatch.setattr(_pointwise, "STREAM_BYTES", 1 << 62)
@@ -299,7 +300,7 @@ def test_streams_only_rows_of_whole_lines_from_a_line(monkeypatch):
     monkeypatch.setattr(_pointwise, "STREAM_BYTES", 4 * 16 * 32 * 4)
     buf = np.empty(4 * 16 * 32 + 32, np.float32)
     start = (-(buf.ctypes.data // 4)) % 16
-    assert _depthwise.streams(buf[start:start + 4 * 16 * 32].reshape(1, 4, 16, 32))
-    assert not _depthwise.streams(buf[start + 4:start + 4 + 4 * 16 * 32].reshape(1, 4, 16, 32))  # mid-line
-    assert not _depthwise.streams(buf[start:start + 4 * 16 * 24].reshape(1, 4, 16, 24))  # rows of 1.5 lines
-    assert not _depthwise.streams(buf[start:start + 4 * 4 * 32].reshape(1, 4, 4, 32))  # under STREAM_BYTES
+    assert _pointwise.streams_whole_rows(buf[start:start + 4 * 16 * 32].reshape(1, 4, 16, 32))
+    assert not _pointwise.streams_whole_rows(buf[start + 4:start + 4 + 4 * 16 * 32].reshape(1, 4, 16, 32))  # mid-line
+    assert not _pointwise.streams_whole_rows(buf[start:start + 4 * 16 * 24].reshape(1, 4, 16, 24))  # rows of 1.5 lines
+    assert not _pointwise.streams_whole_rows(buf[start:start + 4 * 4 * 32].reshape(1, 4, 4, 32))  # under STREAM_BYTES

@@ -129,10 +129,10 @@ def test_im2col_forward(case, dtype):
 
 
 def test_the_launcher_takes_it_for_dense_layers():
-    x = np.zeros((2, 3, 32, 32), np.float32)
-    stem = conv2d_spec(x, np.zeros((16, 3, 7, 7), np.float32), None, 2, 3)
+    x = np.zeros((2, 5, 32, 32), np.float32)  # more input channels than a stem (``_stem``)
+    stem = conv2d_spec(x, np.zeros((16, 5, 7, 7), np.float32), None, 2, 3)
     assert _launch.forward_kernel(stem) == "im2col"
-    small = conv2d_spec(x, np.zeros((16, 3, 3, 3), np.float32), None, 2, 1)  # 27 terms
+    small = conv2d_spec(x[:, :3], np.zeros((16, 3, 3, 3), np.float32), None, 4, 1)  # 27 terms, rows of 8 outputs
     assert _launch.forward_kernel(small) == "im2col"
     patches = conv2d_spec(np.zeros((2, 96, 16, 16), np.float32), np.zeros((192, 96, 2, 2), np.float32), None, 2)
     assert _launch.forward_kernel(patches) == "im2col"  # ConvNeXt's downsampling

@@ -401,15 +401,5 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     scratch, = _scratch.reused(key, lambda: (np.zeros((threads, elems), x.dtype),))
     direct = reads_directly(spec, vector_lanes(x.dtype))
     _module(spec.kernel_size, spec.stride, spec.dilation).forward(
-        x, w, b, out, scratch, sh, sw, spec.padding[0], spec.padding[2], hc, wc, direct, int(streams(out)))
+        x, w, b, out, scratch, sh, sw, spec.padding[0], spec.padding[2], hc, wc, direct, int(_pointwise.streams_whole_rows(out)))
 
-
-def streams(out: np.ndarray) -> bool:
-    """Whether :func:`depthwise_forward` writes ``out`` with streaming stores: a result of
-    ``_pointwise.STREAM_BYTES`` or more whose rows are whole cache lines from a line's start. A
-    line written in part by streaming stores, or by one and then by a plain store (where a row's
-    last vector moves left), goes to memory more than once: several times slower than plain
-    stores (``docs/performance.md``, round 28)."""
-    line = _pointwise.LINE_BYTES
-    return (out.nbytes >= _pointwise.STREAM_BYTES and (out.shape[3] * out.itemsize) % line == 0
-            and out.ctypes.data % line == 0)

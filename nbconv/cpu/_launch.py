@@ -21,6 +21,7 @@ from . import (
     _outer,
     _pointwise,
     _rowblock,
+    _stem,
     _wgrad,
     _winograd,
     _winograd_wgrad,
@@ -148,6 +149,10 @@ def direct_forward_kernel(spec) -> str:
     if _pointwise.applies(spec):
         # every size a run-time value: one compile for every 1x1 layer (2-3x ``_outer`` on AVX2)
         return "pointwise"
+    if _stem.applies(spec):
+        # a few input channels (stems): input rows split into column phases once per task, the
+        # terms read from them where they lie (``_im2col`` copies a column per term)
+        return "stem"
     if _im2col.applies(spec) and spec.groups == 1:
         # dense layers (stems, ConvNeXt's 2x2 downsampling): a copy and the pointwise kernel, both
         # compiled once, nothing per geometry; 2.3-4.7x ``_outer`` and the packed kernel on
@@ -191,6 +196,7 @@ FORWARDS = {
     "winograd": lambda *a: _winograd.winograd_forward(*a),
     "pointwise": lambda *a: _pointwise.pointwise_forward(*a),
     "im2col": lambda *a: _im2col.im2col_forward(*a),
+    "stem": lambda *a: _stem.stem_forward(*a),
     "depthwise": lambda *a: _depthwise.depthwise_forward(*a),
     "depthwise_lanes": lambda *a: _depthwise_lanes.depthwise_forward(*a),
     "outer": lambda *a: _outer.outer_forward(*a),

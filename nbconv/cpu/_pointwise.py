@@ -99,7 +99,8 @@ def applies(spec) -> bool:
             and spec.in_size[0] * spec.in_size[1] > 0)
 
 
-def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHANNELS, stream: bool = False):
+def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHANNELS, stream: bool | str = False,
+                    offsets: bool = False):
     """An ``@intrinsic`` ``block(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch,
     n_pix)``:
 
@@ -119,7 +120,14 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHA
     them with streaming (non-temporal) stores, which write past the caches without reading the
     lines first; a task that used them calls :func:`_simd.store_fence` before it ends. With
     ``stream="argument"`` the block takes a fourteenth argument, an integer: streaming stores
-    where it is not 0 (one compiled kernel for both kinds of result)."""
+    where it is not 0 (one compiled kernel for both kinds of result).
+
+    With ``offsets`` the third argument is an int64 array instead of ``x_pitch``: input channel
+    (term) ``c`` is read from ``x[x0 + x_pitch[c] + p]`` (terms anywhere, as ``_stem``'s
+    de-interleaved rows hold them); a short block then loads every term under its mask, and
+    ``prefetch`` must be 0."""
+    if offsets and prefetch:
+        raise ValueError("a block with a table of offsets does not prefetch")
 
     def codegen(context, builder, signature, args):
         from numba.core import cgutils
@@ -152,13 +160,16 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHA
                     builder.store(bias, sums[o][v])
             i8p = ir.IntType(8).as_pointer()
             prefetch_fn = _declared(builder, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-            ahead = builder.mul(const(prefetch), x_pitch_i)
+            ahead = None if offsets else builder.mul(const(prefetch), x_pitch_i)
 
             def channels(start, stop, load_masks):
                 """The sums over input channels [start, stop), their pixel vectors loaded
                 under ``load_masks`` (None: plain loads)."""
                 with cgutils.for_range_slice(builder, start, stop, const(1), inc=True) as (index, _):
-                    xc = builder.add(x0_i, builder.mul(index, x_pitch_i))
+                    if offsets:
+                        xc = builder.add(x0_i, builder.load(builder.gep(x_pitch_i, [index], inbounds=True)))
+                    else:
+                        xc = builder.add(x0_i, builder.mul(index, x_pitch_i))
                     for v in range(n_pv if prefetch else 0):  # never faults, even past the input
                         p = builder.gep(x_p, [builder.add(builder.add(xc, ahead), const(v * lanes))])
                         builder.call(prefetch_fn, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
@@ -176,6 +187,8 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHA
 
             if masks is None:
                 channels(const(0), n_c_i, None)
+            elif offsets:
+                channels(const(0), n_c_i, masks)
             else:
                 # Channels whose whole block width lies within the input (the lanes past
                 # n_pix read the next channels' pixels, whose sums are never stored) take
@@ -229,10 +242,17 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHA
                 body(masks)
         return context.get_dummy_value()
 
+    def takes(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix, *more) -> bool:
+        if offsets:
+            if not (isinstance(x_pitch, types.Array) and x_pitch.ndim == 1 and x_pitch.dtype == types.int64):
+                return False
+            return _takes((x, w, b, out), (x0, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix, *more))
+        return _takes((x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix, *more))
+
     if stream == "argument":
         @intrinsic
         def block_taking(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix, streams):
-            if not _takes((x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix, streams)):
+            if not takes(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix, streams):
                 return None
             return types.void(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix, streams), codegen
 
@@ -240,7 +260,7 @@ def pointwise_block(n_o: int, n_pv: int, bits: int, prefetch: int = PREFETCH_CHA
 
     @intrinsic
     def block(typingctx, x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix):
-        if not _takes((x, w, b, out), (x0, x_pitch, n_c, w0, w_pitch, b0, o0, out_pitch, n_pix)):
+        if not takes(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix):
             return None
         return types.void(x, x0, x_pitch, n_c, w, w0, w_pitch, b, b0, out, o0, out_pitch, n_pix), codegen
 
@@ -372,6 +392,16 @@ def streaming_shift(out: np.ndarray, hw: int, cout_g: int) -> int:
         return -1
     address = out.ctypes.data  # (a ctypes object: asked only of results that may stream)
     return -1 if address % size else (-(address // size)) % line
+
+
+def streams_whole_rows(out: np.ndarray) -> bool:
+    """Whether a kernel that writes ``out`` (N, C, H, W) a row at a time in whole vectors writes it
+    with streaming stores: a result of ``STREAM_BYTES`` or more whose rows are whole cache lines
+    from a line's start. A line written in part by streaming stores, or by one and then by a
+    plain store (where a row's last vector moves left), goes to memory more than once: several
+    times slower than plain stores (``docs/performance.md``, round 28)."""
+    return (out.nbytes >= STREAM_BYTES and (out.shape[-1] * out.itemsize) % LINE_BYTES == 0
+            and out.ctypes.data % LINE_BYTES == 0)
 
 
 @njit_parallel
