@@ -148,25 +148,27 @@ def test_three_vectors_and_the_rest(images, hw, cout_g, lanes, takes):
     pixels together fill fewer vectors than there are images (with 32 vector registers)."""
     if _pointwise._N_PV != 4:
         pytest.skip("a target with 32 vector registers")
-    assert _pointwise._takes_three_vectors_and_rest(images, cout_g, hw, lanes) == takes
+    assert _pointwise._takes_three_vectors_and_rest(images, 64, cout_g, hw, lanes) == takes
 
 
-@pytest.mark.parametrize("images, hw, cout_g, lanes, takes", [
-    (1, 49, 4, 8, True), (8, 49, 2048, 8, True), (2, 49, 3, 8, False), (2, 48, 64, 8, False),
-    (2, 56, 64, 8, False), (2, 55, 64, 8, True), (2, 25, 64, 4, True), (2, 28, 64, 4, False)])
-def test_two_runs_of_three_vectors_and_the_rest_with_16_registers(images, hw, cout_g, lanes, takes):
+@pytest.mark.parametrize("images, cin_g, hw, cout_g, lanes, takes", [
+    (1, 64, 49, 4, 8, True), (8, 1023, 49, 1024, 8, True), (2, 64, 49, 3, 8, False), (2, 64, 48, 64, 8, False),
+    (2, 64, 56, 64, 8, False), (2, 64, 55, 64, 8, True), (2, 64, 25, 64, 4, True), (2, 64, 28, 64, 4, False),
+    (8, 1024, 49, 1024, 8, False), (2, 2048, 49, 1024, 8, False), (2, 1152, 49, 320, 8, True)])
+def test_two_runs_of_three_vectors_and_the_rest_with_16_registers(images, cin_g, hw, cout_g, lanes, takes):
     """With 16 vector registers, planes of two runs of three vectors and a few pixels take the
-    4 x 3 block at every batch (in place of the BLAS, whose sums depend on the split)."""
+    4 x 3 block at every batch (in place of the BLAS, whose sums depend on the split), for groups
+    of fewer than ``_THREE_MAX_WEIGHTS`` weights."""
     if _pointwise._N_PV != 2:
         pytest.skip("a target with 16 vector registers")
-    assert _pointwise._takes_three_vectors_and_rest(images, cout_g, hw, lanes) == takes
+    assert _pointwise._takes_three_vectors_and_rest(images, cin_g, cout_g, hw, lanes) == takes
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_three_vectors_and_the_rest_give_the_same_bits_as_image_by_image(dtype):
     side = 5 if dtype == np.float64 else 7  # runs of three vectors and one pixel
     x, w, b = random_arrays(Case(6, 24, (side, side), 40, (1, 1), 1, 0, 1, 2), dtype)
-    assert _pointwise._takes_three_vectors_and_rest(6, 20, side * side, _pointwise.vector_lanes(dtype))
+    assert _pointwise._takes_three_vectors_and_rest(6, 12, 20, side * side, _pointwise.vector_lanes(dtype))
     together = nbconv.conv2d(x, w, b, groups=2)
     one_by_one = np.concatenate([nbconv.conv2d(x[i:i + 1], w, b, groups=2) for i in range(6)])
     np.testing.assert_array_equal(together, one_by_one)

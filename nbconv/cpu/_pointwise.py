@@ -286,6 +286,12 @@ _block_narrow = pointwise_block(_N_O_NARROW, 1, _BITS, prefetch_channels())
 _N_O_THREE = 8 if _N_PV == 4 else 4
 _THREE_RUNS = 1 if _N_PV == 4 else 2
 _block_three = pointwise_block(_N_O_THREE, 3, _BITS, prefetch_channels())
+#: With 16 vector registers, the 4 x 3 block takes groups of fewer weights (input channels x
+#: output channels) than this, the BLAS the rest. Every task re-reads its 4 outputs' weights for
+#: each image: on a 2-core Zen 3 ResNeXt-50's 1024 -> 2048 and 2048 -> 1024 at 7 x 7 (8 MiB of
+#: weights) took 1.11-1.39x the BLAS's time at batch 2, 1.0-1.18x at batch 8, where layers of
+#: at most 1152 x 320 weights ran faster by the block (``docs/performance.md``, round 29).
+_THREE_MAX_WEIGHTS = 1 << 20
 
 #: The wide and narrow blocks without software prefetch, for columns that a task has just
 #: copied into its scratch (``_im2col``: in L2 by construction), on every target. On a 2-core
@@ -485,7 +491,7 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     :func:`_forward_small` for groups of fewer than ``O_BLOCK`` outputs, else by
     :func:`_forward`."""
     n, cin_g, cout_g = x.shape[0], x.shape[1] // groups, out.shape[1] // groups
-    if _takes_three_vectors_and_rest(n, cout_g, hw, vector_lanes(x.dtype)):
+    if _takes_three_vectors_and_rest(n, cin_g, cout_g, hw, vector_lanes(x.dtype)):
         _three_vectors_and_rest(x, w, b, out, groups, hw)
         return
     functions = _blas.for_products() if blas else None
@@ -538,7 +544,7 @@ def aligning_shift(x: np.ndarray, hw: int, pix_block: int, cout_g: int) -> int:
     return (-(x.ctypes.data // size)) % lanes
 
 
-def _takes_three_vectors_and_rest(images: int, cout_g: int, hw: int, lanes: int) -> bool:
+def _takes_three_vectors_and_rest(images: int, cin_g: int, cout_g: int, hw: int, lanes: int) -> bool:
     """Planes of ``_THREE_RUNS`` runs of three whole vectors and 1 to ``lanes - 1`` pixels more
     (7 x 7 float32: 48 + 1 pixels), groups of at least ``_N_O_THREE`` outputs.
 
@@ -548,11 +554,14 @@ def _takes_three_vectors_and_rest(images: int, cout_g: int, hw: int, lanes: int)
     2 on). With 16 (two runs) at every batch, in place of the BLAS's products (a result must not
     depend on the batch it comes in, and the BLAS's sums depend on how a product is split): as
     fast as they are over whole networks at batch 2, a little faster at batch 8
-    (``docs/performance.md``, round 28)."""
+    (``docs/performance.md``, round 28), for groups of fewer than ``_THREE_MAX_WEIGHTS`` weights
+    (round 29)."""
     whole = 3 * _THREE_RUNS * lanes
     if not (whole < hw < whole + lanes and cout_g >= _N_O_THREE):
         return False
-    return _N_PV != 4 or -(-images * (hw - whole) // lanes) < images
+    if _N_PV == 4:
+        return -(-images * (hw - whole) // lanes) < images
+    return cin_g * cout_g < _THREE_MAX_WEIGHTS
 
 
 @njit_parallel
