@@ -354,12 +354,14 @@ def test_blocks_aligned_to_vectors_give_the_same_bits(offset, hw, c_out, groups)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("offset", [0, 1, 4, 12])
+@pytest.mark.parametrize("span", [1, 3, 4])
 @pytest.mark.parametrize("hw, c_out, groups", [(256, 24, 1), (192, 13, 1), (320, 14, 2), (128, 6, 1), (144, 30, 3)])
-def test_streaming_stores_give_the_same_bits(offset, hw, c_out, groups, dtype, products, monkeypatch):
+def test_streaming_stores_give_the_same_bits(offset, span, hw, c_out, groups, dtype, products, monkeypatch):
     """A result of ``STREAM_BYTES`` or more is written by :func:`_forward_streaming` (blocks from
-    the first pixel at a line's start, streaming stores where a row starts at a vector's): the same
-    bits as the plain blocks, and the reference's numbers, whatever the result's offset in a line
-    (``offset`` elements past one; 1 for float32: no row at a vector's start, plain stores)."""
+    the first pixel at a line's start, streaming stores where a row starts at a vector's, runs of
+    ``span`` pixel blocks a task, whole or not): the same bits as the plain blocks, and the
+    reference's numbers, whatever the result's offset in a line (``offset`` elements past one; 1
+    for float32: no row at a vector's start, plain stores)."""
     if products == "blas":
         pytest.skip("the BLAS writes its products itself")
     size = np.dtype(dtype).itemsize
@@ -377,11 +379,12 @@ def test_streaming_stores_give_the_same_bits(offset, hw, c_out, groups, dtype, p
     streamed = buf[start:start + n * c_out * hw].reshape(n, c_out, hw)
     plain = np.empty((n, c_out, hw), dtype)
     monkeypatch.setattr(_pointwise, "STREAM_BYTES", 0)
+    monkeypatch.setattr(_pointwise, "STREAM_SPAN_BLOCKS", span)
     calls = []
     real = _pointwise._forward_streaming
-    monkeypatch.setattr(_pointwise, "_forward_streaming", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(_pointwise, "_forward_streaming", lambda *a: calls.append(a[-2:]) or real(*a))
     _pointwise.plane_products(x, w, b, streamed, groups, hw)
-    assert calls == [(line - offset % line) % line]  # the shift to the first line's start
+    assert calls == [((line - offset % line) % line, span)]  # the shift to the first line's start
     monkeypatch.setattr(_pointwise, "STREAM_BYTES", 1 << 62)
     _pointwise.plane_products(x, w, b, plain, groups, hw)
     assert len(calls) == 1
@@ -418,7 +421,7 @@ def test_the_streaming_block_stores_past_the_caches_and_fences(products):
 
     skip_without_fma()
     f32, i64 = numba.types.float32[::1], numba.types.int64
-    asm = fresh_asm(_pointwise._forward_streaming, (f32, f32, f32, f32) + (i64,) * 7, CPU_PARALLEL)
+    asm = fresh_asm(_pointwise._forward_streaming, (f32, f32, f32, f32) + (i64,) * 8, CPU_PARALLEL)
     assert len(re.findall(r"^\s*vmovntps\s", asm, re.MULTILINE)) >= _pointwise.O_BLOCK
     assert re.search(r"^\s*sfence", asm, re.MULTILINE)
 

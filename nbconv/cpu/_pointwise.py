@@ -374,6 +374,8 @@ def _forward(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, lanes
             _block(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw, n_pix)
 
 
+#: Pixel blocks a streaming task writes for each output-channel block in turn.
+STREAM_SPAN_BLOCKS = 4
 #: The wide block with streaming stores (:func:`_forward_streaming`).
 _block_streaming = pointwise_block(_N_O, _N_PV, _BITS, prefetch_channels(), stream=True)
 
@@ -411,28 +413,33 @@ def streams_whole_rows(out: np.ndarray) -> bool:
 
 
 @njit_parallel
-def _forward_streaming(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, shift):
-    """:func:`_forward`'s result by :func:`_block_streaming`: tasks of (image, group, pixel block,
-    chunk of output-channel blocks), pixel blocks from ``shift`` (:func:`streaming_shift`) on,
-    each row of their outputs starting at a cache line's start and written with streaming stores,
-    a head block (pixels ``[0, pix_block)``, where ``shift`` > 0) and the last block (moved left to
-    end at the plane's end) with plain ones; a few outputs computed twice, to the same bits. Each
-    task ends with a fence, which orders its streaming stores before the loop's end."""
+def _forward_streaming(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_block, shift, span):
+    """:func:`_forward`'s result by :func:`_block_streaming`: tasks of (image, group, run of
+    ``span`` pixel blocks, chunk of output-channel blocks), each output-channel block over the
+    run's pixel blocks in turn (a channel's lines written one after the other), pixel blocks
+    from ``shift`` (:func:`streaming_shift`) on, each row of their outputs starting at a cache
+    line's start and written with streaming stores, a head block (pixels ``[0, pix_block)``,
+    where ``shift`` > 0) and the last block (moved left to end at the plane's end) with plain
+    ones; a few outputs computed twice, to the same bits. Each task ends with a fence, which
+    orders its streaming stores before the loop's end."""
     c_in, c_out = groups * cin_g, groups * cout_g
     n_img = x.shape[0] // (c_in * hw)
     head = 1 if shift > 0 else 0
     p_blocks = head + (hw - shift + pix_block - 1) // pix_block
+    runs = (p_blocks + span - 1) // span
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
-    for task in numba.prange(n_img * groups * p_blocks * o_chunks):
-        n, g, pb, p0, n_pix, chunk = task_block(task, o_chunks, p_blocks, groups, hw, pix_block, shift)
-        if head and pb == 0:
-            p0, n_pix = 0, pix_block
-        x0 = (n * c_in + g * cin_g) * hw + p0
+    for task in numba.prange(n_img * groups * runs * o_chunks):
+        n, g, run, _, _, chunk = task_block(task, o_chunks, runs, groups, hw, pix_block, 0)
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
             oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
-            _block_streaming(x, x0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out, (n * c_out + oc) * hw + p0, hw,
-                             n_pix)
+            for pb in range(run * span, min(p_blocks, (run + 1) * span)):
+                p0 = max(0, min(shift + (pb - head) * pix_block, hw - pix_block))
+                n_pix = min(pix_block, hw - p0)
+                if head and pb == 0:
+                    p0, n_pix = 0, pix_block
+                _block_streaming(x, (n * c_in + g * cin_g) * hw + p0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out,
+                                 (n * c_out + oc) * hw + p0, hw, n_pix)
         store_fence()
 
 
@@ -504,9 +511,10 @@ def plane_products(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     shift = streaming_shift(out, hw, cout_g)
     if shift >= 0:
         pix_block = pixel_vectors() * vector_lanes(x.dtype)
-        o_chunks = output_chunks(n * groups * -(-hw // pix_block), cout_g)
+        span = STREAM_SPAN_BLOCKS
+        o_chunks = output_chunks(n * groups * -(-hw // (pix_block * span)), cout_g)
         _forward_streaming(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), groups, cin_g, cout_g, hw, o_chunks,
-                           pix_block, shift)
+                           pix_block, shift, span)
         return
     if hw < vector_lanes(x.dtype) and n > 1 and cout_g >= _N_O_NARROW:
         _batch_as_pixels(x, w, b, out, groups, hw)
