@@ -107,7 +107,9 @@ def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, len
     """out (N, C_out, OH, OW) = the dense convolution of x (N, C_in, H, W) by w (C_out, C_in, kH,
     kW) + b: tasks of (image, span of ``span_rows`` output rows), each splitting its input rows
     into phases (:func:`_split_rows`), then computing each output row a wide block of pixels at a
-    time (the last moved left to end at the row's end) for every block of output channels."""
+    time (the last moved left to end at the row's end) for every block of output channels; where
+    ``streams``, each block of output channels over the whole row in turn (its lines written one
+    after the other: on a 2-core Zen 3 the 3x3 stems 1.06-1.08x faster than block by block)."""
     n_img, c_in, h, wd = x.shape
     c_out, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     hw = oh * ow
@@ -125,12 +127,20 @@ def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, len
                     sw, pl, length)
         for oy in range(oy0, oy1):
             x0 = (oy - oy0) * sh * row
-            for q in range(0, ow, pix_block):
-                q0 = min(q, ow - pix_block)
+            if streams:  # each channel block's row of lines one after the other
                 for ob in range(o_blocks):
                     oc = min(ob * _N_O, c_out - _N_O)
-                    _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
-                           (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
+                    for q in range(0, ow, pix_block):
+                        q0 = min(q, ow - pix_block)
+                        _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
+                               (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
+            else:
+                for q in range(0, ow, pix_block):
+                    q0 = min(q, ow - pix_block)
+                    for ob in range(o_blocks):
+                        oc = min(ob * _N_O, c_out - _N_O)
+                        _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
+                               (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
         if streams:
             store_fence()
 
