@@ -18,11 +18,11 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from .._version import __version__
 from . import _generated, _scratch, _simd
+from ._threads import thread_count
 
 #: Most scratch elements per thread (the padded channels-last plane, the unpadded one and the
 #: output gradient's): 8 MiB of float32. A narrow output of a huge, strided input would otherwise ask for
@@ -45,7 +45,7 @@ def scratch_elems(spec) -> int:
 def _plane_scratch(spec, geo: Geometry, dtype, op: str) -> tuple[np.ndarray, ...]:
     """Per-thread scratch (threads, elements) for each plane of :func:`_plane_sizes`, kept for
     the next call of ``op`` on ``spec`` (``_scratch``: the padding stays zero)."""
-    threads = numba.get_num_threads()
+    threads = thread_count()
     return _scratch.reused(("channels_last", op, spec, threads),
                            lambda: tuple(aligned_zeros(threads, n, dtype) for n in _plane_sizes(spec, geo)))
 
@@ -239,7 +239,7 @@ def depthwise_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec) -
     taps, slices = spec.kernel_size[0] * spec.kernel_size[1], weight_grad_slices(spec)
     part = np.empty(slices * geo.blocks * taps * geo.lanes, np.float64)
     xs, t, g = _plane_scratch(spec, geo, x.dtype, "weight_grad")
-    acc = aligned_zeros(numba.get_num_threads(), taps * geo.lanes, x.dtype)  # zeroed by each task
+    acc = aligned_zeros(thread_count(), taps * geo.lanes, x.dtype)  # zeroed by each task
     _weight_module(spec).weight_grad(x, gy, part, slices, xs, t, g, acc)
     total = part.reshape(slices, geo.blocks, taps, geo.lanes).sum(axis=0)
     dw[...] = total.transpose(0, 2, 1).reshape(geo.blocks * geo.lanes, taps)[:spec.out_channels].reshape(dw.shape)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -45,7 +44,8 @@ from ._simd import (
     lanes_below,
     vector_args,
 )
-from ._target import target
+from ._target import target, target_lanes
+from ._threads import thread_count
 
 #: Output rows per block (sums in registers beside the weights and the loaded input vectors).
 ROWS = 4
@@ -61,7 +61,7 @@ SMALL_PLANE_ROWS = range(7, 15)
 
 def vector_lanes(dtype) -> int:
     """Elements of ``dtype`` per vector register of the target."""
-    return target().vector_bits // 8 // np.dtype(dtype).itemsize
+    return target_lanes(dtype)
 
 
 def applies(spec) -> bool:
@@ -395,7 +395,7 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     # a vector (of float32, so of either dtype) of slack after each phase plane, as the driver's
     # plane pitch has: narrow rows are read and written a whole vector at a time
     elems = sh * sw * (hc * wc + slack) + slack
-    threads = numba.get_num_threads()
+    threads = thread_count()
     # zeros where no pixel goes, kept as they are by every call of this layout
     key = ("depthwise", x.dtype.str, spec.in_size, spec.stride, spec.padding[0], spec.padding[2], hc, wc, threads)
     scratch, = _scratch.reused(key, lambda: (np.zeros((threads, elems), x.dtype),))

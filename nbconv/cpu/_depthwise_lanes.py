@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -42,7 +41,8 @@ from ._simd import (
     perfect_shuffle_plan,
     vector_args,
 )
-from ._target import target
+from ._target import target, target_lanes
+from ._threads import thread_count
 
 #: Output pixels per block. Registers: the block's sums, one kernel row of weight vectors and an
 #: input vector; 7 + 7 + 1 of AVX2's 16 for a 7x7 kernel. Seven columns divide the planes of
@@ -52,7 +52,7 @@ COLS = 7
 
 def lanes(dtype) -> int:
     """Elements of ``dtype`` in one vector register of the target."""
-    return target().vector_bits // 8 // np.dtype(dtype).itemsize
+    return target_lanes(dtype)
 
 
 #: Most scratch elements per thread (the padded channels-last plane and the output's): 8 MiB of
@@ -419,7 +419,7 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     lanes_n = lanes(x.dtype)
     b = np.zeros(spec.out_channels, x.dtype) if b is None else b
     hp, wp = plane_geometry(spec)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     mode = MODES[spec.padding_mode]
     # zeros: the padding is never written, every call of this layout writes the same pixels;
     # other modes write the whole padding in every task

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
 from .._version import __version__
 from . import _generated, _scratch, _simd
+from ._threads import thread_count
 from ._valid import flat_tap_offsets
 
 #: Most vectors of pixels per plane (the code is unrolled over them and the taps): 16 x 16 planes
@@ -135,7 +135,7 @@ def _module(spec):
 def flat_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec) -> None:
     """``dw`` (C_out, 1, kH, kW) = the weight gradient of the depthwise convolution ``spec``
     (C-contiguous arrays; where :func:`applies_weight_grad`)."""
-    threads = numba.get_num_threads()
+    threads = thread_count()
     n = BLOCK * spec.kernel_size[0] * spec.kernel_size[1] * _simd.lanes(spec.dtype)
     acc, tot = _scratch.reused(("flat_wgrad", n, x.dtype.str, threads),
                                lambda: (np.empty((threads, n), x.dtype), np.empty((threads, n), np.float64)))

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch
+from ._threads import thread_count
 
 #: Vector registers a block may keep busy: its sums (output channels x rows) and its weights
 #: (output channels x taps), with a few of the 32 (AVX-512) left for the input loads. Past
@@ -235,7 +235,7 @@ def grouped_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray
     in stacks of ``stack`` images (small planes: longer loops per weight load), each group's
     output channels in ``slices`` tasks (default: :func:`oc_slices`). The module and its layout
     (:func:`layout_stack`) are the same for every batch size and stack up to it."""
-    threads = numba.get_num_threads()
+    threads = thread_count()
     layout = max(stack, layout_stack(spec))
     n_stacks = -(-spec.batch // stack)
     slices = oc_slices(spec, threads, n_stacks) if slices is None else slices

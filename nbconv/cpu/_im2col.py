@@ -27,6 +27,7 @@ from ._pointwise import _block_cached as _block
 from ._pointwise import _block_cached_streams as _block_streams
 from ._pointwise import _block_narrow_cached as _block_narrow
 from ._simd import copy_step1, copy_step2, store_fence
+from ._threads import thread_count
 
 #: Most terms per output: a block's columns are ``terms`` x one pixel block (16 float32 pixels with
 #: AVX2, 64 with AVX-512: 128 KiB and 512 KiB at this bound), kept within L2. ConvNeXt-T's last
@@ -188,7 +189,7 @@ def span_blocks(terms: int, hw: int, pix_block: int, tasks_per_span: int) -> int
     plane's spans x ``tasks_per_span`` (images x groups) give every thread 4 tasks."""
     blocks = -(-hw // pix_block)
     most = max(1, min(MAX_SPAN_BLOCKS, SPAN_ELEMS // max(1, terms * pix_block), blocks))
-    want_spans = -(-4 * numba.get_num_threads() // max(1, tasks_per_span))
+    want_spans = -(-4 * thread_count() // max(1, tasks_per_span))
     return max(1, min(most, -(-blocks // want_spans)))
 
 
@@ -348,7 +349,7 @@ def _patch_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     :func:`patch_span_rows` says. Each output is the bias plus its terms in the weight's order,
     as by the columns."""
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
-    threads = numba.get_num_threads()
+    threads = thread_count()
     rows = patch_span_rows(spec, threads)
     if rows:
         lanes = _pointwise.vector_lanes(x.dtype)
@@ -373,7 +374,7 @@ def im2col_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
     hw, terms = oh * ow, spec.in_per_group * kh * kw
     pix_block = _pointwise.pixel_vectors() * _pointwise.vector_lanes(x.dtype)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     blas = _blas.for_products()
     if blas is not None and terms >= MIN_BLAS_TERMS and hw * terms * spec.out_per_group >= _blas.MIN_MACS:
         # spans and parts from the sizes alone (the BLAS's sums depend on the split)

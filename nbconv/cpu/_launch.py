@@ -34,6 +34,7 @@ from ._packed import (
     stack_limit,
     weight_grad_packed,
 )
+from ._threads import thread_count
 
 
 def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
@@ -57,7 +58,7 @@ def choose_stack(spec) -> int:
     if spec.batch == 0:
         return 1
     stack = stack_limit(spec, SEGMENT_ELEMS)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     while stack > 1 and -(-spec.batch // stack) * spec.groups < 4 * threads:
         stack -= 1
     return stack_bucket(stack)
@@ -186,7 +187,7 @@ def direct_forward_kernel(spec) -> str:
 
 def _packed_forward(x, w, b, dest, spec) -> None:
     stack = choose_stack(spec)
-    oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, numba.get_num_threads())
+    oc_block = choose_oc_block(-(-spec.batch // stack), spec.groups, spec.out_per_group, thread_count())
     forward_packed(x, w, b, dest, spec, oc_block, stack)
 
 
@@ -337,7 +338,7 @@ def _weight_grad_kernel(spec, x: np.ndarray, gy: np.ndarray, dest: np.ndarray) -
     elif worth_generating(spec) and _wgrad.applies(spec):
         _wgrad.weight_grad(x, gy, dest, spec, choose_weight_stack(spec))
     else:
-        oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, numba.get_num_threads())
+        oc_block = choose_oc_block(1, spec.groups, spec.out_per_group, thread_count())
         # blocks of whole quads: which channels go four at a time (and so the order of each sum)
         # must not depend on the thread count
         oc_block = min(spec.out_per_group, -(-oc_block // 4) * 4)

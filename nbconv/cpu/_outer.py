@@ -30,6 +30,7 @@ from .._version import __version__
 from . import _generated, _packed, _scratch, _simd
 from ._simd import transpose_tile, transpose_tile_of_groups
 from ._target import target
+from ._threads import thread_count
 from ._valid import flat_tap_offsets, reads_padding, valid_intervals, valid_tap_regions
 
 #: Vector sums a block keeps in registers (of AVX-512's 32: a weight vector per channel vector
@@ -463,7 +464,7 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
     if direct is None:
         direct = finite and direct_applies(spec)
     bias = packed_bias(b, spec.groups, pack, bias) if pack > 1 else b
-    threads = numba.get_num_threads()
+    threads = thread_count()
     if direct:
         _module(spec, True).forward(x, wv, bias, out, np.empty((threads, 0), x.dtype))
         return
@@ -616,7 +617,7 @@ def outer_weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, slice
     pixel too (``valid_tap_regions`` makes sure of it), so it leaves a non-finite total; only then
     are the sums computed again with the padding's terms (0 x inf is NaN there, as in the
     reference). ``direct=False`` (tests) takes that second way only."""
-    threads = numba.get_num_threads()
+    threads = thread_count()
     slices = weight_grad_slices(spec, threads) if slices is None else slices
     n_c = weight_grad_block(spec)[0]
     cps = _generated.channels_per_slice(spec.in_per_group, slices, n_c)

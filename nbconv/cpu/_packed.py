@@ -25,6 +25,7 @@ import numba
 import numpy as np
 
 from .._numba_options import njit_parallel, njit_reduction, njit_serial
+from ._threads import thread_count
 
 _U = numba.uint64
 
@@ -362,7 +363,7 @@ def forward_packed(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray,
     """``out`` = the convolution of ``spec`` (any input dilation); ``w`` in (C_out, C_in/groups, kH, kW);
     tasks of ``stack`` images by ``oc_block`` output channels."""
     geo, scratch_elems, acc_elems = packed_geometry(spec, stack)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     acc = np.empty((threads, 4, acc_elems), x.dtype)  # four output channels' accumulators
     _forward_packed(x, w, b, out, scratch, acc, tuple(geo), packed_tables(spec, stack), *tap_passes(spec, stack),
@@ -495,7 +496,7 @@ def weight_grad_packed(x: np.ndarray, gy: np.ndarray, dw_out: np.ndarray, spec, 
     """``dw_out`` = the weight gradient of the convolution ``spec`` (C-contiguous arrays), images
     packed in stacks of ``stack``."""
     geo, scratch_elems, _ = packed_geometry(spec, stack)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     n_el = -(-((stack - 1) * geo.hc + spec.out_size[0]) * geo.wc // VECTOR_ROUND) * VECTOR_ROUND
     scratch = np.zeros((threads, scratch_elems), x.dtype)
     gy_buf = np.empty((threads, 4, n_el), x.dtype)  # four output channels' gradient planes

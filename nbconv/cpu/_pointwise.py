@@ -49,7 +49,8 @@ from ._simd import (
     store_fence,
     vector_args,
 )
-from ._target import target
+from ._target import target, target_lanes
+from ._threads import thread_count
 
 #: Output channels per block: each adds a broadcast and ``PIXEL_VECTORS`` sums.
 O_BLOCK = 6
@@ -84,7 +85,7 @@ def pixel_vectors() -> int:
 
 def vector_lanes(dtype) -> int:
     """Elements of ``dtype`` per vector register of the target."""
-    return target().vector_bits // 8 // np.dtype(dtype).itemsize
+    return target_lanes(dtype)
 
 
 def applies(spec) -> bool:
@@ -338,7 +339,7 @@ def output_chunks(tasks: int, out_per_group: int) -> int:
     """Chunks of a group's output-channel blocks per task: 1 unless fewer than 4 tasks per
     thread would remain (each chunk reads its pixel block's inputs again)."""
     o_blocks = -(-out_per_group // O_BLOCK)
-    return max(1, min(o_blocks, -(-4 * numba.get_num_threads() // max(1, tasks))))
+    return max(1, min(o_blocks, -(-4 * thread_count() // max(1, tasks))))
 
 
 @njit_parallel

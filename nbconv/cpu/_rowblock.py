@@ -29,11 +29,11 @@ from __future__ import annotations
 import functools
 import itertools
 
-import numba
 import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch
+from ._threads import thread_count
 
 #: Output rows per vector pass: 4 for kernels of up to 3x3 taps, 8 for bigger ones (more sums in
 #: flight per loaded row; with rows_per_pass forced, an experiment not kept: 3x3 ran the same with
@@ -181,6 +181,6 @@ def depthwise_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarr
     """``out`` = the depthwise convolution of ``spec`` (C-contiguous arrays; ``w`` in
     (C_out, 1, kH, kW), any stride, dilation or input dilation the packed layout handles)."""
     _, scratch_elems, _ = _packed.packed_geometry(spec, 1)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     scratch, = _scratch.reused(("rowblock", spec, threads), lambda: (np.zeros((threads, scratch_elems), x.dtype),))
     _module(spec).forward(x, w, b, out, scratch)

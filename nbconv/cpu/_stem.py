@@ -28,6 +28,7 @@ from .._numba_options import njit_parallel, njit_serial
 from . import _im2col, _pointwise, _scratch
 from ._pointwise import _BITS, _N_O, _N_PV, pointwise_block
 from ._simd import copy_step1, copy_step2, copy_step4, store_fence
+from ._threads import thread_count
 
 #: The wide block, its terms read through a table of offsets, streaming where asked.
 _block = pointwise_block(_N_O, _N_PV, _BITS, 0, stream="argument", offsets=True)
@@ -156,7 +157,7 @@ def stem_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, s
     """``out`` = the convolution of ``spec`` (C-contiguous arrays, where :func:`applies`)."""
     kh, (sh, sw), dh = spec.kernel_size[0], spec.stride, spec.dilation[0]
     length = phase_length(spec)
-    threads = numba.get_num_threads()
+    threads = thread_count()
     rows = span_rows(spec, threads)
     rows_in = (rows - 1) * sh + (kh - 1) * dh + 1
     size = rows_in * spec.in_channels * sw * length + _pointwise.vector_lanes(x.dtype)  # a vector of slack

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
 from .._version import __version__
 from . import _generated, _packed, _scratch
 from ._target import target
+from ._threads import thread_count
 
 #: Most vector sums one pass keeps in registers with AVX-512 (32 registers; a gradient vector and
 #: an input vector are live besides): a 5x5 kernel of one output channel fits in one pass. Other
@@ -214,7 +214,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, dw: np.ndarray, spec, stack: int,
     finite values: the dot products also pair pixels with the zeros of dropped positions), in
     stacks of ``stack`` images, each group's output channels in at most ``slices`` tasks
     (default :func:`task_slices`) of whole passes."""
-    threads = numba.get_num_threads()
+    threads = thread_count()
     slices = task_slices(spec, threads) if slices is None else slices
     _, scratch_elems, _ = _packed.packed_geometry(spec, stack)
     ob = choose_passes(spec)[0]

@@ -28,12 +28,12 @@ import functools
 from fractions import Fraction
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from .._divisors import largest_divisor
 from .._version import __version__
 from . import _generated, _scratch
+from ._threads import thread_count
 
 #: Outputs per tile side (m) for each kernel side (r), and the interpolation points of F(m, r)
 #: (plus the point at infinity), for the forward and for the weight gradient's F(r, 3)
@@ -340,7 +340,7 @@ def winograd_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarra
     """``out`` = the convolution of ``spec`` (C-contiguous arrays; ``w`` in (C_out, C_in/groups, kH, kW)).
     Non-finite pixels or weights make the tiles that hold them non-finite: the launcher checks."""
     mod, geo = _module(spec), geometry(spec)
-    threads, p_n, ob = numba.get_num_threads(), geo.positions, blocking(spec)[1]
+    threads, p_n, ob = thread_count(), geo.positions, blocking(spec)[1]
 
     def make():
         return (np.empty(p_n * spec.in_per_group * spec.out_channels, x.dtype),
