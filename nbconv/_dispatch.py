@@ -15,7 +15,6 @@ import numpy as np
 from . import _arrays
 from ._spec import ConvSpec
 
-
 #: NumPy results of this many bytes or more start at a multiple of ``ALIGNMENT`` bytes (a cache
 #: line, as PyTorch's tensors do; NumPy's large arrays start 16 bytes into one): the CPU kernels'
 #: vector stores then stay within lines, and their streaming stores write whole lines
@@ -32,9 +31,10 @@ def numpy_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         nbytes *= n
     if nbytes < ALIGNED_BYTES:
         return np.empty(shape, dtype)
+    from ._address import data_address
+
     buffer = np.empty(nbytes + ALIGNMENT, np.uint8)
-    start = -buffer.ctypes.data % ALIGNMENT
-    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+    return np.ndarray(shape, dtype, buffer=buffer, offset=-data_address(buffer) % ALIGNMENT)
 
 
 def _allocate(kind: str, shape: tuple[int, ...], dtype: np.dtype, like: Any) -> Any:

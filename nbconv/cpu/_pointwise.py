@@ -36,6 +36,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .._address import data_address
 from .._numba_options import njit_parallel, njit_serial
 from . import _blas, _scratch
 from ._simd import (
@@ -548,9 +549,10 @@ def aligning_shift(x: np.ndarray, hw: int, pix_block: int, cout_g: int) -> int:
     (``python docs/pointwise_blocks.py``, ``docs/performance.md`` round 16)."""
     size = x.dtype.itemsize
     lanes = vector_lanes(x.dtype)
-    if hw % lanes or hw < 2 * pix_block or x.ctypes.data % size or cout_g < _N_O_NARROW:
+    if hw % lanes or hw < 2 * pix_block or cout_g < _N_O_NARROW:
         return 0
-    return (-(x.ctypes.data // size)) % lanes
+    address = data_address(x)
+    return 0 if address % size else (-(address // size)) % lanes
 
 
 def _takes_three_vectors_and_rest(images: int, cin_g: int, cout_g: int, hw: int, lanes: int) -> bool:
