@@ -8,6 +8,7 @@ name and show the numbers, e.g. ``conv2d: in_channels (5) is not divisible by gr
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -105,9 +106,10 @@ class ConvSpec:
         """(N, C_out, H_out, W_out) of the convolution the kernels compute."""
         return (self.batch, self.out_channels) + self.out_size
 
-    @property
+    @functools.cached_property
     def output_shape(self) -> tuple[int, ...]:
-        """Shape of the op's result as the caller sees it (no batch axis for unbatched input)."""
+        """Shape of the op's result as the caller sees it (no batch axis for unbatched input;
+        computed once per spec, which the dispatch asks for on every call)."""
         if self.op in WEIGHT_GRAD_OPS:
             return self.weight_shape
         if self.op in BIAS_GRAD_OPS:
