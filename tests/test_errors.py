@@ -170,6 +170,29 @@ def test_spec_cache_returns_the_same_spec_and_takes_unhashable_arguments():
     assert conv2d_spec(x, w, padding=[1, 1], groups=2) == conv2d_spec(x, w, padding=(1, 1), groups=2)
 
 
+def test_the_common_calls_spec_is_found_by_shapes_and_dtypes_and_checks_every_other_call():
+    """NumPy arrays of one type and integer arguments find their spec by the arrays' shapes and
+    dtypes (the same object each time); a call that differs in an array's dtype or type, or in an
+    argument's type, is validated in full."""
+    from nbconv._spec import conv2d_spec
+
+    x, w, b = np.ones((1, 4, 6, 6), np.float32), np.ones((4, 2, 3, 3), np.float32), np.ones(4, np.float32)
+    spec = conv2d_spec(x, w, b, 1, 1, 1, 2)
+    assert conv2d_spec(x.copy(), w.copy(), b.copy(), 1, 1, 1, 2) is spec
+    assert spec.has_bias and conv2d_spec(x, w, None, 1, 1, 1, 2) is not spec
+    assert conv2d_spec(x.astype(np.float64), w.astype(np.float64), None, 1, 1, 1, 2).dtype == np.float64
+    with pytest.raises(TypeError, match=r"dtype \(float32\) and weight dtype \(float64\) must be the same"):
+        conv2d_spec(x, w.astype(np.float64), b, 1, 1, 1, 2)
+    with pytest.raises(TypeError, match="bias"):
+        conv2d_spec(x, w, [1.0] * 4, 1, 1, 1, 2)
+    with pytest.raises(TypeError, match="groups must be an int"):
+        conv2d_spec(x, w, b, 1, 1, 1, 2.0)
+    with pytest.raises(ValueError, match="not divisible by groups"):
+        conv2d_spec(x, w, b, 1, 1, 1, 3)
+    with pytest.raises(ValueError, match="not divisible by groups"):
+        conv2d_spec(x, w, b, 1, 1, 1, 3)  # a refused call caches nothing
+
+
 def test_a_spec_hashes_its_fields_once_and_pickles_without_the_hash():
     """Specs are dictionary keys on every call: the hash of their fields is kept after the first
     use, equal specs hash alike, and a pickle carries the fields alone (a string's hash differs
