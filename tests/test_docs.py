@@ -152,3 +152,16 @@ def test_network_ab_script(capsys):
         script.main(["nbconv.cpu._pointwise", "STREAM_BYTES", "__import__('os')", "0"])
     with pytest.raises(SystemExit):
         script.main(["nbconv.cpu._pointwise", "NO_SUCH_SETTING", "0", "1"])
+
+
+def test_call_cost_script(capsys):
+    """``docs/call_cost.py`` (the cost of tiny calls): prints a row per call and, with
+    ``--parts``, the parts of nbconv's 1x1 call."""
+    spec = importlib.util.spec_from_file_location("call_cost", ROOT / "docs" / "call_cost.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--rounds", "1", "--calls", "3", "--parts"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| nbconv 1x1, 8 -> 8 |", "| nbconv depthwise 3x3, 8 channels |", "| nbconv 1x1: the spec |",
+                "| nbconv 1x1: launcher (into a given result) |"):
+        assert row in out
