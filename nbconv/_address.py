@@ -9,5 +9,5 @@ from ._numba_options import njit_serial
 @njit_serial
 def data_address(a):
     """``a.ctypes.data``: 0.26 us a call on a 2-core Zen 3, where NumPy's ``ctypes`` object
-    took 1.4 us (and an aligned result allocated through it cost a call 3-4 us more in all)."""
+    took 1.4 us."""
     return a.ctypes.data

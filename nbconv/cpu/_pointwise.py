@@ -323,9 +323,17 @@ def task_block(task, o_chunks, p_blocks, groups, hw, pix_block, shift):
     rest = task // o_chunks
     pb = rest % p_blocks
     rest //= p_blocks
+    p0, n_pix = block_pixels(pb, hw, pix_block, shift)
+    return rest // groups, rest % groups, pb, p0, n_pix, chunk
+
+
+@njit_serial
+def block_pixels(pb, hw, pix_block, shift):
+    """(first pixel, pixels) of pixel block ``pb`` as :func:`task_block` places it (the head
+    block, where ``shift`` > 0, left to the caller)."""
     head = 1 if shift > 0 else 0
     p0 = max(0, min(shift + (pb - head) * pix_block, hw - pix_block))
-    return rest // groups, rest % groups, pb, p0, min(pix_block, hw - p0), chunk
+    return p0, min(pix_block, hw - p0)
 
 
 @njit_serial
@@ -432,12 +440,14 @@ def _forward_streaming(x, w, b, out, groups, cin_g, cout_g, hw, o_chunks, pix_bl
     o_blocks = (cout_g + _N_O - 1) // _N_O
     per_chunk = (o_blocks + o_chunks - 1) // o_chunks
     for task in numba.prange(n_img * groups * runs * o_chunks):
-        n, g, run, _, _, chunk = task_block(task, o_chunks, runs, groups, hw, pix_block, 0)
+        chunk = task % o_chunks
+        rest = task // o_chunks
+        run = rest % runs
+        n, g = (rest // runs) // groups, (rest // runs) % groups
         for ob in range(chunk * per_chunk, min(o_blocks, (chunk + 1) * per_chunk)):
             oc = g * cout_g + min(ob * _N_O, cout_g - _N_O)
             for pb in range(run * span, min(p_blocks, (run + 1) * span)):
-                p0 = max(0, min(shift + (pb - head) * pix_block, hw - pix_block))
-                n_pix = min(pix_block, hw - p0)
+                p0, n_pix = block_pixels(pb, hw, pix_block, shift)
                 if head and pb == 0:
                     p0, n_pix = 0, pix_block
                 _block_streaming(x, (n * c_in + g * cin_g) * hw + p0, hw, cin_g, w, oc * cin_g, cin_g, b, oc, out,
