@@ -569,8 +569,8 @@ def test_weight_grad_block_choice():
     want = {
         # AVX-512: 18 sums (3 channels do not divide 16); 16 sums; 25 sums; two 8-lane vectors
         28: [(2, 1), (4, 4), (1, 1), (1, 2)],
-        # AVX2: the 1x1 block's 4 vectors; one channel vector where not even 9 sums fit
-        6: [(1, 1), (1, 4), (1, 1), (1, 1)],
+        # AVX2: the 1x1 block's input channels first; one channel vector where not even 9 sums fit
+        6: [(1, 1), (4, 1), (1, 1), (1, 1)],
     }
     budget = _outer.block_sums()
     got = [block(*c) for c in cases]
@@ -647,6 +647,19 @@ def test_sums_by_region_keep_their_sums_in_registers():
         innermost = [body for _, body in re.findall(r"^(\.LBB\w+):\n((?:(?!^\.LBB).)*?)^\s+j\w+\s+\1$", asm, re.S | re.M)]
         assert len(innermost) >= 5 and not any("%rsp" in body for body in innermost)
         assert 18 in [len(re.findall(fma, body)) for body in innermost]  # the interior (others may be unrolled)
+
+
+@pytest.mark.asm
+def test_sums_loop_is_one_block_a_pass():
+    """The Winograd weight gradient's block (6 input channels x 1 vector over tiles, rows of one
+    pixel): the loop is not unrolled (``_simd.rolled_range``), its body one block's FMAs (a
+    16-lane vector is two on AVX2) with no stack access. Unrolled, AVX2's 16 registers did not
+    hold two bodies' sums and loads."""
+    asm = _float32_sums_asm(_simd.outer_product_sums(1, 0, tuple(range(6)), 1, 128, 0, 1, 48))
+    innermost = [body for _, body in re.findall(r"^(\.LBB\w+):\n((?:(?!^\.LBB).)*?)^\s+j\w+\s+\1$", asm, re.S | re.M)]
+    parts = 512 // target().vector_bits
+    assert [len(re.findall(r"vfmadd\w*ps", body)) for body in innermost] == [6 * parts]
+    assert "%rsp" not in innermost[0]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
