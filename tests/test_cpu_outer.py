@@ -77,6 +77,35 @@ def test_outer_product_row(dtype, n_pix, n_vec):
     assert (out == -7).sum() == (want == -7).sum()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_pix,overwritten", [(5, 0), (5, 2), (5, 3), (5, 16), (8, 16), (3, 1)])
+def test_outer_product_row_overwritten(dtype, n_pix, overwritten):
+    """``overwritten``: the block's rows rounded up to whole vectors of the target are stored whole
+    where that reaches no further than ``overwritten`` past them (zeros there), else with masks;
+    the first ``n_pix`` of each row are the formula's either way."""
+    lanes = _simd.lanes(np.dtype(dtype))
+    t_lanes = target().vector_bits // (8 * np.dtype(dtype).itemsize)
+    row = _simd.outer_product_row(3, 70, TAPS, n_pix, 1, len(TAPS) * 40, 40, 50, overwritten=overwritten)
+    masked = _row_kernel(n_pix, 1)
+
+    @numba.njit
+    def run(xs, x0, w, w0, b, b0, out, o0):
+        row(xs, x0, w, w0, b, b0, out, o0)
+
+    rng = np.random.default_rng(2)
+    xs, w = rng.standard_normal(300).astype(dtype), rng.standard_normal(3 * len(TAPS) * 40 + 40).astype(dtype)
+    b = rng.standard_normal(60).astype(dtype)
+    out, want = np.full(50 * 40 + 20, -7, dtype), np.full(50 * 40 + 20, -7, dtype)
+    run(xs, 5, w, 3, b, 7, out, 11)
+    masked(xs, 5, w, 3, b, 7, want, 11)
+    whole = -(-n_pix // t_lanes) * t_lanes
+    if t_lanes < lanes and n_pix < whole <= n_pix + overwritten:  # AVX2: whole vectors, zeros past n_pix
+        for c in range(lanes):
+            want[11 + c * 50 + n_pix:11 + c * 50 + whole] = 0
+        assert "vmaskmov" not in run.inspect_asm(run.signatures[-1])  # AVX2's microcoded masked store
+    np.testing.assert_array_equal(out, want)
+
+
 PACKED_PIXEL_TAPS = tuple(TAPS_SETS[p % 3] for p in range(7))
 
 

@@ -342,14 +342,16 @@ def _row_lines(spec, blocks, wc: int, pack: int) -> tuple[list[str], list[str]]:
         branch = []
         for p0, width in blocks:
             phase = p0 % len(col_phases)
+            past = overwritten(spec, p0, width)
             name = f"_row{width}" if len(row_phases) == len(col_phases) == 1 else f"_row{width}_{r}_{phase}"
+            name += f"_past{past}" if past else ""
             if name not in defs:
                 pixel_taps = None if name == f"_row{width}" else tuple(
                     tuple(kh * kw_n + kw for kh in kh_set for kw in col_phases[(phase + p) % len(col_phases)])
                     for p in range(width))
                 defs[name] = (f"{name} = outer_product_row({spec.in_per_group}, {chan * pack}, {taps}, {width}, "
                               f"{n_vec}, {len(taps) * cout_g * pack}, {cout_g * pack}, {spec.out_size[0] * spec.out_size[1]}, "
-                              f"pack={pack}, pixel_taps={pixel_taps}, lane_channels={lane_channels}"
+                              f"pack={pack}, pixel_taps={pixel_taps}, lane_channels={lane_channels}, overwritten={past}"
                               f"{', live_groups=True' if idle else ''})")
             branch.append(f"{name}(xs, (oy * {wc} + {p0}) * {pack}, wv, w0, b, c0, "
                           f"out_flat, o0 + {p0}{', live' if idle else ''})")
@@ -371,6 +373,16 @@ def direct_applies(spec) -> bool:
     return group_pack(spec) == 1 and valid_tap_regions(spec) is not None
 
 
+def overwritten(spec, p0: int, width: int) -> int:
+    """Elements of an output row past the block of ``width`` pixels from ``p0`` that the row's
+    later blocks store again (``outer_product_row``'s ``overwritten``: its whole-vector stores may
+    write there first), at most a vector's; 0 where the target's vectors are ``_simd``'s
+    (AVX-512), whose masked stores cost no more than plain ones."""
+    if target().vector_bits >= 8 * _simd.VECTOR_BYTES:
+        return 0
+    return min(spec.out_size[1] - p0 - width, _simd.lanes(spec.dtype))
+
+
 def _direct_row_lines(spec, blocks) -> tuple[list[str], list[str]]:
     """As :func:`_row_lines` reading the input where it lies: a loop per band of output rows
     that read the same kernel rows, and one intrinsic per (block, band) tap pattern, each pixel
@@ -389,12 +401,13 @@ def _direct_row_lines(spec, blocks) -> tuple[list[str], list[str]]:
                   f"    xr = xb + oy * {sh * w}"]
         for p0, width in blocks:
             pixel_taps = tuple(tuple(kh * kw_n + kw for kh in khs for kw in col_taps[p0 + p]) for p in range(width))
-            key = (width, pixel_taps)
+            past = overwritten(spec, p0, width)
+            key = (width, pixel_taps, past)
             if key not in defs:
                 name = f"_row{len(defs)}"
                 defs[key] = (name, f"{name} = outer_product_row({spec.in_per_group}, {h * w}, {taps}, {width}, "
                                    f"{n_vec}, {len(taps) * cout_g}, {cout_g}, {oh * ow}, pixel_taps={pixel_taps}, "
-                                   f"x_pixel_step={sw})")
+                                   f"x_pixel_step={sw}, overwritten={past})")
             name = defs[key][0]
             lines.append(f"    {name}(x_flat, xr + {p0 * sw}, wv, w0, b, c0, out_flat, o0 + {p0})")
     return [definition for _, definition in defs.values()], lines

@@ -438,7 +438,7 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
                       w_ci_pitch: int, w_tap_pitch: int, out_pitch: int, *, pack: int = 1,
                       pixel_taps: tuple[tuple[int, ...], ...] | None = None,
                       lane_channels: tuple[int, ...] | None = None, x_pixel_step: int = 1,
-                      live_groups: bool = False):
+                      live_groups: bool = False, overwritten: int = 0):
     """An ``@intrinsic`` ``row(xs, x0, w, w0, b, b0, out, o0)`` for one block of a convolution's
     output: ``n_pix`` consecutive output pixels x ``n_vec`` vectors of output channels (channels
     in the lanes, as oneDNN's direct convolution has them):
@@ -466,8 +466,16 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
     ``live_groups``: the intrinsic takes a ninth argument ``live``, and only the lanes of the
     first ``live`` of the ``pack`` groups are stored (a layer whose group count is not a multiple
     of ``pack`` computes its last vector with idle groups, their weights zeros).
+
+    ``overwritten``: elements past ``n_pix`` in each output row that a later store of the caller
+    writes again (the row's next blocks). Where the rows' ``n_pix`` elements rounded up to whole
+    vectors of the target reach no further, they are stored whole, plain stores instead of masked
+    ones, and the lanes past ``n_pix`` write zeros there for the later store to replace. AVX2 has
+    no masked stores of its own (``vmaskmovps`` is microcoded on AMD's Zen 2 and 3); AVX-512's
+    masks cost nothing, and there the masked stores stay.
     """
     taps = tuple(int(t) for t in taps)
+    target_bits = target().vector_bits
     if pixel_taps is None:
         pixel_taps = (tuple(range(len(taps))),) * n_pix
     if len(pixel_taps) != n_pix:
@@ -532,6 +540,19 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
                         builder.store(_fma(builder, weights[v], value, builder.load(sums[p][v])), sums[p][v])
         mask_type = ir.VectorType(ir.IntType(32), n)
         zero = ir.Constant(vec, None)
+        t_lanes = target_bits // (8 * size)
+        whole = -(-n_pix // t_lanes) * t_lanes  # the row's elements in whole vectors of the target
+        plain = t_lanes < n and n_pix < whole <= min(n, n_pix + overwritten)
+        first = ir.VectorType(scalar, whole)
+        first_lanes = ir.Constant(ir.VectorType(ir.IntType(32), whole), list(range(whole)))
+
+        def store(value, target):
+            if plain:
+                part = builder.shuffle_vector(value, ir.Constant(vec, ir.Undefined), first_lanes)
+                builder.store(part, builder.bitcast(target, first.as_pointer()), align=size)
+            else:
+                _masked_store(builder, value, target, n_pix, size)
+
         for v in range(n_vec):
             rows = [builder.load(sums[p][v]) for p in range(n_pix)] + [zero] * (n - n_pix)
             for stage in transpose_plan(n):
@@ -542,10 +563,10 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
             for c in range(n):
                 target = at(out_p, builder.add(o0_i, const(channels[v * n + c] * out_pitch)), vec)
                 if live_i is None:
-                    _masked_store(builder, rows[c], target, n_pix, size)
+                    store(rows[c], target)
                     continue
                 with cgutils.if_likely(builder, builder.icmp_signed("<", const(c % pack), live_i)):
-                    _masked_store(builder, rows[c], target, n_pix, size)
+                    store(rows[c], target)
         return context.get_dummy_value()
 
     if live_groups:
