@@ -54,10 +54,12 @@ def _row_kernel(n_pix, n_vec):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_pix,n_vec", [(5, 1), (8, 2)])
+@pytest.mark.parametrize("n_pix,n_vec", [(5, 1), (8, 2), (13, 1), (16, 1)])
 def test_outer_product_row(dtype, n_pix, n_vec):
     """One block at unaligned offsets against its formula; nothing else of ``out`` is written."""
     lanes = _simd.lanes(np.dtype(dtype))
+    if n_pix > lanes:
+        pytest.skip(f"a block of {n_pix} pixels is wider than a vector of {lanes}")
     rng = np.random.default_rng(0)
     xs = rng.standard_normal(300).astype(dtype)
     w = rng.standard_normal(3 * len(TAPS) * 40 + 40).astype(dtype)
@@ -78,12 +80,14 @@ def test_outer_product_row(dtype, n_pix, n_vec):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_pix,overwritten", [(5, 0), (5, 2), (5, 3), (5, 16), (8, 16), (3, 1)])
+@pytest.mark.parametrize("n_pix,overwritten", [(5, 0), (5, 2), (5, 3), (5, 16), (8, 16), (3, 1), (13, 3), (13, 2)])
 def test_outer_product_row_overwritten(dtype, n_pix, overwritten):
     """``overwritten``: the block's rows rounded up to whole vectors of the target are stored whole
     where that reaches no further than ``overwritten`` past them (zeros there), else with masks;
     the first ``n_pix`` of each row are the formula's either way."""
     lanes = _simd.lanes(np.dtype(dtype))
+    if n_pix > lanes:
+        pytest.skip(f"a block of {n_pix} pixels is wider than a vector of {lanes}")
     t_lanes = target().vector_bits // (8 * np.dtype(dtype).itemsize)
     row = _simd.outer_product_row(3, 70, TAPS, n_pix, 1, len(TAPS) * 40, 40, 50, overwritten=overwritten)
     masked = _row_kernel(n_pix, 1)
