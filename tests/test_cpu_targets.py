@@ -54,7 +54,13 @@ def test_assembly_tests_pass_compiled_for_other_cpus(tmp_path):
 #: Test modules of the kernels whose blocking follows the target's registers and vector width, run
 #: compiled for AVX2 (``haswell``: 16 registers of 256 bits) where this machine can execute it.
 #: (The rest of the CPU suite passed so on a Zen 3, AVX2 host; it takes minutes more.)
-AVX2_MODULES = ["test_cpu_pointwise.py", "test_cpu_im2col.py", "test_cpu_depthwise_lanes.py"]
+AVX2_MODULES = ["test_cpu_pointwise.py", "test_cpu_im2col.py", "test_cpu_depthwise_lanes.py",
+                # _outer's stores by tiles of the target's vectors, whole where later blocks overwrite
+                # (20 s more compiled afresh), and the weight gradients' blocks within AVX2's sums
+                "test_cpu_outer.py::test_outer_product_row", "test_cpu_outer.py::test_outer_product_row_overwritten",
+                "test_cpu_outer.py::test_packed_row_formula", "test_cpu_outer.py::test_idle_groups_store_nothing",
+                "test_cpu_outer.py::test_weight_grad_block_choice",
+                "test_cpu_winograd_wgrad.py::test_blocking_keeps_its_sums_in_the_registers"]
 
 
 def _runs_avx2() -> bool:
