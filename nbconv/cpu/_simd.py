@@ -184,12 +184,7 @@ def _transpose_codegen(pack, context, builder, signature, args):
 
     rows = [builder.load(p, align=size) for p in row_pointers(
         src_v, a_src, _index(context, builder, s0_v, t_s0), _index(context, builder, sp_v, t_sp), source_row)]
-    mask_type = ir.VectorType(ir.IntType(32), n)
-    for stage in transpose_plan(n):
-        new = [None] * n
-        for d, a, b, mask in stage:
-            new[d] = builder.shuffle_vector(rows[a], rows[b], ir.Constant(mask_type, mask))
-        rows = new
+    rows = _shuffled(builder, rows, transpose_plan(n))
     for row, p in zip(rows, row_pointers(
             dst_v, a_dst, _index(context, builder, d0_v, t_d0), _index(context, builder, dp_v, t_dp), range(n))):
         builder.store(row, p, align=size)
@@ -215,6 +210,17 @@ def rolled_range(builder, count):
         yield loop
         latch = builder.basic_block
     latch.terminator.set_metadata("llvm.loop", loop_id)
+
+
+def _shuffled(builder, rows: list, plan: list[Stage]) -> list:
+    """``rows`` (vectors of one type) through the stages of a transpose ``plan``."""
+    mask_type = ir.VectorType(ir.IntType(32), len(rows))
+    for stage in plan:
+        new = [None] * len(rows)
+        for d, a, b, mask in stage:
+            new[d] = builder.shuffle_vector(rows[a], rows[b], ir.Constant(mask_type, mask))
+        rows = new
+    return rows
 
 
 def _splat(builder, value, vec):
@@ -546,15 +552,10 @@ def outer_product_row(n_ci: int, ci_pitch: int, taps: tuple[int, ...], n_pix: in
                 lambda v, c, p: at(out_p, builder.add(o0_i, const(channels[v * n + c] * out_pitch + p)), tvec),
                 None if live_i is None else (lambda c: builder.icmp_signed("<", const(c % pack), live_i)))
             return context.get_dummy_value()
-        mask_type = ir.VectorType(ir.IntType(32), n)
         zero = ir.Constant(vec, None)
         for v in range(n_vec):
             rows = [builder.load(sums[p][v]) for p in range(n_pix)] + [zero] * (n - n_pix)
-            for stage in transpose_plan(n):
-                new = [None] * n
-                for d, a, bb, mask in stage:
-                    new[d] = builder.shuffle_vector(rows[a], rows[bb], ir.Constant(mask_type, mask))
-                rows = new
+            rows = _shuffled(builder, rows, transpose_plan(n))
             for c in range(n):
                 target = at(out_p, builder.add(o0_i, const(channels[v * n + c] * out_pitch)), vec)
                 if live_i is None:
@@ -590,9 +591,9 @@ def _store_by_target_tiles(builder, sums, n_pix: int, n_vec: int, n: int, tvec: 
     the whole ``n x n`` block, whose shuffles cross the target's vectors (on a 2-core Zen 3, batch
     8, against the 16 x 16 transposes in one process: resnext_g32_s2's transposed convolution
     1.23-1.38x faster, resnext_g32_14's forward 1.15x, RegNetY's and ResNeXt's other grouped
-    3x3 layers within 2%; a one-off A/B). A channel's run
-    of ``t`` pixels is stored whole where it is all the block's, or where its lanes past
-    ``n_pix`` are ``overwritten`` by a later store (zeros there first); else with a mask.
+    3x3 layers within 2%; a one-off A/B). A channel's run of ``t`` pixels is stored whole where
+    it is all the block's, or where its lanes past ``n_pix`` are ``overwritten`` by a later store
+    (zeros there first); else with a mask.
     ``pointer_to(v, c, p)``: a ``tvec`` pointer to pixel ``p`` of the row of channel ``c`` of
     vector ``v``; ``stored(c)``: None, or the condition under which lane ``c``'s row is stored."""
     from numba.core import cgutils
@@ -608,26 +609,15 @@ def _store_by_target_tiles(builder, sums, n_pix: int, n_vec: int, n: int, tvec: 
             channels = [builder.shuffle_vector(row, ir.Constant(row.type, ir.Undefined), part) for row in full]
             for i in range(-(-n_pix // t)):
                 count = min(t, n_pix - i * t)
-                rows = channels[i * t:i * t + count] + [zero] * (t - count)
-                for stage in plan:
-                    new = [None] * t
-                    for d, a, bb, mask in stage:
-                        new[d] = builder.shuffle_vector(rows[a], rows[bb], ir.Constant(mask_type, mask))
-                    rows = new
+                rows = _shuffled(builder, channels[i * t:i * t + count] + [zero] * (t - count), plan)
                 whole = count == t or t - count <= overwritten
                 for c in range(t):
                     pointer = pointer_to(v, k * t + c, i * t)
-
-                    def store(value=rows[c], pointer=pointer):
+                    with (cgutils.if_likely(builder, stored(k * t + c)) if stored else contextlib.nullcontext()):
                         if whole:
-                            builder.store(value, pointer, align=size)
+                            builder.store(rows[c], pointer, align=size)
                         else:
-                            _masked_store(builder, value, pointer, count, size)
-                    if stored is None:
-                        store()
-                        continue
-                    with cgutils.if_likely(builder, stored(k * t + c)):
-                        store()
+                            _masked_store(builder, rows[c], pointer, count, size)
 
 
 def target_tile_plan(t: int) -> list[Stage]:
