@@ -84,7 +84,8 @@ def _split(rows: int, inner: int, columns: int, task_rows: int, task_macs: int) 
     parts = -(-rows // task_rows)
     part_rows = -(-rows // parts)
     chunks = max(1, -(-part_rows * inner * columns // task_macs))
-    return min(columns, max(256, -(-(-(-columns // chunks)) // 64) * 64)), parts
+    per_chunk = -(-columns // chunks)
+    return min(columns, max(256, -(-per_chunk // 64) * 64)), parts
 
 
 def splits(batch: int, rounds: int) -> None:
@@ -122,7 +123,7 @@ def splits(batch: int, rounds: int) -> None:
             calls["merged"] = lambda: _pointwise._forward_blas(fn, merged_x, w, b, merged_out, 1, c_in, c_out,
                                                                batch * hw, batch * hw, chosen["product_split"][1])
             times = {k: [] for k in calls}
-            for _, call in calls.items():
+            for call in calls.values():
                 call()
             for r in range(rounds):
                 for k in (list(calls) if r % 2 else list(calls)[::-1]):
