@@ -8,8 +8,9 @@ row it needs once into its ``sW`` column phases, zero-padded (``D[r][c][p][k] = 
 + r][k * sW + p]``), and ``_pointwise``'s block reads every term (input channel, kernel row,
 kernel column) straight from them: term ``(c, i, j)`` of output row ``oy`` is the run of ``D``
 at row ``(oy - oy0) * sH + i * dH``, phase ``(j * dW) % sW``, from column ``(j * dW) // sW``, a
-table of offsets per layer (:func:`term_offsets`). Everything is a run-time value: one compile
-per dtype.
+table of offsets per layer (:func:`term_offsets`). Output channels go by blocks of
+``_pointwise.O_BLOCK`` and, for what those leave, of ``NARROW_O`` (:func:`channel_blocks`).
+Everything is a run-time value: one compile per dtype.
 
 Each output is ``bias`` plus its terms in the weight's order (input channel, kernel row, column),
 each multiply-add fused: the sums of ``_im2col`` and of the reference's order, the same bits.
@@ -32,6 +33,13 @@ from ._threads import thread_count
 
 #: The wide block, its terms read through a table of offsets, streaming where asked.
 _block = pointwise_block(_N_O, _N_PV, _BITS, 0, stream="argument", offsets=True)
+#: Output channels of the narrow block, the same pixels: it takes what the wide blocks leave
+#: where their count does not divide the outputs' (16 = 6 + 6 + 4, 32 = 4 x 6 + 2 x 4), where
+#: wide blocks alone computed 2 to 4 channels twice (18 for 16, 36 for 32). On a 2-core Zen 3 at
+#: batch 8, in the networks: 3 -> 16 3x3 s2 from 0.87-0.95x PyTorch to 1.00-1.06x, 3 -> 32 from
+#: 0.98-1.04x to 1.25-1.31x (``docs/performance.md``, round 32).
+NARROW_O = 4
+_block_narrow = pointwise_block(NARROW_O, _N_PV, _BITS, 0, stream="argument", offsets=True)
 
 #: Most input channels of a layer this kernel takes (the stems: 3).
 MAX_IN_CHANNELS = 4
@@ -49,6 +57,18 @@ def applies(spec) -> bool:
     return (spec.groups == 1 and spec.in_channels <= MAX_IN_CHANNELS and spec.out_channels >= _pointwise.O_BLOCK
             and spec.out_size[1] >= _N_PV * lanes and spec.out_size[0] > 0 and spec.lhs_dilation == (1, 1)
             and spec.batch > 0 and not _im2col.takes_patches(spec))
+
+
+def channel_blocks(c_out: int) -> tuple[int, int]:
+    """Wide and narrow blocks of output channels for ``c_out`` outputs (at least ``_N_O``): the
+    wide ones from channel 0, the narrow after them, the last block of either moved back to end
+    at ``c_out``; the fewest channels computed twice (at most one), then the fewest blocks."""
+    q, r = divmod(c_out, _N_O)
+    if r == 0 or r == _N_O - 1:  # r = 5: one more wide block moved back by one channel
+        return q + (r > 0), 0
+    if r > NARROW_O - 2:  # 3, 4: one narrow block (moved back by one channel for 3)
+        return q, 1
+    return q - 1, 2  # 1, 2: a wide block's channels and r as two narrow blocks
 
 
 def phase_length(spec) -> int:
@@ -104,11 +124,13 @@ def _split_rows(x_flat, plane0, h, wd, c_in, d, iy0, rows, sw, pl, length):
 
 
 @njit_parallel
-def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, length, pix_block, streams):
+def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, length, pix_block, streams, n_wide,
+             n_narrow):
     """out (N, C_out, OH, OW) = the dense convolution of x (N, C_in, H, W) by w (C_out, C_in, kH,
     kW) + b: tasks of (image, span of ``span_rows`` output rows), each splitting its input rows
     into phases (:func:`_split_rows`), then computing each output row a wide block of pixels at a
-    time (the last moved left to end at the row's end) for every block of output channels; where
+    time (the last moved left to end at the row's end) for every block of output channels
+    (``n_wide`` wide, then ``n_narrow`` narrow: :func:`channel_blocks`); where
     ``streams``, each block of output channels over the whole row in turn (its lines written one
     after the other: on a 2-core Zen 3 the 3x3 stems 1.06-1.08x faster than block by block)."""
     n_img, c_in, h, wd = x.shape
@@ -117,7 +139,7 @@ def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, len
     terms = offs.shape[0]
     row = c_in * sw * length
     spans = (oh + span_rows - 1) // span_rows
-    o_blocks = (c_out + _N_O - 1) // _N_O
+    o_blocks = n_wide + n_narrow
     x_flat, w_flat, out_flat = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     for task in numba.prange(n_img * spans):
         n = task // spans
@@ -130,18 +152,29 @@ def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, len
             x0 = (oy - oy0) * sh * row
             if streams:  # each channel block's row of lines one after the other
                 for ob in range(o_blocks):
-                    oc = min(ob * _N_O, c_out - _N_O)
+                    wide = ob < n_wide
+                    oc = min(ob * _N_O, c_out - _N_O) if wide else min(n_wide * _N_O + (ob - n_wide) * NARROW_O,
+                                                                         c_out - NARROW_O)
                     for q in range(0, ow, pix_block):
                         q0 = min(q, ow - pix_block)
-                        _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
-                               (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
+                        o0 = (n * c_out + oc) * hw + oy * ow + q0
+                        if wide:
+                            _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat, o0, hw,
+                                   pix_block, streams)
+                        else:
+                            _block_narrow(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat, o0,
+                                          hw, pix_block, streams)
             else:
                 for q in range(0, ow, pix_block):
                     q0 = min(q, ow - pix_block)
-                    for ob in range(o_blocks):
+                    for ob in range(n_wide):
                         oc = min(ob * _N_O, c_out - _N_O)
                         _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
                                (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
+                    for ob in range(n_narrow):
+                        oc = min(n_wide * _N_O + ob * NARROW_O, c_out - NARROW_O)
+                        _block_narrow(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
+                                      (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
         if streams:
             store_fence()
 
@@ -164,4 +197,5 @@ def stem_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, s
     scratch, = _scratch.reused(("stem", x.dtype.str, size, threads), lambda: (np.empty((threads, size), x.dtype),))
     offs = term_offsets(spec.in_channels, spec.kernel_size, spec.stride, spec.dilation, length)
     _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, spec.padding[0], spec.padding[2], rows, length,
-             _N_PV * _pointwise.vector_lanes(x.dtype), int(_pointwise.streams_whole_rows(out)))
+             _N_PV * _pointwise.vector_lanes(x.dtype), int(_pointwise.streams_whole_rows(out)),
+             *channel_blocks(spec.out_channels))
