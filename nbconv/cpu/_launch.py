@@ -21,6 +21,7 @@ from . import (
     _outer,
     _pointwise,
     _rowblock,
+    _scale,
     _stem,
     _wgrad,
     _winograd,
@@ -147,6 +148,9 @@ def forward_kernel(spec) -> str:
 
 def direct_forward_kernel(spec) -> str:
     """The kernel that computes ``spec`` term by term (not by Winograd's transforms)."""
+    if _scale.applies(spec):
+        # one term per output (a depthwise 1x1): a multiply-add a pixel, no packing, one compile
+        return "scale"
     if _pointwise.applies(spec):
         # every size a run-time value: one compile for every 1x1 layer (2-3x ``_outer`` on AVX2)
         return "pointwise"
@@ -198,6 +202,7 @@ FORWARDS = {
     "pointwise": lambda *a: _pointwise.pointwise_forward(*a),
     "im2col": lambda *a: _im2col.im2col_forward(*a),
     "stem": lambda *a: _stem.stem_forward(*a),
+    "scale": lambda *a: _scale.scale_forward(*a),
     "depthwise": lambda *a: _depthwise.depthwise_forward(*a),
     "depthwise_lanes": lambda *a: _depthwise_lanes.depthwise_forward(*a),
     "outer": lambda *a: _outer.outer_forward(*a),
