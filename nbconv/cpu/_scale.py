@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
 from .._numba_options import njit_parallel
 from . import _pointwise
+from ._simd import _fma
 
 
 def applies(spec) -> bool:
@@ -37,10 +37,7 @@ def _fused(typingctx, a, b, c):
         return None
 
     def codegen(context, builder, signature, args):
-        ty = args[0].type
-        name = "llvm.fma.f32" if isinstance(ty, ir.FloatType) else "llvm.fma.f64"
-        fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ty, [ty] * 3), name=name)
-        return builder.call(fn, list(args))
+        return _fma(builder, *args)
 
     return a(a, b, c), codegen
 

@@ -236,10 +236,10 @@ def _declared(builder, name: str, fn_type):
 
 
 def _fma(builder, a, b, c):
-    """``a * b + c`` rounded once, lane by lane (``llvm.fma``: ``vfmadd`` on AVX-512)."""
-    vec = a.type
-    fn = _declared(builder, f"llvm.fma.v{vec.count}{vec.element.intrinsic_name}", ir.FunctionType(vec, [vec] * 3))
-    return builder.call(fn, [a, b, c])
+    """``a * b + c`` rounded once, lane by lane for vectors (``llvm.fma``: ``vfmadd``)."""
+    ty = a.type
+    kind = f"v{ty.count}{ty.element.intrinsic_name}" if isinstance(ty, ir.VectorType) else ty.intrinsic_name
+    return builder.call(_declared(builder, f"llvm.fma.{kind}", ir.FunctionType(ty, [ty] * 3)), [a, b, c])
 
 
 def _masked_store(builder, value, pointer, count: int, align: int, lanes_on: tuple[bool, ...] | None = None):
