@@ -71,16 +71,15 @@ def test_streamed_stems_give_the_same_bits(dtype, offset, monkeypatch):
 @pytest.mark.parametrize("c_out", range(_stem._N_O, 70))
 def test_channel_blocks_cover_every_output_once_but_at_most_one(c_out):
     """The wide blocks from channel 0, the narrow ones after them, each kind's last moved back to
-    end at ``c_out``: every output in a block, at most one in two (16 = 6 + 6 + 4, 32 = 4 x 6 +
-    2 x 4)."""
+    end at ``c_out`` (the kernel's ``block_start``): every output in a block, at most one in two
+    (16 = 6 + 6 + 4, 32 = 4 x 6 + 2 x 4)."""
     n_wide, n_narrow = _stem.channel_blocks(c_out)
     hits = np.zeros(c_out, int)
-    for kind, count, width in (("wide", n_wide, _stem._N_O), ("narrow", n_narrow, _stem.NARROW_O)):
-        for i in range(count):
-            start = n_wide * _stem._N_O * (kind == "narrow") + i * width
-            start = min(start, c_out - width)
-            assert start >= 0
-            hits[start:start + width] += 1
+    for ob in range(n_wide + n_narrow):
+        start = _stem.block_start(ob, n_wide, c_out)
+        width = _stem._N_O if ob < n_wide else _stem.NARROW_O
+        assert start >= 0
+        hits[start:start + width] += 1
     assert hits.min() == 1 and (hits > 1).sum() <= 1
     assert {16: (2, 1), 32: (4, 2), 24: (4, 0), 64: (10, 1)}.get(c_out, (n_wide, n_narrow)) == (n_wide, n_narrow)
 

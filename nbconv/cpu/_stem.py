@@ -71,6 +71,15 @@ def channel_blocks(c_out: int) -> tuple[int, int]:
     return q - 1, 2  # 1, 2: a wide block's channels and r as two narrow blocks
 
 
+@njit_serial
+def block_start(ob, n_wide, c_out):
+    """First output channel of block ``ob`` of :func:`channel_blocks`' ``n_wide`` wide blocks and
+    the narrow ones after them, the last of each kind moved back to end at ``c_out``."""
+    if ob < n_wide:
+        return min(ob * _N_O, c_out - _N_O)
+    return min(n_wide * _N_O + (ob - n_wide) * NARROW_O, c_out - NARROW_O)
+
+
 def phase_length(spec) -> int:
     """Values per phase row: the output's columns and those the kernel's last column adds."""
     return spec.out_size[1] + (spec.kernel_size[1] - 1) * spec.dilation[1] // spec.stride[1]
@@ -153,8 +162,7 @@ def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, len
             if streams:  # each channel block's row of lines one after the other
                 for ob in range(o_blocks):
                     wide = ob < n_wide
-                    oc = min(ob * _N_O, c_out - _N_O) if wide else min(n_wide * _N_O + (ob - n_wide) * NARROW_O,
-                                                                         c_out - NARROW_O)
+                    oc = block_start(ob, n_wide, c_out)
                     for q in range(0, ow, pix_block):
                         q0 = min(q, ow - pix_block)
                         o0 = (n * c_out + oc) * hw + oy * ow + q0
@@ -167,14 +175,15 @@ def _forward(x, w, b, out, scratch, offs, kh, sh, sw, dh, pt, pl, span_rows, len
             else:
                 for q in range(0, ow, pix_block):
                     q0 = min(q, ow - pix_block)
-                    for ob in range(n_wide):
-                        oc = min(ob * _N_O, c_out - _N_O)
-                        _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
-                               (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
-                    for ob in range(n_narrow):
-                        oc = min(n_wide * _N_O + ob * NARROW_O, c_out - NARROW_O)
-                        _block_narrow(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat,
-                                      (n * c_out + oc) * hw + oy * ow + q0, hw, pix_block, streams)
+                    for ob in range(o_blocks):
+                        oc = block_start(ob, n_wide, c_out)
+                        o0 = (n * c_out + oc) * hw + oy * ow + q0
+                        if ob < n_wide:
+                            _block(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat, o0, hw,
+                                   pix_block, streams)
+                        else:
+                            _block_narrow(d, x0 + q0, offs, terms, w_flat, oc * terms, terms, b, oc, out_flat, o0,
+                                          hw, pix_block, streams)
         if streams:
             store_fence()
 
