@@ -445,13 +445,38 @@ def conv2d_spec(
             key = (op, kind, input.shape, input.dtype, weight.shape, weight.dtype,
                    None if bias is None else (bias.shape, bias.dtype), stride, padding, dilation, groups)
             spec = _PLAIN_SPECS.get(key)
-            if spec is None:
-                spec = _conv2d_spec(input, weight, bias, stride, padding, dilation, groups, op)
-                if len(_PLAIN_SPECS) >= _SPEC_CACHE_SIZE:
-                    _PLAIN_SPECS.clear()
-                _PLAIN_SPECS[key] = spec
-            return spec
+            return spec or _remember(key, _conv2d_spec(input, weight, bias, stride, padding, dilation, groups, op))
     return _conv2d_spec(input, weight, bias, stride, padding, dilation, groups, op)
+
+
+def _remember(key: tuple, spec: ConvSpec) -> ConvSpec:
+    """``spec``, kept as the spec of the common calls of ``key`` (op, the arrays' kind, shapes and
+    dtypes, the plain arguments: see :func:`_plain_call`), validated once."""
+    if len(_PLAIN_SPECS) >= _SPEC_CACHE_SIZE:
+        _PLAIN_SPECS.clear()
+    _PLAIN_SPECS[key] = spec
+    return spec
+
+
+def _plain_call(arrays: tuple, arguments: tuple, bias: Any = None) -> str | None:
+    """The kind of a gradient's or transposed convolution's common call, else None: arrays (and
+    ``bias`` where it is not None) of one NumPy or CuPy type, and arguments that are ints, strings or tuples
+    of ints (shapes): values no bool or float shares a key with, so that the call's key (see
+    :func:`_remember`) stands for what full validation would find."""
+    first = arrays[0]
+    kind = _arrays._KIND_OF_TYPE.get(type(first))
+    if kind is not _arrays.NUMPY and kind is not _arrays.CUPY:
+        return None
+    for a in arrays:
+        if type(a) is not type(first):
+            return None
+    if bias is not None and type(bias) is not type(first):
+        return None
+    for a in arguments:
+        t = type(a)
+        if t is not int and t is not str and (t is not tuple or not all(type(v) is int for v in a)):
+            return None
+    return kind
 
 
 def _conv2d_spec(input, weight, bias, stride, padding, dilation, groups, op) -> ConvSpec:
@@ -510,6 +535,16 @@ def conv2d_input_spec(
     dilation: IntPair = 1, groups: int = 1, *, op: str = "conv2d_input",
 ) -> ConvSpec:
     """Validate the arguments of :func:`nbconv.grad.conv2d_input` (``op`` names the caller in errors)."""
+    arguments = (input_size, stride, padding, dilation, groups)
+    kind = _plain_call((grad_output, weight), arguments)
+    if kind is not None:
+        key = (op, kind, grad_output.shape, grad_output.dtype, weight.shape, weight.dtype, *arguments)
+        return _PLAIN_SPECS.get(key) or _remember(key, _conv2d_input_spec(input_size, weight, grad_output,
+                                                                          *arguments[1:], op))
+    return _conv2d_input_spec(input_size, weight, grad_output, stride, padding, dilation, groups, op)
+
+
+def _conv2d_input_spec(input_size, weight, grad_output, stride, padding, dilation, groups, op) -> ConvSpec:
     arrays = {"grad_output": grad_output, "weight": weight}
     kind, shapes, dtype = _facts(op, arrays, optional=())
     return _cached((op, kind, dtype, shapes["grad_output"], shapes["weight"]),
@@ -542,6 +577,16 @@ def conv_transpose2d_spec(
     output_padding: IntPair = 0, groups: int = 1, dilation: IntPair = 1, *, op: str = "conv_transpose2d",
 ) -> ConvSpec:
     """Validate the arguments of :func:`nbconv.conv_transpose2d` (``op`` names the caller in errors)."""
+    arguments = (stride, padding, output_padding, groups, dilation)
+    kind = _plain_call((input, weight), arguments, bias)
+    if kind is not None:
+        key = (op, kind, input.shape, input.dtype, weight.shape, weight.dtype,
+               None if bias is None else (bias.shape, bias.dtype), *arguments)
+        return _PLAIN_SPECS.get(key) or _remember(key, _conv_transpose2d_spec(input, weight, bias, *arguments, op))
+    return _conv_transpose2d_spec(input, weight, bias, stride, padding, output_padding, groups, dilation, op)
+
+
+def _conv_transpose2d_spec(input, weight, bias, stride, padding, output_padding, groups, dilation, op) -> ConvSpec:
     arrays = {"input": input, "weight": weight, "bias": bias}
     kind, shapes, dtype = _facts(op, arrays)
     return _cached((op, kind, dtype, shapes["input"], shapes["weight"], shapes.get("bias")),
@@ -603,6 +648,16 @@ def conv2d_weight_spec(
     dilation: IntPair = 1, groups: int = 1, *, op: str = "conv2d_weight",
 ) -> ConvSpec:
     """Validate the arguments of :func:`nbconv.grad.conv2d_weight` (``op`` names the caller in errors)."""
+    arguments = (weight_size, stride, padding, dilation, groups)
+    kind = _plain_call((input, grad_output), arguments)
+    if kind is not None:
+        key = (op, kind, input.shape, input.dtype, grad_output.shape, grad_output.dtype, *arguments)
+        return _PLAIN_SPECS.get(key) or _remember(key, _conv2d_weight_spec(input, weight_size, grad_output,
+                                                                           *arguments[1:], op))
+    return _conv2d_weight_spec(input, weight_size, grad_output, stride, padding, dilation, groups, op)
+
+
+def _conv2d_weight_spec(input, weight_size, grad_output, stride, padding, dilation, groups, op) -> ConvSpec:
     arrays = {"input": input, "grad_output": grad_output}
     kind, shapes, dtype = _facts(op, arrays, optional=())
     return _cached((op, kind, dtype, shapes["input"], shapes["grad_output"]),
@@ -622,6 +677,14 @@ def _conv2d_weight_spec_from(op, kind, dtype, shapes, weight_size, stride, paddi
 
 def conv2d_bias_spec(grad_output: Any, *, op: str = "conv2d_bias") -> ConvSpec:
     """Validate the argument of :func:`nbconv.grad.conv2d_bias` (a sum over N, H and W)."""
+    kind = _plain_call((grad_output,), ())
+    if kind is not None:
+        key = (op, kind, grad_output.shape, grad_output.dtype)
+        return _PLAIN_SPECS.get(key) or _remember(key, _conv2d_bias_spec(grad_output, op))
+    return _conv2d_bias_spec(grad_output, op)
+
+
+def _conv2d_bias_spec(grad_output, op) -> ConvSpec:
     kind, shapes, dtype = _facts(op, {"grad_output": grad_output}, optional=())
     return _cached((op, kind, dtype, shapes["grad_output"]), (), lambda: _conv2d_bias_spec_from(op, kind, dtype,
                                                                                              shapes["grad_output"]))

@@ -288,14 +288,17 @@ def test_axis_phases_reproduce_the_dilated_convolution():
     ((1, 6, 11, 10), (6, 2, 4, 3), dict(stride=(2, 3), padding=(1, 0), groups=3)),
     ((1, 3, 7, 8), (6, 3, 3, 3), dict(stride=3, padding=2)),  # 3x3 stride 3: one tap per phase
 ])
-def test_strided_input_gradient_runs_one_stride_1_launch_per_phase(x_shape, w_shape, kw, dtype):
+def test_strided_input_gradient_runs_one_stride_1_launch_per_phase(x_shape, w_shape, kw, dtype, monkeypatch):
     from cases import to_backend, to_host
     from numba import cuda
     from reference import conv2d_input_reference, conv2d_reference
 
     import nbconv
     from nbconv._spec import conv2d_input_spec
+    from nbconv.cuda import _launch
     from nbconv.cuda._launch import PlaneLaunch, launch_configs, phase_launches
+
+    monkeypatch.setattr(_launch, "PHASES_MIN_MACS", 0)  # small layers too (on a GPU: the phases from 2**20)
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal(x_shape).astype(dtype)
@@ -309,6 +312,50 @@ def test_strided_input_gradient_runs_one_stride_1_launch_per_phase(x_shape, w_sh
     want = conv2d_input_reference(x_shape, w.astype(np.float64), gy.astype(np.float64), **kw)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("op", ["transposed", "input"])
+def test_a_tiny_strided_transposed_convolution_is_one_launch(op, monkeypatch):
+    """Below TINY_TRANSPOSED_MACS multiply-adds (zeros included) a strided transposed convolution
+    or input gradient is one launch of the general kernel over the dilated input, not one per
+    phase; the same results. From there on, the phases."""
+    from cases import to_backend, to_host
+    from compile_kernels import DeviceStandIn
+    from reference import conv2d_input_reference, conv_transpose2d_reference
+
+    import nbconv
+    from nbconv._spec import conv2d_input_spec, conv_transpose2d_spec
+    from nbconv.cuda import _kernels, _launch
+
+    monkeypatch.setattr(_launch, "PHASES_MIN_MACS", _launch.TINY_TRANSPOSED_MACS)
+    ran, build = [], _kernels.kernel_of
+    monkeypatch.setattr(_kernels, "kernel_of", lambda key: (ran.append(key), build(key))[1])
+    monkeypatch.setattr(_launch, "kernel_of", _kernels.kernel_of)
+    rng = np.random.default_rng(5)
+    kw = dict(stride=2, padding=1, groups=4)
+    w = rng.standard_normal((8, 2, 3, 3)).astype(np.float32)
+    if op == "transposed":
+        x = rng.standard_normal((2, 8, 4, 5)).astype(np.float32)
+        b = rng.standard_normal(8).astype(np.float32)
+        got = to_host(nbconv.conv_transpose2d(to_backend(x, "cuda"), to_backend(w, "cuda"), to_backend(b, "cuda"),
+                                              output_padding=1, **kw))
+        want = conv_transpose2d_reference(x, w, b, output_padding=1, **kw)
+        spec = conv_transpose2d_spec(x, w, b, output_padding=1, **kw)
+    else:
+        x_shape, gy = (2, 8, 9, 9), rng.standard_normal((2, 8, 5, 5)).astype(np.float32)
+        got = to_host(nbconv.grad.conv2d_input(x_shape, to_backend(w, "cuda"), to_backend(gy, "cuda"), **kw))
+        want = conv2d_input_reference(x_shape, w, gy, **kw)
+        spec = conv2d_input_spec(x_shape, w, gy, **kw)
+    assert _launch.phase_launches(spec) is not None and _launch.strided_launches(spec) is None
+    assert len(ran) == 1 and ran[0].lhs_dilation == (2, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # the same layer with a batch whose walk makes TINY_TRANSPOSED_MACS or more: by phases
+    n = -(-_launch.TINY_TRANSPOSED_MACS // _launch.dilated_macs(spec) * spec.batch)
+    shape = (n,) + spec.output_shape[1:]
+    big = conv2d_input_spec(shape, DeviceStandIn(w.shape, np.float32),
+                            DeviceStandIn((n,) + spec.input_shape[1:], np.float32), **kw)
+    assert _launch.dilated_macs(big) >= _launch.TINY_TRANSPOSED_MACS
+    assert len(_launch.launch_configs(big)) == 4 and _launch.strided_launches(big) == _launch.phase_launches(big)
 
 
 def test_reductions_decode_positions_in_32_bits_unless_they_reach_2_to_the_32():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -230,6 +231,7 @@ def small_tiles(monkeypatch):
 
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_OUT", 8)
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_TERMS", 8)
+    monkeypatch.setattr(_launch, "PHASES_MIN_MACS", 0)  # and small strided ones the phases
     _launch.forward_launch_config.cache_clear()
     _launch.phase_launches.cache_clear()
     yield
@@ -516,16 +518,17 @@ def test_the_driver_launch_is_cupys_binding_where_cupy_has_one(monkeypatch):
 @pytest.mark.parametrize("refused", [False, True])
 def test_launcher_goes_through_the_driver_and_falls_back_to_cupy(refused, binding, planned, monkeypatch):
     from nbconv._spec import conv2d_bias_spec
-    from nbconv.cuda import _raw
+    from nbconv.cuda import _launch, _raw
 
     seen, via_cupy = [], []
     monkeypatch.setattr(_raw, "_function", lambda *key: _CallRecorder(4321, via_cupy))
     monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
     driver = fake_driver(seen, result=1 if refused else 0, binding=binding)
     monkeypatch.setattr(_raw, "_driver_launch", lambda: driver)
-    gy = FakeCupyArray((2, 4, 5, 3), np.float32, ptr=8192)
+    gy = FakeCupyArray((2, 4, 40, 12), np.float32, ptr=8192)  # positions for two chunks: two passes
     out = FakeCupyArray((4,), np.float32, ptr=16384)
     spec = conv2d_bias_spec(gy)
+    assert _launch.reduce_launch(spec, True).grid[1] == 2
     stream = types.SimpleNamespace(ptr=77)  # CuPy's current stream
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(
         get_current_stream=lambda: stream)))
@@ -541,6 +544,45 @@ def test_launcher_goes_through_the_driver_and_falls_back_to_cupy(refused, bindin
     assert len(via_cupy) == (2 if refused else 0)  # a refused launch goes through CuPy's call
     if refused:
         assert via_cupy[1] == ((1,), (128,), tuple(finish["values"]))
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["direct", "planned"])
+@pytest.mark.parametrize("op, shapes", [
+    ("bias_grad", [(2, 4, 5, 3)]),
+    ("weight_grad", [(2, 4, 5, 3), (2, 4, 5, 3)]),  # the pair kernel
+    ("weight_grad", [(1, 16, 6, 6), (1, 16, 6, 6)]),  # the tiles (16 output channels)
+])
+def test_a_gradient_of_one_chunk_is_one_launch_into_the_result(op, shapes, planned, monkeypatch):
+    """Where a gradient's positions make one chunk, its first pass writes the result itself
+    (viewed as one chunk of partial sums: a leading axis and trailing ones of stride 0): one
+    launch, no scratch, no second pass."""
+    from nbconv._spec import conv2d_bias_spec, conv2d_weight_spec
+    from nbconv.cuda import _raw
+
+    seen, scratch = [], []
+    monkeypatch.setattr(_raw, "_function", lambda *key: _CallRecorder(4321, []))
+    monkeypatch.setattr(_raw, "_compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(_raw, "_driver_launch", lambda: fake_driver(seen, result=0, binding="cupy"))
+    arrays = [FakeCupyArray(shape, np.float32, ptr=8192 * (i + 1)) for i, shape in enumerate(shapes)]
+    if op == "bias_grad":
+        spec = conv2d_bias_spec(arrays[0])
+        out = FakeCupyArray((4,), np.float32, ptr=65536)
+        want_shape, want_strides = (1, 4, 1, 1, 1), (0, 4, 0, 0, 0)
+    else:
+        x, gy = arrays
+        w_shape = (gy.shape[1], x.shape[1], 3, 3)
+        spec = conv2d_weight_spec(x, w_shape, gy, padding=1)
+        out = FakeCupyArray(w_shape, np.float32, ptr=65536)
+        want_shape = (1, *w_shape)
+        want_strides = (0, *out.strides)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        get_current_stream=lambda: types.SimpleNamespace(ptr=77))))
+    monkeypatch.setattr(_raw, "_device", lambda: 0)
+    _run(spec, op, _raw.RawLauncher(empty=lambda shape, dtype: scratch.append(shape)), arrays, out, planned=planned)
+    assert len(seen) == 1 and not scratch
+    values = seen[0]["values"]
+    at = 13 * 2  # after the two 4-D arrays (the bias gradient's grad_output stands in for x)
+    assert values[at:at + 15] == [0, 0, math.prod(want_shape), 4, 65536, *want_shape, *want_strides]
 
 
 def _layout_variants():
@@ -617,7 +659,8 @@ class _CallRecorder:
 
 def test_host_cost_offline_reports_every_op():
     """``docs/host_cost.py --offline`` (the Python cost of a call with the driver replaced) runs,
-    and each op makes the launches it should: one, four phases, or a reduction and its finish."""
+    and each op makes the launches it should: one each, these calls being tiny (one chunk of a
+    reduction: no finish; a strided transposed convolution below the phases' threshold)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run([sys.executable, os.path.join(root, "docs", "host_cost.py"), "--offline"],
                          capture_output=True, text=True, timeout=300, cwd=root,
@@ -629,9 +672,10 @@ def test_host_cost_offline_reports_every_op():
     assert "| validation (conv2d_spec) |" in res.stdout
     launches = {op: int(cells[0]) for op, cells in rows.items()}
     assert launches == {"conv2d, depthwise 3x3 (plane)": 1, "conv2d, 64 -> 64 g2 3x3 (tiles)": 1,
-                        "conv_transpose2d, stride 2 (4 phases)": 4, "grad.conv2d_input, depthwise (plane)": 1,
-                        "grad.conv2d_weight, depthwise (pairs, finish)": 2,
-                        "grad.conv2d_weight, 64 -> 64 g2 (tiles, finish)": 2, "grad.conv2d_bias (pairs, finish)": 2}
+                        "conv_transpose2d, stride 2 (tiny: one launch)": 1, "grad.conv2d_input, depthwise (plane)": 1,
+                        "grad.conv2d_weight, depthwise (pairs, one chunk)": 1,
+                        "grad.conv2d_weight, 64 -> 64 g2 @ 7 x 7 (tiles, one chunk)": 1,
+                        "grad.conv2d_bias (pairs, one chunk)": 1}
     assert all(float(cells[1].rstrip(" |")) > 0 for cells in rows.values())
 
 

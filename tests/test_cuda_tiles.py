@@ -191,6 +191,7 @@ def small_layers_take_the_tiles(monkeypatch):
 
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_OUT", 8)
     monkeypatch.setattr(_launch, "CONV_TILES_MIN_TERMS", 8)
+    monkeypatch.setattr(_launch, "PHASES_MIN_MACS", 0)  # and small strided ones the phases
     _launch.forward_launch_config.cache_clear()
     _launch.phase_launches.cache_clear()
     ran, build = [], _kernels.conv_tile_kernel

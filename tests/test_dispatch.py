@@ -134,3 +134,70 @@ def test_large_numpy_results_start_at_a_cache_line():
     x = np.ones((1, 16, 64, 64), np.float32)
     y = nbconv.conv2d(x, np.ones((16, 1, 3, 3), np.float32), padding=1, groups=16)
     assert y.ctypes.data % 64 == 0 and y[0, 0, 5, 5] == 9.0
+
+
+def _spec_or_error(make, shortcut: bool, monkeypatch):
+    from nbconv import _spec
+
+    with monkeypatch.context() as m:
+        if not shortcut:
+            m.setattr(_spec, "_plain_call", lambda *args: None)
+        try:
+            return make()
+        except (TypeError, ValueError) as e:
+            return type(e), str(e)
+
+
+@pytest.mark.parametrize("op", ["conv2d_input", "conv2d_weight", "conv_transpose2d", "conv2d_bias"])
+def test_gradient_validation_shortcut_agrees_with_the_full_one(op, monkeypatch):
+    """The validation of the gradients and the transposed convolution takes a shortcut for the
+    common call (arrays of one NumPy or CuPy type; ints, strings and tuples of ints): a spec kept
+    per op, shapes, dtypes and arguments. Each call gives what full validation gives, the first
+    time and from the shortcut's store, errors included, and an argument equal to a stored one
+    but of another type (1.0, True, a list) is not taken for it."""
+    from nbconv import _spec
+
+    x, w, gy = np.ones((2, 4, 6, 6), np.float32), np.ones((4, 2, 3, 3), np.float32), np.ones((2, 4, 6, 6), np.float32)
+    b = np.ones(4, np.float32)
+    calls = {
+        "conv2d_input": [
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6), w, gy, 1, 1, 1, 2),
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6), w, gy, 1, "same", 1, 2),
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6), w, gy, 1.0, 1, 1, 2),
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6.0), w, gy, 1, 1, 1, 2),
+            lambda: _spec.conv2d_input_spec([2, 4, 6, 6], w, gy, 1, 1, 1, 2),
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6), w, gy, 1, True, 1, 2),
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6), w, gy, 1, 1, 1, 3),
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6), w.astype(np.float64), gy, 1, 1, 1, 2),
+            lambda: _spec.conv2d_input_spec((2, 4, 6, 6), None, gy, 1, 1, 1, 2),
+        ],
+        "conv2d_weight": [
+            lambda: _spec.conv2d_weight_spec(x, (4, 2, 3, 3), gy, 1, 1, 1, 2),
+            lambda: _spec.conv2d_weight_spec(x, (4, 2, 3, 3), gy, 1, "same", 1, 2),
+            lambda: _spec.conv2d_weight_spec(x, (4, 2, 3, 3.0), gy, 1, 1, 1, 2),
+            lambda: _spec.conv2d_weight_spec(x, (4, 2, 3, 3), gy, 1, 1, 1, 2.0),
+            lambda: _spec.conv2d_weight_spec(x, (4, 2, 3, 3), None, 1, 1, 1, 2),
+            lambda: _spec.conv2d_weight_spec(x, (4, 2, 3, 3), gy[:, :, :5], 1, 1, 1, 2),
+        ],
+        "conv_transpose2d": [
+            lambda: _spec.conv_transpose2d_spec(x, w, b[:4], 2, 1, 1, 2, 1),
+            lambda: _spec.conv_transpose2d_spec(x, w, None, 2, 1, 1, 2, 1),
+            lambda: _spec.conv_transpose2d_spec(x, w, b[:4], 2, 1, 1.0, 2, 1),
+            lambda: _spec.conv_transpose2d_spec(x, w, b[:4], 2, 1, 2, 2, 1),
+            lambda: _spec.conv_transpose2d_spec(x, w, b[:3], 2, 1, 1, 2, 1),
+            lambda: _spec.conv_transpose2d_spec(x, w, b.tolist(), 2, 1, 1, 2, 1),
+        ],
+        "conv2d_bias": [
+            lambda: _spec.conv2d_bias_spec(gy),
+            lambda: _spec.conv2d_bias_spec(gy[0]),
+            lambda: _spec.conv2d_bias_spec(gy[0, 0]),
+            lambda: _spec.conv2d_bias_spec(gy.astype(np.int32)),
+            lambda: _spec.conv2d_bias_spec(None),
+        ],
+    }[op]
+    for make in calls:
+        want = _spec_or_error(make, False, monkeypatch)
+        for _ in range(2):  # validated, then from the store
+            assert _spec_or_error(make, True, monkeypatch) == want
+    assert not isinstance(_spec_or_error(calls[0], True, monkeypatch), tuple), "the first call is valid"
+    assert any(isinstance(_spec_or_error(make, True, monkeypatch), tuple) for make in calls), "and some are not"

@@ -35,6 +35,19 @@ def as_batched_device_array(a: Any, unbatched: bool):
     )
 
 
+def one_chunk_view(a: Any, ndim: int):
+    """``a`` (a Numba device array, or the simulator's) viewed with a leading axis of length 1
+    and trailing axes of length 1 up to ``ndim`` axes (strides 0): a gradient's result taken
+    as the partial sums of its only chunk, which its reduction kernel then writes directly."""
+    extra = ndim - 1 - len(a.shape)
+    shape = (1,) + tuple(a.shape) + (1,) * extra
+    strides = (0,) + tuple(a.strides) + (0,) * extra
+    if config.ENABLE_CUDASIM:
+        return type(a)(np.lib.stride_tricks.as_strided(a._ary, shape, strides))
+    return cuda.devicearray.DeviceNDArray(shape=shape, strides=strides, dtype=a.dtype, stream=a.stream,
+                                          gpu_data=a.gpu_data)
+
+
 @functools.lru_cache(maxsize=64)
 def _external_stream(ptr: int):
     return cuda.external_stream(ptr)

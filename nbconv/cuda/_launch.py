@@ -11,7 +11,7 @@ from numba import config
 
 from .._arrays import CUPY
 from . import _raw
-from ._arrays import as_batched_device_array, device_scratch, launch_stream
+from ._arrays import as_batched_device_array, device_scratch, launch_stream, one_chunk_view
 from ._conv_tiles import ConvTileKey
 from ._forward import ForwardKey
 from ._kernels import FinishKey, kernel_of
@@ -58,6 +58,14 @@ TILES_MIN_STEPS = 8
 #: over (AlexNet's 128 per group: 32 times; dense layers). Fewer keep the plane kernel.
 CONV_TILES_MIN_OUT = 32
 CONV_TILES_MIN_TERMS = 32
+#: A strided transposed convolution (or input gradient) is one launch per output phase (no zero
+#: multiplied) from this many multiply-adds of its walk over the dilated input; below it, one
+#: launch of the general kernel, which multiplies the zeros (stride**2 times the work: 4x at
+#: stride 2, 2 MFLOP at most, microseconds on a GPU): each launch costs the host several
+#: microseconds (``docs/host_cost.py``), and a tiny layer's four launches cost more than its
+#: work. Under the simulator the tests' small layers take the phases (0: always).
+TINY_TRANSPOSED_MACS = 2**20
+PHASES_MIN_MACS = 0 if config.ENABLE_CUDASIM else TINY_TRANSPOSED_MACS
 
 
 class LaunchConfig(NamedTuple):
@@ -206,6 +214,20 @@ def phase_launches(spec) -> tuple[tuple[Phase, ConvTileLaunch | PlaneLaunch], ..
     return None if any(cfg is None for _, cfg in launches) else launches
 
 
+def dilated_macs(spec) -> int:
+    """Multiply-adds of ``spec``'s walk over its (dilated) input, zeros included."""
+    return (spec.batch * spec.out_channels * spec.out_size[0] * spec.out_size[1] * spec.in_per_group
+            * spec.kernel_size[0] * spec.kernel_size[1])
+
+
+def strided_launches(spec) -> tuple[tuple[Phase, ConvTileLaunch | PlaneLaunch], ...] | None:
+    """The phase launches of ``spec`` (:func:`phase_launches`) where it takes them: a strided
+    transposed convolution of PHASES_MIN_MACS multiply-adds or more; None otherwise (one launch)."""
+    if spec.lhs_dilation == (1, 1) or dilated_macs(spec) < PHASES_MIN_MACS:
+        return None
+    return phase_launches(spec)
+
+
 def forget_kernels() -> None:
     """Empty the caches built from this module's and ``_planes``' tuning constants (launch
     configurations, plane kernels, their PTX and loaded functions): after a change of those
@@ -218,7 +240,7 @@ def forget_kernels() -> None:
 
 def launch_configs(spec) -> list[ConvTileLaunch | PlaneLaunch | LaunchConfig]:
     """Every kernel launch ``conv2d_forward`` makes for ``spec`` (one, or one per phase)."""
-    split = phase_launches(spec)
+    split = strided_launches(spec)
     return [cfg for _, cfg in split] if split else [forward_launch_config(spec)]
 
 
@@ -299,7 +321,7 @@ def forward(spec, run, input: Any, weight: Any, bias: Any, out: Any) -> Any:
     w = run.array(weight)
     o = run.array(out, spec.unbatched)
     b = run.array(bias) if bias is not None else w
-    split = phase_launches(spec) if spec.lhs_dilation != (1, 1) else None
+    split = strided_launches(spec)
     if split:  # a strided transposed convolution: one stride-1 launch per output phase, no zeros
         for ph, cfg in split:
             _launch_forward(run, ph.spec, cfg, x, w[:, :, ph.rows, ph.cols], b, o[:, :, ph.out_rows, ph.out_cols])
@@ -410,10 +432,23 @@ def tile_reduce_launch(spec) -> TileLaunch | None:
 def _reduce_tiles(spec, run, cfg: TileLaunch, x, gy, out) -> None:
     kh, kw = spec.kernel_size
     dtype = np.float64 if cfg.key.acc_double else np.float32
-    partial = run.scratch((cfg.n_part, spec.out_channels, spec.in_per_group, kh, kw), dtype)
+    partial, scratch = _partial_sums(run, (cfg.n_part, spec.out_channels, spec.in_per_group, kh, kw), dtype, out)
     run(cfg.key, cfg.grid, cfg.block, x, gy, partial, spec.padding[0], spec.padding[2], spec.in_per_group,
         spec.out_per_group, cfg.m_tiles, cfg.chunk)
-    _finish(spec, run, partial, out, False)
+    if scratch:
+        _finish(spec, run, partial, out, False)
+
+
+def _partial_sums(run, shape: tuple[int, ...], dtype, out) -> tuple[Any, bool]:
+    """(array, is scratch): where a reduction's first pass writes its ``shape`` partial sums.
+    Scratch of ``dtype``, added into ``out`` by the second pass; or, where there is one chunk
+    (``shape[0] == 1``) and ``dtype`` is the result's, ``out`` itself, viewed with the partial
+    sums' axes: its one partial sum per element is then the result, and the second pass (a
+    launch, and the scratch) is not needed. The same sums either way."""
+    if shape[0] != 1 or np.dtype(dtype) != out.dtype:
+        return run.scratch(shape, dtype), True
+    view = out.one_chunk(len(shape)) if isinstance(out, _raw.RawArray) else one_chunk_view(out, len(shape))
+    return view, False
 
 
 class ReduceLaunch(NamedTuple):
@@ -438,9 +473,10 @@ def reduce_launch(spec, bias_only: bool) -> ReduceLaunch:
 
 def _reduce(spec, run, x, gy, out, bias_only: bool) -> None:
     cfg = reduce_launch(spec, bias_only)
-    partial = run.scratch(*cfg.partial)
+    partial, scratch = _partial_sums(run, *cfg.partial, out)
     run(cfg.key, cfg.grid, REDUCE_THREADS, x, gy, partial, spec.padding[0], spec.padding[2], cfg.groups, cfg.chunk)
-    _finish(spec, run, partial, out, bias_only)
+    if scratch:
+        _finish(spec, run, partial, out, bias_only)
 
 
 @functools.lru_cache(maxsize=1024)

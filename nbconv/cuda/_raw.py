@@ -32,7 +32,7 @@ Numba's simulator from nothing but the packed arguments (``tests/test_cuda_raw_l
 The public ops go through a :class:`Plan` per op, geometry, layout and device: the launches the
 op's code makes, recorded once on stand-ins at symbolic addresses, then replayed with each
 call's addresses (validation, launch configuration, views and packing are not redone per call:
-a transposed convolution of stride 2 is four launches on sliced views).
+a transposed convolution of stride 2 is four launches on sliced views, a tiny one a single launch).
 """
 
 from __future__ import annotations
@@ -95,6 +95,14 @@ class RawArray:
             shape[axis] = count
             strides[axis] *= step
         return RawArray(tuple(shape), tuple(strides), self.itemsize, ptr, self.dtype, "A", self.owner)
+
+    def one_chunk(self, ndim: int) -> RawArray:
+        """This array with a leading axis of length 1 and trailing ones up to ``ndim`` axes
+        (strides 0; the layout kept: the new axes have length 1): a gradient's result as the
+        partial sums of its only chunk (see ``_arrays.one_chunk_view``)."""
+        extra = ndim - 1 - len(self.shape)
+        return RawArray((1, *self.shape) + (1,) * extra, (0, *self.strides) + (0,) * extra, self.itemsize,
+                        self.ptr, self.dtype, self.layout, self.owner)
 
 
 _ALL = slice(None)

@@ -7,9 +7,11 @@ divisions unless the sizes need 64 bits: a 64-bit division is a call to a softwa
 on the GPU): per kernel row, the strip's input values are loaded once into registers and
 feed ``strip * kW`` products. Each thread keeps the taps in registers, then the block adds its
 threads' values with a fixed shared-memory tree and writes ``partial[p, o, c, i, j]``. Pass 2
-(``finish_kernel``) adds the partials over ``p`` in order. No atomics, so the result is
-bit-identical run after run. The bias gradient is the same pass with one tap and no input.
-Layers with many output channels per group take pass 1 by tiles instead
+(``finish_kernel``) adds the partials over ``p`` in order; where the positions make one chunk
+(``P = 1``: small layers, and layers whose weight rows alone fill the GPU) pass 1 writes the result
+itself, viewed as the one chunk's partial sums, and there is no pass 2 (one launch, no scratch).
+No atomics, so the result is bit-identical run after run. The bias gradient is the same pass
+with one tap and no input. Layers with many output channels per group take pass 1 by tiles instead
 (:mod:`nbconv.cuda._wgrad_tiles`, same partial layout, same pass 2)."""
 
 from __future__ import annotations
