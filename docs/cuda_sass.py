@@ -136,11 +136,9 @@ def steps_table() -> list[dict]:
     counted from the SASS loops (:func:`sass.step_loop_mix`), and the FFMA share of them."""
     import numpy as np
     from compile_kernels import DeviceStandIn
-    from sass import step_loop_mix
 
     from nbconv._shapes import EXTRA_SHAPES, STANDARD_SHAPES
     from nbconv._spec import conv2d_input_spec, conv2d_spec
-    from nbconv.cuda._compile import compile_key
     from nbconv.cuda._launch import ConvTileLaunch, forward_launch_config, tile_reduce_launch
 
     dt = np.dtype(np.float32)
@@ -154,21 +152,30 @@ def steps_table() -> list[dict]:
                         ("weight grad", tile_reduce_launch(fwd))):
             if cfg is None or (op != "weight grad" and not isinstance(cfg, ConvTileLaunch)):
                 continue
-            key = cfg.key
-            mix = step_loop_mix(compile_key(key, dt, (9, 0))[0])
-            ffma = key.micro[0] * key.micro[1] * key.tile[2]  # a thread's products per step
-            if "products_ffma" in mix:  # the products' loop, partly unrolled, runs several passes
-                passes = ffma // mix["products_ffma"]
-                executed = mix["step_instructions"] + (passes - 1) * mix["products_instructions"]
-                lds = mix["step_lds"] + (passes - 1) * mix["products_lds"]
-            else:  # unrolled whole into the step
-                assert mix["step_ffma"] == ffma, (mix, ffma)
-                executed, lds = mix["step_instructions"], mix["step_lds"]
-            loads = (key.tile[0] + key.tile[1]) * key.tile[2] // key.threads
-            rows.append({"shape": shape.name, "op": op, "kernel": _describe(key, dt), "ffma": ffma,
-                         "loads": loads, "lds": lds, "executed": executed,
-                         "ffma_share": ffma / executed, **mix})
+            rows.append({"shape": shape.name, "op": op, "kernel": _describe(cfg.key, dt), **tile_step_figures(cfg.key)})
     return rows
+
+
+def tile_step_figures(key) -> dict:
+    """A tile kernel's step (float32, sm_90): a thread's FFMA, global loads and shared loads per
+    step, the instructions it executes per step and the FFMA share of them, from the SASS loops
+    (:func:`sass.step_loop_mix`)."""
+    import numpy as np
+    from sass import step_loop_mix
+
+    from nbconv.cuda._compile import compile_key
+
+    mix = step_loop_mix(compile_key(key, np.dtype(np.float32), (9, 0))[0])
+    ffma = key.micro[0] * key.micro[1] * key.tile[2]  # a thread's products per step
+    if "products_ffma" in mix:  # the products' loop, partly unrolled, runs several passes
+        passes = ffma // mix["products_ffma"]
+        executed = mix["step_instructions"] + (passes - 1) * mix["products_instructions"]
+        lds = mix["step_lds"] + (passes - 1) * mix["products_lds"]
+    else:  # unrolled whole into the step
+        assert mix["step_ffma"] == ffma, (mix, ffma)
+        executed, lds = mix["step_instructions"], mix["step_lds"]
+    loads = (key.tile[0] + key.tile[1]) * key.tile[2] // key.threads
+    return {"ffma": ffma, "loads": loads, "lds": lds, "executed": executed, "ffma_share": ffma / executed, **mix}
 
 
 def pairs_table() -> list[dict]:

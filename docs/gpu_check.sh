@@ -16,7 +16,8 @@
 # Writes into RESULTS_DIR: the machine and commit (machine.txt), the GPU tests' summary
 # (tests.txt), the PTX compile of the covering subset of specialisations (ptx.txt), the CUDA bench tables and JSON
 # per op and dtype (bench-*.txt / .json), the launch-path timings (launch_paths.txt), the host
-# cost of one nbconv call by launch path (host_cost.txt) and the ASV history benchmarks of the
+# cost of one nbconv call by launch path (host_cost.txt), the tile kernels' shapes timed
+# (tile_sweep_*.txt / .json: docs/plane_sweep.py --tiles) and the ASV history benchmarks of the
 # CUDA backend (asv/asv-*.json: file them with `python asv_bench/import_results.py DIR/asv
 # --commit COMMIT`). Where $OUT is set (a lent machine brings back at most 8 files), all of it
 # goes there as one gpu-results.tar.gz, with machine.txt beside it.
@@ -92,6 +93,10 @@ done
 # 4. the host cost of one launch by each launch path, and of one call of each op by each
 step launch_paths 60 python3 docs/launch_paths.py
 step host_cost 60 python3 docs/host_cost.py
+# 4b. the tile kernels' shapes (AlexNet's, dense and grouped 1x1 layers), forward and weight gradient
+step tile_sweep_forward 120 python3 docs/plane_sweep.py --tiles --json "$results/tile_sweep_forward.json"
+step tile_sweep_weight_grad 120 python3 docs/plane_sweep.py --tiles --op weight_grad \
+    --json "$results/tile_sweep_weight_grad.json"
 # 5. the ASV suite's kept-history benchmarks on the CUDA backend, in ASV's layout
 step asv 240 bash asv_bench/record_here.sh "$results/asv" nvidia-h200 cuda
 echo "results in $results${OUT:+ and in $OUT/gpu-results.tar.gz}"

@@ -296,3 +296,78 @@ def test_pair_kernel_strips_follow_the_registers():
     assert choose_reduce_strip((3, 3), (1, 2), False, False) == 1  # half the strip's row unread
     assert choose_reduce_strip((7, 9), (1, 1), False, False) == 1
     assert choose_reduce_strip((7, 7), (1, 3), True, True) == REDUCE_STRIP  # the bias gradient: one sum
+
+
+# ---- the tile shapes that docs/plane_sweep.py --tiles times on a GPU
+
+
+@pytest.fixture
+def fresh_tiles():
+    """Kernels and launch configs built afresh before and after a test that patches the tile
+    constants (request it after ``monkeypatch``: its caches are emptied before the patches are
+    undone)."""
+    from nbconv.cuda import _launch
+
+    _launch.forget_kernels()
+    yield
+    _launch.forget_kernels()
+
+
+def _patch_tiles(monkeypatch, values: dict) -> None:
+    from nbconv.cuda import _launch, _tiles
+
+    for name, value in values.items():
+        monkeypatch.setattr(_tiles if hasattr(_tiles, name) else _launch, name, value)
+    _launch.forget_kernels()
+
+
+def test_the_sweeps_tile_variants_make_valid_launches(monkeypatch, fresh_tiles):
+    """Every tile variant of ``docs/plane_sweep.py --tiles`` gives each of its layers (batch 32)
+    a forward and a weight gradient by tiles with the variant's shapes, whose threads split both
+    slices evenly."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "docs"))
+    import plane_sweep
+
+    from nbconv._shapes import SHAPES_BY_NAME
+    from nbconv.cuda import _launch
+
+    for variant, values in plane_sweep.TILE_VARIANTS:
+        with monkeypatch.context() as m:
+            _patch_tiles(m, values)
+            for name in plane_sweep.TILE_SHAPES.split(","):
+                shape = SHAPES_BY_NAME[name]
+                spec = _spec(shape.input_shape(32), shape.weight_shape(), **shape.conv_args())
+                for cfg in (_launch.forward_launch_config(spec), _launch.tile_reduce_launch(spec)):
+                    assert isinstance(cfg, (_launch.ConvTileLaunch, _launch.TileLaunch)), (variant, name)
+                    cfg.key.check()
+                    assert cfg.key.micro == _launch.TILES_MICRO and cfg.key.tile[1] == _launch.TILES_COLUMNS
+                    assert cfg.key.tile[0] <= _launch.TILES_ROWS[1] and cfg.key.tile[2] <= _launch.TILES_MAX_STEP
+        _launch.forget_kernels()
+
+
+def test_tiles_with_unsigned_product_indices(monkeypatch, small_layers_take_the_tiles, fresh_tiles):
+    """The products indexed unsigned (``_tiles.UNSIGNED_PRODUCT_INDICES``, a variant the sweep
+    times) with 4 x 4 micro-tiles: the same convolution and weight gradient."""
+    _patch_tiles(monkeypatch, {"UNSIGNED_PRODUCT_INDICES": True, "TILES_ROWS": (8, 16), "TILES_COLUMNS": 16,
+                               "TILES_MICRO": (4, 4), "TILES_MAX_STEP": 4})
+    rng = np.random.default_rng(8)
+    x_shape, w_shape, kw = (1, 4, 5, 6), (32, 2, 3, 3), dict(padding=1, groups=2)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    got = to_host(nbconv.conv2d(to_backend(x, "cuda"), to_backend(w, "cuda"), **kw))
+    assert small_layers_take_the_tiles and small_layers_take_the_tiles[-1].micro == (4, 4)
+    ref = conv2d_reference(x, w, **kw)
+    bound = conv2d_reference(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64)), **kw)
+    assert_within_bound(got, ref, bound, 2 * 9, np.float32)
+    gy = rng.standard_normal(ref.shape).astype(np.float32)
+    spec = _spec(x_shape, w_shape, **kw)
+    from nbconv.cuda import _launch
+
+    assert _launch.tile_reduce_launch(spec).key.micro == (4, 4)
+    got = to_host(nbconv.grad.conv2d_weight(to_backend(x, "cuda"), w_shape, to_backend(gy, "cuda"), **kw))
+    ref = conv2d_weight_reference(x, w_shape, gy, **kw)
+    bound = conv2d_weight_reference(np.abs(x.astype(np.float64)), w_shape, np.abs(gy.astype(np.float64)), **kw)
+    assert_within_bound(got, ref, bound, 5 * 6, np.float32)

@@ -165,10 +165,13 @@ class ConvTileLaunch(NamedTuple):
     m_tiles: int  # row (output-channel) tiles per group
 
 
-def tile_step(tile_rows: int, columns: int = TILES_COLUMNS, micro: tuple[int, int] = TILES_MICRO,
-              most: int = TILES_MAX_STEP) -> int:
-    """TK of a tile kernel: at most ``most``, and few enough that a thread loads at most 8
-    values of the 64-column slice per step."""
+def tile_step(tile_rows: int, columns: int | None = None, micro: tuple[int, int] | None = None,
+              most: int | None = None) -> int:
+    """TK of a tile kernel: at most ``most`` (TILES_MAX_STEP), and few enough that a thread loads
+    at most 8 values of the slice of ``columns`` (TILES_COLUMNS) per step."""
+    columns = TILES_COLUMNS if columns is None else columns
+    micro = TILES_MICRO if micro is None else micro
+    most = TILES_MAX_STEP if most is None else most
     threads = (tile_rows // micro[0]) * (columns // micro[1])
     return min(most, threads * 8 // columns)
 
@@ -229,12 +232,17 @@ def strided_launches(spec) -> tuple[tuple[Phase, ConvTileLaunch | PlaneLaunch], 
 
 
 def forget_kernels() -> None:
-    """Empty the caches built from this module's and ``_planes``' tuning constants (launch
-    configurations, plane kernels, their PTX and loaded functions): after a change of those
-    constants (``docs/plane_sweep.py``, tests), the next call builds with the new values."""
+    """Empty the caches built from this module's, ``_planes``' and ``_tiles``' tuning constants
+    (launch configurations, plane and tile kernels, their PTX and loaded functions): after a
+    change of those constants (``docs/plane_sweep.py``, ``docs/tile_shapes.py``, tests), the
+    next call builds with the new values."""
+    from ._conv_tiles import conv_tile_kernel
     from ._planes import plane_kernel
+    from ._tiles import micro_product
+    from ._wgrad_tiles import tile_kernel
 
-    for cached in (forward_launch_config, phase_launches, plane_kernel, _raw._ptx, _raw._loaded):
+    for cached in (forward_launch_config, phase_launches, tile_reduce_launch, plane_kernel, micro_product,
+                   conv_tile_kernel, tile_kernel, _raw._ptx, _raw._loaded):
         cached.cache_clear()
 
 
@@ -392,8 +400,9 @@ class TileLaunch(NamedTuple):
     n_part: int  # P: partial sums per weight element, added by the finish kernel
 
 
-def choose_tile_rows(out_per_group: int, rows: tuple[int, int] = TILES_ROWS) -> int:
-    """TM: the group's output channels rounded up to a power of 2, within ``rows``."""
+def choose_tile_rows(out_per_group: int, rows: tuple[int, int] | None = None) -> int:
+    """TM: the group's output channels rounded up to a power of 2, within ``rows`` (TILES_ROWS)."""
+    rows = TILES_ROWS if rows is None else rows
     return min(rows[1], max(rows[0], _pow2_at_least(out_per_group)))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from numba import cuda, int32
+from numba import cuda, int32, int64, uint32
 
 
 def thread_grid(key) -> tuple[int, int]:
@@ -28,6 +28,14 @@ def shared_bytes(key) -> int:
     return tk * (tm + 1 + tn) * (8 if key.acc_double else 4)
 
 
+#: Index the staged slices with unsigned 32-bit values in the products. With a micro-tile of
+#: 8 x 8 the signed indices cost a negative-index test per shared load that NVVM keeps inside the
+#: products' loop (sm_90: 171 instructions a pass of 64 FFMA, 88 unsigned); for the 4 x 4 tiles
+#: in use the two are within about 10% either way (``python docs/tile_shapes.py``). Off until a
+#: GPU has timed the larger tiles it makes worth having.
+UNSIGNED_PRODUCT_INDICES = False
+
+
 @functools.lru_cache(maxsize=None)
 def micro_product(key):
     """``product(a_tile, b_tile, av, bv, acc, tx, ty)``: a thread's ``RM x RN`` micro-tile of
@@ -37,17 +45,21 @@ def micro_product(key):
     (_, _, tk), (rm, rn) = key.tile, key.micro
     bx, by = thread_grid(key)
 
+    # the step's counter and the slices' column indices: 32-bit unsigned, or int32 and int64
+    counter, index = (uint32, uint32) if UNSIGNED_PRODUCT_INDICES else (int32, int64)
+
     @cuda.jit(device=True, inline="always")
     def product(a_tile, b_tile, av, bv, acc, tx, ty):
-        kq = int32(0)
+        tyi, txi = index(ty), index(tx)
+        kq = counter(0)
         while kq < tk:  # a 32-bit counter: NVVM unrolls this loop (not a range over TK)
             for i in range(rm):
-                av[i] = a_tile[kq, ty + i * by]
+                av[i] = a_tile[kq, tyi + index(i * by)]
             for j in range(rn):
-                bv[j] = b_tile[kq, tx + j * bx]
+                bv[j] = b_tile[kq, txi + index(j * bx)]
             for i in range(rm):
                 for j in range(rn):
                     acc[i * rn + j] += av[i] * bv[j]
-            kq += int32(1)
+            kq += counter(1)
 
     return product
