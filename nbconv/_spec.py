@@ -460,9 +460,9 @@ def _remember(key: tuple, spec: ConvSpec) -> ConvSpec:
 
 def _plain_call(arrays: tuple, arguments: tuple, bias: Any = None) -> str | None:
     """The kind of a gradient's or transposed convolution's common call, else None: arrays (and
-    ``bias`` where it is not None) of one NumPy or CuPy type, and arguments that are ints, strings or tuples
-    of ints (shapes): values no bool or float shares a key with, so that the call's key (see
-    :func:`_remember`) stands for what full validation would find."""
+    ``bias`` where it is not None) of one NumPy or CuPy type, and arguments that are ints,
+    strings or tuples of ints (shapes): values no bool or float shares a key with, so that the
+    call's key (see :func:`_remember`) stands for what full validation would find."""
     first = arrays[0]
     kind = _arrays._KIND_OF_TYPE.get(type(first))
     if kind is not _arrays.NUMPY and kind is not _arrays.CUPY:
