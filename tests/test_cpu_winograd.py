@@ -60,8 +60,8 @@ def winograd_magnitude(x, w, b, padding, groups) -> np.ndarray:
     v = np.einsum("ia,ncyxab,jb->ncyxij", bth, tiles, btw)
     u = np.einsum("ia,ocab,jb->ocij", gh, np.abs(w), gw)
     cin_g, cout_g = c_in // groups, w.shape[0] // groups
-    prods = np.concatenate([np.einsum("ocij,ncyxij->noyxij", u[k * cout_g:(k + 1) * cout_g], v[:, k * cin_g:(k + 1) * cin_g])
-                            for k in range(groups)], axis=1)
+    prods = np.concatenate([np.einsum("ocij,ncyxij->noyxij", u[k * cout_g:(k + 1) * cout_g],
+                                      v[:, k * cin_g:(k + 1) * cin_g]) for k in range(groups)], axis=1)
     y = np.einsum("ai,noyxij,bj->noyaxb", ath, prods, atw).reshape(n, w.shape[0], ty * mh, tx * mw)[:, :, :oh, :ow]
     return y if b is None else y + np.abs(b)[None, :, None, None]
 
@@ -136,6 +136,36 @@ def test_results_do_not_depend_on_threads():
     one, two = at_each_thread_count(lambda: nbconv.conv2d(x, w, b, **case.conv_args()))
     np.testing.assert_array_equal(one, two)
     assert _winograd.applies(conv2d_spec(x, w, b, **case.conv_args()))
+
+
+@pytest.mark.parametrize("n_tiles", [1, 4, 16, 17, 64, 75, 98, 392, 1000])
+@pytest.mark.parametrize("groups", [1, 2, 3, 32])
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_chunk_count(n_tiles, groups, threads):
+    chunks = _winograd.chunk_count(n_tiles, groups, threads)
+    fewest = -(-n_tiles // _winograd.TB)
+    assert fewest <= chunks < fewest + threads
+    blocks = -(-n_tiles // _winograd.TT)
+    assert -(-blocks // chunks) * _winograd.TT <= _winograd.TB  # every chunk fits the per-thread scratch
+    even = [c for c in range(fewest, fewest + threads) if groups * c % threads == 0]
+    assert chunks == (even[0] if even else fewest)
+
+
+def test_chunks_do_not_change_sums(monkeypatch):
+    """However a group's tiles are chunked (from 5 chunks of 16 down to one register block of 4 a
+    chunk), every tile's sums are the same bits: the thread count picks the chunks."""
+    case = WINOGRAD_CASES[1]  # 75 tiles a group (19 blocks, the last partial), compiled already (CI time)
+    x, w, b = random_arrays(case, np.float32)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    results = []
+    for chunks in (5, 6, 7, 10, 19):
+        monkeypatch.setattr(_winograd, "chunk_count", lambda n_tiles, groups, threads, c=chunks: c)
+        out = np.full(spec.output_shape, np.nan, np.float32)
+        _winograd.winograd_forward(x, w, b, out, spec)
+        results.append(out)
+    assert_winograd_close(results[0], x, w, b, case.padding, case.groups)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out, results[0])
 
 
 def test_non_finite_pixel_spoils_only_its_outputs():
