@@ -31,7 +31,7 @@ import numpy as np
 from .._divisors import largest_divisor
 from .._version import __version__
 from . import _generated, _outer, _scratch, _simd, _winograd
-from ._winograd import _separable_lines
+from ._winograd import _separable_lines, scalar_type_line
 
 #: Gradient tile side (m): F(r x r, 3 x 3) for r-tap kernels.
 TILE = 3
@@ -177,7 +177,7 @@ def module_source(spec) -> str:
                     for i in range(r) for j in range(r)]
     what = (f"Winograd weight gradient F({r}x{r}, {TILE}x{TILE}), {cin_g} -> {cout_g} channels per group, "
             f"{n_tiles} tiles per image, blocks of {n_c} input channels x {n_vec} vectors")
-    header = _generated.HEADER.format(generator=__name__, version=__version__, what=what)
+    header = _generated.HEADER.format(generator=__name__, version=__version__, what=what) + scalar_type_line(spec.dtype)
     sums = (f"\nfrom nbconv.cpu._simd import outer_product_sums\n\n"
             f"_sums = outer_product_sums(1, 0, {tuple(range(n_c))}, {n_vec}, {cout_g}, 0, 1, {cin_g})\n")
     return header + sums + _generated.fill(_DRIVER,
