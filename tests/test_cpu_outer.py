@@ -31,7 +31,7 @@ from reference import (
 
 import nbconv
 from nbconv._spec import conv2d_input_spec, conv2d_spec, conv_transpose2d_spec
-from nbconv.cpu import _grouped, _outer, _simd
+from nbconv.cpu import _grouped, _outer, _scratch, _simd
 from nbconv.cpu._launch import conv2d_forward
 from nbconv.cpu._target import target
 from nbconv.cpu._valid import valid_tap_regions
@@ -725,3 +725,29 @@ def test_copy_run_rejects_other_steps():
         _simd.copy_run(8, 3)
     with pytest.raises(ValueError, match="spreads by 1, 2 or 4"):
         _simd.copy_run(8, 1, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_weight_of_groups_with_more_inputs_than_outputs(dtype, monkeypatch):
+    """The input gradient of 32 -> 64 channels in 8 groups is a transposed convolution of 8 input
+    and 4 output channels a group: each packed output channel holds 8 x 9 weights. The packed
+    weights' buffer was sized by the transposed weight's rows (4 x 9), and the packing wrote past
+    it (a corrupted heap on AVX-512, where these groups share a vector)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 4, 3, 3)).astype(dtype)
+    gy = rng.standard_normal((2, 64, 14, 14)).astype(dtype)
+    spec = conv2d_input_spec((2, 32, 14, 14), w, gy, 1, 1, 1, 8)
+    assert _outer.applies(spec) and spec.in_per_group > spec.out_per_group
+    pack = _outer.group_pack(spec)
+    need = -(-spec.groups // pack) * pack * spec.out_per_group * spec.in_per_group * 9
+    sentinel = np.full(need + 256, 7.0, dtype)
+    _outer.packed_finite_weight(w, spec.groups, pack, sentinel, transposed=True)
+    assert (sentinel[need:] == 7.0).all()  # nothing written past the packed weights
+    made = []
+    real = _scratch.reused
+    monkeypatch.setattr(_scratch, "reused", lambda key, make: made.append(real(key, make)) or made[-1])
+    x = np.empty((2, 32, 14, 14), dtype)
+    _outer.outer_forward(gy, w, np.zeros(32, dtype), x, spec, transposed_weight=True)
+    assert made[0][0].size >= need
+    np.testing.assert_allclose(x, conv2d_input_reference((2, 32, 14, 14), w, gy, 1, 1, 1, 8),
+                               rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3 if dtype == np.float32 else 1e-10)

@@ -164,8 +164,18 @@ def test_two_runs_of_three_vectors_and_the_rest_with_16_registers(images, cin_g,
     assert _pointwise._takes_three_vectors_and_rest(images, cin_g, cout_g, hw, lanes) == takes
 
 
+def skip_the_blas_with_32_registers(products: str) -> None:
+    """The batch's runs of three vectors (own blocks) against one image's product by the BLAS:
+    where the target has 32 vector registers the BLAS is never called
+    (``_blas.faster_than_own_blocks``), so only the ``products`` fixture's forced BLAS meets
+    them, and their sums are in different orders."""
+    if products == "blas" and _pointwise._N_PV == 4:
+        pytest.skip("with 32 vector registers the products are never the BLAS's")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_three_vectors_and_the_rest_give_the_same_bits_as_image_by_image(dtype):
+def test_three_vectors_and_the_rest_give_the_same_bits_as_image_by_image(dtype, products):
+    skip_the_blas_with_32_registers(products)
     side = 5 if dtype == np.float64 else 7  # runs of three vectors and one pixel
     x, w, b = random_arrays(Case(6, 24, (side, side), 40, (1, 1), 1, 0, 1, 2), dtype)
     assert _pointwise._takes_three_vectors_and_rest(6, 12, 20, side * side, _pointwise.vector_lanes(dtype))
@@ -429,10 +439,11 @@ def test_the_streaming_block_stores_past_the_caches_and_fences(products):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("c_in, c_out, groups, side", [(8, 8, 2, 7), (10, 10, 2, 7), (6, 20, 2, 7), (3, 12, 1, 5),
                                                        (16, 40, 4, 7), (4, 9, 1, 7)])
-def test_runs_of_three_vectors_at_any_group_width(c_in, c_out, groups, side, dtype):
+def test_runs_of_three_vectors_at_any_group_width(c_in, c_out, groups, side, dtype, products):
     """Planes of runs of three vectors and a pixel with 4 or 5 outputs a group (a block moved
     back over outputs computed before), with groups, in float32 and float64: the reference's
     numbers, and each image's result the same bits alone and in its batch."""
+    skip_the_blas_with_32_registers(products)
     x, w, b = random_arrays(Case(3, c_in, (side, side), c_out, (1, 1), 1, 0, 1, groups), dtype)
     together = nbconv.conv2d(x, w, b, groups=groups)
     one_by_one = np.concatenate([nbconv.conv2d(x[i:i + 1], w, b, groups=groups) for i in range(3)])

@@ -16,14 +16,40 @@ import nbconv
 from nbconv._spec import conv2d_spec
 from nbconv.cpu import _im2col, _launch, _pointwise, _stem
 
+#: Output columns of one wide block of float32 pixels for this machine's target (16 with AVX2's
+#: 8 lanes and 2 vectors, 64 with AVX-512's 16 lanes and 4): the stem takes rows at least that
+#: wide (``_stem.applies``), so the cases' widths are set from it, each row a wide block and 3
+#: columns more (``OW``).
+WIDE = _stem._N_PV * _pointwise.vector_lanes(np.float32)
+OW = WIDE + 3
+
 STEM_CASES = [
-    Case(2, 3, (37, 35), 16, (3, 3), 2, 1),  # MobileNetV2's stem, small
-    Case(1, 3, (40, 41), 8, (7, 7), 2, 3),  # ResNet's stem: 147 terms, 8 outputs (a block moved back)
-    Case(2, 2, (20, 33), 6, (3, 5), (1, 2), ((2, 0), (1, 3)), (2, 1)),  # mixed stride, dilation, padding
-    Case(1, 4, (21, 19), 13, (3, 3), 1, "same", 2),  # 'same' with a dilation
-    Case(3, 1, (12, 60), 7, (1, 4), 3, (0, 2), 1, 1, False),  # one input channel, stride 3, no bias
-    Case(1, 3, (34, 34), 12, (4, 4), 2, 1),  # an even kernel at stride 2
+    Case(2, 3, (37, 2 * OW - 1), 16, (3, 3), 2, 1),  # MobileNetV2's stem, small
+    Case(1, 3, (40, 2 * OW - 1), 8, (7, 7), 2, 3),  # ResNet's stem: 147 terms, 8 outputs (a block moved back)
+    Case(2, 2, (20, 2 * OW - 1), 6, (3, 5), (1, 2), ((2, 0), (1, 3)), (2, 1)),  # mixed stride, dilation, padding
+    Case(1, 4, (21, OW), 13, (3, 3), 1, "same", 2),  # 'same' with a dilation
+    Case(3, 1, (12, 3 * OW - 3), 7, (1, 4), 3, (0, 2), 1, 1, False),  # one input channel, stride 3, no bias
+    Case(1, 3, (34, 2 * OW), 12, (4, 4), 2, 1),  # an even kernel at stride 2
 ]
+
+
+@pytest.mark.parametrize("case", STEM_CASES, ids=str)
+def test_the_cases_take_the_stem(case):
+    for dtype in (np.float32, np.float64):
+        x, w, b = random_arrays(case, dtype)
+        spec = conv2d_spec(x, w, b, **case.conv_args())
+        assert spec.out_size[1] == OW
+        assert _stem.applies(spec)
+
+
+def test_a_layer_it_does_not_take_is_refused():
+    """Rows narrower than a wide block would be written past: a ValueError, nothing written."""
+    x, w, b = random_arrays(Case(1, 3, (9, WIDE), 8, (3, 3), 2, 1), np.float32)
+    spec = conv2d_spec(x, w, b, stride=2, padding=1)
+    out = np.full(spec.output_shape, 7.0, np.float32)
+    with pytest.raises(ValueError, match="does not take"):
+        _stem.stem_forward(x, w, b, out, spec)
+    assert (out == 7.0).all()
 
 
 @pytest.mark.parametrize("case,dtype", [(c, d) for c in STEM_CASES for d in (np.float32, np.float64)], ids=str)
@@ -37,6 +63,7 @@ def test_the_same_bits_as_the_columns(case):
     x, w, b = random_arrays(case, np.float32)
     b = np.zeros(case.c_out, np.float32) if b is None else b
     spec = conv2d_spec(x, w, b, **case.conv_args())
+    assert _stem.applies(spec)
     rows, columns = np.empty(spec.output_shape, np.float32), np.empty(spec.output_shape, np.float32)
     _stem.stem_forward(x, w, b, rows, spec)
     _im2col.im2col_forward(x, w, b, columns, spec)
@@ -49,7 +76,7 @@ def test_streamed_stems_give_the_same_bits(dtype, offset, monkeypatch):
     """A result of ``STREAM_BYTES`` or more whose rows are whole cache lines from a line's start
     (``offset`` 0) is written with streaming stores, one that starts mid-line is not: the same
     bits either way."""
-    x, w, b = random_arrays(Case(2, 3, (64, 64), 8, (3, 3), 2, 1), dtype)
+    x, w, b = random_arrays(Case(2, 3, (64, 2 * max(WIDE, 32)), 8, (3, 3), 2, 1), dtype)
     spec = conv2d_spec(x, w, b, stride=2, padding=1)
     n_out = int(np.prod(spec.output_shape))
     buf = np.empty(n_out + 32, dtype)
@@ -85,35 +112,39 @@ def test_channel_blocks_cover_every_output_once_but_at_most_one(c_out):
 
 
 def test_the_launcher_takes_it_for_stems_but_patches():
-    x = np.zeros((2, 3, 64, 64), np.float32)
+    x = np.zeros((2, 3, 64, 2 * max(WIDE, 32)), np.float32)
     for k, stride, pad in ((3, 2, 1), (7, 2, 3), (5, 1, 2)):
         assert _launch.forward_kernel(conv2d_spec(x, np.zeros((16, 3, k, k), np.float32), None, stride, pad)) == "stem"
     patches = conv2d_spec(x, np.zeros((96, 3, 4, 4), np.float32), None, 4)  # ConvNeXt's stem
     assert _launch.forward_kernel(patches) == "im2col"
-    five = conv2d_spec(np.zeros((2, 5, 64, 64), np.float32), np.zeros((16, 5, 3, 3), np.float32), None, 2, 1)
+    five = conv2d_spec(np.zeros((2, 5, 64, 2 * max(WIDE, 32)), np.float32), np.zeros((16, 5, 3, 3), np.float32),
+                       None, 2, 1)
     assert _launch.forward_kernel(five) != "stem"  # more input channels than MAX_IN_CHANNELS
     narrow = conv2d_spec(np.zeros((2, 3, 16, 16), np.float32), np.zeros((16, 3, 3, 3), np.float32), None, 2, 1)
-    assert not _stem.applies(narrow)  # rows of 8 outputs: under one wide block of pixels (AVX2's 16)
+    assert not _stem.applies(narrow)  # rows of 8 outputs: under one wide block of pixels (16 or 64)
     few = conv2d_spec(x, np.zeros((4, 3, 3, 3), np.float32), None, 2, 1)
     assert not _stem.applies(few)  # fewer outputs than a block
 
 
 def test_non_finite_inputs_spread_as_in_the_reference():
-    case = Case(1, 3, (21, 40), 8, (3, 3), 2, 1)
+    case = Case(1, 3, (21, 2 * OW), 8, (3, 3), 2, 1)
     for value in (np.inf, np.nan):
-        check_non_finite_forward(_stem.stem_forward, case, [(0, 0, 0, 0), (0, 2, 20, 39), (0, 1, 10, 17)], value)
+        check_non_finite_forward(_stem.stem_forward, case, [(0, 0, 0, 0), (0, 2, 20, 2 * OW - 1), (0, 1, 10, 17)],
+                                 value)
 
 
 def test_results_do_not_depend_on_the_thread_count():
-    x, w, b = random_arrays(Case(3, 3, (45, 47), 10, (3, 3), 2, 1), np.float32)
+    x, w, b = random_arrays(Case(3, 3, (45, 2 * OW + 1), 10, (3, 3), 2, 1), np.float32)
+    assert _launch.forward_kernel(conv2d_spec(x, w, b, stride=2, padding=1)) == "stem"
     one, two = at_each_thread_count(lambda: nbconv.conv2d(x, w, b, stride=2, padding=1))
     np.testing.assert_array_equal(one, two)
 
 
 def test_reads_non_contiguous_and_read_only_inputs():
-    x, w, b = random_arrays(Case(2, 3, (36, 36), 8, (3, 3), 2, 1), np.float64)
+    x, w, b = random_arrays(Case(2, 3, (36, 2 * OW), 8, (3, 3), 2, 1), np.float64)
+    assert _launch.forward_kernel(conv2d_spec(x, w, b, stride=2, padding=1)) == "stem"
     want = nbconv.conv2d(x, w, b, stride=2, padding=1)
-    strided = np.zeros((2, 3, 36, 72))
+    strided = np.zeros((2, 3, 36, 4 * OW))
     strided[..., ::2] = x
     x_view = strided[..., ::2]
     x_view.flags.writeable = False
@@ -130,7 +161,7 @@ def test_an_empty_batch_runs_nothing():
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 2), c=st.integers(1, 4), c_out=st.integers(6, 20), h=st.integers(1, 24),
-       w=st.integers(16, 60), kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3),
+       w=st.integers(WIDE, 3 * WIDE + 12), kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3),
        sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2), pad=st.integers(0, 3))
 def test_property_against_the_reference(n, c, c_out, h, w, kh, kw, sh, sw, dh, dw, pad):
     assume((h + 2 * pad - dh * (kh - 1) - 1) >= 0 and (w + 2 * pad - dw * (kw - 1) - 1) >= 0)
@@ -145,7 +176,7 @@ def test_property_against_the_reference(n, c, c_out, h, w, kh, kw, sh, sw, dh, d
 
 def test_a_new_geometry_compiles_nothing():
     before = None
-    for hw, n, k in (((40, 41), 2, 7), ((33, 64), 1, 3), ((50, 36), 3, 5)):
+    for hw, n, k in (((40, 2 * OW + 1), 2, 7), ((33, 2 * OW + 10), 1, 3), ((50, 2 * OW + 5), 3, 5)):
         case = Case(n, 3, hw, 8, (k, k), 2, k // 2)
         x, w, b = random_arrays(case, np.float32)
         spec = conv2d_spec(x, w, b, **case.conv_args())

@@ -470,9 +470,14 @@ def outer_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, 
     the reference does."""
     pack = group_pack(spec)
     lanes_of_groups = -(-spec.groups // pack) * pack * spec.out_per_group
+    # an output channel's weights: its group's input channels x taps (not ``w[0].size``, which for
+    # a transposed convolution's weight is its outputs per group x taps: fewer where a group has
+    # more inputs than outputs)
+    per_output = spec.in_per_group * spec.kernel_size[0] * spec.kernel_size[1]
     # the interleaved weights and bias: rewritten every call, their buffers kept (no page faults)
-    wv, bias = _scratch.reused(("outer weights", spec.groups, pack, w.shape, w.dtype.str), lambda: (
-        np.empty(lanes_of_groups * w[0].size, w.dtype), np.empty(lanes_of_groups, w.dtype)))
+    wv, bias = _scratch.reused(("outer weights", spec.groups, pack, per_output, lanes_of_groups, w.dtype.str),
+                               lambda: (np.empty(lanes_of_groups * per_output, w.dtype),
+                                        np.empty(lanes_of_groups, w.dtype)))
     finite = packed_finite_weight(w, spec.groups, pack, wv, transposed_weight)
     if direct is None:
         direct = finite and direct_applies(spec)

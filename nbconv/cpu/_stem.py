@@ -196,7 +196,10 @@ def span_rows(spec, threads: int) -> int:
 
 
 def stem_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
-    """``out`` = the convolution of ``spec`` (C-contiguous arrays, where :func:`applies`)."""
+    """``out`` = the convolution of ``spec`` (C-contiguous arrays, where :func:`applies`; a
+    ValueError elsewhere: the blocks would write past rows narrower than a wide block)."""
+    if not applies(spec):
+        raise ValueError(f"_stem: the stem kernel does not take this layer ({spec})")
     kh, (sh, sw), dh = spec.kernel_size[0], spec.stride, spec.dilation[0]
     length = phase_length(spec)
     threads = thread_count()
