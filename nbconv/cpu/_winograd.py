@@ -9,8 +9,9 @@ the direct method's ``m^2 r^2`` multiply-adds per tile and channel pair drop to 
 5.5 per output for 5x5 with m = 3 (4.6x fewer), 9 to 2.25 for 3x3 with m = 4.
 
 The price is rounding: the transforms add and scale terms, so results differ from the direct
-sum by a few times more than its rounding (F(3x3, 5x5) in float32: ~5e-6 of the largest output
-against ~2e-7; ``docs/winograd_error.py`` measures it). The transform matrices come from the
+sum by a few times more than its rounding (F(3x3, 5x5) in float32: 5e-6 to 7e-6 of the largest
+output against ~2e-7; ``docs/winograd_error.py`` measures it). The transforms compute in the
+data's precision. The transform matrices come from the
 Cook-Toom construction on the points of :data:`POINTS`, in exact rational arithmetic.
 
 Layout: the input is packed once per call channels-last and zero-padded (``(N, groups, Hp, Wp,
