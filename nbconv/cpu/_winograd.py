@@ -11,8 +11,8 @@ the direct method's ``m^2 r^2`` multiply-adds per tile and channel pair drop to 
 The price is rounding: the transforms add and scale terms, so results differ from the direct
 sum by a few times more than its rounding (F(3x3, 5x5) in float32: 5e-6 to 7e-6 of the largest
 output against ~2e-7; ``docs/winograd_error.py`` measures it). The transforms compute in the
-data's precision. The transform matrices come from the
-Cook-Toom construction on the points of :data:`POINTS`, in exact rational arithmetic.
+data's precision. The transform matrices come from the Cook-Toom construction on the points of
+:data:`POINTS`, in exact rational arithmetic.
 
 Layout: the input is packed once per call channels-last and zero-padded (``(N, groups, Hp, Wp,
 C_in/groups)``), so every vector loop runs over channels: the input transform over input
@@ -150,9 +150,8 @@ def _lincomb(coeffs, names) -> str:
     """``sum c * name`` over the non-zero coefficients, as source (``0.0`` when none). A
     coefficient is written ``_T(c)``, ``_T`` the data's scalar type (:func:`scalar_type_line`):
     a bare float literal is a float64 to Numba, and made every float32 transform a float64 one,
-    converted back at the store (twice the vector instructions for the same values: the forward's
-    products and transforms of dense_64_28 at batch 2 took 255 us against 226 us with float32
-    coefficients, on a 2-core Intel Xeon)."""
+    converted back at the store (twice the vector instructions for the same values; the Winograd
+    layers took 1.02-1.07x the time so, ``docs/performance.md`` round 34)."""
     terms = []
     for c, name in zip(coeffs, names):
         if c == 0:
@@ -190,9 +189,9 @@ def chunk_count(n_tiles: int, groups: int, threads: int) -> int:
     """Chunks of each group's ``n_tiles`` tiles (of the whole batch), each at most ``TB`` tiles, for
     the forward's tasks: the fewest whose tasks (``groups`` x chunks) the threads share evenly, if
     at most ``threads - 1`` chunks more than ``TB`` tiles a chunk need. Where 7 chunks of 16 tiles
-    went to 2 threads as 4 and 3 (98 tiles: 64 against 34, 1.5x the time of 1 thread where 2 would
-    be ideal), 8 chunks of 12-16 tiles go as 4 and 4 (52 against 46 tiles). Which chunk a tile falls
-    in changes no sum: the result does not depend on the thread count."""
+    went to 2 threads as 4 and 3 (98 tiles: 64 against 34, so 2 threads were only 1.5x as fast as
+    1), 8 chunks of 12-16 tiles go as 4 and 4 (52 against 46 tiles). Which chunk a tile falls in
+    changes no sum: the result does not depend on the thread count."""
     fewest = -(-n_tiles // TB)
     for chunks in range(fewest, fewest + threads):
         if groups * chunks % threads == 0:
