@@ -12,6 +12,7 @@ Run: ``python docs/outer.py [--shapes NAME,NAME] [--batch N]``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numba
 import numpy as np
@@ -50,8 +51,9 @@ TRANSPOSED = {"resnext_g32_14", "resnext_g32_56", "resnext_g32_s2", "g32_8_28", 
 
 
 def _other_forward(spec):
-    if _winograd.applies(spec):
-        return "winograd", lambda x, w, b, out: _winograd.winograd_forward(x, w, b, out, spec)
+    if _winograd.applies(spec):  # given the flipped weight of a transposed convolution: read as a convolution's
+        plain = dataclasses.replace(spec, transposed_weight=False)
+        return "winograd", lambda x, w, b, out: _winograd.winograd_forward(x, w, b, out, plain)
     if _rowblock.applies(spec):
         return "rows", lambda x, w, b, out: _rowblock.depthwise_forward(x, w, b, out, spec)
     stack = _launch.choose_stack(spec)

@@ -16,7 +16,7 @@ from reference import assert_conv_close, conv2d_input_reference, conv2d_referenc
 
 import nbconv
 from nbconv._spec import conv2d_input_spec, conv2d_spec
-from nbconv.cpu import _winograd
+from nbconv.cpu import _outer, _simd, _winograd
 
 
 @pytest.fixture(autouse=True)
@@ -166,6 +166,56 @@ def test_chunks_do_not_change_sums(monkeypatch):
     assert_winograd_close(results[0], x, w, b, case.padding, case.groups)
     for out in results[1:]:
         np.testing.assert_array_equal(out, results[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cout_g", [8, 16, 20, 48, 64, 80, 96, 128, 136, 256])
+def test_product_vectors(cout_g, dtype):
+    """A block of output channels that is whole vectors goes to register blocks of at most the
+    target's budget of vectors, as few as that allows and as even as whole vectors go."""
+    x, w = np.zeros((1, 4, 8, 8), dtype), np.zeros((2 * cout_g, 2, 3, 3), dtype)
+    spec = conv2d_spec(x, w, None, padding=1, groups=2)
+    lanes, ob = _simd.lanes(np.dtype(dtype)), _winograd.blocking(spec)[1]
+    vectors = _winograd.product_vectors(spec)
+    if ob % lanes:
+        assert vectors is None
+        return
+    most = max(1, min(_winograd.MAX_PRODUCT_VECTORS, _outer.block_sums() // _winograd.TT))
+    assert sum(vectors) * lanes == ob
+    assert max(vectors) <= most and max(vectors) - min(vectors) <= 1
+    assert len(vectors) == -(-(ob // lanes) // most)
+
+
+def test_products_in_register_blocks():
+    """80 output channels a group of float32 are 5 vectors: register blocks of several sizes over
+    18 tiles a group (the last register block of tiles partial)."""
+    case = Case(2, 6, (9, 10), 160, (3, 3), 1, 1, 1, 2)
+    x, w, b = random_arrays(case, np.float32)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    assert len(_winograd.product_vectors(spec)) >= 2
+    assert "tile_products(" in _winograd.module_source(spec)
+    out = np.full(spec.output_shape, np.nan, np.float32)
+    _winograd.winograd_forward(x, w, b, out, spec)
+    assert_winograd_close(out, x, w, b, case.padding, case.groups)
+
+
+def test_two_pass_transforms_are_the_same_bits(monkeypatch):
+    """The transforms of F(3x3, 5x5) tiles (49 terms) run in two passes through memory: the same
+    sums in the same order as in one pass, so the same bits."""
+    case = WINOGRAD_CASES[1]  # compiled already in two passes for float32 (CI time)
+    x, w, b = random_arrays(case, np.float32)
+    spec = conv2d_spec(x, w, b, **case.conv_args())
+    assert _winograd.geometry(spec).positions >= _winograd.TWO_PASS_MIN_TERMS
+    results, sources = [], []
+    for threshold in (_winograd.TWO_PASS_MIN_TERMS, 1000):
+        monkeypatch.setattr(_winograd, "TWO_PASS_MIN_TERMS", threshold)
+        _winograd._module.cache_clear()
+        sources.append(_winograd.module_source(spec))
+        results.append(np.full(spec.output_shape, np.nan, np.float32))
+        _winograd.winograd_forward(x, w, b, results[-1], spec)
+    _winograd._module.cache_clear()
+    assert sources[0].count("for c in range(") > sources[1].count("for c in range(")  # more loops: two passes
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 def test_non_finite_pixel_spoils_only_its_outputs():

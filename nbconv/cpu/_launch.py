@@ -222,6 +222,11 @@ def _contiguous_target(out: np.ndarray, unbatched: bool, dtype) -> tuple[np.ndar
     return target, (target if target.flags.c_contiguous else np.empty(target.shape, dtype))
 
 
+def _convolution_weight(weight: np.ndarray, spec) -> np.ndarray:
+    """The (C_out, C_in/groups, kH, kW) weight of the convolution ``spec`` computes, C-contiguous."""
+    return flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
+
+
 def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.ndarray) -> np.ndarray:
     """Compute the convolution of ``spec`` into ``out`` (NumPy arrays that passed validation):
     ``conv2d``, or ``conv_transpose2d`` / ``grad.conv2d_input`` (``spec.transposed_weight``)."""
@@ -233,18 +238,19 @@ def conv2d_forward(spec, input: np.ndarray, weight: np.ndarray, bias, out: np.nd
         # the kernel packs the weight anyway: flipped and transposed in that pass, not copied first
         _outer.outer_forward(x, np.ascontiguousarray(weight), b, dest, spec, None, True)
     else:
-        w = flipped_transposed_weight(weight, spec.groups) if spec.transposed_weight else np.ascontiguousarray(weight)
         if kernel == "winograd":
-            _run_forward(kernel, x, w, b, dest, spec)
+            # the transposed convolution's weight as it is: the kernel's weight transform flips it
+            _run_forward(kernel, x, np.ascontiguousarray(weight), b, dest, spec)
             # A tile's transform mixes its pixels (and could overflow where the direct sums do not):
             # a non-finite result is computed again by the direct kernels, whose non-finite outputs
             # are exactly those the sums make. (The check: one parallel pass, no temporary.)
-            if _nonfinite.all_finite(dest) or _explain_nonfinite_forward(x, w, b, dest, spec):
+            if _nonfinite.all_finite(dest):
                 kernel = None
             else:
-                kernel = direct_forward_kernel(spec)
+                w = _convolution_weight(weight, spec)
+                kernel = None if _explain_nonfinite_forward(x, w, b, dest, spec) else direct_forward_kernel(spec)
         if kernel is not None:
-            _run_forward(kernel, x, w, b, dest, spec)
+            _run_forward(kernel, x, _convolution_weight(weight, spec), b, dest, spec)
     if dest is not target:
         target[...] = dest
     return out

@@ -716,6 +716,62 @@ def outer_product_sums(n_c: int, c_pitch: int, taps: tuple[int, ...], n_vec: int
     return sums
 
 
+def tile_products(n_t: int, n_vec: int, n_c: int, v_pitch: int, u_pitch: int, m_pitch: int):
+    """An ``@intrinsic`` ``products(v, v0, u, u0, m, m0)``: a register block of the Winograd
+    forward's products (``_winograd``), ``n_t`` tiles x ``n_vec`` vectors of output channels,
+
+    ``m[m0 + t * m_pitch + o] = sum over c < n_c of v[v0 + t * v_pitch + c] * u[u0 + c * u_pitch + o]``
+
+    for ``t < n_t`` and ``o < n_vec * lanes``. The ``n_t x n_vec`` sums stay in registers over
+    every ``c`` (in order, each term a fused multiply-add of a weight vector and a broadcast tile
+    value; the first term is the product alone), and are stored once. No bounds checks."""
+
+    @intrinsic
+    def products(typingctx, v, v0, u, u0, m, m0):
+        if not _takes((v, u, m), (v0, u0, m0)):
+            return None
+        sig = types.void(v, v0, u, u0, m, m0)
+
+        def codegen(context, builder, signature, args):
+            from numba.core import cgutils
+
+            v_v, v0_v, u_v, u0_v, m_v, m0_v = args
+            a_v, t_v0, a_u, t_u0, a_m, t_m0 = signature.args
+            size, lanes_n, vec, intp = _vector_of(context, a_v.dtype)
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            def at(base, index, vector_type=None):
+                p = builder.gep(base, [index], inbounds=True)
+                return builder.bitcast(p, vector_type.as_pointer()) if vector_type else p
+
+            v_p, u_p, m_p = _data(context, builder, v_v, a_v), _data(context, builder, u_v, a_u), \
+                _data(context, builder, m_v, a_m)
+            v0_i, u0_i = _index(context, builder, v0_v, t_v0), _index(context, builder, u0_v, t_u0)
+            m0_i = _index(context, builder, m0_v, t_m0)
+            blocks = [(t, k) for t in range(n_t) for k in range(n_vec)]
+            acc = {b: cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for b in blocks}
+            with rolled_range(builder, const(n_c)) as loop:
+                c = loop.index
+                u_row = builder.add(u0_i, builder.mul(c, const(u_pitch)))
+                weights = [builder.load(at(u_p, builder.add(u_row, const(k * lanes_n)), vec), align=size)
+                           for k in range(n_vec)]
+                for t in range(n_t):
+                    v_at = builder.add(v0_i, builder.add(c, const(t * v_pitch)))
+                    value = _splat(builder, builder.load(at(v_p, v_at)), vec)
+                    for k in range(n_vec):
+                        builder.store(_fma(builder, weights[k], value, builder.load(acc[t, k])), acc[t, k])
+            for t, k in blocks:
+                m_at = builder.add(m0_i, const(t * m_pitch + k * lanes_n))
+                builder.store(builder.load(acc[t, k]), at(m_p, m_at, vec), align=size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return products
+
+
 def copy_span(step: int):
     """An ``@intrinsic`` ``copy(src, s0, dst, d0, n)``: ``dst[d0 + j] = src[s0 + j * step]`` for
     ``j < n`` (``step`` 1, 2 or 4, ``n`` a run-time count), in whole vectors of the target, the

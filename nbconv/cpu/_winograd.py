@@ -18,9 +18,13 @@ Layout: the input is packed once per call channels-last and zero-padded (``(N, g
 C_in/groups)``), so every vector loop runs over channels: the input transform over input
 channels, the matrix products and the output transform over output channels. A task is (group,
 block of ``TB`` tiles of the whole batch): it transforms its tiles' inputs, then for each block
-of output channels computes the ``t^2`` products (blocks of ``TT`` tiles x ``KC`` input channels
-held in registers against a vector of output channels) and transforms them back to outputs, which
-it stores with the bias. Every sum has a fixed order, independent of the thread count.
+of output channels computes the ``t^2`` products and transforms them back to outputs, which it
+stores with the bias. A product's register block is ``TT`` tiles x up to ``MAX_PRODUCT_VECTORS``
+vectors of output channels, its sums in registers over all the group's input channels
+(``_simd.tile_products``); where the block of output channels is not whole vectors, ``TT`` tiles
+x ``KC`` input channels against a loop over the output channels. A tile of 49 terms (5x5
+kernels) is transformed in two passes (:func:`separable_transform`). Every sum has a fixed order,
+independent of the thread count.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 
 from .._divisors import largest_divisor
 from .._version import __version__
-from . import _generated, _scratch
+from . import _generated, _outer, _scratch, _simd
 from ._threads import thread_count
 
 #: Outputs per tile side (m) for each kernel side (r), and the interpolation points of F(m, r)
@@ -60,6 +64,8 @@ MIN_TILES = 64
 #: 2 x 12, 8 x 3 or 8 tiles per task; ``python docs/winograd_blocks.py``; this machine is noisy,
 #: repeat).
 TB, TT, MAX_KC = 16, 4, 6
+#: Most vectors of output channels per register block of the products (``TT`` x this many sums).
+MAX_PRODUCT_VECTORS = 4
 #: Output channels per block (at most; a divisor of the group's): the products of a block for
 #: all tiles of a task stay in L2 (49 x 16 x 128 float32: 400 KiB).
 MAX_OUT_BLOCK = 128
@@ -174,14 +180,48 @@ def scalar_type_line(dtype) -> str:
     return f"\n_T = numba.{np.dtype(dtype).name}\n"
 
 
-def _separable_lines(src: str, dst: str, tmp: str, rows, cols) -> list[str]:
-    """``dst[i][j] = sum rows[i][a] cols[j][b] src[a][b]``: first along the columns
-    (``tmp{a}_{j}``), then along the rows; names ``{src}{a}_{b}``."""
+#: Fewest terms of a tile (``th x tw``) transformed in two passes (:func:`separable_transform`);
+#: smaller tiles in one. Patched by ``docs/winograd_passes.py``, which measures both.
+TWO_PASS_MIN_TERMS = 42
+
+
+def separable_transform(loop: str, src, mid, dst, rows, cols, finish=None, setup=()) -> list[str]:
+    """Source lines for ``dst(i, j) = finish(sum_a rows[i][a] sum_b cols[j][b] src(a, b))`` for
+    every ``i, j``, vector loops over the index of ``loop`` (a ``for`` header). ``src``, ``mid``
+    and ``dst`` map indices to element expressions; ``finish`` (source -> source) and ``setup``
+    (lines run before the sums along the rows) add what the stores need (the bias).
+
+    A tile of at least :data:`TWO_PASS_MIN_TERMS` terms is transformed in two passes through
+    memory. First, per row ``a``, its combinations along the columns, stored at ``mid(a, j)``.
+    Then, per column ``j``, the combinations along the rows of those, stored at ``dst(i, j)``.
+    ``mid`` may be the places of ``src`` or of ``dst``: every pass loads all its terms before it
+    stores. In one pass, the whole tile is live at once. For F(3x3, 5x5) that is 49 terms, more
+    than the vector registers, and the spills (714 stack accesses in the input transform's loop
+    with AVX-512) cost more than the two passes' stores and loads (alexnet_g2's transposed
+    convolution at batch 8 took 1.2x the time in one pass; smaller tiles were faster in one:
+    ``docs/performance.md`` round 35). Each value is the same sum in the same order either way,
+    so the results are the same bits."""
     n_a, n_b = len(rows[0]), len(cols[0])
-    lines = [f"{tmp}{a}_{j} = {_lincomb(cols[j], [f'{src}{a}_{b}' for b in range(n_b)])}"
-             for a in range(n_a) for j in range(len(cols))]
-    lines += [f"{dst}{i}_{j} = {_lincomb(rows[i], [f'{tmp}{a}_{j}' for a in range(n_a)])}"
-              for i in range(len(rows)) for j in range(len(cols))]
+    finish = finish or (lambda expr: expr)
+    if n_a * n_b < TWO_PASS_MIN_TERMS:
+        body = [f"r{a}_{b} = {src(a, b)}" for a in range(n_a) for b in range(n_b)]
+        body += [f"s{a}_{j} = {_lincomb(cols[j], [f'r{a}_{b}' for b in range(n_b)])}"
+                 for a in range(n_a) for j in range(len(cols))]
+        body += list(setup)
+        body += [f"{dst(i, j)} = {finish(_lincomb(rows[i], [f's{a}_{j}' for a in range(n_a)]))}"
+                 for i in range(len(rows)) for j in range(len(cols))]
+        return [loop, *_generated.nested(body)]
+    lines = []
+    for a in range(n_a):
+        body = [f"r{b} = {src(a, b)}" for b in range(n_b)]
+        body += [f"s{j} = {_lincomb(cols[j], [f'r{b}' for b in range(n_b)])}" for j in range(len(cols))]
+        body += [f"{mid(a, j)} = s{j}" for j in range(len(cols))]
+        lines += [loop, *_generated.nested(body)]
+    for j in range(len(cols)):
+        body = [*setup, *(f"r{a} = {mid(a, j)}" for a in range(n_a))]
+        body += [f"s{i} = {_lincomb(rows[i], [f'r{a}' for a in range(n_a)])}" for i in range(len(rows))]
+        body += [f"{dst(i, j)} = {finish(f's{i}')}" for i in range(len(rows))]
+        lines += [loop, *_generated.nested(body)]
     return lines
 
 
@@ -208,7 +248,7 @@ _DRIVER = '''
 
 @njit_parallel
 def transform_weight(w, u, wt_buf):
-    \"\"\"u[g, p, c, o] = (G w[g * {cout_g} + o, c] G^T)[p], w flat (C_out, {cin_g}, {kh}, {kw}). A task's
+    \"\"\"u[g, p, c, o] = (G w[g * {cout_g} + o, c] G^T)[p], w flat {weight_layout}. A task's
     taps are first copied output channel last (``wt_buf``, a row per thread), so that the
     transform's loop over the output channels reads and writes consecutive elements (a vector
     loop).\"\"\"
@@ -217,11 +257,10 @@ def transform_weight(w, u, wt_buf):
         g = task // {cin_g}
         c = task % {cin_g}
         for o in range({cout_g}):
-            w0 = ((g * {cout_g} + o) * {cin_g} + c) * {kk}
+            w0 = {weight_first}
             for k in range({kk}):
-                wt[k * {cout_g} + o] = w[_U(w0 + k)]
-        for o in range({cout_g}):
-            {weight_body}
+                wt[k * {cout_g} + o] = w[_U({weight_tap})]
+        {weight_body}
 
 
 @njit_parallel
@@ -253,14 +292,13 @@ def pack(x, xp):
 @njit_serial
 def _input_transform(xp, base, v, v0):
     \"\"\"v[v0 + p * {cin_g} + c] = (B^T d B)[p] of the tile at xp[base:], every input channel c.\"\"\"
-    for c in range({cin_g}):
-        {input_body}
+    {input_body}
 
 
 @njit_serial
 def _products(m, m0, v, v0, u, u0):
     \"\"\"m[m0 + t * {ob} + o] = sum_c v[v0 + t * {v_tile} + c] * u[u0 + c * {cout_g} + o] for {tt} tiles t
-    and {ob} output channels o: {kc} input channels at a time, their {tt} x {kc} tile values in registers.\"\"\"
+    and {ob} output channels o: {products_how}.\"\"\"
     {gemm_body}
 
 
@@ -268,8 +306,7 @@ def _products(m, m0, v, v0, u, u0):
 def _output_transform(m, m0, b, y, y0):
     \"\"\"y[y0 + (a * {mw} + c) * {ob} + o] = (A^T M A)[a, c] + b[o] of the tile whose products are at m[m0:]
     (position p at a stride of {tb} x {ob}), every output channel o of the block.\"\"\"
-    for o in range({ob}):
-        {output_body}
+    {output_body}
 
 
 @numba.njit(inline="always")
@@ -320,30 +357,41 @@ def forward(xp, u, b, out, v_buf, m_buf, y_buf, n_chunks):
 '''
 
 
-def module_source(spec) -> str:
-    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
-    mh, mw, th, tw, ty_n, tx_n, hp, wp = geo = geometry(spec)
-    ath, gh, bth = transform_matrices(mh, kh)
-    atw, gw, btw = transform_matrices(mw, kw)
-    cin_g, cout_g = spec.in_per_group, spec.out_per_group
+def product_vectors(spec) -> tuple[int, ...] | None:
+    """Vectors of output channels per register block of the products (:func:`product_lines`), in
+    order across a block of output channels, or None where the block is not whole vectors. At most
+    ``MAX_PRODUCT_VECTORS`` and the target's register budget (``_outer.block_sums()`` sums of
+    ``TT`` tiles), spread evenly: 48 channels of float32 are one block of 3 vectors, 128 two of 4."""
+    lanes, ob = _simd.lanes(spec.dtype), blocking(spec)[1]
+    if ob % lanes:
+        return None
+    n = ob // lanes
+    most = max(1, min(MAX_PRODUCT_VECTORS, _outer.block_sums() // TT))
+    blocks = -(-n // most)
+    return tuple(n // blocks + (i < n % blocks) for i in range(blocks))
+
+
+def product_lines(spec, v_tile: int) -> tuple[list[str], str, str]:
+    """(the body of ``_products``, what its docstring says of it, module lines it needs).
+
+    Where the output channels of a block are whole vectors (:func:`product_vectors`), each
+    register block of ``TT`` tiles x those vectors keeps its sums in registers over every input
+    channel (``_simd.tile_products``) and stores them once. Else ``TT`` tiles x ``kc`` input
+    channels at a time against a loop over the output channels, whose sums are loaded and stored
+    per ``kc`` channels (the vector loop LLVM makes of it)."""
     kc, ob = blocking(spec)
-    p_n = geo.positions
-    # weight: w{a}_{b} -> u{i}_{j}
-    weight_body = [f"w{a}_{b} = wt[_U({(a * kw + b) * cout_g} + o)]" for a in range(kh) for b in range(kw)]
-    weight_body += _separable_lines("w", "u", "h", gh, gw)
-    weight_body += [f"u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)] = u{i}_{j}"
-                    for i in range(th) for j in range(tw)]
-    # input: d{i}_{j} -> v{i}_{j}, vectorised over channels
-    input_body = [f"d{i}_{j} = xp[_U(base + {(i * wp + j) * cin_g} + c)]" for i in range(th) for j in range(tw)]
-    input_body += _separable_lines("d", "v", "e", bth, btw)
-    input_body += [f"v[_U(v0 + {(i * tw + j) * cin_g} + c)] = v{i}_{j}" for i in range(th) for j in range(tw)]
-    # output: m{i}_{j} -> y{a}_{b}, vectorised over output channels, stored where inside the plane
-    output_body = [f"m{i}_{j} = m[_U(m0 + {(i * tw + j) * TB * ob} + o)]" for i in range(th) for j in range(tw)]
-    output_body += _separable_lines("m", "y", "s", ath, atw)
-    output_body += ["bias = b[o]"]
-    output_body += [f"y[_U(y0 + {(a * mw + c) * ob} + o)] = y{a}_{c} + bias" for a in range(mh) for c in range(mw)]
-    # products: TT tiles x KC channels per pass over the output channels
-    v_tile = p_n * cin_g
+    cin_g, cout_g = spec.in_per_group, spec.out_per_group
+    vectors = product_vectors(spec)
+    if vectors is not None:
+        lanes = _simd.lanes(spec.dtype)
+        header = "\nfrom nbconv.cpu._simd import tile_products\n\n" + "".join(
+            f"_tp{n} = tile_products({TT}, {n}, {cin_g}, {v_tile}, {cout_g}, {ob})\n" for n in sorted(set(vectors)))
+        lines, o = [], 0
+        for n in vectors:
+            lines.append(f"_tp{n}(v, v0, u, u0 + {o}, m, m0 + {o})")
+            o += n * lanes
+        how = f"blocks of {TT} tiles x {'+'.join(map(str, vectors))} vectors, sums in registers over the input channels"
+        return lines, how, header
     gemm = []
     for first in (True, False):  # the first input channels start the sums, the others add to them
         c0 = "0" if first else "c0"
@@ -356,15 +404,51 @@ def module_source(spec) -> str:
             per_output += [f"m[_U(m0 + {t * ob} + o)] = {acc}{terms}"]
         block += _generated.nested(per_output)
         gemm += block if first else [f"for c0 in range({kc}, {cin_g}, {kc}):", *_generated.nested(block)]
+    how = f"{kc} input channels at a time, their {TT} x {kc} tile values in registers"
+    return gemm, how, ""
+
+
+def module_source(spec) -> str:
+    (kh, kw), (oh, ow) = spec.kernel_size, spec.out_size
+    mh, mw, th, tw, ty_n, tx_n, hp, wp = geo = geometry(spec)
+    ath, gh, bth = transform_matrices(mh, kh)
+    atw, gw, btw = transform_matrices(mw, kw)
+    cin_g, cout_g = spec.in_per_group, spec.out_per_group
+    ob = blocking(spec)[1]
+    p_n = geo.positions
+    # weight: w{a}_{b} -> u{i}_{j}
+    # each transform in two vector passes (rows, then columns), the first storing where the second reads
+    weight_body = separable_transform(
+        f"for o in range({cout_g}):", lambda a, b: f"wt[_U({(a * kw + b) * cout_g} + o)]",
+        lambda i, j: f"u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)]",
+        lambda i, j: f"u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)]", gh, gw)
+    input_body = separable_transform(
+        f"for c in range({cin_g}):", lambda a, b: f"xp[_U(base + {(a * wp + b) * cin_g} + c)]",
+        lambda i, j: f"v[_U(v0 + {(i * tw + j) * cin_g} + c)]", lambda i, j: f"v[_U(v0 + {(i * tw + j) * cin_g} + c)]",
+        bth, btw)
+    output_body = separable_transform(
+        f"for o in range({ob}):", lambda a, b: f"m[_U(m0 + {(a * tw + b) * TB * ob} + o)]",
+        lambda a, j: f"m[_U(m0 + {(a * tw + j) * TB * ob} + o)]", lambda i, j: f"y[_U(y0 + {(i * mw + j) * ob} + o)]",
+        ath, atw, finish=lambda expr: f"{expr} + bias", setup=["bias = b[o]"])
+    v_tile = p_n * cin_g
+    gemm, products_how, header = product_lines(spec, v_tile)
     what = f"Winograd F({mh}x{mw}, {kh}x{kw}), {cin_g} -> {cout_g} channels per group, {oh}x{ow} outputs"
+    if spec.transposed_weight:  # the transposed convolution's own weight, flipped here
+        weight_layout = f"(C_in = {spec.groups} x {cin_g}, {cout_g}, {kh}, {kw}), a transposed convolution's"
+        weight_first, weight_tap = f"((g * {cin_g} + c) * {cout_g} + o) * {kh * kw}", f"w0 + {kh * kw - 1} - k"
+    else:
+        weight_layout = f"(C_out, {cin_g}, {kh}, {kw})"
+        weight_first, weight_tap = f"((g * {cout_g} + o) * {cin_g} + c) * {kh * kw}", "w0 + k"
     fmt = dict(groups=spec.groups, cin_g=cin_g, cout_g=cout_g, kh=kh, kw=kw, kk=kh * kw, pt=spec.padding[0],
                pl=spec.padding[2], hp=hp, wp=wp, rows_read=oh + kh - 1, cols_read=ow + kw - 1,
-               in_h=spec.in_size[0], in_w=spec.in_size[1], ob=ob, kc=kc, tt=TT, tb=TB, v_tile=v_tile,
-               tiles_img=ty_n * tx_n, tx_n=tx_n, ty_n=ty_n, y_tile=mh * mw * ob, plane=oh * ow, mh=mh, mw=mw,
+               in_h=spec.in_size[0], in_w=spec.in_size[1], ob=ob, products_how=products_how,
+               weight_layout=weight_layout, weight_first=weight_first, weight_tap=weight_tap, tt=TT, tb=TB,
+               v_tile=v_tile, tiles_img=ty_n * tx_n, tx_n=tx_n, ty_n=ty_n, y_tile=mh * mw * ob, plane=oh * ow,
+               mh=mh, mw=mw,
                oh=oh, ow=ow, p_n=p_n, c_out=spec.out_channels,
                weight_body=weight_body, input_body=input_body, output_body=output_body, gemm_body=gemm)
     return (_generated.HEADER.format(generator=__name__, version=__version__, what=what)
-            + scalar_type_line(spec.dtype) + _generated.fill(_DRIVER, **fmt))
+            + scalar_type_line(spec.dtype) + header + _generated.fill(_DRIVER, **fmt))
 
 
 @functools.lru_cache(maxsize=64)
@@ -373,7 +457,8 @@ def _module(spec):
 
 
 def winograd_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, spec) -> None:
-    """``out`` = the convolution of ``spec`` (C-contiguous arrays; ``w`` in (C_out, C_in/groups, kH, kW)).
+    """``out`` = the convolution of ``spec`` (C-contiguous arrays; ``w`` in (C_out, C_in/groups, kH, kW),
+    or for ``spec.transposed_weight`` the transposed convolution's own (C_in, C_out/groups, kH, kW)).
     Non-finite pixels or weights make the tiles that hold them non-finite: the launcher checks."""
     mod, geo = _module(spec), geometry(spec)
     threads, p_n, ob = thread_count(), geo.positions, blocking(spec)[1]

@@ -31,7 +31,7 @@ import numpy as np
 from .._divisors import largest_divisor
 from .._version import __version__
 from . import _generated, _outer, _scratch, _simd, _winograd
-from ._winograd import _separable_lines, scalar_type_line
+from ._winograd import scalar_type_line, separable_transform
 
 #: Gradient tile side (m): F(r x r, 3 x 3) for r-tap kernels.
 TILE = 3
@@ -124,12 +124,10 @@ def transform(xcl, gcl, u, v):
         tx = q % {tx_n}
         xb = ((g * {hp} + ty * {tile}) * {wp} + tx * {tile}) * {cin_g}
         vb = (g * {positions} * {n_tiles} + q) * {cin_g}
-        for c in range({cin_g}):
-            {input_body}
+        {input_body}
         gb = ((g * {gh} + ty * {tile}) * {gw} + tx * {tile}) * {cout_g}
         ub = (g * {positions} * {n_tiles} + q) * {cout_g}
-        for o in range({cout_g}):
-            {grad_body}
+        {grad_body}
 
 
 @njit_parallel
@@ -149,8 +147,7 @@ def output_transform(tot, dw):
         g = task // {cin_g}
         c = task % {cin_g}
         mb = (g * {positions} * {cin_g} + c) * {cout_g}
-        for o in range({cout_g}):
-            {output_body}
+        {output_body}
 '''
 
 
@@ -165,16 +162,19 @@ def module_source(spec) -> str:
     n_c, n_vec = blocking(spec)
     lanes = _simd.lanes(spec.dtype)
     n_tiles, positions = ty_n * tx_n, t * t
-    input_body = [f"d{a}_{b} = xcl[_U(xb + {(a * wp + b) * cin_g} + c)]" for a in range(t) for b in range(t)]
-    input_body += _separable_lines("d", "w", "e", bt, bt)
-    input_body += [f"v[_U(vb + {(i * t + j) * n_tiles * cin_g} + c)] = w{i}_{j}" for i in range(t) for j in range(t)]
-    grad_body = [f"d{a}_{b} = gcl[_U(gb + {(a * gw + b) * cout_g} + o)]" for a in range(TILE) for b in range(TILE)]
-    grad_body += _separable_lines("d", "w", "e", g_mat, g_mat)
-    grad_body += [f"u[_U(ub + {(i * t + j) * n_tiles * cout_g} + o)] = w{i}_{j}" for i in range(t) for j in range(t)]
-    output_body = [f"d{a}_{b} = tot[_U(mb + {(a * t + b) * cin_g * cout_g} + o)]" for a in range(t) for b in range(t)]
-    output_body += _separable_lines("d", "w", "e", at, at)
-    output_body += [f"dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {i * r + j})] = w{i}_{j}"
-                    for i in range(r) for j in range(r)]
+    # each transform in two vector passes (rows, then columns), the first storing where the second reads
+    input_body = separable_transform(
+        f"for c in range({cin_g}):", lambda a, b: f"xcl[_U(xb + {(a * wp + b) * cin_g} + c)]",
+        lambda i, j: f"v[_U(vb + {(i * t + j) * n_tiles * cin_g} + c)]",
+        lambda i, j: f"v[_U(vb + {(i * t + j) * n_tiles * cin_g} + c)]", bt, bt)
+    grad_body = separable_transform(
+        f"for o in range({cout_g}):", lambda a, b: f"gcl[_U(gb + {(a * gw + b) * cout_g} + o)]",
+        lambda i, j: f"u[_U(ub + {(i * t + j) * n_tiles * cout_g} + o)]",
+        lambda i, j: f"u[_U(ub + {(i * t + j) * n_tiles * cout_g} + o)]", g_mat, g_mat)
+    output_body = separable_transform(
+        f"for o in range({cout_g}):", lambda a, b: f"tot[_U(mb + {(a * t + b) * cin_g * cout_g} + o)]",
+        lambda a, j: f"tot[_U(mb + {(a * t + j) * cin_g * cout_g} + o)]",
+        lambda i, j: f"dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {i * r + j})]", at, at)
     what = (f"Winograd weight gradient F({r}x{r}, {TILE}x{TILE}), {cin_g} -> {cout_g} channels per group, "
             f"{n_tiles} tiles per image, blocks of {n_c} input channels x {n_vec} vectors")
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what) + scalar_type_line(spec.dtype)
