@@ -185,20 +185,30 @@ def scalar_type_line(dtype) -> str:
 TWO_PASS_MIN_TERMS = 42
 
 
+def offset(*terms: tuple[int | str, int]) -> str:
+    """Source for ``sum index * scale`` over ``terms`` of (index, scale): the integer indices
+    folded into one constant, the named ones (run-time loop variables) kept as products."""
+    const = sum(i * k for i, k in terms if isinstance(i, int))
+    names = [f"{i} * {k}" for i, k in terms if not isinstance(i, int)]
+    return " + ".join(names + [str(const)]) if names else str(const)
+
+
 def separable_transform(loop: str, src, mid, dst, rows, cols, finish=None, setup=()) -> list[str]:
     """Source lines for ``dst(i, j) = finish(sum_a rows[i][a] sum_b cols[j][b] src(a, b))`` for
     every ``i, j``, vector loops over the index of ``loop`` (a ``for`` header). ``src``, ``mid``
-    and ``dst`` map indices to element expressions; ``finish`` (source -> source) and ``setup``
-    (lines run before the sums along the rows) add what the stores need (the bias).
+    and ``dst`` map indices (integers, or the name of a loop variable: use :func:`offset`) to
+    element expressions; ``finish`` (source -> source) and ``setup`` (lines run before the sums
+    along the rows) add what the stores need (the bias).
 
     A tile of at least :data:`TWO_PASS_MIN_TERMS` terms is transformed in two passes through
-    memory. First, per row ``a``, its combinations along the columns, stored at ``mid(a, j)``.
-    Then, per column ``j``, the combinations along the rows of those, stored at ``dst(i, j)``.
-    ``mid`` may be the places of ``src`` or of ``dst``: every pass loads all its terms before it
-    stores. In one pass, the whole tile is live at once. For F(3x3, 5x5) that is 49 terms, more
-    than the vector registers, and the spills (714 stack accesses in the input transform's loop
-    with AVX-512) cost more than the two passes' stores and loads (alexnet_g2's transposed
-    convolution at batch 8 took 1.2x the time in one pass; smaller tiles were faster in one:
+    memory, each a loop over the tile's rows or columns around the vector loop. First, per row
+    ``a``, its combinations along the columns, stored at ``mid(a, j)``. Then, per column ``j``,
+    the combinations along the rows of those, stored at ``dst(i, j)``. ``mid`` may be the places of
+    ``src`` or of ``dst``: every pass loads all its terms before it stores. In one pass, the whole
+    tile is live at once. For F(3x3, 5x5) that is 49 terms, more than the vector registers, and
+    the spills (714 stack accesses in the input transform's loop with AVX-512) cost more than the
+    two passes' stores and loads (alexnet_g2's transposed convolution at batch 8 took 1.2x the
+    time in one pass; smaller tiles were faster in one: ``python docs/winograd_passes.py``,
     ``docs/performance.md`` round 35). Each value is the same sum in the same order either way,
     so the results are the same bits."""
     n_a, n_b = len(rows[0]), len(cols[0])
@@ -211,18 +221,14 @@ def separable_transform(loop: str, src, mid, dst, rows, cols, finish=None, setup
         body += [f"{dst(i, j)} = {finish(_lincomb(rows[i], [f's{a}_{j}' for a in range(n_a)]))}"
                  for i in range(len(rows)) for j in range(len(cols))]
         return [loop, *_generated.nested(body)]
-    lines = []
-    for a in range(n_a):
-        body = [f"r{b} = {src(a, b)}" for b in range(n_b)]
-        body += [f"s{j} = {_lincomb(cols[j], [f'r{b}' for b in range(n_b)])}" for j in range(len(cols))]
-        body += [f"{mid(a, j)} = s{j}" for j in range(len(cols))]
-        lines += [loop, *_generated.nested(body)]
-    for j in range(len(cols)):
-        body = [*setup, *(f"r{a} = {mid(a, j)}" for a in range(n_a))]
-        body += [f"s{i} = {_lincomb(rows[i], [f'r{a}' for a in range(n_a)])}" for i in range(len(rows))]
-        body += [f"{dst(i, j)} = {finish(f's{i}')}" for i in range(len(rows))]
-        lines += [loop, *_generated.nested(body)]
-    return lines
+    body = [f"r{b} = {src('_ra', b)}" for b in range(n_b)]
+    body += [f"s{j} = {_lincomb(cols[j], [f'r{b}' for b in range(n_b)])}" for j in range(len(cols))]
+    body += [f"{mid('_ra', j)} = s{j}" for j in range(len(cols))]
+    lines = [f"for _ra in range({n_a}):", *_generated.nested([loop, *_generated.nested(body)])]
+    body = [*setup, *(f"r{a} = {mid(a, '_cj')}" for a in range(n_a))]
+    body += [f"s{i} = {_lincomb(rows[i], [f'r{a}' for a in range(n_a)])}" for i in range(len(rows))]
+    body += [f"{dst(i, '_cj')} = {finish(f's{i}')}" for i in range(len(rows))]
+    return lines + [f"for _cj in range({len(cols)}):", *_generated.nested([loop, *_generated.nested(body)])]
 
 
 def chunk_count(n_tiles: int, groups: int, threads: int) -> int:
@@ -419,16 +425,17 @@ def module_source(spec) -> str:
     # weight: w{a}_{b} -> u{i}_{j}
     # each transform in two vector passes (rows, then columns), the first storing where the second reads
     weight_body = separable_transform(
-        f"for o in range({cout_g}):", lambda a, b: f"wt[_U({(a * kw + b) * cout_g} + o)]",
-        lambda i, j: f"u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)]",
-        lambda i, j: f"u[_U(((g * {p_n} + {i * tw + j}) * {cin_g} + c) * {cout_g} + o)]", gh, gw)
+        f"for o in range({cout_g}):", lambda a, b: f"wt[_U({offset((a, kw * cout_g), (b, cout_g))} + o)]",
+        lambda i, j: f"u[_U((g * {p_n * cin_g} + {offset((i, tw * cin_g), (j, cin_g))} + c) * {cout_g} + o)]",
+        lambda i, j: f"u[_U((g * {p_n * cin_g} + {offset((i, tw * cin_g), (j, cin_g))} + c) * {cout_g} + o)]", gh, gw)
     input_body = separable_transform(
-        f"for c in range({cin_g}):", lambda a, b: f"xp[_U(base + {(a * wp + b) * cin_g} + c)]",
-        lambda i, j: f"v[_U(v0 + {(i * tw + j) * cin_g} + c)]", lambda i, j: f"v[_U(v0 + {(i * tw + j) * cin_g} + c)]",
-        bth, btw)
+        f"for c in range({cin_g}):", lambda a, b: f"xp[_U(base + {offset((a, wp * cin_g), (b, cin_g))} + c)]",
+        lambda i, j: f"v[_U(v0 + {offset((i, tw * cin_g), (j, cin_g))} + c)]",
+        lambda i, j: f"v[_U(v0 + {offset((i, tw * cin_g), (j, cin_g))} + c)]", bth, btw)
     output_body = separable_transform(
-        f"for o in range({ob}):", lambda a, b: f"m[_U(m0 + {(a * tw + b) * TB * ob} + o)]",
-        lambda a, j: f"m[_U(m0 + {(a * tw + j) * TB * ob} + o)]", lambda i, j: f"y[_U(y0 + {(i * mw + j) * ob} + o)]",
+        f"for o in range({ob}):", lambda a, b: f"m[_U(m0 + {offset((a, tw * TB * ob), (b, TB * ob))} + o)]",
+        lambda a, j: f"m[_U(m0 + {offset((a, tw * TB * ob), (j, TB * ob))} + o)]",
+        lambda i, j: f"y[_U(y0 + {offset((i, mw * ob), (j, ob))} + o)]",
         ath, atw, finish=lambda expr: f"{expr} + bias", setup=["bias = b[o]"])
     v_tile = p_n * cin_g
     gemm, products_how, header = product_lines(spec, v_tile)

@@ -31,7 +31,7 @@ import numpy as np
 from .._divisors import largest_divisor
 from .._version import __version__
 from . import _generated, _outer, _scratch, _simd, _winograd
-from ._winograd import scalar_type_line, separable_transform
+from ._winograd import offset, scalar_type_line, separable_transform
 
 #: Gradient tile side (m): F(r x r, 3 x 3) for r-tap kernels.
 TILE = 3
@@ -164,17 +164,18 @@ def module_source(spec) -> str:
     n_tiles, positions = ty_n * tx_n, t * t
     # each transform in two vector passes (rows, then columns), the first storing where the second reads
     input_body = separable_transform(
-        f"for c in range({cin_g}):", lambda a, b: f"xcl[_U(xb + {(a * wp + b) * cin_g} + c)]",
-        lambda i, j: f"v[_U(vb + {(i * t + j) * n_tiles * cin_g} + c)]",
-        lambda i, j: f"v[_U(vb + {(i * t + j) * n_tiles * cin_g} + c)]", bt, bt)
+        f"for c in range({cin_g}):", lambda a, b: f"xcl[_U(xb + {offset((a, wp * cin_g), (b, cin_g))} + c)]",
+        lambda i, j: f"v[_U(vb + {offset((i, t * n_tiles * cin_g), (j, n_tiles * cin_g))} + c)]",
+        lambda i, j: f"v[_U(vb + {offset((i, t * n_tiles * cin_g), (j, n_tiles * cin_g))} + c)]", bt, bt)
     grad_body = separable_transform(
-        f"for o in range({cout_g}):", lambda a, b: f"gcl[_U(gb + {(a * gw + b) * cout_g} + o)]",
-        lambda i, j: f"u[_U(ub + {(i * t + j) * n_tiles * cout_g} + o)]",
-        lambda i, j: f"u[_U(ub + {(i * t + j) * n_tiles * cout_g} + o)]", g_mat, g_mat)
+        f"for o in range({cout_g}):", lambda a, b: f"gcl[_U(gb + {offset((a, gw * cout_g), (b, cout_g))} + o)]",
+        lambda i, j: f"u[_U(ub + {offset((i, t * n_tiles * cout_g), (j, n_tiles * cout_g))} + o)]",
+        lambda i, j: f"u[_U(ub + {offset((i, t * n_tiles * cout_g), (j, n_tiles * cout_g))} + o)]", g_mat, g_mat)
     output_body = separable_transform(
-        f"for o in range({cout_g}):", lambda a, b: f"tot[_U(mb + {(a * t + b) * cin_g * cout_g} + o)]",
-        lambda a, j: f"tot[_U(mb + {(a * t + j) * cin_g * cout_g} + o)]",
-        lambda i, j: f"dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {i * r + j})]", at, at)
+        f"for o in range({cout_g}):",
+        lambda a, b: f"tot[_U(mb + {offset((a, t * cin_g * cout_g), (b, cin_g * cout_g))} + o)]",
+        lambda a, j: f"tot[_U(mb + {offset((a, t * cin_g * cout_g), (j, cin_g * cout_g))} + o)]",
+        lambda i, j: f"dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {offset((i, r), (j, 1))})]", at, at)
     what = (f"Winograd weight gradient F({r}x{r}, {TILE}x{TILE}), {cin_g} -> {cout_g} channels per group, "
             f"{n_tiles} tiles per image, blocks of {n_c} input channels x {n_vec} vectors")
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what) + scalar_type_line(spec.dtype)
