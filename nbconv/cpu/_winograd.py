@@ -422,8 +422,8 @@ def module_source(spec) -> str:
     cin_g, cout_g = spec.in_per_group, spec.out_per_group
     ob = blocking(spec)[1]
     p_n = geo.positions
-    # weight: w{a}_{b} -> u{i}_{j}
-    # each transform in two vector passes (rows, then columns), the first storing where the second reads
+    # the weight's, the input's and the products' transforms: vector loops over channels; in two passes
+    # (large tiles), the first stores in the places the second reads (``separable_transform``)
     weight_body = separable_transform(
         f"for o in range({cout_g}):", lambda a, b: f"wt[_U({offset((a, kw * cout_g), (b, cout_g))} + o)]",
         lambda i, j: f"u[_U((g * {p_n * cin_g} + {offset((i, tw * cin_g), (j, cin_g))} + c) * {cout_g} + o)]",

@@ -162,7 +162,7 @@ def module_source(spec) -> str:
     n_c, n_vec = blocking(spec)
     lanes = _simd.lanes(spec.dtype)
     n_tiles, positions = ty_n * tx_n, t * t
-    # each transform in two vector passes (rows, then columns), the first storing where the second reads
+    # vector loops over channels; in two passes (large tiles), the first stores where the second reads
     input_body = separable_transform(
         f"for c in range({cin_g}):", lambda a, b: f"xcl[_U(xb + {offset((a, wp * cin_g), (b, cin_g))} + c)]",
         lambda i, j: f"v[_U(vb + {offset((i, t * n_tiles * cin_g), (j, n_tiles * cin_g))} + c)]",
