@@ -207,10 +207,11 @@ def separable_transform(loop: str, src, mid, dst, rows, cols, finish=None, setup
     ``src`` or of ``dst``: every pass loads all its terms before it stores. In one pass, the whole
     tile is live at once. For F(3x3, 5x5) that is 49 terms, more than the vector registers, and
     the spills (714 stack accesses in the input transform's loop with AVX-512) cost more than the
-    two passes' stores and loads (alexnet_g2's transposed convolution at batch 8 took 1.2x the
-    time in one pass; smaller tiles were faster in one: ``python docs/winograd_passes.py``,
-    ``docs/performance.md`` round 35). Each value is the same sum in the same order either way,
-    so the results are the same bits."""
+    two passes' stores and loads (at batch 8, two passes took 0.95x the time of one for
+    alexnet_g2's forward and transposed convolution and 0.84x for its weight gradient, ``python
+    docs/winograd_passes.py``; dense_64_28's 36-term tiles took 1.15x in two, a one-off A/B:
+    ``docs/performance.md`` round 35). Each value is the same sum in the same order either way, so
+    the results are the same bits."""
     n_a, n_b = len(rows[0]), len(cols[0])
     finish = finish or (lambda expr: expr)
     if n_a * n_b < TWO_PASS_MIN_TERMS:
