@@ -720,6 +720,39 @@ def test_copy_run(dtype, count, step, spread):
     np.testing.assert_array_equal(dst, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count", [8, 14, 16, 28, 37])
+@pytest.mark.parametrize("step", [1, 2])
+@pytest.mark.parametrize("ways", [2, 4])
+def test_interleave_run(dtype, count, step, ways):
+    """The packed groups' planes interleaved in one pass (``_pack_planes``): element ``j`` of
+    plane ``m`` (``s_pitch`` apart) at ``d0 + j * ways + m``, at unaligned offsets; nothing past
+    the ``count * ways`` results written, and the last plane's source ends at a guard page, so a
+    read past its last element ends the process."""
+    interleave = _simd.interleave_run(count, step, ways)
+
+    @numba.njit
+    def run(src, s0, s_pitch, dst, d0):
+        interleave(src, s0, s_pitch, dst, d0)
+
+    pitch = (count - 1) * step + 1 + 5
+    src = ending_at_a_guard_page(3 + (ways - 1) * pitch + (count - 1) * step + 1, dtype)
+    src[:] = np.arange(src.size) + 1
+    dst = np.full(8 + count * ways + 80, -1, dtype)
+    run(src, 3, pitch, dst, 5)
+    want = np.full(dst.size, -1, dtype)
+    for m in range(ways):
+        want[5 + m:5 + count * ways:ways] = src[3 + m * pitch::step][:count]
+    np.testing.assert_array_equal(dst, want)
+
+
+def test_interleave_run_rejects_other_steps_and_ways():
+    with pytest.raises(ValueError, match="steps of 1 or 2"):
+        _simd.interleave_run(8, 3)
+    with pytest.raises(ValueError, match="2 or 4 planes"):
+        _simd.interleave_run(8, 1, 3)
+
+
 def test_copy_run_rejects_other_steps():
     with pytest.raises(ValueError, match="steps of 1 or 2"):
         _simd.copy_run(8, 3)

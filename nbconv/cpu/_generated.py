@@ -218,12 +218,33 @@ def pack_source(spec, stack: int = 1, interleave: int = 1) -> str:
 
     With ``interleave`` > 1, ``_pack_plane(x_flat, s0, xs, d0, lane)``: the planes of
     ``interleave`` channels share ``xs``, element ``e`` of the layout of this one at
-    ``xs[e * interleave + lane]``."""
+    ``xs[e * interleave + lane]``; and ``_pack_planes(x_flat, s0, s_pitch, xs, d0)``, which packs
+    all ``interleave`` of them at once, plane ``lane`` read from ``x_flat[s0 + lane * s_pitch:]``
+    (``_simd.interleave_run``: whole-vector stores, where ``_pack_plane``'s are masked)."""
+    lines = _pack_lines(spec, stack, interleave, together=False)
+    copies = lines.pop()
+    if interleave > 1:
+        together = _pack_lines(spec, stack, interleave, together=True)
+        interleaves = together.pop()
+        lines += together
+    header = ["", "from nbconv.cpu._simd import copy_run", ""] + [f"_copy{c}_{st} = copy_run({c}, {st}, {interleave})"
+                                                                 for c, st in sorted(copies)]
+    if interleave > 1 and interleaves:
+        header += ["from nbconv.cpu._simd import interleave_run", ""] + [
+            f"_interleave{c}_{st} = interleave_run({c}, {st}, {interleave})" for c, st in sorted(interleaves)]
+    return "\n".join((header if copies or interleave > 1 else []) + lines) + "\n"
+
+
+def _pack_lines(spec, stack: int, interleave: int, together: bool) -> list:
+    """:func:`pack_source`'s function lines: ``_pack_plane`` (one plane; with ``interleave`` > 1
+    one lane of the interleaved planes) or, ``together``, ``_pack_planes`` (all lanes at once);
+    the last item is the set of (count, step) of the vector copies they call."""
     row_dst, runs, _ = _packed.packed_tables(spec, stack)
     in_w = spec.in_size[1]
     lane = ", lane" if interleave > 1 else ""
     copies: set[tuple[int, int]] = set()
-    lines = ["", "", "@njit_serial", f"def _pack_plane(x_flat, s0, xs, d0{lane}):"]
+    signature = "_pack_planes(x_flat, s0, s_pitch, xs, d0)" if together else f"_pack_plane(x_flat, s0, xs, d0{lane})"
+    lines = ["", "", "@njit_serial", f"def {signature}:"]
     pt, lh, sh = spec.padding[0], spec.lhs_dilation[0], spec.stride[0]
     phases: dict[int, list[tuple[int, int]]] = {}  # the rows of each row phase, in order
     for iy, d in enumerate(row_dst.tolist()):
@@ -240,16 +261,25 @@ def pack_source(spec, stack: int = 1, interleave: int = 1) -> str:
             lines += [f"    for m in range({count}):",
                       f"        d = d0 + {dst0} + m * {step[1]}", f"        s = s0 + ({iy0} + m * {step[0]}) * {in_w}"]
             for dst, dst_step, src, src_step, cnt in runs.tolist():
-                if dst_step == 1 and src_step in (1, 2) and interleave in (1, 2, 4) and cnt >= MIN_VECTOR_RUN:
+                vector = dst_step == 1 and src_step in (1, 2) and interleave in (1, 2, 4) and cnt >= MIN_VECTOR_RUN
+                if vector and together:
+                    copies.add((cnt, src_step))
+                    lines.append(f"        _interleave{cnt}_{src_step}(x_flat, s + {src}, s_pitch, xs, "
+                                 f"(d + {dst}) * {interleave})")
+                    continue
+                if vector:
                     copies.add((cnt, src_step))
                     at = f"(d + {dst}) * {interleave} + lane" if interleave > 1 else f"d + {dst}"
                     lines.append(f"        _copy{cnt}_{src_step}(x_flat, s + {src}, xs, {at})")
                     continue
                 at = f"d + {dst} + j * {dst_step}"
+                if together:
+                    lines += [f"        for j in range({cnt}):", f"            for lane in range({interleave}):",
+                              f"                xs[_U(({at}) * {interleave} + lane)] = "
+                              f"x_flat[_U(s + lane * s_pitch + {src} + j * {src_step})]"]
+                    continue
                 at = f"({at}) * {interleave} + lane" if interleave > 1 else at
                 lines += [f"        for j in range({cnt}):",
                           f"            xs[_U({at})] = x_flat[_U(s + {src} + j * {src_step})]"]
             i = j
-    header = ["", "from nbconv.cpu._simd import copy_run", ""] + [f"_copy{c}_{st} = copy_run({c}, {st}, {interleave})"
-                                                                 for c, st in sorted(copies)]
-    return "\n".join((header if copies else []) + lines) + "\n"
+    return lines + [copies]

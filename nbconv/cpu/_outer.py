@@ -438,12 +438,15 @@ def module_source(spec, direct: bool = False) -> str:
         else:
             pack_one = (f"_pack_plane(x_flat, (n * {spec.in_channels} + (gp * {pack} + j) * {cin_g} + ci) * "
                         f"{in_plane}, xs, ci * {chan}, j)")
+            pack_all = (f"_pack_planes(x_flat, (n * {spec.in_channels} + gp * {pack * cin_g} + ci) * {in_plane}, "
+                        f"{cin_g * in_plane}, xs, ci * {chan})")
             if idle_groups(spec.groups, pack):  # an idle group's planes are zeros
-                per_channel = [f"for j in range({pack}):", "    if j < live:", f"        {pack_one}",
-                               "    else:", f"        for e in range({chan}):",
-                               f"            xs[_U((ci * {chan} + e) * {pack} + j)] = 0"]
+                per_channel = [f"if live == {pack}:", f"    {pack_all}", "else:",
+                               f"    for j in range({pack}):", "        if j < live:", f"            {pack_one}",
+                               "        else:", f"            for e in range({chan}):",
+                               f"                xs[_U((ci * {chan} + e) * {pack} + j)] = 0"]
             else:
-                per_channel = [f"for j in range({pack}):", f"    {pack_one}"]
+                per_channel = [pack_all]
         pack_planes = [f"live = min({pack}, {spec.groups} - gp * {pack})", f"for ci in range({cin_g}):",
                        *_generated.nested(per_channel)]
     return "\n".join(lines + defs) + "\n" + _generated.fill(

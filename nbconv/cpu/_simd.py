@@ -341,6 +341,75 @@ def copy_run(count: int, step: int = 1, spread: int = 1):
     return copy
 
 
+def interleave_run(count: int, step: int = 1, ways: int = 2):
+    """An ``@intrinsic`` ``interleave(src, s0, s_pitch, dst, d0)``: ``dst[d0 + j * ways + m] =
+    src[s0 + m * s_pitch + j * step]`` for ``j < count`` and ``m < ways`` (``step`` 1 or 2, ``ways``
+    2 or 4): the rows of ``ways`` planes ``s_pitch`` apart (``_outer``'s packed groups) interleaved
+    in one pass. Each source's vector of results is read as :func:`copy_run` reads it; the
+    ``ways`` vectors are interleaved by two-source shuffles into ``ways`` whole vectors of ``dst``,
+    stored unmasked but for the last of a run. ``copy_run``'s spread writes the same elements a
+    source at a time, each vector shuffled apart and stored under a mask: four times the stores,
+    and on AMD Zen 4 a masked store costs several plain ones (resnext_g32_s2's packing took 1.2-1.8
+    ms of its 3.9-4.9 ms at batch 8, ``docs/performance.md`` round 36). Unaligned; nothing past
+    the last element read is touched, nothing but the ``count * ways`` results written; no bounds
+    checks; ``src`` and ``dst`` must not overlap."""
+    if step not in (1, 2):
+        raise ValueError(f"interleave_run takes steps of 1 or 2, not {step}")
+    if ways not in (2, 4):
+        raise ValueError(f"interleave_run interleaves 2 or 4 planes, not {ways}")
+
+    @intrinsic
+    def interleave(typingctx, src, s0, s_pitch, dst, d0):
+        if not _takes((src, dst), (s0, s_pitch, d0)):
+            return None
+        sig = types.void(src, s0, s_pitch, dst, d0)
+
+        def codegen(context, builder, signature, args):
+            (src_p, s0_i, pitch_i, dst_p, d0_i), size, n, vec, intp = vector_args(
+                context, builder, signature, args, 8 * VECTOR_BYTES)
+            i32 = ir.IntType(32)
+
+            def at(base, start, k):
+                p = builder.gep(base, [builder.add(start, ir.Constant(intp, k))], inbounds=True)
+                return builder.bitcast(p, vec.as_pointer())
+
+            def load(start, k, lanes_k):  # the first lanes_k elements of src[start + k:]
+                if lanes_k >= n:
+                    return builder.load(at(src_p, start, k), align=size)
+                return _masked_load(builder, at(src_p, start, k), vec, lanes_k, size)
+
+            def results(start, k, lanes_k):  # src[start + (k + p) * step] for p < lanes_k
+                if step == 1:
+                    return load(start, k, lanes_k)
+                reads = 2 * lanes_k - 1
+                lo = load(start, 2 * k, reads)
+                hi = load(start, 2 * k + n, reads - n) if reads > n else ir.Constant(vec, None)
+                return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, n), list(range(0, 2 * n, 2))))
+
+            starts = [s0_i] + [builder.add(s0_i, builder.mul(pitch_i, ir.Constant(intp, m))) for m in range(1, ways)]
+            per_vector = n // ways  # results of each source in one vector of dst
+            for k in range(0, count, n):
+                lanes_k = min(n, count - k)
+                values = [results(start, k, lanes_k) for start in starts]
+                # one 2n-wide vector per pair of sources, then (four ways) one 4n-wide of both pairs:
+                # lane m * n + j of the concatenation is source m's result j
+                while len(values) > 1:
+                    values = [builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 2 * a.type.count),
+                                                                       list(range(2 * a.type.count))))
+                              for a, b in zip(values[::2], values[1::2])]
+                whole = values[0]
+                for q in range(-(-lanes_k // per_vector)):  # dst lanes p: source p % ways, result q * per_vector + p // ways
+                    live = min(per_vector, lanes_k - q * per_vector) * ways
+                    out = builder.shuffle_vector(whole, ir.Constant(whole.type, ir.Undefined), ir.Constant(
+                        ir.VectorType(i32, n), [(p % ways) * n + q * per_vector + p // ways for p in range(n)]))
+                    _masked_store(builder, out, at(dst_p, d0_i, (k + q * per_vector) * ways), live, size)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return interleave
+
+
 def _clamped(builder, count, lanes: int):
     """``count`` clamped to ``[0, lanes]``."""
     wide = count.type
