@@ -58,10 +58,12 @@ def group_pack(spec) -> int:
     """Groups per vector of output channels: 1 when a group's outputs are whole vectors; for
     ``PACKED_OUT_PER_GROUP`` outputs per group, as many groups as fill a vector; 0 for none.
     At strides other than 1 only pairs: the packing's four input pixels per output
-    are copied into the interleaved planes with vector shuffles and masked stores
-    (``_simd.copy_run``'s spread), and pairs of groups then beat ``_grouped`` (resnext_g32_s2,
-    RegNetY's stride-2 layers), fours do not (``python docs/outer.py``; when the packing was
-    element by element, not even pairs did). A group count that is not a multiple of the pack
+    are copied into the interleaved planes with vector shuffles, and pairs of groups then beat
+    ``_grouped`` on an Intel Xeon (resnext_g32_s2, RegNetY's stride-2 layers), fours do not
+    (``python docs/outer.py``; when the packing was element by element, not even pairs did). On
+    AMD Zen 4 pairs at stride 2 took 1.2-2x ``_grouped``'s time with the packing's masked stores
+    (round 36 of ``docs/performance.md``); the planes are now interleaved in one pass
+    (``_simd.interleave_run``), 0.89x the time, not yet compared with ``_grouped`` again. A group count that is not a multiple of the pack
     leaves idle groups in the last vector, at most ``MAX_IDLE_SHARE`` of them."""
     lanes = _simd.lanes(spec.dtype)
     cout_g = spec.out_per_group
@@ -96,8 +98,9 @@ def prefers(spec) -> bool:
     round 17 of ``docs/performance.md``), and for a transposed convolution's input dilation (its
     zeros skipped: ``_grouped`` 2.2-2.5x the time). On 16 (AVX2), not for groups that share a
     vector (:func:`group_pack` > 1: 4 or 8 float32 outputs per group) on output rows of
-    ``MIN_GROUPED_WIDTH`` or more: packing their planes interleaved takes masked stores (slow
-    on AMD's cores) and a block of at most 6 sums reloads each broadcast value, and ``_grouped``
+    ``MIN_GROUPED_WIDTH`` or more: packing their planes interleaved took masked stores (slow
+    on AMD's cores; whole-vector stores since ``_simd.interleave_run``, not measured on AVX2
+    since) and a block of at most 6 sums reloads each broadcast value, and ``_grouped``
     (columns in the lanes, a block's weights in registers) took 0.51-0.63x this kernel's time at
     stride 2 and with fours, 0.90-1.02x on 14- and 28-wide rows at stride 1, against 1.2-1.7x on
     7-wide rows (2-core AMD Zen 3, batch 8 and 2: ``python docs/outer.py --batch 8|2``). Whole
