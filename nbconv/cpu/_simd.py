@@ -277,6 +277,24 @@ def store_fence(typingctx):
     return sig, codegen
 
 
+def _run_results(builder, src_p, start, k: int, lanes_k: int, step: int, vec, size: int, intp):
+    """``src[start + (k + p) * step]`` for ``p < lanes_k`` as a vector (the lanes past ``lanes_k``
+    zero or undefined): one load, masked where short; at step 2 the even lanes of two loads
+    (:func:`copy_run`, :func:`interleave_run`). Nothing past the last element read is touched."""
+    n = vec.count
+
+    def load(j, lanes_j):  # the first lanes_j elements of src[start + j:]
+        p = builder.bitcast(builder.gep(src_p, [builder.add(start, ir.Constant(intp, j))], inbounds=True),
+                            vec.as_pointer())
+        return builder.load(p, align=size) if lanes_j >= n else _masked_load(builder, p, vec, lanes_j, size)
+
+    if step == 1:
+        return load(k, lanes_k)
+    reads = 2 * lanes_k - 1  # elements from src[start + 2k] on
+    lo, hi = load(2 * k, reads), load(2 * k + n, reads - n) if reads > n else ir.Constant(vec, None)
+    return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(0, 2 * n, 2))))
+
+
 def copy_run(count: int, step: int = 1, spread: int = 1):
     """An ``@intrinsic`` ``copy(src, s0, dst, d0)``: ``dst[d0 + j * spread] = src[s0 + j * step]``
     for ``j < count`` (``step`` 1 or 2), in whole vectors and one masked load and store for the
@@ -311,20 +329,9 @@ def copy_run(count: int, step: int = 1, spread: int = 1):
                 p = builder.gep(base, [builder.add(start, ir.Constant(intp, k))], inbounds=True)
                 return builder.bitcast(p, vec.as_pointer())
 
-            def load(k, lanes_k):  # the first lanes_k elements of src[s0 + k:]
-                if lanes_k >= n:
-                    return builder.load(at(src_p, s0_i, k), align=size)
-                return _masked_load(builder, at(src_p, s0_i, k), vec, lanes_k, size)
-
             for k in range(0, count, n):
                 lanes_k = min(n, count - k)
-                if step == 1:
-                    value = load(k, lanes_k)
-                else:  # the even lanes of two vectors: results k .. k + lanes_k - 1
-                    reads = 2 * lanes_k - 1  # elements from src[s0 + 2k] on
-                    lo, hi = load(2 * k, reads), load(2 * k + n, reads - n) if reads > n else ir.Constant(vec, None)
-                    value = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), n),
-                                                                       list(range(0, 2 * n, 2))))
+                value = _run_results(builder, src_p, s0_i, k, lanes_k, step, vec, size, intp)
                 if spread == 1:
                     _masked_store(builder, value, at(dst_p, d0_i, k), lanes_k, size)
                     continue
@@ -373,24 +380,11 @@ def interleave_run(count: int, step: int = 1, ways: int = 2):
                 p = builder.gep(base, [builder.add(start, ir.Constant(intp, k))], inbounds=True)
                 return builder.bitcast(p, vec.as_pointer())
 
-            def load(start, k, lanes_k):  # the first lanes_k elements of src[start + k:]
-                if lanes_k >= n:
-                    return builder.load(at(src_p, start, k), align=size)
-                return _masked_load(builder, at(src_p, start, k), vec, lanes_k, size)
-
-            def results(start, k, lanes_k):  # src[start + (k + p) * step] for p < lanes_k
-                if step == 1:
-                    return load(start, k, lanes_k)
-                reads = 2 * lanes_k - 1
-                lo = load(start, 2 * k, reads)
-                hi = load(start, 2 * k + n, reads - n) if reads > n else ir.Constant(vec, None)
-                return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, n), list(range(0, 2 * n, 2))))
-
             starts = [s0_i] + [builder.add(s0_i, builder.mul(pitch_i, ir.Constant(intp, m))) for m in range(1, ways)]
             per_vector = n // ways  # results of each source in one vector of dst
             for k in range(0, count, n):
                 lanes_k = min(n, count - k)
-                values = [results(start, k, lanes_k) for start in starts]
+                values = [_run_results(builder, src_p, start, k, lanes_k, step, vec, size, intp) for start in starts]
                 # one 2n-wide vector per pair of sources, then (four ways) one 4n-wide of both pairs:
                 # lane m * n + j of the concatenation is source m's result j
                 while len(values) > 1:
