@@ -464,26 +464,31 @@ def test_launcher_routing(monkeypatch):
 
 @pytest.mark.parametrize("registers", [16, 32])
 def test_launcher_routing_by_target(monkeypatch, registers):
-    """With 16 vector registers (AVX2), groups sharing a vector go to ``_grouped`` on output rows
-    of ``MIN_GROUPED_WIDTH`` and more; narrower rows, whole vectors per group and a transposed
-    convolution's input dilation stay here; with 32 (AVX-512) all of them do."""
+    """With 16 vector registers (AVX2), groups sharing a vector go to ``_grouped`` at a stride on
+    output rows of ``MIN_GROUPED_WIDTH`` and more where the last vector has an idle group or a
+    task's packed planes pass ``MAX_STRIDED_PLANE_BYTES``; stride 1, narrower rows, whole vectors
+    per group and a transposed convolution's input dilation stay here; with 32 (AVX-512) all of
+    them do."""
     monkeypatch.setattr(_outer, "target", lambda: target()._replace(vector_registers=registers))
     from nbconv.cpu._launch import direct_forward_kernel
 
-    def kernel(c, hw, stride, groups):
-        x = np.zeros((2, c, hw, hw), np.float32)
-        w = np.zeros((c, c // groups, 3, 3), np.float32)
+    def kernel(c, hw, stride, groups, dtype=np.float32):
+        x = np.zeros((2, c, hw, hw), dtype)
+        w = np.zeros((c, c // groups, 3, 3), dtype)
         spec = conv2d_spec(x, w, None, stride, 1, 1, groups)
         assert _outer.applies(spec) and _grouped.applies(spec)
         return direct_forward_kernel(spec)
 
     wide = _outer.MIN_GROUPED_WIDTH
     avx2 = registers == 16
-    assert kernel(104, 2 * wide, 2, 13) == ("grouped" if avx2 else "outer")  # pairs of 8, rows of 14
-    assert kernel(48, wide, 1, 6) == ("grouped" if avx2 else "outer")
-    assert kernel(64, wide, 1, 16) == ("grouped" if avx2 else "outer")  # fours of 4
-    assert kernel(104, wide - 1, 1, 13) == "outer"  # narrower rows
-    assert kernel(104, 2 * wide - 2, 2, 13) == "outer"
+    assert kernel(104, 2 * wide, 2, 13) == ("grouped" if avx2 else "outer")  # pairs of 8, an idle group
+    assert kernel(48, 112, 2, 6) == ("grouped" if avx2 else "outer")  # pairs, 833 KB of planes a task
+    assert kernel(96, 2 * wide, 2, 12) == "outer"  # pairs, no idle group, small planes
+    assert kernel(256, 56, 2, 32) == "outer"  # resnext_g32_s2: 216 KB of planes a task
+    assert kernel(48, wide, 1, 6) == "outer"  # stride 1: pairs
+    assert kernel(64, wide, 1, 16) == "outer"  # fours of 4
+    assert kernel(104, wide, 1, 13) == "outer"  # an idle group at stride 1
+    assert kernel(104, 2 * wide - 2, 2, 13) == "outer"  # narrower rows
     assert kernel(64, 2 * wide, 2, 4) == "outer"  # 16 outputs per group: one whole vector
     gy = np.zeros((2, 48, wide, wide), np.float32)
     transposed = conv_transpose2d_spec(gy, np.zeros((48, 8, 3, 3), np.float32), None, 2, 1, 1, 6, 1)

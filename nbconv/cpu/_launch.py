@@ -179,8 +179,8 @@ def direct_forward_kernel(spec) -> str:
         return "packed"
     if _outer.applies(spec) and (_outer.prefers(spec) or not _grouped.applies(spec)):
         # output channels in the lanes: faster than every kernel below wherever it applies
-        # (1.3-2.4x on 3x3 groups of 16-64 channels: ``docs/performance.md``), but for groups
-        # sharing a vector on wide rows with AVX2
+        # (1.3-2.4x on 3x3 groups of 16-64 channels: ``docs/performance.md``), but for some
+        # strided groups sharing a vector on wide rows with AVX2 (``_outer.prefers``)
         return "outer"
     if _rowblock.applies(spec):  # depthwise with an input dilation: strided transposed convolutions
         return "rowblock"

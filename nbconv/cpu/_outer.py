@@ -63,8 +63,10 @@ def group_pack(spec) -> int:
     (``python docs/outer.py``; when the packing was element by element, not even pairs did). On
     AMD Zen 4 pairs at stride 2 took 1.2-2x ``_grouped``'s time with the packing's masked stores
     (round 36 of ``docs/performance.md``); the planes are now interleaved in one pass
-    (``_simd.interleave_run``), 0.89x the time, not yet compared with ``_grouped`` again. A group count that is not a multiple of the pack
-    leaves idle groups in the last vector, at most ``MAX_IDLE_SHARE`` of them."""
+    (``_simd.interleave_run``), 0.89x the time, not yet compared with ``_grouped`` there again
+    (on Zen 3 this kernel then won at stride 2 too, where :func:`prefers` takes it). A group
+    count that is not a multiple of the pack leaves idle groups in the last vector, at most
+    ``MAX_IDLE_SHARE`` of them."""
     lanes = _simd.lanes(spec.dtype)
     cout_g = spec.out_per_group
     if cout_g % lanes == 0:
@@ -88,26 +90,39 @@ def applies(spec) -> bool:
 
 
 #: Narrowest output row at which, on a target of 16 vector registers (AVX2), groups that share a
-#: vector go to ``_grouped`` instead (:func:`prefers`).
+#: vector may go to ``_grouped`` at a stride (:func:`prefers`).
 MIN_GROUPED_WIDTH = 14
+#: At a stride, on AVX2, the most bytes of packed input planes per task (a pack of groups' planes
+#: of one image) with which groups sharing a vector stay with this kernel (:func:`prefers`): half
+#: of a Zen 3 core's 512 KiB of L2. RegNetY's 48 -> 48 g6 s2 on 112 x 112 inputs packs 833 KB.
+MAX_STRIDED_PLANE_BYTES = 1 << 18
 
 
 def prefers(spec) -> bool:
     """Whether this kernel is the one to take where it :func:`applies`: everywhere on a target of
     32 vector registers (AVX-512: pairs of groups 1.3x ``_grouped`` and more on an Intel Xeon,
     round 17 of ``docs/performance.md``), and for a transposed convolution's input dilation (its
-    zeros skipped: ``_grouped`` 2.2-2.5x the time). On 16 (AVX2), not for groups that share a
-    vector (:func:`group_pack` > 1: 4 or 8 float32 outputs per group) on output rows of
-    ``MIN_GROUPED_WIDTH`` or more: packing their planes interleaved took masked stores (slow
-    on AMD's cores; whole-vector stores since ``_simd.interleave_run``, not measured on AVX2
-    since) and a block of at most 6 sums reloads each broadcast value, and ``_grouped``
-    (columns in the lanes, a block's weights in registers) took 0.51-0.63x this kernel's time at
-    stride 2 and with fours, 0.90-1.02x on 14- and 28-wide rows at stride 1, against 1.2-1.7x on
-    7-wide rows (2-core AMD Zen 3, batch 8 and 2: ``python docs/outer.py --batch 8|2``). Whole
-    vectors per group (16 outputs) keep this kernel: 1.17-1.50x ``_grouped`` there."""
+    zeros skipped: ``_grouped`` 2.2-2.5x the time).
+
+    On 16 (AVX2), groups that share a vector (:func:`group_pack` > 1: 4 or 8 float32 outputs per
+    group) at stride 1, and at a stride where no group of the last vector is idle and a task's
+    packed planes take at most ``MAX_STRIDED_PLANE_BYTES``; else, on output rows of
+    ``MIN_GROUPED_WIDTH`` and more, ``_grouped`` (columns in the lanes, a block's weights in
+    registers). Measured on a 2-core AMD Zen 3 with the packing in one pass
+    (``_simd.interleave_run``), batch 8 and 2 (``python docs/outer.py --batch 8|2``, round 37 of
+    ``docs/performance.md``): ``_grouped`` took 1.14-1.55x this kernel's time on every packed
+    shape at stride 1 (ResNeXt-50's fours on 56 x 56, RegNetY's g13 and g26), 1.11-1.24x on
+    resnext_g32_s2, 0.80-0.98x on RegNetY's 104 -> 104 g13 s2 (an idle group) and 0.71-1.15x on
+    its 48 -> 48 g6 s2 on 112 x 112 inputs (833 KB of packed planes a task). Before the one-pass
+    packing (masked stores, slow on AMD's cores) ``_grouped`` had won on all rows of 14 and more.
+    Whole vectors per group (16 outputs) keep this kernel: 1.17-1.50x ``_grouped`` there."""
     if target().vector_registers >= 32 or spec.lhs_dilation != (1, 1):
         return True
-    return group_pack(spec) <= 1 or spec.out_size[1] < MIN_GROUPED_WIDTH
+    pack = group_pack(spec)
+    if pack <= 1 or spec.out_size[1] < MIN_GROUPED_WIDTH or spec.stride == (1, 1):
+        return True
+    planes = _packed.packed_geometry(spec, 1).scratch_elems * pack * spec.dtype.itemsize
+    return idle_groups(spec.groups, pack) == 0 and planes <= MAX_STRIDED_PLANE_BYTES
 
 
 def block_sums() -> int:
