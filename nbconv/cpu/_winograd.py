@@ -193,7 +193,7 @@ def offset(*terms: tuple[int | str, int]) -> str:
     return " + ".join(names + [str(const)]) if names else str(const)
 
 
-def separable_transform(loop: str, src, mid, dst, rows, cols, finish=None, setup=()) -> list[str]:
+def separable_transform(loop: str, src, dst, rows, cols, finish=None, setup=(), mid=None) -> list[str]:
     """Source lines for ``dst(i, j) = finish(sum_a rows[i][a] sum_b cols[j][b] src(a, b))`` for
     every ``i, j``, vector loops over the index of ``loop`` (a ``for`` header). ``src``, ``mid``
     and ``dst`` map indices (integers, or the name of a loop variable: use :func:`offset`) to
@@ -204,7 +204,7 @@ def separable_transform(loop: str, src, mid, dst, rows, cols, finish=None, setup
     memory, each a loop over the tile's rows or columns around the vector loop. First, per row
     ``a``, its combinations along the columns, stored at ``mid(a, j)``. Then, per column ``j``,
     the combinations along the rows of those, stored at ``dst(i, j)``. ``mid`` may be the places of
-    ``src`` or of ``dst``: every pass loads all its terms before it stores. In one pass, the whole
+    ``src`` or of ``dst`` (the default): every pass loads all its terms before it stores. In one pass, the whole
     tile is live at once. For F(3x3, 5x5) that is 49 terms, more than the vector registers, and
     the spills (714 stack accesses in the input transform's loop with AVX-512) cost more than the
     two passes' stores and loads (at batch 8, two passes took 0.95x the time of one for
@@ -214,6 +214,7 @@ def separable_transform(loop: str, src, mid, dst, rows, cols, finish=None, setup
     the results are the same bits."""
     n_a, n_b = len(rows[0]), len(cols[0])
     finish = finish or (lambda expr: expr)
+    mid = mid or dst
     if n_a * n_b < TWO_PASS_MIN_TERMS:
         body = [f"r{a}_{b} = {src(a, b)}" for a in range(n_a) for b in range(n_b)]
         body += [f"s{a}_{j} = {_lincomb(cols[j], [f'r{a}_{b}' for b in range(n_b)])}"
@@ -427,17 +428,15 @@ def module_source(spec) -> str:
     # (large tiles), the first stores in the places the second reads (``separable_transform``)
     weight_body = separable_transform(
         f"for o in range({cout_g}):", lambda a, b: f"wt[_U({offset((a, kw * cout_g), (b, cout_g))} + o)]",
-        lambda i, j: f"u[_U((g * {p_n * cin_g} + {offset((i, tw * cin_g), (j, cin_g))} + c) * {cout_g} + o)]",
         lambda i, j: f"u[_U((g * {p_n * cin_g} + {offset((i, tw * cin_g), (j, cin_g))} + c) * {cout_g} + o)]", gh, gw)
     input_body = separable_transform(
         f"for c in range({cin_g}):", lambda a, b: f"xp[_U(base + {offset((a, wp * cin_g), (b, cin_g))} + c)]",
-        lambda i, j: f"v[_U(v0 + {offset((i, tw * cin_g), (j, cin_g))} + c)]",
         lambda i, j: f"v[_U(v0 + {offset((i, tw * cin_g), (j, cin_g))} + c)]", bth, btw)
     output_body = separable_transform(
         f"for o in range({ob}):", lambda a, b: f"m[_U(m0 + {offset((a, tw * TB * ob), (b, TB * ob))} + o)]",
-        lambda a, j: f"m[_U(m0 + {offset((a, tw * TB * ob), (j, TB * ob))} + o)]",
         lambda i, j: f"y[_U(y0 + {offset((i, mw * ob), (j, ob))} + o)]",
-        ath, atw, finish=lambda expr: f"{expr} + bias", setup=["bias = b[o]"])
+        ath, atw, finish=lambda expr: f"{expr} + bias", setup=["bias = b[o]"],
+        mid=lambda a, j: f"m[_U(m0 + {offset((a, tw * TB * ob), (j, TB * ob))} + o)]")
     v_tile = p_n * cin_g
     gemm, products_how, header = product_lines(spec, v_tile)
     what = f"Winograd F({mh}x{mw}, {kh}x{kw}), {cin_g} -> {cout_g} channels per group, {oh}x{ow} outputs"

@@ -165,17 +165,15 @@ def module_source(spec) -> str:
     # vector loops over channels; in two passes (large tiles), the first stores where the second reads
     input_body = separable_transform(
         f"for c in range({cin_g}):", lambda a, b: f"xcl[_U(xb + {offset((a, wp * cin_g), (b, cin_g))} + c)]",
-        lambda i, j: f"v[_U(vb + {offset((i, t * n_tiles * cin_g), (j, n_tiles * cin_g))} + c)]",
         lambda i, j: f"v[_U(vb + {offset((i, t * n_tiles * cin_g), (j, n_tiles * cin_g))} + c)]", bt, bt)
     grad_body = separable_transform(
         f"for o in range({cout_g}):", lambda a, b: f"gcl[_U(gb + {offset((a, gw * cout_g), (b, cout_g))} + o)]",
-        lambda i, j: f"u[_U(ub + {offset((i, t * n_tiles * cout_g), (j, n_tiles * cout_g))} + o)]",
         lambda i, j: f"u[_U(ub + {offset((i, t * n_tiles * cout_g), (j, n_tiles * cout_g))} + o)]", g_mat, g_mat)
     output_body = separable_transform(
         f"for o in range({cout_g}):",
         lambda a, b: f"tot[_U(mb + {offset((a, t * cin_g * cout_g), (b, cin_g * cout_g))} + o)]",
-        lambda a, j: f"tot[_U(mb + {offset((a, t * cin_g * cout_g), (j, cin_g * cout_g))} + o)]",
-        lambda i, j: f"dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {offset((i, r), (j, 1))})]", at, at)
+        lambda i, j: f"dw[_U(((g * {cout_g} + o) * {cin_g} + c) * {r * r} + {offset((i, r), (j, 1))})]", at, at,
+        mid=lambda a, j: f"tot[_U(mb + {offset((a, t * cin_g * cout_g), (j, cin_g * cout_g))} + o)]")
     what = (f"Winograd weight gradient F({r}x{r}, {TILE}x{TILE}), {cin_g} -> {cout_g} channels per group, "
             f"{n_tiles} tiles per image, blocks of {n_c} input channels x {n_vec} vectors")
     header = _generated.HEADER.format(generator=__name__, version=__version__, what=what) + scalar_type_line(spec.dtype)
